@@ -1,0 +1,185 @@
+"""Multistep consistency sampling (LCM Algorithm 1 / MCM inference), host-independent.
+
+Two equivalent forms:
+
+* :func:`sample_consistency` works in diffusers' variance-preserving space over any
+  ``model(x_t, t, cond) -> model_output`` (ε, v or x0 prediction). It is what the trainer's previews
+  and the parity tests use.
+* :func:`sample_mcm` has the k-diffusion sampler signature that ComfyUI's ``KSAMPLER`` wraps: it works
+  on ComfyUI's variance-exploding ``x = x_0 + s·ε`` and a denoiser ``model(x, sigma)`` that already
+  returns the consistency output ``f`` (see :func:`ve_consistency_output`, which the node's
+  model-sampling patch applies).
+
+Each step: evaluate ``f(x_{τ_i}, τ_i)``; if it is the last step return it, else re-noise it to the next
+timestep with fresh noise: ``x_{τ_{i+1}} = sqrt(ᾱ) f + sqrt(1 - ᾱ) z``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .boundary import (
+    MCM_TIMESTEP_SCALING,
+    SIGMA_DATA,
+    append_dims,
+    check_prediction_type,
+    consistency_output,
+    predicted_x0,
+)
+from .schedule import NoiseSchedule
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+Callback = Callable[[dict], None]
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule) -> torch.Tensor:
+    """Forward diffusion ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) z`` at integer (per-sample) ``t``."""
+    alpha, sigma = schedule.alpha_sigma(torch.as_tensor(t).to(x0.device))
+    return append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * noise
+
+
+def _per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return t.to(device=x.device, dtype=torch.long).expand(x.shape[0])
+
+
+@torch.no_grad()
+def sample_consistency(
+    model: ModelFn,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    schedule: NoiseSchedule,
+    cond: Any = None,
+    *,
+    prediction_type: str = "epsilon",
+    timestep_scaling: float = MCM_TIMESTEP_SCALING,
+    sigma_data: float = SIGMA_DATA,
+    noise_sampler: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    callback: Callback | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Sample with a consistency model on the given (descending, integer) ``timesteps``.
+
+    Args:
+        model: ``model(x_t, t, cond)`` with ``t`` a long tensor of shape ``(x.shape[0],)``. Any latent
+            layout works: video ``(b, c, f, h, w)`` or ComfyUI's frames-as-batch ``(b·f, c, h, w)``.
+        x: the sample at ``timesteps[0]``: pure noise ``z`` for text-to-video (t = 999), or
+            :func:`add_noise` of an encoded video for video-to-video.
+        timesteps: e.g. :func:`mcm.schedule.lcm_timesteps`.
+        noise_sampler: draws the re-noising ``z`` given a tensor of the target shape (default
+            ``torch.randn_like``); pass a seeded one for reproducible samples.
+        callback: called after every model evaluation with ``{"i", "t", "x", "denoised", "total"}``
+            (``x`` is the sample the step started from, ``denoised`` its consistency output).
+        check_interrupt: called before every model evaluation; raise from it to stop.
+
+    Returns:
+        The consistency output ``f`` of the last step (the clean latent).
+    """
+    check_prediction_type(prediction_type)
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long)
+    if timesteps.ndim != 1 or len(timesteps) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-d sequence, got shape {tuple(timesteps.shape)}")
+    if torch.any(timesteps[1:] >= timesteps[:-1]):
+        raise ValueError(f"timesteps must be strictly descending, got {timesteps.tolist()}")
+    noise_sampler = noise_sampler or torch.randn_like
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        if check_interrupt is not None:
+            check_interrupt()
+        t_b = _per_sample(t, x)
+        model_output = model(x, t_b, cond)
+        alpha, sigma = schedule.alpha_sigma(t_b)
+        alpha = append_dims(alpha, x.ndim).to(x)
+        sigma = append_dims(sigma, x.ndim).to(x)
+        x0_hat = predicted_x0(model_output, x, alpha, sigma, prediction_type)
+        denoised = consistency_output(x, x0_hat, t_b, sigma_data, timestep_scaling)
+        if callback is not None:
+            callback({"i": i, "t": int(t), "x": x, "denoised": denoised, "total": total})
+        if i + 1 < total:
+            x = add_noise(denoised, noise_sampler(denoised), _per_sample(timesteps[i + 1], x), schedule)
+        else:
+            x = denoised
+    return x
+
+
+def ve_consistency_output(
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    schedule: NoiseSchedule,
+    *,
+    prediction_type: str = "epsilon",
+    timestep_scaling: float = MCM_TIMESTEP_SCALING,
+    sigma_data: float = SIGMA_DATA,
+) -> torch.Tensor:
+    """The consistency output ``f`` for ComfyUI's VE sample ``x = x_0 + s·ε`` at sigma(s) ``s``.
+
+    The UNet sees the VP sample ``x / sqrt(1 + s²)``; ``c_skip`` is applied to that VP sample, as in
+    training and in diffusers (ComfyUI's stock ``LCM`` applies it to the VE ``x``, which differs where
+    ``c_skip`` is not negligible). The timestep is the (fractional) ``t`` whose sigma is ``s``.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0]).to(x.device)
+    t = schedule.t_at(sigma)
+    s = append_dims(sigma, x.ndim)
+    alpha_vp = (1.0 / (1.0 + s**2)).sqrt().to(x)
+    sigma_vp = (s**2 / (1.0 + s**2)).sqrt().to(x)
+    x_vp = x * alpha_vp
+    x0_hat = predicted_x0(model_output, x_vp, alpha_vp, sigma_vp, prediction_type)
+    return consistency_output(x_vp, x0_hat, t, sigma_data, timestep_scaling)
+
+
+def comfy_sigmas(
+    timesteps: torch.Tensor, schedule: NoiseSchedule, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """ComfyUI ``SIGMAS`` for integer ``timesteps``: their sigmas, then a final 0 (ComfyUI uses float32)."""
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long)
+    sigmas = schedule.comfy_sigmas[timesteps.clamp(min=0)]
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(dtype)
+
+
+def _renoise(x0: torch.Tensor, sigma_next: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return x0 + sigma_next * z
+
+
+def _steps(n: int, disable: bool | None):
+    try:
+        from tqdm.auto import trange
+    except ImportError:  # tqdm is optional for the core
+        return range(n)
+    return trange(n, disable=disable)
+
+
+@torch.no_grad()
+def sample_mcm(
+    model: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    extra_args: dict | None = None,
+    callback: Callback | None = None,
+    disable: bool | None = None,
+    noise_sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    renoise: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = _renoise,
+    check_interrupt: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Multistep consistency sampling in k-diffusion form: jump to ``f``, re-noise to the next sigma.
+
+    ``model(x, sigma * ones(b), **extra_args)`` must return the consistency output ``f`` (ComfyUI's
+    denoiser with MCM's model sampling). ``noise_sampler(sigma, sigma_next)`` draws ``z``;
+    ``renoise(f, sigma_next, z)`` defaults to ``f + sigma_next·z`` (ComfyUI's ``noise_scaling``).
+    """
+    extra_args = extra_args or {}
+    if noise_sampler is None:
+        noise_sampler = lambda sigma, sigma_next: torch.randn_like(x)  # noqa: E731
+    s_in = x.new_ones([x.shape[0]])
+    for i in _steps(len(sigmas) - 1, disable):
+        if check_interrupt is not None:
+            check_interrupt()
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+        if sigmas[i + 1] > 0:
+            x = renoise(denoised, sigmas[i + 1], noise_sampler(sigmas[i], sigmas[i + 1]))
+        else:
+            x = denoised
+    return x

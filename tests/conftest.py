@@ -1,0 +1,45 @@
+"""Shared fixtures: small deterministic models for the numerics tests (CPU, float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mcm.boundary import append_dims
+
+
+class ToyEpsModel:
+    """A fixed, nonlinear ε-model ``model(x_t, t, cond)``: channel mixing, tanh, a timestep term.
+
+    It treats every batch entry and every position alike, so a video latent ``(b, c, f, h, w)`` and
+    its frames-as-batch form ``(b·f, c, h, w)`` give the same per-frame outputs.
+    """
+
+    def __init__(self, channels: int = 4, seed: int = 0, dtype=torch.float64):
+        g = torch.Generator().manual_seed(seed)
+        self.weight = torch.randn(channels, channels, generator=g, dtype=dtype) / channels**0.5
+        self.bias = torch.randn(channels, generator=g, dtype=dtype) * 0.1
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t, cond=None) -> torch.Tensor:
+        self.calls += 1
+        t = torch.as_tensor(t, dtype=x.dtype).reshape(-1).expand(x.shape[0])
+        h = torch.einsum("cd,bd...->bc...", self.weight.to(x), x)
+        h = h + append_dims(self.bias.to(x), h.ndim - 1)
+        return torch.tanh(h + append_dims(torch.sin(t / 150.0), x.ndim))
+
+
+@pytest.fixture
+def toy_eps_model():
+    return ToyEpsModel()
+
+
+@pytest.fixture
+def seeded_noise():
+    """``make(seed)`` -> a noise sampler drawing float64 normals from its own CPU generator."""
+
+    def make(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        return lambda like: torch.randn(like.shape, generator=g, dtype=like.dtype)
+
+    return make
