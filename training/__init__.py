@@ -1,0 +1,1 @@
+"""Training pipeline for MCM adapters (run `python training/distill.py`)."""
