@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .schedule import cpu_float64
+
 SIGMA_DATA = 0.5
 #: MCM's timestep scaling (official training scripts and demo).
 MCM_TIMESTEP_SCALING = 4.0
@@ -42,13 +44,14 @@ def boundary_scalings(
     sigma_data: float = SIGMA_DATA,
     timestep_scaling: float = MCM_TIMESTEP_SCALING,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(c_skip, c_out)`` at timestep(s) ``t``, computed in float64 (cast them to the working dtype)."""
+    """``(c_skip, c_out)`` at timestep(s) ``t``, as CPU float64 (cast them with ``.to(x)``)."""
     if timestep_scaling <= 0:
         raise ValueError(f"timestep_scaling must be > 0, got {timestep_scaling}")
     if sigma_data <= 0:
         raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
     # Always float64: integer timesteps times a float would otherwise drop to float32.
-    tau = torch.as_tensor(t).to(torch.float64) * timestep_scaling
+    # On the CPU because some accelerators (MPS) have no float64.
+    tau = cpu_float64(t) * timestep_scaling
     c_skip = sigma_data**2 / (tau**2 + sigma_data**2)
     c_out = tau / (tau**2 + sigma_data**2) ** 0.5
     return c_skip, c_out

@@ -28,7 +28,7 @@ from .boundary import (
     consistency_output,
     predicted_x0,
 )
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, cpu_float64
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 Callback = Callable[[dict], None]
@@ -36,7 +36,7 @@ Callback = Callable[[dict], None]
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule) -> torch.Tensor:
     """Forward diffusion ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) z`` at integer (per-sample) ``t``."""
-    alpha, sigma = schedule.alpha_sigma(torch.as_tensor(t).to(x0.device))
+    alpha, sigma = schedule.alpha_sigma(t)
     return append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * noise
 
 
@@ -109,6 +109,7 @@ def ve_consistency_output(
     sigma: torch.Tensor,
     schedule: NoiseSchedule,
     *,
+    t: torch.Tensor | None = None,
     prediction_type: str = "epsilon",
     timestep_scaling: float = MCM_TIMESTEP_SCALING,
     sigma_data: float = SIGMA_DATA,
@@ -117,10 +118,12 @@ def ve_consistency_output(
 
     The UNet sees the VP sample ``x / sqrt(1 + s²)``; ``c_skip`` is applied to that VP sample, as in
     training and in diffusers (ComfyUI's stock ``LCM`` applies it to the VE ``x``, which differs where
-    ``c_skip`` is not negligible). The timestep is the (fractional) ``t`` whose sigma is ``s``.
+    ``c_skip`` is not negligible). The boundary is evaluated at ``t``: pass the timestep the UNet was
+    given; by default the (fractional) ``t`` whose sigma is ``s``.
     """
-    sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0]).to(x.device)
-    t = schedule.t_at(sigma)
+    # Coefficients in CPU float64 (some accelerators have no float64), then cast to x.
+    sigma = cpu_float64(sigma).reshape(-1).expand(x.shape[0])
+    t = schedule.t_at(sigma) if t is None else torch.as_tensor(t).detach().cpu().reshape(-1).expand(x.shape[0])
     s = append_dims(sigma, x.ndim)
     alpha_vp = (1.0 / (1.0 + s**2)).sqrt().to(x)
     sigma_vp = (s**2 / (1.0 + s**2)).sqrt().to(x)

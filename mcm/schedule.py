@@ -30,6 +30,13 @@ COMFY_BETA_NAMES = {"linear": "sqrt_linear", "scaled_linear": "linear"}
 BETA_SCHEDULES = tuple(COMFY_BETA_NAMES)
 
 
+def cpu_float64(x) -> torch.Tensor:
+    """``x`` as a CPU float64 tensor; Python numbers keep their full precision."""
+    if torch.is_tensor(x):
+        return x.detach().cpu().to(torch.float64)
+    return torch.tensor(x, dtype=torch.float64)
+
+
 def beta_schedule_from_comfy(name: str) -> str:
     """Translate a ComfyUI beta-schedule name (``sqrt_linear``/``linear``) to the diffusers name."""
     for diffusers_name, comfy_name in COMFY_BETA_NAMES.items():
@@ -112,22 +119,23 @@ class NoiseSchedule:
         """VP scalings ``(alpha_t, sigma_t) = (sqrt(ᾱ_t), sqrt(1 - ᾱ_t))`` at integer timesteps ``t``.
 
         Negative ``t`` (one DDIM hop below the first grid point) is clamped to 0, as the official
-        solver does.
+        solver does. Tables live on the CPU in float64 (some accelerators have no float64), so the
+        results are CPU float64: cast them with ``.to(x)``.
         """
-        t = torch.as_tensor(t, dtype=torch.long).clamp(min=0)
+        t = torch.as_tensor(t).detach().cpu().long().clamp(min=0)
         self._check_range(t)
-        a = self.alphas_cumprod.to(t.device)[t]
+        a = self.alphas_cumprod[t]
         return a.sqrt(), (1.0 - a).sqrt()
 
     def sigma_at(self, t: torch.Tensor | float) -> torch.Tensor:
         """ComfyUI sigma at (possibly fractional) timestep ``t``: log-sigma linear interpolation.
 
-        Same interpolation as ComfyUI's ``ModelSamplingDiscrete.sigma``.
+        Same interpolation as ComfyUI's ``ModelSamplingDiscrete.sigma``. Returns CPU float64.
         """
-        t = torch.as_tensor(t, dtype=torch.float64)
+        t = cpu_float64(t)
         if torch.any(t < 0) or torch.any(t > self.num_train_timesteps - 1):
             raise ValueError(f"timestep must lie in [0, {self.num_train_timesteps - 1}], got {t.tolist()}")
-        log_sigmas = self._log_sigmas.to(t.device)
+        log_sigmas = self._log_sigmas
         low = t.floor().long()
         high = t.ceil().long()
         w = t - low
@@ -136,12 +144,12 @@ class NoiseSchedule:
     def t_at(self, sigma: torch.Tensor | float) -> torch.Tensor:
         """Fractional timestep whose :meth:`sigma_at` is ``sigma`` (exact inverse, float64).
 
-        Sigmas outside the table are clamped to its ends.
+        Sigmas outside the table are clamped to its ends. Returns CPU float64.
         """
-        sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        sigma = cpu_float64(sigma)
         if torch.any(sigma <= 0):
             raise ValueError(f"sigma must be > 0 (sigma 0 is the clean sample, not a timestep), got {sigma.tolist()}")
-        log_sigmas = self._log_sigmas.to(sigma.device)
+        log_sigmas = self._log_sigmas
         log_s = sigma.log().clamp(log_sigmas[0], log_sigmas[-1])
         high = torch.searchsorted(log_sigmas, log_s.reshape(-1)).clamp(1, len(log_sigmas) - 1).reshape(log_s.shape)
         low = high - 1

@@ -43,3 +43,20 @@ def seeded_noise():
         return lambda like: torch.randn(like.shape, generator=g, dtype=like.dtype)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def package():
+    """The repository loaded as ComfyUI loads a custom-node folder: its ``__init__.py`` as a package."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    name = "comfyui_mcm_under_test"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, root / "__init__.py", submodule_search_locations=[str(root)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -1,0 +1,126 @@
+"""The package as users meet it: the ComfyUI entry point, the nodes' declarations, README, CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcm.sampler import comfy_sigmas
+from mcm.schedule import NoiseSchedule, lcm_timesteps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run([sys.executable, *args, "-c", code] if code else [sys.executable, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_entry_point_imports_without_comfyui_and_registers_the_nodes():
+    code = f"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("probe_pkg", {str(ROOT / "__init__.py")!r},
+                                              submodule_search_locations=[{str(ROOT)!r}])
+m = importlib.util.module_from_spec(spec); sys.modules["probe_pkg"] = m; spec.loader.exec_module(m)
+heavy = [n for n in ("comfy", "folder_paths", "diffusers", "transformers", "peft") if n in sys.modules]
+print(json.dumps({{"ids": sorted(m.NODE_CLASS_MAPPINGS), "names": m.NODE_DISPLAY_NAME_MAPPINGS, "heavy": heavy}}))
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ids"] == ["MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler"]
+    assert set(out["names"]) == set(out["ids"])
+    assert out["heavy"] == []
+
+
+def test_core_imports_without_comfyui_or_diffusers():
+    proc = run_python("import sys, mcm; print([n for n in ('comfy', 'diffusers', 'nodes') if n in sys.modules])")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_every_node_is_documented(package):
+    for node_id, cls in package.NODE_CLASS_MAPPINGS.items():
+        assert node_id.startswith("MCM_")
+        assert cls.DESCRIPTION and cls.CATEGORY.startswith("sampling/MCM") and callable(getattr(cls, cls.FUNCTION))
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+        for name, spec in cls.INPUT_TYPES().get("required", {}).items():
+            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_beta_choices_cover_both_schedules_and_name_both_conventions(package):
+    from mcm.schedule import COMFY_BETA_NAMES
+
+    choices = package.nodes.sampling.BETA_CHOICES
+    assert set(choices.values()) == set(COMFY_BETA_NAMES)
+    for label, diffusers_name in choices.items():
+        assert label.startswith(COMFY_BETA_NAMES[diffusers_name] + " ") and f"diffusers {diffusers_name}" in label
+
+
+class _FakeModelSampling:
+    def __init__(self, schedule):
+        self.schedule = schedule
+
+    def sigma(self, t):
+        return self.schedule.sigma_at(t).float()
+
+
+class _FakeModel:
+    def __init__(self, schedule):
+        self.ms = _FakeModelSampling(schedule)
+
+    def get_model_object(self, name):
+        assert name == "model_sampling"
+        return self.ms
+
+
+@pytest.mark.parametrize("steps, denoise", [(1, 1.0), (4, 1.0), (8, 1.0), (4, 0.6)])
+def test_scheduler_node_gives_the_grid_sigmas(package, steps, denoise):
+    schedule = NoiseSchedule("linear")
+    (sigmas,) = package.nodes.sampling.MCMScheduler().get_sigmas(_FakeModel(schedule), steps, denoise)
+    expected = comfy_sigmas(lcm_timesteps(steps, strength=denoise), schedule)
+    assert sigmas.dtype == torch.float32 and torch.allclose(sigmas, expected, rtol=1e-6, atol=0)
+
+
+def test_scheduler_node_explains_an_impossible_denoise(package):
+    with pytest.raises(ValueError, match="keeps only 5 of the 50"):
+        package.nodes.sampling.MCMScheduler().get_sigmas(_FakeModel(NoiseSchedule()), 8, 0.1)
+
+
+def test_distill_states_its_plan_and_does_not_pretend_to_train():
+    plan = run_python("", "training/distill.py", "--plan")
+    assert plan.returncode == 0 and "999, 759, 499, 259" in plan.stdout
+    run = run_python("", "training/distill.py")
+    assert run.returncode == 2 and "not implemented yet" in run.stderr
+
+
+def test_readme_ci_and_requirements_agree():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2, commands
+    assert commands[0].endswith("python training/distill.py")
+    test_command = commands[1].rsplit("&& ", 1)[1]
+    assert test_command == "python -m pytest" and f"\n{test_command}\n" in ci
+    assert "pip install --quiet torch==2.13.0" in ci and ".[train,dev]" in ci and ".[train,dev]" in commands[1]
+    reqs = [line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert not any(r.split(">")[0].split("=")[0].strip().lower() == "torch" for r in reqs if r)
+
+
+def test_pyproject_bounds_torch_from_below_only_and_has_the_registry_table():
+    tomllib = pytest.importorskip("tomllib")
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = meta["project"]["dependencies"]
+    torch_dep = [d for d in deps if d.startswith("torch")]
+    assert torch_dep == ["torch>=2.1"]
+    for name in ("diffusers", "peft", "safetensors", "einops", "transformers"):
+        assert any(d.startswith(name + ">=") for d in deps), name
+    assert meta["tool"]["comfy"]["PublisherId"] and meta["tool"]["comfy"]["DisplayName"]
+    assert meta["tool"]["setuptools"]["packages"] == ["mcm"]  # never install a top-level `nodes`
