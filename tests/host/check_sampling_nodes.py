@@ -32,7 +32,7 @@ def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str) -> dict
     M = nodes.NODE_CLASS_MAPPINGS
     out = {"registered": sorted(k for k in M if k.startswith("MCM_"))}
 
-    model = M["CheckpointLoaderSimple"]().load_checkpoint(ckpt)[0]
+    model, clip = M["CheckpointLoaderSimple"]().load_checkpoint(ckpt)[:2]
     label = next(c for c in M["MCM_ModelSampling"].INPUT_TYPES()["required"]["beta_schedule"][0] if c.startswith("sqrt_linear"))
     (patched,) = M["MCM_ModelSampling"]().patch(model, label, 4.0)
     ms = patched.get_model_object("model_sampling")
@@ -48,7 +48,6 @@ def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str) -> dict
     out["after_ade_use_existing"] = type(ade.get_model_object("model_sampling")).__name__
 
     # A whole 1-step and 2-step sample through SamplerCustom on 4 frames of 32 px.
-    clip = M["CheckpointLoaderSimple"]().load_checkpoint(ckpt)[1]
     pos = M["CLIPTextEncode"]().encode(clip, "a red square moving left")[0]
     neg = M["CLIPTextEncode"]().encode(clip, "")[0]
     latent = M["EmptyLatentImage"]().generate(32, 32, 4)[0]
