@@ -46,7 +46,7 @@ def build_model_sampling(model_patcher, schedule: NoiseSchedule, timestep_scalin
                 model_input.float(),
                 sigma,
                 schedule,
-                t=self.timestep(sigma).to(model_input.device),
+                t=self.timestep(sigma),
                 prediction_type=prediction_type,
                 timestep_scaling=timestep_scaling,
             )
