@@ -60,3 +60,13 @@ def package():
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@pytest.fixture
+def peft_motion_unet():
+    """(peft-wrapped tiny UNetMotionModel, base state dict before LoRA)."""
+    from tests.tiny_models import tiny_motion_unet, with_random_lora
+
+    model = tiny_motion_unet()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    return with_random_lora(model), base

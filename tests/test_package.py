@@ -41,7 +41,7 @@ print(json.dumps({{"ids": sorted(m.NODE_CLASS_MAPPINGS), "names": m.NODE_DISPLAY
 
 
 def test_core_imports_without_comfyui_or_diffusers():
-    proc = run_python("import sys, mcm; print([n for n in ('comfy', 'diffusers', 'nodes') if n in sys.modules])")
+    proc = run_python("import sys, mcm, mcm.weights; print([n for n in ('comfy', 'diffusers', 'nodes') if n in sys.modules])")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -123,4 +123,7 @@ def test_pyproject_bounds_torch_from_below_only_and_has_the_registry_table():
     for name in ("diffusers", "peft", "safetensors", "einops", "transformers"):
         assert any(d.startswith(name + ">=") for d in deps), name
     assert meta["tool"]["comfy"]["PublisherId"] and meta["tool"]["comfy"]["DisplayName"]
-    assert meta["tool"]["setuptools"]["packages"] == ["mcm"]  # never install a top-level `nodes`
+    packages = meta["tool"]["setuptools"]["packages"]
+    assert all(p == "mcm" or p.startswith("mcm.") for p in packages)  # never install a top-level `nodes`
+    on_disk = {str(d.relative_to(ROOT)).replace("/", ".") for d in (ROOT / "mcm").rglob("*") if (d / "__init__.py").exists()}
+    assert on_disk | {"mcm"} == set(packages), "every mcm subpackage must be installed"

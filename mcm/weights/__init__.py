@@ -1,0 +1,83 @@
+"""MCM adapter weights: the self-describing file format, readers for the official PEFT releases and
+other LoRA files, and conversion to the layouts ComfyUI and AnimateDiff-Evolved use.
+
+Command line: ``python -m mcm.weights inspect PATH`` and ``python -m mcm.weights convert SRC DST --to …``.
+"""
+
+from .format import (
+    ADAPTER_FORMAT,
+    BASES,
+    FORMAT_VERSION,
+    OFFICIAL_TARGET_MODULES,
+    Adapter,
+    AdapterError,
+    AdapterMeta,
+    detect_base,
+)
+from .io import (
+    PICKLE_SUFFIXES,
+    PickleRefusedError,
+    ade_motion_layers,
+    comfy_spatial_layers,
+    export_ade_motion_lora,
+    export_comfy_lora,
+    export_peft,
+    find_adapters,
+    is_mcm_file,
+    load_adapter,
+    merge_motion_module,
+    parse_lora_tensors,
+    read_safetensors,
+    read_safetensors_metadata,
+    save_adapter,
+)
+from .keys import (
+    SD15_LAYOUT,
+    KeyMappingError,
+    UNetLayout,
+    ade_to_motion,
+    diffusers_to_ldm,
+    is_modelscope_temporal,
+    is_motion,
+    ldm_to_diffusers,
+    motion_to_ade,
+)
+from .lora import LoraWeights, merge_lora, unmerge_lora
+
+__all__ = [
+    "ADAPTER_FORMAT",
+    "BASES",
+    "FORMAT_VERSION",
+    "OFFICIAL_TARGET_MODULES",
+    "PICKLE_SUFFIXES",
+    "SD15_LAYOUT",
+    "Adapter",
+    "AdapterError",
+    "AdapterMeta",
+    "KeyMappingError",
+    "LoraWeights",
+    "PickleRefusedError",
+    "UNetLayout",
+    "ade_motion_layers",
+    "ade_to_motion",
+    "comfy_spatial_layers",
+    "detect_base",
+    "diffusers_to_ldm",
+    "export_ade_motion_lora",
+    "export_comfy_lora",
+    "export_peft",
+    "find_adapters",
+    "is_mcm_file",
+    "is_modelscope_temporal",
+    "is_motion",
+    "ldm_to_diffusers",
+    "load_adapter",
+    "merge_lora",
+    "merge_motion_module",
+    "motion_to_ade",
+    "parse_lora_tensors",
+    "read_safetensors",
+    "read_safetensors_metadata",
+    "save_adapter",
+    "unmerge_lora",
+]
