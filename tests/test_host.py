@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_NODES = ["MCM_KSampler", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler", "MCM_StyleAdapter"]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
 MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")
@@ -44,7 +45,7 @@ def host_report():
 
 
 def test_nodes_register_in_the_host(host_report):
-    assert host_report["registered"] == ["MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler"]
+    assert host_report["registered"] == ALL_NODES
 
 
 def test_model_sampling_patches_a_clone(host_report):

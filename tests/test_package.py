@@ -15,6 +15,7 @@ from mcm.sampler import comfy_sigmas
 from mcm.schedule import NoiseSchedule, lcm_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_NODES = ["MCM_KSampler", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler", "MCM_StyleAdapter"]
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
@@ -35,7 +36,7 @@ print(json.dumps({{"ids": sorted(m.NODE_CLASS_MAPPINGS), "names": m.NODE_DISPLAY
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["ids"] == ["MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler"]
+    assert out["ids"] == ALL_NODES
     assert set(out["names"]) == set(out["ids"])
     assert out["heavy"] == []
 

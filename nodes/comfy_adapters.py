@@ -1,0 +1,191 @@
+"""ComfyUI glue for MCM adapters: model folders, listing, and patching MODEL / MOTION_MODEL_ADE.
+
+Imported only inside ComfyUI (``comfy``/``folder_paths`` are imported inside the functions).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..mcm.weights import (
+    SD15_LAYOUT,
+    Adapter,
+    AdapterError,
+    LoraWeights,
+    ade_motion_layers,
+    comfy_spatial_layers,
+    is_mcm_file,
+)
+from ..mcm.weights.io import PEFT_CONFIG, PEFT_WEIGHTS
+
+log = logging.getLogger("comfyui-mcm")
+
+MODEL_FOLDER = "mcm"
+#: ComfyUI model-config class → the adapter base family it can take.
+COMFY_FAMILIES = {"SD15": "sd15", "SD15_instructpix2pix": "sd15", "SD20": "sd2", "SD21UnclipL": "sd2",
+                  "SD21UnclipH": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl", "SSD1B": "sdxl"}  # fmt: skip
+
+
+def register_model_folders() -> None:
+    """``models/mcm`` for MCM adapters (files or PEFT folders), registered the way ADE registers its own."""
+    import folder_paths
+
+    path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    folder_paths.add_model_folder_path(MODEL_FOLDER, path)
+    # add to this folder's own extension set (never mutate the shared supported_pt_extensions)
+    _, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+    extensions.add(".safetensors")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only install still works with extra_model_paths
+        pass
+
+
+_MCM_FILE_CACHE: dict[tuple[str, float], bool] = {}
+
+
+def _cached_is_mcm(path: str) -> bool:
+    try:
+        key = (path, os.path.getmtime(path))
+    except OSError:
+        return False
+    if key not in _MCM_FILE_CACHE:
+        _MCM_FILE_CACHE[key] = is_mcm_file(path)
+    return _MCM_FILE_CACHE[key]
+
+
+def list_adapters() -> dict[str, str]:
+    """Installed adapters, ``{label: path}``: every .safetensors or PEFT folder in ``models/mcm``,
+    and the files in ``models/loras`` that carry MCM metadata (or are PEFT adapter folders).
+
+    Labels come only from walking the registered folders, so a label can never point outside them.
+    """
+    import folder_paths
+
+    found: dict[str, str] = {}
+    for folder in (MODEL_FOLDER, "loras"):
+        try:
+            names = folder_paths.get_filename_list(folder)
+        except KeyError:
+            continue
+        for rel in names:
+            full = folder_paths.get_full_path(folder, rel)
+            if not full or not rel.lower().endswith(".safetensors"):
+                continue
+            rel_path = Path(rel)
+            if rel_path.name == PEFT_WEIGHTS and (Path(full).parent / PEFT_CONFIG).exists():
+                label, target = rel_path.parent.as_posix(), str(Path(full).parent)
+                if label == ".":
+                    continue  # a bare adapter_model.safetensors at the folder root: no folder name to show
+            elif folder == MODEL_FOLDER or _cached_is_mcm(full):
+                label, target = rel_path.as_posix(), full
+            else:
+                continue
+            if folder != MODEL_FOLDER:
+                label = f"{folder}/{label}"
+            found.setdefault(label, target)
+    return dict(sorted(found.items()))
+
+
+def model_family(model_patcher) -> str:
+    name = type(model_patcher.model.model_config).__name__
+    return COMFY_FAMILIES.get(name, name)
+
+
+def _lora_patches(layers: dict[str, LoraWeights], prefix: str) -> dict:
+    """ComfyUI weight patches (core LoRA adapters: alpha/rank, conv reshape) for ``{path: LoRA}``."""
+    import comfy.lora
+
+    state, to_load = {}, {}
+    for path, w in layers.items():
+        key = f"{prefix}{path}"
+        state[f"{key}.lora_up.weight"] = w.up
+        state[f"{key}.lora_down.weight"] = w.down
+        state[f"{key}.alpha"] = torch.tensor(float(w.alpha))
+        to_load[key] = f"{key}.weight"
+    return comfy.lora.load_lora(state, to_load, log_missing=True)
+
+
+def _check_fits(adapter: Adapter, layers: dict[str, LoraWeights], shapes: dict[str, tuple], prefix: str, what: str):
+    missing, wrong = [], []
+    for path, w in layers.items():
+        shape = shapes.get(f"{prefix}{path}.weight")
+        if shape is None:
+            missing.append(path)
+        elif tuple(shape) != w.weight_shape:
+            wrong.append(f"{path}: {what} {tuple(shape)}, adapter {w.weight_shape}")
+    if missing or wrong:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} layers missing from the {what}, e.g. {missing[:4]}")
+        if wrong:
+            detail.append(f"{len(wrong)} with other shapes, e.g. {wrong[:3]}")
+        raise AdapterError(f"{adapter.source}: does not fit this {what}: " + "; ".join(detail))
+
+
+def _apply(patcher, patches: dict, strength: float, where: str):
+    accepted = set(patcher.add_patches(patches, strength))
+    rejected = sorted(set(patches) - accepted)
+    if rejected:  # add_patches drops unknown keys silently; we do not
+        raise AdapterError(f"{where}: {len(rejected)} patches were not accepted, e.g. {rejected[:4]}")
+    return len(accepted)
+
+
+def patch_unet(model, adapter: Adapter, strength: float):
+    """A clone of MODEL with the adapter's spatial LoRA; (clone, number of patched layers)."""
+    family = model_family(model)
+    adapter.require_base(family)
+    layers = comfy_spatial_layers(adapter, SD15_LAYOUT)
+    m = model.clone()
+    if not layers or strength == 0:
+        return m, 0
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    _check_fits(adapter, layers, shapes, "diffusion_model.", "Stable Diffusion UNet")
+    return m, _apply(m, _lora_patches(layers, "diffusion_model."), strength, "UNet")
+
+
+def _patch_motion_patcher(patcher, adapter: Adapter, layers, strength: float) -> int:
+    shapes = {k: tuple(v.shape) for k, v in patcher.model.state_dict().items()}
+    _check_fits(adapter, layers, shapes, "", "AnimateDiff motion module")
+    return _apply(patcher, _lora_patches(layers, ""), strength, "motion module")
+
+
+def ade_available() -> bool:
+    import nodes
+
+    return "ADE_LoadAnimateDiffModel" in nodes.NODE_CLASS_MAPPINGS
+
+
+def patch_motion(model, motion_model, adapter: Adapter, strength: float):
+    """Apply the motion-module LoRA to ADE's motion model(s).
+
+    ``motion_model`` (Gen2, MOTION_MODEL_ADE) is cloned and patched. Without it, the motion models that
+    an ADE Gen1 loader (or Use Evolved Sampling) attached to ``model`` are patched on the clone
+    ``model`` (a fresh clone from :func:`patch_unet`). Returns (model, motion_model, layers patched).
+    """
+    layers = ade_motion_layers(adapter)
+    if not layers or strength == 0:
+        return model, motion_model, 0
+    if motion_model is not None:
+        mm = motion_model.clone()
+        return model, mm, _patch_motion_patcher(mm, adapter, layers, strength)
+    attached = model.get_additional_models_with_key("ADE") if hasattr(model, "get_additional_models_with_key") else []
+    if not attached:
+        if not ade_available():
+            raise AdapterError(
+                f"{adapter.source}: has {len(layers)} motion-module layers, which need ComfyUI-AnimateDiff-Evolved "
+                "(not installed). Install ADE, or set strength_motion to 0 to apply only the image part."
+            )
+        raise AdapterError(
+            f"{adapter.source}: has {len(layers)} motion-module layers but no motion model reached this node. "
+            "Gen2: connect 'Load AnimateDiff Model' to motion_model. Gen1: place this node after "
+            "'AnimateDiff Loader'. Or set strength_motion to 0."
+        )
+    count = 0
+    for patcher in attached:  # model is already a clone: its attached motion patchers are clones too
+        count += _patch_motion_patcher(patcher, adapter, layers, strength)
+    return model, motion_model, count
