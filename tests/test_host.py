@@ -29,19 +29,28 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def host_report():
+def host_report(tmp_path_factory):
     for sub, name in (("checkpoints", CKPT), ("animatediff_models", MOTION)):
         if not (Path(COMFYUI_DIR) / "models" / sub / name).exists():
             pytest.skip(f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)")
+    adapters = tmp_path_factory.mktemp("mcm-adapters")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if os.environ.get("COMFYUI_PYTHONPATH"):  # e.g. the host harness's torchvision shim
         env["PYTHONPATH"] = os.environ["COMFYUI_PYTHONPATH"]
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    script = ROOT / "tests" / "host" / "check_sampling_nodes.py"
-    proc = subprocess.run([python, str(script), COMFYUI_DIR, str(ROOT), CKPT, MOTION],
-                          env=env, capture_output=True, text=True, timeout=900)
+    script = ROOT / "tests" / "host" / "check_nodes.py"
+    proc = subprocess.run([python, str(script), COMFYUI_DIR, str(ROOT), CKPT, MOTION, str(adapters)],
+                          env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report
+
+
+def _no_failure(report, part):
+    assert part not in report.get("failures", {}), report["failures"][part]
 
 
 def test_nodes_register_in_the_host(host_report):
@@ -53,20 +62,93 @@ def test_model_sampling_patches_a_clone(host_report):
     assert host_report["input_model_sampling"] != "MCMModelSampling"
 
 
+GRID = {
+    "1": [999],
+    "2": [999, 499],
+    "4": [999, 759, 499, 259],
+    "8": [999, 879, 759, 639, 499, 379, 259, 139],
+}
+
+
 def test_unet_sees_the_exact_training_timesteps(host_report):
-    assert host_report["unet_timesteps"] == {
-        "1": [999],
-        "2": [999, 499],
-        "4": [999, 759, 499, 259],
-        "8": [999, 879, 759, 639, 499, 379, 259, 139],
-    }
+    assert host_report["unet_timesteps"] == GRID
     assert host_report["v2v_timesteps"] == [499, 379, 259, 139]
 
 
+def test_plain_ksampler_scheduler_simple_lands_on_the_training_timesteps(host_report):
+    assert host_report["simple_scheduler_timesteps"] == GRID
+    assert host_report["simple_equals_mcm_scheduler"]
+
+
+def test_comfyui_sampling_equals_the_reference_sampler(host_report):
+    _no_failure(host_report, "parity")
+    errs = host_report["parity_rel_err"]
+    assert set(errs) == {"1@1.0", "4@1.0", "8@1.0", "4@0.6"}
+    assert max(errs.values()) <= 1e-4, errs
+
+
+def test_selector_lists_official_folders_and_mcm_files(host_report):
+    _no_failure(host_report, "adapters")
+    assert host_report["adapter_choices"] == ["animatediff-webvid", "mcm-test-laion.safetensors"]
+    sel = host_report["selected"]
+    assert sel["webvid_betas"] == "linear"  # no metadata: the official demo's (ComfyUI sqrt_linear)
+    assert sel["laion_betas"] == "scaled_linear"  # from the file's metadata
+    assert sel["steps"] == 4 and sel["cfg"] == 1.0
+    assert "official release's settings are assumed" in sel["info"]
+
+
+def test_our_ldm_names_are_comfyuis_own(host_report):
+    _no_failure(host_report, "adapters")
+    assert host_report["ldm_names_match_comfy"] and host_report["spatial_layers"] == 278
+
+
+def test_loader_patches_unet_and_motion_model_gen2(host_report):
+    _no_failure(host_report, "adapters")
+    gen2 = host_report["gen2"]
+    assert gen2["unet_patches"] == 278 and gen2["motion_patches"] == 252
+    assert gen2["input_untouched"]
+    assert gen2["model_sampling"] == "MCMModelSampling" and gen2["sampling_betas"] == "linear"
+    assert gen2["unet_weight_err"] <= 1e-5 and gen2["motion_weight_err"] <= 1e-5
+    assert gen2["unet_restored_err"] == 0.0
+
+
+def test_loader_patches_the_gen1_motion_model_on_a_clone(host_report):
+    _no_failure(host_report, "adapters")
+    gen1 = host_report["gen1"]
+    assert gen1["motion_patches"] == [252] and gen1["input_motion_patches"] == [0]
+    assert gen1["sampling_betas"] == "scaled_linear"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing_adapter", "'no-such-adapter' is not installed"),
+        ("escape_folder", "is not installed"),
+        ("wrong_base", "cannot be applied to a Stable Diffusion 1.5"),
+        ("shape_mismatch", "does not fit this Stable Diffusion UNet"),
+        ("no_motion_model", "Gen2: connect 'Load AnimateDiff Model'"),
+        ("ade_missing", "need ComfyUI-AnimateDiff-Evolved (not installed)"),
+        ("strength_range", "strength_model = 5.0 is outside"),
+        ("not_an_adapter", "must come from an MCM Style Adapter"),
+    ],
+)
+def test_bad_input_gives_a_clear_message(host_report, case, expected):
+    _no_failure(host_report, "errors")
+    assert expected in (host_report["errors"][case] or ""), host_report["errors"][case]
+
+
+def test_zero_motion_strength_needs_no_motion_model(host_report):
+    _no_failure(host_report, "errors")
+    assert host_report["errors"]["motion_strength_zero_ok"] is None
+
+
 def test_ade_use_existing_keeps_mcm_sampling(host_report):
+    _no_failure(host_report, "ade_sample")
     assert host_report["after_ade_use_existing"] == "MCMModelSampling"
 
 
-def test_samplercustom_runs_mcm_in_an_ade_gen2_graph(host_report):
+def test_samplercustom_and_the_one_node_sampler_run_mcm_in_an_ade_gen2_graph(host_report):
+    _no_failure(host_report, "ade_sample")
     assert host_report["sample_shape"] == [4, 4, 4, 4]
     assert host_report["sample_finite"] and host_report["one_vs_two_steps_differ"]
+    assert host_report["ksampler_equals_samplercustom"] <= 1e-6

@@ -68,7 +68,7 @@ def test_full_sd15_unet_keys_agree_with_diffusers_own_ldm_converter():
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
     with torch.device("meta"):
-        unet = UNet2DConditionModel()  # the SD1.5 configuration
+        unet = UNet2DConditionModel(cross_attention_dim=768)  # the SD1.5 configuration
     layout = UNetLayout.from_diffusers_config(dict(unet.config))
     assert layout == SD15_LAYOUT
     keys = list(unet.state_dict())
@@ -87,7 +87,7 @@ def test_every_official_target_of_a_full_size_animatediff_unet_has_a_comfy_or_ad
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     with torch.device("meta"):
-        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(), MotionAdapter())
+        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(cross_attention_dim=768), MotionAdapter())
     targets = official_targets(unet)
     spatial = [t for t in targets if ".motion_modules." not in t]
     motion = [t for t in targets if ".motion_modules." in t]

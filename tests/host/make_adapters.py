@@ -25,7 +25,8 @@ def full_size_targets() -> dict[str, tuple[int, ...]]:
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
     with torch.device("meta"):
-        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(), MotionAdapter())
+        # SD1.5: diffusers' default UNet config with 768-wide cross-attention (CLIP ViT-L/14)
+        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(cross_attention_dim=768), MotionAdapter())
     return {
         name: tuple(module.weight.shape)
         for name, module in unet.named_modules()
