@@ -1,55 +1,570 @@
-"""Headless MCM distillation: ``python training/distill.py`` (embedded toy default) or with flags.
+"""Headless MCM distillation: ``python training/distill.py`` (the embedded toy default) or with flags.
 
-The trainer is being built on the numerics core in ``mcm/`` (schedule, DDIM solver, boundary
-conditions, sampler) so that what is trained is what the ComfyUI nodes sample. Until it lands this
-script states what it will do and exits with status 2, so nobody mistakes it for a finished run.
+Consistency distillation of a video teacher (AnimateDiff or ModelScope T2V, diffusers) into a LoRA
+student, with MCM's disentangled motion loss (a learnable motion head by default) and mixed
+trajectories; numbers from the official code (``--help`` lists every flag with its default). The
+schedule, DDIM solver, boundary conditions and adapter format come from ``mcm/``, the same code the
+ComfyUI nodes sample with, and every checkpoint holds an adapter file the nodes load directly.
+
+    python training/distill.py                         # toy default: CPU, minutes, no downloads
+    accelerate launch training/distill.py --teacher PATH --data SHARDS --output-dir runs
+    python training/distill.py --config run.yaml       # flags from a YAML file (flags on the CLI win)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import csv
+import datetime as dt
+import json
+import os
+import resource
+import shutil
 import sys
+import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+import mcm  # noqa: E402
 from mcm.boundary import MCM_TIMESTEP_SCALING  # noqa: E402
-from mcm.schedule import NUM_DDIM_TIMESTEPS, lcm_timesteps  # noqa: E402
-
-PLAN = f"""\
-MCM distillation (Motion Consistency Model, arXiv 2406.06890)
-
-What the default run will do, on a 2-core CPU in minutes, with no downloads:
-  1. build the toy world: captioned clips of moving shapes (degraded like web video) and clean images;
-  2. load the shipped toy teacher (diffusers UNetMotionModel + AutoencoderKL + CLIP text encoder);
-  3. distil it with the full method: consistency distillation on the {NUM_DDIM_TIMESTEPS}-step DDIM grid with
-     timestep scaling {MCM_TIMESTEP_SCALING:g}, the disentangled motion loss through a learnable motion head,
-     a frame discriminator on the clean images, and mixed trajectories;
-  4. write a run folder with the node-compatible adapter, previews of teacher vs MCM
-     {", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))}, and metrics.json.
-"""
-
-NOT_READY = (
-    "error: the distillation trainer is not implemented yet in this version of comfyui-mcm; "
-    "only the numerics core (mcm/) and its tests are. Nothing was written."
+from mcm.distill import (  # noqa: E402
+    DistillConfig,
+    distillation_step,
+    generated_x0,
+    sample_guidance,
+    sample_indices,
+    use_generated_trajectories,
 )
+from mcm.motion import MOTION_REPRESENTATIONS, ema_update, make_motion_representation  # noqa: E402
+from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, lcm_timesteps  # noqa: E402
+
+TOY_DEFAULTS = {
+    "teacher": "tiny-animatediff",
+    "data": "toy",
+    "resolution": 32,
+    "num_frames": 8,
+    "max_train_steps": 40,
+    "gradient_accumulation_steps": 1,
+    "lora_rank": 8,
+    "lora_alpha": 8.0,
+    "learning_rate": 1e-4,
+    "scale_lr": False,
+    "lr_warmup_steps": 5,
+    "checkpointing_steps": 20,
+    "num_workers": 0,
+    "style": "toy",
+}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", action="store_true", help="print what the default run does and exit 0")
-    return parser.parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--config", help="YAML file of flag values (keys as the flags, with _ or -); CLI flags override it")
+    g.add_argument("--output-dir", default="runs", help="parent folder; each run gets a new subfolder (default: runs)")
+    g.add_argument("--run-name", default=None, help="subfolder name (default: date-time); an existing one is never reused")
+    g.add_argument("--resume", default=None, help="a run folder or checkpoint folder to continue (latest checkpoint of a run)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (data order, timesteps, guidance, noise)")
+    g.add_argument("--dry-run", action="store_true", help="build everything, run one step, report time per part and peak memory")
+    g.add_argument("--plan", action="store_true", help="print what the run will do and exit")
+    g = p.add_argument_group("teacher and student")
+    g.add_argument("--teacher", default=None, help="diffusers folder or hub id, or tiny-animatediff / tiny-modelscope (toy default)")
+    g.add_argument("--teacher-kind", default="animatediff", choices=["animatediff", "modelscope"], help="teacher family")
+    g.add_argument("--motion-adapter", default=None, help="AnimateDiff MotionAdapter folder (default: <teacher>/motion_adapter)")
+    g.add_argument("--motion-module-version", default="v2", help="recorded in the adapter metadata (official: v2, mm v1-5-2)")
+    g.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (official 64)")
+    g.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA alpha (official 64; scale alpha/rank = 1)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the UNet")
+    g = p.add_argument_group("consistency distillation")
+    g.add_argument("--beta-schedule", default="scaled_linear", choices=["scaled_linear", "linear"],
+                   help="training betas, diffusers names (official training: scaled_linear; recorded in the adapter)")  # fmt: skip
+    g.add_argument("--num-ddim-timesteps", type=int, default=NUM_DDIM_TIMESTEPS, help="DDIM solver grid size (50)")
+    g.add_argument("--timestep-scaling", type=float, default=MCM_TIMESTEP_SCALING, help="boundary timestep scaling (MCM 4)")
+    g.add_argument("--w-min", type=float, default=5.0, help="teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)")
+    g.add_argument("--w-max", type=float, default=15.0, help="see --w-min (paper: [7, 8] for AnimateDiff; scripts 15)")
+    g.add_argument("--loss-type", default="huber", choices=["huber", "l2"], help="consistency distance")
+    g.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber c")
+    g.add_argument("--motion-repr", default="learn", choices=sorted(MOTION_REPRESENTATIONS),
+                   help="motion representation of the loss: " + "; ".join(f"{k}: {v}" for k, v in MOTION_REPRESENTATIONS.items()))  # fmt: skip
+    g.add_argument("--ema-decay", type=float, default=0.95, help="EMA of the motion head used on the target side")
+    g.add_argument("--lambda-real", type=float, default=0.5,
+                   help="mixed trajectories: fraction of micro-batches on real latents; the rest start from the "
+                   "student's own one-step sample (0 collapses ~5%% of samples to black, paper App. B.1)")  # fmt: skip
+    g.add_argument("--mixed-start-step", type=int, default=0, help="optimizer step from which mixed trajectories start")
+    g.add_argument("--ema-target", action="store_true", help="paper: EMA student as target (official code: the student itself)")
+    g.add_argument("--ema-target-decay", type=float, default=0.95, help="decay of the EMA target (with --ema-target)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="*.tar shards (mp4 + json caption) or a folder of videos with captions; 'toy' = synthetic")
+    g.add_argument("--num-frames", type=int, default=16, help="frames per clip (16)")
+    g.add_argument("--frame-interval", type=int, default=8, help="frame stride in the source video (official 8)")
+    g.add_argument("--resolution", type=int, default=512, help="square crop size in pixels (AnimateDiff 512, ModelScope 256)")
+    g.add_argument("--crop", default="random", choices=["random", "center"], help="random-resized (official) or centre crop")
+    g.add_argument("--num-workers", type=int, default=4, help="decoding worker processes")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train-batch-size", type=int, default=1, help="videos per process per micro-batch")
+    g.add_argument("--gradient-accumulation-steps", type=int, default=16, help="micro-batches per optimizer step")
+    g.add_argument("--max-train-steps", type=int, default=30000, help="optimizer steps (paper 30k)")
+    g.add_argument("--learning-rate", type=float, default=5e-6, help="LoRA + motion-head learning rate")
+    g.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=True,
+                   help="multiply the lr by total batch / 128 (official; 1.0 at the official batch of 128)")  # fmt: skip
+    g.add_argument("--lr-scheduler", default="cosine", help="diffusers scheduler name")
+    g.add_argument("--lr-warmup-steps", type=int, default=500, help="warm-up steps")
+    g.add_argument("--adam-weight-decay", type=float, default=0.0, help="AdamW weight decay (scripts 0)")
+    g.add_argument("--use-8bit-adam", action=argparse.BooleanOptionalAction, default=None,
+                   help="bitsandbytes AdamW8bit (default: when bitsandbytes is installed and on a GPU)")  # fmt: skip
+    g.add_argument("--max-grad-norm", type=float, default=10.0, help="gradient-norm clip of the LoRA parameters")
+    g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"], help="default: fp16 on a GPU, no on a CPU")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--checkpointing-steps", type=int, default=500, help="checkpoint every N optimizer steps")
+    g.add_argument("--style", default="custom", help="style label recorded in the adapter (webvid, laion, anime, …)")
+    g.add_argument("--adapter-name", default=None, help="display name recorded in the adapter")
+    return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = {a.dest for a in parser._actions if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)}
+    if args.config:
+        import yaml
+
+        try:
+            values = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            parser.error(f"--config {args.config}: {exc}")
+        known = {a.dest for a in parser._actions}
+        for key, value in values.items():
+            dest = key.replace("-", "_")
+            if dest not in known:
+                parser.error(f"--config {args.config}: unknown key {key!r}")
+            if dest not in given:
+                setattr(args, dest, value)
+    if args.teacher is None and args.data is None:  # the embedded default
+        for key, value in TOY_DEFAULTS.items():
+            if key not in given:
+                setattr(args, key, value)
+    if args.teacher is None or args.data is None:
+        parser.error("--teacher and --data go together (leave both out for the toy default)")
+    if args.num_frames < 2:
+        parser.error(f"--num-frames {args.num_frames}: a video needs at least 2 frames")
+    return args
+
+
+def describe_plan(args) -> str:
+    steps = ", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))
+    return (
+        f"MCM distillation (arXiv 2406.06890)\n"
+        f"  teacher {args.teacher} ({args.teacher_kind}); data {args.data}; {args.num_frames} frames at {args.resolution}px\n"
+        f"  consistency distillation on the {args.num_ddim_timesteps}-point DDIM grid, betas {args.beta_schedule}, "
+        f"timestep scaling {args.timestep_scaling:g}, teacher w ~ U[{args.w_min:g}, {args.w_max:g}]\n"
+        f"  motion loss on '{args.motion_repr}' ({args.loss_type}), mixed trajectories λ_real = {args.lambda_real:g}\n"
+        f"  LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g}; {args.max_train_steps} steps\n"
+        f"  the adapter samples with the MCM nodes at {steps}\n"
+        f"  frame discriminator: not in this version (issue 8)"
+    )
+
+
+# --- run folder and checkpoints ----------------------------------------------------------------------
+
+
+def new_run_dir(output_dir: str, run_name: str | None) -> Path:
+    parent = Path(output_dir)
+    parent.mkdir(parents=True, exist_ok=True)
+    name = run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+    candidate, n = parent / name, 1
+    while candidate.exists():  # never reuse a folder that holds an earlier run
+        n += 1
+        candidate = parent / f"{name}-{n}"
+    candidate.mkdir()
+    return candidate
+
+
+def latest_checkpoint(path: Path) -> Path:
+    if (path / "trainer_state.json").exists():
+        return path
+    checkpoints = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
+    checkpoints = [c for c in checkpoints if (c / "trainer_state.json").exists()]
+    if not checkpoints:
+        raise FileNotFoundError(f"--resume {path}: no checkpoint-N folder with trainer_state.json")
+    return checkpoints[-1]
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Write into a temporary sibling folder, then rename it into place (never half a checkpoint)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            raise FileExistsError(f"{final}: already exists; not overwritten")
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
+    """The node-compatible MCM adapter (``adapter.safetensors``) and the PEFT folder (``peft/``)."""
+    from peft import get_peft_model_state_dict
+
+    from mcm.weights import Adapter, AdapterMeta, export_peft, parse_lora_tensors, save_adapter
+
+    state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
+    layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
+    meta = AdapterMeta(
+        base=teacher.base,
+        motion_module=args.motion_module_version if teacher.kind == "animatediff" else None,
+        lora_rank=args.lora_rank,
+        lora_alpha=float(args.lora_alpha),
+        beta_schedule=args.beta_schedule,
+        timestep_scaling=float(args.timestep_scaling),
+        num_ddim_timesteps=args.num_ddim_timesteps,
+        prediction_type=teacher.unet.config.get("prediction_type", "epsilon") if hasattr(teacher.unet.config, "get") else "epsilon",
+        temporal_norm="video",  # diffusers' motion modules normalise over all frames
+        style=args.style,
+        name=args.adapter_name or f"{args.style} (step {step})",
+        training={
+            "teacher": str(args.teacher), "teacher_kind": args.teacher_kind, "data": str(args.data), "step": step,
+            "motion_repr": args.motion_repr, "lambda_real": args.lambda_real, "w": [args.w_min, args.w_max],
+            "loss": args.loss_type, "lr": args.learning_rate, "frames": args.num_frames, "resolution": args.resolution,
+            "seed": args.seed, "seconds": round(seconds, 1), "comfyui_mcm": mcm.__version__,
+        },
+    )  # fmt: skip
+    adapter = Adapter(meta=meta, layers=layers, source=str(folder / "adapter.safetensors"))
+    save_adapter(adapter, folder / "adapter.safetensors")
+    export_peft(adapter, folder / "peft")
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+class Timer:
+    def __init__(self, enabled: bool):
+        self.enabled, self.seconds = enabled, {}
+
+    @contextmanager
+    def __call__(self, name):
+        if not self.enabled:
+            yield
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def make_optimizer(params, args, lr: float, use_cuda: bool):
+    use_8bit = args.use_8bit_adam
+    if use_8bit is None:
+        try:
+            import bitsandbytes  # noqa: F401
+
+            use_8bit = use_cuda
+        except ImportError:
+            use_8bit = False
+    if use_8bit:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
+
+
+def train(args, teacher=None) -> Path:
+    """Run the distillation; ``teacher`` (a :class:`training.models.Teacher`) overrides ``--teacher``
+    (tests pass a prepared one)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_scheduler
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from training.data import VideoClips, collate, write_toy_shards
+    from training.models import VideoUNet, call_unet, load_teacher, make_student
+
+    mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed)
+    set_seed(args.seed + accelerator.process_index)
+    device = accelerator.device
+
+    log = (lambda *a: print(*a, flush=True)) if accelerator.is_main_process else (lambda *a: None)
+
+    # the teacher first: cheap checks before any data is touched
+    teacher = teacher or load_teacher(args.teacher, args.teacher_kind, args.motion_adapter)
+    if args.resolution % (teacher.vae_downsample * 4):
+        raise ValueError(f"--resolution {args.resolution}: must be a multiple of {teacher.vae_downsample * 4} for this teacher")
+
+    # data
+    data_root = args.data
+    if data_root == "toy":
+        cache = Path(os.environ.get("MCM_TOY_DATA", Path.home() / ".cache" / "comfyui-mcm" / "toy-videos"))
+        frames = max(16, args.num_frames)
+        data_root = write_toy_shards(cache / f"{args.resolution}px-{frames}f-seed{args.seed}", frames=frames,
+                                     size=args.resolution, seed=args.seed)  # fmt: skip
+        args.frame_interval = 1
+    dataset = VideoClips(data_root, args.num_frames, args.frame_interval, args.resolution, args.crop, args.seed,
+                         accelerator.process_index, accelerator.num_processes)  # fmt: skip
+    loader = DataLoader(dataset, batch_size=args.train_batch_size, collate_fn=collate, num_workers=args.num_workers)
+
+    # the run folder, once the inputs are known to be usable
+    if args.resume:
+        resume_from = latest_checkpoint(Path(args.resume))
+        run_dir = resume_from.parent
+    else:
+        resume_from = None
+        run_dir = new_run_dir(args.output_dir, args.run_name) if accelerator.is_main_process else None
+        run_dir = Path(accelerator.gather_for_metrics([str(run_dir)] if run_dir else [""])[0]) if accelerator.num_processes > 1 else run_dir
+    log(describe_plan(args))
+    log(f"run folder: {run_dir}")
+
+    # models: the student is the teacher + LoRA; the teacher is the same UNet with the adapter disabled
+    for m in (teacher.unet, teacher.vae, teacher.text_encoder):
+        m.requires_grad_(False)
+    if args.gradient_checkpointing:
+        teacher.unet.enable_gradient_checkpointing()
+    student = make_student(teacher, args.lora_rank, args.lora_alpha)
+    head, target_head = make_motion_representation(args.motion_repr, teacher.latent_channels)
+    head_params = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
+    lora_params = [p for p in student.parameters() if p.requires_grad]
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    lr = args.learning_rate * (total_batch / 128 if args.scale_lr else 1.0)
+    optimizer = make_optimizer([{"params": lora_params}, {"params": head_params}], args, lr, torch.cuda.is_available())
+    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
+    modules = [student] + ([head] if head_params else [])
+    prepared = accelerator.prepare(*modules, optimizer, scheduler)
+    student_p, head_p = prepared[0], (prepared[1] if head_params else head)
+    optimizer, scheduler = prepared[-2], prepared[-1]
+    for m in (teacher.vae, teacher.text_encoder):
+        m.to(device)
+    if isinstance(target_head, torch.nn.Module):
+        target_head.to(device)
+    ema_student = None
+    if args.ema_target:
+        ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False)
+
+    schedule = NoiseSchedule(args.beta_schedule)
+    config = DistillConfig(args.num_ddim_timesteps, args.timestep_scaling, args.w_min, args.w_max, args.loss_type,
+                           args.huber_c, "epsilon", args.lambda_real)  # fmt: skip
+    unwrapped = accelerator.unwrap_model(student_p)
+
+    def student_fn(x, t, c):
+        return call_unet(student_p, x, t, c)
+
+    def teacher_fn(x, t, c):
+        with unwrapped.disable_adapter():
+            return call_unet(unwrapped, x, t, c)
+
+    target_fn = VideoUNet(ema_student) if ema_student is not None else student_fn
+
+    @torch.no_grad()
+    def encode_text(captions):
+        return teacher.text_encoder(teacher.tokenizer(captions).to(device))[0]
+
+    @torch.no_grad()
+    def encode_video(video):
+        b, c, f, h, w = video.shape
+        frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).to(device, teacher.vae.dtype)
+        latents = torch.cat([teacher.vae.encode(chunk).latent_dist.sample() for chunk in frames.split(32)])
+        latents = latents * teacher.scaling_factor
+        return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
+
+    generator = torch.Generator().manual_seed(args.seed * 7919 + accelerator.process_index)
+    global_step, skipped_total, start_time = 0, 0, time.time()
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler)
+        global_step, skipped_total = state["global_step"], state.get("skipped", 0)
+        generator.manual_seed(args.seed * 7919 + accelerator.process_index + global_step)
+        log(f"resumed from {resume_from} at step {global_step}")
+
+    metrics_path = run_dir / "metrics.csv"
+    metrics_file = open(metrics_path, "a", newline="") if accelerator.is_main_process else None
+    writer = csv.writer(metrics_file) if metrics_file else None
+    if writer and metrics_path.stat().st_size == 0:
+        writer.writerow(["step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds"])
+    tb = None
+    if accelerator.is_main_process:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:  # noqa: BLE001 - TensorBoard is optional
+            tb = None
+    uncond_cache = {}
+    timer = Timer(args.dry_run)
+    progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_main_process,
+                    desc="distilling", dynamic_ncols=True)  # fmt: skip
+    window_losses, window_generated = [], []
+    data_iter = iter(loader)
+    try:
+        while global_step < args.max_train_steps:
+            with timer("data"):
+                batch = next(data_iter)
+                skipped_total += batch["skipped"]
+                if "video" not in batch:
+                    continue
+            with accelerator.accumulate(*modules):
+                b = batch["video"].shape[0]
+                with timer("encode"):
+                    x0 = encode_video(batch["video"])
+                    cond = encode_text(batch["caption"])
+                    if b not in uncond_cache:
+                        uncond_cache[b] = encode_text([""] * b)
+                    uncond = uncond_cache[b]
+                generated = global_step >= args.mixed_start_step and use_generated_trajectories(args.lambda_real, generator)
+                if generated:
+                    with timer("student one-step sample"), accelerator.autocast():
+                        x0 = generated_x0(student_fn, torch.randn(x0.shape, generator=generator).to(device), cond, schedule).float()
+                index = sample_indices(b, args.num_ddim_timesteps, generator)
+                w = sample_guidance(b, args.w_min, args.w_max, generator)
+                noise = torch.randn(x0.shape, generator=generator).to(device)
+                with timer("distillation step (student, teacher x2, target)"), accelerator.autocast():
+                    out = distillation_step(student_fn, teacher_fn, x0, cond, uncond, schedule, config, index=index.to(device),
+                                            w=w, noise=noise, target_model=target_fn, motion=head_p, target_motion=target_head)  # fmt: skip
+                    loss = out["loss"]
+                with timer("backward"):
+                    accelerator.backward(loss)
+                with timer("optimizer"):
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(lora_params, args.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                window_losses.append(loss.detach().float().item())
+                window_generated.append(float(generated))
+            if not accelerator.sync_gradients:
+                continue
+            if isinstance(target_head, torch.nn.Module):
+                ema_update(target_head, accelerator.unwrap_model(head_p), args.ema_decay)
+            if ema_student is not None:
+                ema_update(ema_student, accelerator.unwrap_model(student_p), args.ema_target_decay)
+            global_step += 1
+            mean_loss = sum(window_losses) / len(window_losses)
+            gen_frac = sum(window_generated) / len(window_generated)
+            window_losses, window_generated = [], []
+            progress.update(1)
+            progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", skipped=skipped_total)
+            if writer:
+                writer.writerow([global_step, f"{mean_loss:.6g}", f"{scheduler.get_last_lr()[0]:.6g}", gen_frac, skipped_total,
+                                 round(time.time() - start_time, 2)])  # fmt: skip
+                metrics_file.flush()
+            if tb:
+                tb.add_scalar("loss/consistency", mean_loss, global_step)
+                tb.add_scalar("lr", scheduler.get_last_lr()[0], global_step)
+            if args.dry_run:
+                break
+            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, teacher, args,
+                                global_step, skipped_total, run_dir, time.time() - start_time)  # fmt: skip
+    except KeyboardInterrupt:
+        log(f"\ninterrupted at step {global_step}; saving a checkpoint")
+        save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, teacher, args,
+                        global_step, skipped_total, run_dir, time.time() - start_time)  # fmt: skip
+        raise
+    finally:
+        progress.close()
+        if metrics_file:
+            metrics_file.close()
+        if tb:
+            tb.close()
+
+    accelerator.wait_for_everyone()
+    if args.dry_run:
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        report = {"seconds": {k: round(v, 3) for k, v in timer.seconds.items()}, "peak_memory_gib": round(peak, 2),
+                  "memory": "CUDA allocated" if torch.cuda.is_available() else "process max RSS", "loss": window_losses or mean_loss}  # fmt: skip
+        log(json.dumps(report, indent=2))
+        (run_dir / "dry_run.json").write_text(json.dumps(report, indent=2))
+        return run_dir
+    if accelerator.is_main_process:
+        final = run_dir / "final" if not (run_dir / "final").exists() else run_dir / f"final-{global_step}"
+        with atomic_dir(final) as tmp:
+            export_adapter(accelerator.unwrap_model(student_p), teacher, args, global_step, tmp, time.time() - start_time)
+        adapter_path = final / "adapter.safetensors"
+        if not (run_dir / "adapter.safetensors").exists():  # the newcomer's shortcut; never replaced
+            shutil.copyfile(adapter_path, run_dir / "adapter.safetensors")
+            adapter_path = run_dir / "adapter.safetensors"
+        summary = {"steps": global_step, "skipped_samples": skipped_total, "seconds": round(time.time() - start_time, 1),
+                   "adapter": str(adapter_path), "peft": str(final / "peft")}  # fmt: skip
+        tmp_summary = run_dir / ".summary.json.tmp"
+        tmp_summary.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp_summary, run_dir / "summary.json")
+        log(f"done: {json.dumps(summary)}")
+    return run_dir
+
+
+def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, teacher, args, step,
+                    skipped, run_dir: Path, seconds: float):  # fmt: skip
+    """``checkpoint-<step>/``: the adapter (+ PEFT folder), motion heads, optimizer and scheduler state.
+
+    Only trainable state is written (the frozen teacher would be gigabytes per checkpoint).
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    accelerator.wait_for_everyone()
+    final = run_dir / f"checkpoint-{step}"
+    if accelerator.is_main_process and not final.exists():
+        with atomic_dir(final) as tmp:
+            export_adapter(accelerator.unwrap_model(student_p), teacher, args, step, tmp, seconds)
+            heads = {}
+            if isinstance(target_head, torch.nn.Module):
+                heads.update({f"online.{k}": v for k, v in accelerator.unwrap_model(head_p).state_dict().items()})
+                heads.update({f"target.{k}": v for k, v in target_head.state_dict().items()})
+            if ema_student is not None:
+                heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(ema_student).items()})
+            if heads:
+                save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "skipped": skipped, "args": vars(args)},
+                                                               indent=2, default=str))  # fmt: skip
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(accelerator.unwrap_model(student_p), load_file(folder / "peft" / "adapter_model.safetensors"))
+    extra_path = folder / "trainable_extra.safetensors"
+    extra = load_file(extra_path) if extra_path.exists() else {}
+
+    def part(prefix):
+        return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+
+    if isinstance(target_head, torch.nn.Module):
+        accelerator.unwrap_model(head_p).load_state_dict(part("online."))
+        target_head.load_state_dict(part("target."))
+    if ema_student is not None:
+        set_peft_model_state_dict(ema_student, part("ema_student."))
+    state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)  # our own file
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return json.loads((folder / "trainer_state.json").read_text())
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
-    print(PLAN)
     if args.plan:
+        print(describe_plan(args))
         return 0
-    print(NOT_READY, file=sys.stderr)
-    return 2
+    try:
+        train(args)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -135,7 +135,6 @@ def _selected(M, label, beta="auto (from the adapter)"):
 
 def check_adapters(M, model, motion_name, out):
     import comfy.utils
-    import torch
 
     from mcm.weights import ade_motion_layers, comfy_spatial_layers
 

@@ -1,0 +1,232 @@
+"""The trainer on tiny teachers of the real classes (CPU, seconds): what it updates, what it writes,
+how it resumes, and how it reports bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcm.distill import DistillConfig, distillation_step
+from mcm.sampler import sample_consistency
+from mcm.schedule import NoiseSchedule, lcm_timesteps
+from mcm.weights import load_adapter, merge_lora
+from training import distill
+from training.data import VideoClips, collate, encode_mp4, toy_clip, write_toy_shards
+from training.models import call_unet, tiny_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
+
+
+def args_for(tmp_path, data, *extra):
+    return distill.parse_args([
+        "--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(tmp_path / "runs"),
+        "--resolution", "16", "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0",
+        "--lora-rank", "4", "--lora-alpha", "4", "--gradient-accumulation-steps", "1", "--no-scale-lr",
+        "--learning-rate", "1e-3", "--lr-warmup-steps", "0", "--max-train-steps", "2", "--checkpointing-steps", "1",
+        *extra,
+    ])  # fmt: skip
+
+
+def test_official_defaults_and_toy_defaults():
+    official = distill.parse_args(["--teacher", "x/y", "--data", "shards"])
+    assert (official.learning_rate, official.lora_rank, official.lora_alpha) == (5e-6, 64, 64.0)
+    assert (official.w_min, official.w_max, official.loss_type, official.huber_c) == (5.0, 15.0, "huber", 0.001)
+    assert (official.motion_repr, official.lambda_real, official.ema_decay) == ("learn", 0.5, 0.95)
+    assert (official.beta_schedule, official.timestep_scaling, official.num_ddim_timesteps) == ("scaled_linear", 4.0, 50)
+    assert (official.max_grad_norm, official.lr_warmup_steps, official.scale_lr) == (10.0, 500, True)
+    toy = distill.parse_args([])
+    assert toy.teacher == "tiny-animatediff" and toy.data == "toy" and toy.max_train_steps == 40
+    assert distill.parse_args(["--max-train-steps", "3"]).max_train_steps == 3
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("teacher: tiny-modelscope\ndata: toy\nlambda-real: 0.25\nmax_train_steps: 7\n")
+    args = distill.parse_args(["--config", str(cfg), "--max-train-steps", "9"])
+    assert (args.teacher, args.lambda_real, args.max_train_steps) == ("tiny-modelscope", 0.25, 9)
+    cfg.write_text("colour: red\n")
+    with pytest.raises(SystemExit):
+        distill.parse_args(["--config", str(cfg)])
+
+
+def _frozen_state(teacher):
+    return {
+        "vae": {k: v.clone() for k, v in teacher.vae.state_dict().items()},
+        "text": {k: v.clone() for k, v in teacher.text_encoder.state_dict().items()},
+        "unet": {k: v.clone() for k, v in teacher.unet.state_dict().items()},
+    }
+
+
+def _base_unet_state(peft_unet):
+    """The wrapped UNet's own weights under their original names (LoRA factors left out)."""
+    out = {}
+    for k, v in peft_unet.state_dict().items():
+        if "lora_" in k:
+            continue
+        out[k.removeprefix("base_model.model.").replace(".base_layer.", ".")] = v
+    return out
+
+
+def test_a_run_updates_only_lora_and_head_and_writes_a_node_adapter(tmp_path, toy_data):
+    teacher = tiny_teacher("animatediff")
+    before = _frozen_state(teacher)
+    run = distill.train(args_for(tmp_path, toy_data), teacher=teacher)
+    after = _base_unet_state(teacher.unet)
+    assert set(after) == set(before["unet"])
+    assert all(torch.equal(after[k], before["unet"][k]) for k in after), "teacher weights changed"
+    assert all(torch.equal(v, before["vae"][k]) for k, v in teacher.vae.state_dict().items())
+    assert all(torch.equal(v, before["text"][k]) for k, v in teacher.text_encoder.state_dict().items())
+
+    adapter = load_adapter(run / "adapter.safetensors")
+    assert adapter.metadata_source == "file" and adapter.meta.base == "sd15-animatediff"
+    assert adapter.meta.beta_schedule == "scaled_linear" and adapter.meta.timestep_scaling == 4.0
+    assert adapter.meta.training["motion_repr"] == "learn" and adapter.meta.training["step"] == 2
+    assert len(adapter.layers) == len(teacher.lora_targets())
+    assert any(w.up.abs().max() > 0 for w in adapter.layers.values())  # B left its zero init
+    assert (run / "final" / "peft" / "adapter_config.json").exists()
+    for step in (1, 2):
+        ckpt = run / f"checkpoint-{step}"
+        assert (ckpt / "adapter.safetensors").exists() and (ckpt / "optimizer.pt").exists()
+        extra = load_adapter(ckpt / "adapter.safetensors")
+        assert extra.meta.training["step"] == step
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 3
+
+    # the adapter samples through mcm in 1/2/4 steps on a fresh teacher
+    fresh = tiny_teacher("animatediff")
+    state = merge_lora(fresh.unet.state_dict(), adapter.layers)
+    fresh.unet.load_state_dict(state)
+    cond = fresh.text_encoder(fresh.tokenizer(["a red square moving left"]))[0]
+    schedule = NoiseSchedule(adapter.meta.beta_schedule)
+    for steps in (1, 2, 4):
+        z = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(steps))
+        with torch.no_grad():
+            x = sample_consistency(lambda x, t, c: call_unet(fresh.unet, x, t, c), z, lcm_timesteps(steps), schedule, cond)
+        assert x.shape == z.shape and torch.isfinite(x).all()
+
+
+def test_resume_continues_from_the_latest_checkpoint(tmp_path, toy_data):
+    run = distill.train(args_for(tmp_path, toy_data), teacher=tiny_teacher("animatediff"))
+    args = args_for(tmp_path, toy_data, "--resume", str(run), "--max-train-steps", "3")
+    distill.train(args, teacher=tiny_teacher("animatediff"))
+    steps = [int(r.split(",")[0]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3]
+    assert (run / "checkpoint-3").exists() and (run / "final-3" / "adapter.safetensors").exists()
+    assert load_adapter(run / "final-3" / "adapter.safetensors").meta.training["step"] == 3
+
+
+def test_modelscope_teacher_runs_through_the_same_script(tmp_path, toy_data):
+    args = args_for(tmp_path, toy_data, "--teacher", "tiny-modelscope", "--teacher-kind", "modelscope", "--max-train-steps", "1")
+    run = distill.train(args, teacher=tiny_teacher("modelscope"))
+    adapter = load_adapter(run / "adapter.safetensors")
+    assert adapter.meta.base == "modelscope-t2v" and adapter.temporal_layers()
+
+
+def test_distillation_lowers_the_consistency_error_on_held_out_noise(tmp_path, toy_data):
+    teacher = tiny_teacher("animatediff")
+    schedule = NoiseSchedule("scaled_linear")
+    batch = next(iter(torch.utils.data.DataLoader(VideoClips(toy_data, 4, 1, 16, "center", seed=99), batch_size=2,
+                                                  collate_fn=collate)))  # fmt: skip
+    with torch.no_grad():
+        frames = batch["video"].permute(0, 2, 1, 3, 4).reshape(-1, 3, 16, 16)
+        x0 = teacher.vae.encode(frames).latent_dist.mean * teacher.scaling_factor
+        x0 = x0.reshape(2, 4, 4, 8, 8).permute(0, 2, 1, 3, 4)
+        cond = teacher.text_encoder(teacher.tokenizer(batch["caption"]))[0]
+        uncond = teacher.text_encoder(teacher.tokenizer(["", ""]))[0]
+    g = torch.Generator().manual_seed(1234)
+    held_out = [(torch.randint(0, 50, (2,), generator=g), torch.randn(x0.shape, generator=g)) for _ in range(4)]
+
+    def error(unet):
+        def model(x, t, c):
+            return call_unet(unet, x, t, c)
+
+        with torch.no_grad():
+            return sum(distillation_step(model, lambda x, t, c: call_unet(teacher_unet, x, t, c), x0, cond, uncond, schedule,
+                                         DistillConfig(loss_type="l2"), index=i, w=torch.full((2,), 7.0, dtype=torch.float64),
+                                         noise=n)["loss"].item() for i, n in held_out)  # fmt: skip
+
+    teacher_unet = tiny_teacher("animatediff").unet
+    before = error(teacher_unet)  # the untrained student is the teacher
+    run = distill.train(args_for(tmp_path, toy_data, "--max-train-steps", "25", "--checkpointing-steps", "100",
+                                 "--motion-repr", "raw", "--w-min", "7", "--w-max", "7", "--lambda-real", "1"), teacher=teacher)  # fmt: skip
+    trained = tiny_teacher("animatediff").unet
+    trained.load_state_dict(merge_lora(trained.state_dict(), load_adapter(run / "adapter.safetensors").layers))
+    after = error(trained)
+    assert after < 0.8 * before, (before, after)
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+def test_corrupt_and_short_samples_are_skipped_and_counted(tmp_path):
+    shard = tmp_path / "bad.tar"
+    clip, caption = toy_clip(0, frames=8, size=16)
+    items = [("a.mp4", encode_mp4(clip)), ("a.json", json.dumps({"caption": caption}).encode()),
+             ("b.mp4", b"not a video"), ("b.json", b'{"caption": "broken"}'),
+             ("c.mp4", encode_mp4(clip[:2])), ("c.json", b'{"caption": "too short"}')]  # fmt: skip
+    with tarfile.open(shard, "w") as tar:
+        for name, data in items:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds = VideoClips(tmp_path, num_frames=4, interval=1, size=16, crop="center")
+    it = iter(ds)
+    got = [next(it) for _ in range(6)]
+    good = [g for g in got if "video" in g]
+    assert len(good) == 2 and good[0]["caption"] == caption and good[0]["video"].shape == (3, 4, 16, 16)
+    assert ds.stats["skipped"] == 4 and ds.stats["ok"] == 2
+    assert collate(got[:3])["skipped"] == 2
+
+
+def test_a_folder_of_videos_with_captions(tmp_path):
+    clip, caption = toy_clip(3, frames=8, size=16)
+    (tmp_path / "v1.mp4").write_bytes(encode_mp4(clip))
+    (tmp_path / "v2.mp4").write_bytes(encode_mp4(clip))
+    (tmp_path / "v2.txt").write_text("from a sidecar")
+    (tmp_path / "captions.jsonl").write_text(json.dumps({"file": "v1.mp4", "caption": caption}) + "\n")
+    ds = VideoClips(tmp_path, num_frames=4, interval=2, size=16, crop="random")
+    captions = {next(iter(ds))["caption"] for _ in range(1)} | {s["caption"] for s, _ in zip(iter(ds), range(4))}
+    assert captions == {caption, "from a sidecar"}
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "training/distill.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "nowhere", "--output-dir", tmp_path)
+    assert proc.returncode == 2 and "no such dataset" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "empty", "--output-dir", tmp_path)
+    assert proc.returncode == 2 and "empty dataset" in proc.stderr
+    proc = _run("--teacher", tmp_path / "no-teacher", "--data", "toy", "--output-dir", tmp_path)
+    assert proc.returncode == 2 and "no such folder" in proc.stderr
+    proc = _run("--motion-repr", "optical-flow")
+    assert proc.returncode == 2 and "invalid choice: 'optical-flow'" in proc.stderr
+    proc = _run("--resolution", "20", "--output-dir", tmp_path, "--max-train-steps", "1")
+    assert proc.returncode == 2 and "--resolution 20: must be a multiple of 8" in proc.stderr
+    proc = _run("--teacher", "tiny-animatediff")
+    assert proc.returncode == 2 and "--teacher and --data go together" in proc.stderr
+
+
+def test_an_earlier_run_is_never_reused(tmp_path):
+    first = distill.new_run_dir(str(tmp_path), "same")
+    (first / "adapter.safetensors").write_bytes(b"earlier")
+    second = distill.new_run_dir(str(tmp_path), "same")
+    assert second != first and second.name == "same-2" and (first / "adapter.safetensors").read_bytes() == b"earlier"

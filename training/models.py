@@ -1,0 +1,214 @@
+"""Teachers for MCM distillation: AnimateDiff (SD1.5 UNet + motion adapter) and ModelScope T2V.
+
+A teacher is a diffusers video UNet (``UNetMotionModel`` or ``UNet3DConditionModel``), its VAE, a CLIP
+text encoder and a tokenizer. Real teachers load from local diffusers folders (or hub ids when a hub
+is reachable); ``tiny-animatediff`` / ``tiny-modelscope`` build small random models of the same
+classes from configs, for tests and for runs on a CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mcm.weights import OFFICIAL_TARGET_MODULES
+
+TINY_TEACHERS = ("tiny-animatediff", "tiny-modelscope")
+KINDS = ("animatediff", "modelscope")
+MAX_TOKENS = 77
+
+
+class ByteTokenizer:
+    """A self-contained tokenizer for the tiny teachers: UTF-8 bytes, BOS/EOS, padded to 77 tokens."""
+
+    bos, eos, pad = 1, 2, 0
+    vocab_size = 259
+    model_max_length = MAX_TOKENS
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        ids = torch.full((len(captions), MAX_TOKENS), self.pad, dtype=torch.long)
+        for i, caption in enumerate(captions):
+            tokens = [self.bos, *(b + 3 for b in caption.encode("utf-8")[: MAX_TOKENS - 2]), self.eos]
+            ids[i, : len(tokens)] = torch.tensor(tokens)
+        return ids
+
+
+class HFTokenizer:
+    """``CLIPTokenizer`` in the same call form (max length, padding, truncation)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        out = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")  # fmt: skip
+        return out.input_ids
+
+
+@dataclass
+class Teacher:
+    kind: str  # "animatediff" | "modelscope"
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    source: str
+
+    @property
+    def base(self) -> str:
+        return "sd15-animatediff" if self.kind == "animatediff" else "modelscope-t2v"
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(getattr(self.vae.config, "scaling_factor", 0.18215))
+
+    @property
+    def vae_downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def lora_targets(self) -> list[str]:
+        """The official target list: every module ending in one of the suffixes (ModelScope: without
+        the temporal convolutions, which PEFT cannot wrap)."""
+        names = [n for n, _ in self.unet.named_modules() if any(n == s or n.endswith("." + s) for s in OFFICIAL_TARGET_MODULES)]
+        if self.kind == "modelscope":
+            names = [n for n in names if not ("temp" in n and "conv" in n)]
+        return names
+
+
+def _tiny_text(seed: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=ByteTokenizer.vocab_size, max_position_embeddings=MAX_TOKENS,
+                            bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    return CLIPTextModel(config)
+
+
+def _tiny_vae(seed: int):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                         sample_size=32)  # fmt: skip
+
+
+TINY_UNET = dict(
+    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+    norm_num_groups=8, sample_size=16,
+)  # fmt: skip
+
+
+def tiny_teacher(kind: str, seed: int = 0) -> Teacher:
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
+
+    torch.manual_seed(seed)
+    if kind == "animatediff":
+        unet2d = UNet2DConditionModel(**TINY_UNET, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))  # fmt: skip
+        adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                                motion_num_attention_heads=2, motion_max_seq_length=32)  # fmt: skip
+        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+    elif kind == "modelscope":
+        unet = UNet3DConditionModel(**TINY_UNET, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))  # fmt: skip
+    else:
+        raise ValueError(f"unknown teacher kind {kind!r}; expected one of {KINDS}")
+    return Teacher(kind, unet, _tiny_vae(seed + 1), _tiny_text(seed + 2), ByteTokenizer(), f"tiny-{kind}")
+
+
+def _local_or_hub(path: str) -> str:
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise FileNotFoundError(f"--teacher {path}: a file; expected a diffusers folder (unet/, vae/, text_encoder/, tokenizer/)")
+    if "/" in path and not path.startswith((".", "/")) and path.count("/") == 1:
+        return path  # a hub id; from_pretrained reports whether it is reachable
+    raise FileNotFoundError(f"--teacher {path}: no such folder (expected a diffusers folder or a hub id such as org/name)")
+
+
+def load_teacher(teacher: str, kind: str = "animatediff", motion_adapter: str | None = None) -> Teacher:
+    """A teacher from ``tiny-*``, a local diffusers folder or a hub id.
+
+    AnimateDiff: ``teacher`` is an SD1.5 diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
+    ``tokenizer/``) and ``motion_adapter`` a diffusers ``MotionAdapter`` folder (default: the
+    teacher's ``motion_adapter/`` subfolder). ModelScope: a text-to-video-ms-1.7b folder.
+    """
+    if teacher in TINY_TEACHERS:
+        return tiny_teacher(teacher.removeprefix("tiny-"))
+    if kind not in KINDS:
+        raise ValueError(f"--teacher-kind {kind!r}; expected one of {KINDS}")
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = _local_or_hub(teacher)
+    try:
+        tokenizer = HFTokenizer(CLIPTokenizer.from_pretrained(root, subfolder="tokenizer"))
+        text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder")
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae")
+        if kind == "animatediff":
+            unet2d = UNet2DConditionModel.from_pretrained(root, subfolder="unet")
+            mm_path = motion_adapter or str(Path(root) / "motion_adapter")
+            adapter = MotionAdapter.from_pretrained(_local_or_hub(mm_path))
+            unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        else:
+            unet = UNet3DConditionModel.from_pretrained(root, subfolder="unet")
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"--teacher {teacher}: cannot load the {kind} teacher ({exc})") from None
+    return Teacher(kind, unet, vae, text_encoder, tokenizer, teacher)
+
+
+def make_student(teacher: Teacher, rank: int, alpha: float):
+    """The teacher's UNet wrapped by peft with LoRA on the official targets (the teacher is the same
+    UNet with the adapter disabled, so no second copy is kept)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=teacher.lora_targets())
+    student = get_peft_model(teacher.unet, config)
+    for module in student.modules():
+        if hasattr(module, "lora_A") and isinstance(module, torch.nn.Module):
+            _accept_input_keyword(module)
+    return student
+
+
+def _accept_input_keyword(module) -> None:
+    """diffusers calls some linears as ``layer(input=x)`` (AnimateDiff's motion proj_in/out); peft's
+    LoRA layers take ``x`` positionally. Route the keyword to the positional argument."""
+    forward = module.forward
+
+    def patched(*args, **kwargs):
+        if not args and "input" in kwargs:
+            args = (kwargs.pop("input"),)
+        return forward(*args, **kwargs)
+
+    module.forward = patched
+
+
+def call_unet(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Run a diffusers video UNet on ``(b, c, f, h, w)`` latents with per-video text embeddings.
+
+    ``UNetMotionModel`` takes the embeddings once per frame (its pipeline repeats them);
+    ``UNet3DConditionModel`` repeats them itself.
+    """
+    base = getattr(unet, "get_base_model", lambda: unet)()
+    if type(base).__name__ == "UNetMotionModel":
+        cond = cond.repeat_interleave(x_t.shape[2], dim=0)
+    return unet(x_t, t.to(x_t.device), encoder_hidden_states=cond).sample
+
+
+class VideoUNet:
+    """A diffusers video UNet as ``model(x_t, t, cond) -> output`` (see :func:`call_unet`)."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def __call__(self, x_t, t, cond):
+        return call_unet(self.unet, x_t, t, cond)
