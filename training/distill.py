@@ -292,7 +292,8 @@ def train(args, teacher=None) -> Path:
     from training.models import VideoUNet, call_unet, load_teacher, make_student
 
     mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed)
+    accelerate_on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())  # multi-process CPU runs use gloo
+    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed, cpu=accelerate_on_cpu)
     set_seed(args.seed + accelerator.process_index)
     device = accelerator.device
 
@@ -478,6 +479,12 @@ def train(args, teacher=None) -> Path:
             tb.close()
 
     accelerator.wait_for_everyone()
+    # every process must hold the same LoRA (gradients are averaged across processes before each step)
+    checksum = torch.stack([p.detach().double().sum() for p in lora_params]).to(device)
+    checksums = accelerator.gather(checksum.unsqueeze(0))
+    in_sync = bool(torch.allclose(checksums, checksums[:1].expand_as(checksums), rtol=1e-6, atol=1e-9))
+    if not in_sync:
+        log("warning: the LoRA weights differ between processes; gradients were not synchronised")
     if args.dry_run:
         peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         report = {"seconds": {k: round(v, 3) for k, v in timer.seconds.items()}, "peak_memory_gib": round(peak, 2),
@@ -494,6 +501,7 @@ def train(args, teacher=None) -> Path:
             shutil.copyfile(adapter_path, run_dir / "adapter.safetensors")
             adapter_path = run_dir / "adapter.safetensors"
         summary = {"steps": global_step, "skipped_samples": skipped_total, "seconds": round(time.time() - start_time, 1),
+                   "num_processes": accelerator.num_processes, "processes_in_sync": in_sync,
                    "adapter": str(adapter_path), "peft": str(final / "peft")}  # fmt: skip
         tmp_summary = run_dir / ".summary.json.tmp"
         tmp_summary.write_text(json.dumps(summary, indent=2))

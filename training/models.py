@@ -198,7 +198,8 @@ def call_unet(unet, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> t
     ``UNetMotionModel`` takes the embeddings once per frame (its pipeline repeats them);
     ``UNet3DConditionModel`` repeats them itself.
     """
-    base = getattr(unet, "get_base_model", lambda: unet)()
+    inner = getattr(unet, "module", unet)  # DistributedDataParallel
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft
     if type(base).__name__ == "UNetMotionModel":
         cond = cond.repeat_interleave(x_t.shape[2], dim=0)
     return unet(x_t, t.to(x_t.device), encoder_hidden_states=cond).sample
