@@ -1,0 +1,142 @@
+"""The shipped workflows, without ComfyUI: generated files are up to date, links are consistent, the UI copies in
+example_workflows/ match, and the API and UI versions describe the same graph.
+
+The real-host checks (every workflow validated against /object_info and run) are in test_host_workflows.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "workflows"
+UI_NAMES = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
+API_NAMES = sorted(p.stem for p in (WORKFLOWS / "api").glob("*.json"))
+GEN2_DEFAULT = "mcm_t2v_gen2_4step"
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def build():
+    spec = importlib.util.spec_from_file_location("mcm_build_workflows", WORKFLOWS / "build_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_workflow_is_shipped_in_both_formats(build):
+    assert UI_NAMES == API_NAMES == sorted(build.WORKFLOWS)
+    assert GEN2_DEFAULT in UI_NAMES
+
+
+def test_generated_files_are_up_to_date(tmp_path):
+    proc = subprocess.run([sys.executable, str(WORKFLOWS / "build_workflows.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for sub in ("workflows", "workflows/api", "example_workflows"):
+        fresh = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / sub).glob("*.json")}
+        shipped = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / sub).glob("*.json")}
+        assert sorted(shipped) == sorted(fresh), f"{sub}: stale or missing files; run python workflows/build_workflows.py"
+        stale = [name for name in fresh if fresh[name] != shipped[name]]
+        assert not stale, f"{sub}: {stale} differ from build_workflows.py; run python workflows/build_workflows.py"
+
+
+def test_example_workflows_are_the_ui_workflows():
+    examples = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
+    assert examples == UI_NAMES
+    for name in UI_NAMES:
+        assert (ROOT / "example_workflows" / f"{name}.json").read_bytes() == (WORKFLOWS / f"{name}.json").read_bytes()
+
+
+@pytest.mark.parametrize("name", UI_NAMES)
+def test_ui_links_are_consistent(name):
+    wf = _load(WORKFLOWS / f"{name}.json")
+    assert wf["version"] == 0.4
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    links = {link[0]: link for link in wf["links"]}
+    assert len(links) == len(wf["links"]), "duplicate link ids"
+    assert wf["last_node_id"] == max(nodes) and wf["last_link_id"] == max(links)
+    for lid, (_, src, sslot, dst, dslot, type_) in links.items():
+        out = nodes[src]["outputs"][sslot]
+        inp = nodes[dst]["inputs"][dslot]
+        assert lid in out["links"], f"link {lid} missing from node {src} output {sslot}"
+        assert inp["link"] == lid, f"link {lid}: node {dst} input {dslot} holds {inp['link']}"
+        assert out["type"] == inp["type"] == type_, f"link {lid}: {out['type']} -> {inp['type']} ({type_})"
+        assert out["slot_index"] == sslot
+    for node in wf["nodes"]:  # and back: every link a node names is in the table, pointing at this node
+        for slot, inp in enumerate(node["inputs"]):
+            if inp["link"] is not None:
+                assert links[inp["link"]][3:5] == [node["id"], slot]
+        for slot, out in enumerate(node["outputs"]):
+            for lid in out["links"] or []:
+                assert links[lid][1:3] == [node["id"], slot]
+        assert node["properties"]["Node name for S&R"] == node["type"]
+    order = sorted(n["order"] for n in wf["nodes"])
+    assert order == list(range(len(nodes)))
+    position = {n["id"]: n["order"] for n in wf["nodes"]}
+    assert all(position[src] < position[dst] for _, src, _, dst, _, _ in wf["links"]), "order is not topological"
+
+
+@pytest.mark.parametrize("name", UI_NAMES)
+def test_api_and_ui_describe_the_same_graph(name, build):
+    ui = _load(WORKFLOWS / f"{name}.json")
+    api = _load(WORKFLOWS / "api" / f"{name}.json")
+    assert sorted(api, key=int) == [str(i) for i in sorted(n["id"] for n in ui["nodes"])]
+    links = {link[0]: link for link in ui["links"]}
+    for node in ui["nodes"]:
+        entry = api[str(node["id"])]
+        assert entry["class_type"] == node["type"]
+        assert entry["_meta"]["title"] == node.get("title", build.NODE_SCHEMAS[node["type"]]["title"])
+        # widgets: the UI's values minus the frontend-only ones (control_after_generate, upload button)
+        values = list(node["widgets_values"])
+        expected = {}
+        for widget, kind in build.NODE_SCHEMAS[node["type"]]["widgets"]:
+            expected[widget] = values.pop(0)
+            if kind == "SEED":
+                assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
+            elif kind == "UPLOAD":
+                assert values.pop(0) == "image"
+        assert not values, f"node {node['id']}: extra widgets_values {values}"
+        # links: the UI link table, seen from the target's inputs
+        for inp in node["inputs"]:
+            if inp["link"] is not None:
+                _, src, sslot, *_ = links[inp["link"]]
+                expected[inp["name"]] = [str(src), sslot]
+        assert entry["inputs"] == expected, f"node {node['id']} ({node['type']})"
+
+
+@pytest.mark.parametrize("name", API_NAMES)
+def test_workflows_sample_as_mcm_was_trained(name):
+    """cfg 1; Use Evolved Sampling keeps the MCM model sampling ('use existing'); Load MCM LoRA sets it."""
+    api = _load(WORKFLOWS / "api" / f"{name}.json")
+    by_type: dict[str, list[dict]] = {}
+    for node in api.values():
+        by_type.setdefault(node["class_type"], []).append(node["inputs"])
+    assert len(by_type.get("MCM_LoraLoader", [])) == 1 and by_type["MCM_LoraLoader"][0]["mcm_sampling"] is True
+    for ade in by_type.get("ADE_UseEvolvedSampling", []):
+        assert ade["beta_schedule"] == "use existing"
+    samplers = by_type.get("SamplerCustom", []) + by_type.get("MCM_KSampler", [])
+    assert len(samplers) == 1 and samplers[0]["cfg"] == 1.0
+    if "SamplerCustom" in by_type:
+        assert "MCM_Scheduler" in by_type and "MCM_Sampler" in by_type
+    assert [n["fps"] for n in by_type["SaveAnimatedWEBP"]] == [8.0]
+
+
+def test_step_variants_differ_only_in_steps():
+    base = _load(WORKFLOWS / "api" / f"{GEN2_DEFAULT}.json")
+    for steps in (1, 2, 8):
+        other = _load(WORKFLOWS / "api" / f"mcm_t2v_gen2_{steps}step.json")
+        diff = {nid for nid in base if base[nid]["inputs"] != other[nid]["inputs"]}
+        kinds = {base[nid]["class_type"] for nid in diff}
+        assert kinds == {"MCM_Scheduler", "SaveAnimatedWEBP"}, kinds
+        assert next(n for n in other.values() if n["class_type"] == "MCM_Scheduler")["inputs"]["steps"] == steps

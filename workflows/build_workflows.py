@@ -1,0 +1,471 @@
+"""Build the shipped ComfyUI workflows from one definition each (stdlib only).
+
+usage: python workflows/build_workflows.py [OUT_DIR]
+
+For every workflow in WORKFLOWS this writes, under OUT_DIR (default: this folder's parent, the repository):
+  workflows/<name>.json          UI format (what ComfyUI's Save / Export writes; drag it onto the canvas)
+  workflows/api/<name>.json      API format (what POST /prompt takes; for scripts and headless runs)
+  example_workflows/<name>.json  a copy of the UI file (ComfyUI's template browser looks in example_workflows/)
+
+Each workflow is a small graph spec (nodes, widget values by name, links by input name); the widget order,
+link slots and types come from NODE_SCHEMAS below, which mirror the nodes' INPUT_TYPES. The real-host test
+(tests/host/run_workflows.py) checks the written files against a running ComfyUI's /object_info.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+# Model files named in the workflows (the usual public file names; users pick theirs in the dropdowns).
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+MOTION_MODULE = "mm_sd_v15_v2.ckpt"
+ADAPTER = "animatediff-webvid"
+INPUT_VIDEO = "mcm_input_video.mp4"
+POSITIVE = "a red panda eating bamboo in a sunlit forest, gentle wind in the leaves, high quality"
+NEGATIVE = "blurry, low quality, watermark, text"
+SEED = 42
+FPS = 8.0
+
+# ---------------------------------------------------------------------------------------------------------------
+# Node schemas: link inputs (name, type) in slot order, widgets (name, kind) in widget order, outputs (name, type).
+# Widget kinds: INT, FLOAT, STRING, BOOLEAN, COMBO; SEED = INT followed by the frontend's control_after_generate
+# value; UPLOAD = COMBO followed by the frontend's upload-button value.
+# ---------------------------------------------------------------------------------------------------------------
+NODE_SCHEMAS: dict[str, dict] = {
+    "CheckpointLoaderSimple": {
+        "title": "Load Checkpoint",
+        "inputs": [],
+        "widgets": [("ckpt_name", "COMBO")],
+        "outputs": [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")],
+    },
+    "ADE_LoadAnimateDiffModel": {
+        "title": "Load AnimateDiff Model 🎭🅐🅓②",
+        "inputs": [("ad_settings", "AD_SETTINGS")],
+        "widgets": [("model_name", "COMBO")],
+        "outputs": [("MOTION_MODEL", "MOTION_MODEL_ADE")],
+    },
+    "ADE_ApplyAnimateDiffModelSimple": {
+        "title": "Apply AnimateDiff Model 🎭🅐🅓②",
+        "inputs": [("motion_model", "MOTION_MODEL_ADE"), ("motion_lora", "MOTION_LORA"), ("scale_multival", "MULTIVAL"),
+                   ("effect_multival", "MULTIVAL"), ("ad_keyframes", "AD_KEYFRAMES"), ("per_block", "PER_BLOCK")],  # fmt: skip
+        "widgets": [],
+        "outputs": [("M_MODELS", "M_MODELS")],
+    },
+    "ADE_UseEvolvedSampling": {
+        "title": "Use Evolved Sampling 🎭🅐🅓②",
+        "inputs": [("model", "MODEL"), ("m_models", "M_MODELS"), ("context_options", "CONTEXT_OPTIONS"),
+                   ("sample_settings", "SAMPLE_SETTINGS")],  # fmt: skip
+        "widgets": [("beta_schedule", "COMBO")],
+        "outputs": [("MODEL", "MODEL")],
+    },
+    "ADE_AnimateDiffLoaderGen1": {
+        "title": "AnimateDiff Loader 🎭🅐🅓①",
+        "inputs": [("model", "MODEL"), ("context_options", "CONTEXT_OPTIONS"), ("motion_lora", "MOTION_LORA"),
+                   ("ad_settings", "AD_SETTINGS"), ("ad_keyframes", "AD_KEYFRAMES"), ("sample_settings", "SAMPLE_SETTINGS"),
+                   ("scale_multival", "MULTIVAL"), ("effect_multival", "MULTIVAL"), ("per_block", "PER_BLOCK")],  # fmt: skip
+        "widgets": [("model_name", "COMBO"), ("beta_schedule", "COMBO")],
+        "outputs": [("MODEL", "MODEL")],
+    },
+    "ADE_StandardStaticContextOptions": {
+        "title": "Context Options◆Standard Static 🎭🅐🅓",
+        "inputs": [("prev_context", "CONTEXT_OPTIONS"), ("view_opts", "VIEW_OPTS")],
+        "widgets": [("context_length", "INT"), ("context_overlap", "INT"), ("fuse_method", "COMBO"),
+                    ("use_on_equal_length", "BOOLEAN"), ("start_percent", "FLOAT"), ("guarantee_steps", "INT")],  # fmt: skip
+        "outputs": [("CONTEXT_OPTS", "CONTEXT_OPTIONS")],
+    },
+    "CLIPTextEncode": {
+        "title": "CLIP Text Encode (Prompt)",
+        "inputs": [("clip", "CLIP")],
+        "widgets": [("text", "STRING")],
+        "outputs": [("CONDITIONING", "CONDITIONING")],
+    },
+    "EmptyLatentImage": {
+        "title": "Empty Latent Image",
+        "inputs": [],
+        "widgets": [("width", "INT"), ("height", "INT"), ("batch_size", "INT")],
+        "outputs": [("LATENT", "LATENT")],
+    },
+    "SamplerCustom": {
+        "title": "SamplerCustom",
+        "inputs": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("sampler", "SAMPLER"),
+                   ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],  # fmt: skip
+        "widgets": [("add_noise", "BOOLEAN"), ("noise_seed", "SEED"), ("cfg", "FLOAT")],
+        "outputs": [("output", "LATENT"), ("denoised_output", "LATENT")],
+    },
+    "VAEDecode": {
+        "title": "VAE Decode",
+        "inputs": [("samples", "LATENT"), ("vae", "VAE")],
+        "widgets": [],
+        "outputs": [("IMAGE", "IMAGE")],
+    },
+    "VAEEncode": {
+        "title": "VAE Encode",
+        "inputs": [("pixels", "IMAGE"), ("vae", "VAE")],
+        "widgets": [],
+        "outputs": [("LATENT", "LATENT")],
+    },
+    "SaveAnimatedWEBP": {
+        "title": "SaveAnimatedWEBP",
+        "inputs": [("images", "IMAGE")],
+        "widgets": [("filename_prefix", "STRING"), ("fps", "FLOAT"), ("lossless", "BOOLEAN"), ("quality", "INT"),
+                    ("method", "COMBO")],  # fmt: skip
+        "outputs": [],
+    },
+    "LoadVideo": {
+        "title": "Load Video",
+        "inputs": [],
+        "widgets": [("file", "UPLOAD")],
+        "outputs": [("VIDEO", "VIDEO")],
+    },
+    "GetVideoComponents": {
+        "title": "Get Video Components",
+        "inputs": [("video", "VIDEO")],
+        "widgets": [],
+        "outputs": [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")],
+    },
+    "ImageScale": {
+        "title": "Upscale Image",
+        "inputs": [("image", "IMAGE")],
+        "widgets": [("upscale_method", "COMBO"), ("width", "INT"), ("height", "INT"), ("crop", "COMBO")],
+        "outputs": [("IMAGE", "IMAGE")],
+    },
+    "MCM_StyleAdapter": {
+        "title": "MCM Style Adapter",
+        "inputs": [],
+        "widgets": [("adapter", "COMBO"), ("beta_schedule", "COMBO")],
+        "outputs": [("mcm_adapter", "MCM_ADAPTER"), ("steps", "INT"), ("cfg", "FLOAT"), ("info", "STRING")],
+    },
+    "MCM_LoraLoader": {
+        "title": "Load MCM LoRA",
+        "inputs": [("model", "MODEL"), ("mcm_adapter", "MCM_ADAPTER"), ("motion_model", "MOTION_MODEL_ADE")],
+        "widgets": [("strength_model", "FLOAT"), ("strength_motion", "FLOAT"), ("mcm_sampling", "BOOLEAN")],
+        "outputs": [("model", "MODEL"), ("motion_model", "MOTION_MODEL_ADE")],
+    },
+    "MCM_Scheduler": {
+        "title": "MCM Scheduler",
+        "inputs": [("model", "MODEL")],
+        "widgets": [("steps", "INT"), ("denoise", "FLOAT")],
+        "outputs": [("SIGMAS", "SIGMAS")],
+    },
+    "MCM_Sampler": {
+        "title": "MCM Sampler",
+        "inputs": [],
+        "widgets": [],
+        "outputs": [("SAMPLER", "SAMPLER")],
+    },
+    "MCM_KSampler": {
+        "title": "MCM KSampler",
+        "inputs": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        "widgets": [("seed", "SEED"), ("steps", "INT"), ("cfg", "FLOAT"), ("denoise", "FLOAT")],
+        "outputs": [("LATENT", "LATENT")],
+    },
+}
+
+# Layout: nodes sit in columns (left -> right = data flow); a column stacks its nodes top to bottom.
+COLUMN_X0, COLUMN_WIDTH, ROW_Y0, ROW_GAP = 40, 400, 60, 80
+NODE_WIDTH = {"CLIPTextEncode": 340, "SaveAnimatedWEBP": 420, "ADE_StandardStaticContextOptions": 340}
+NODE_HEIGHT = {"CLIPTextEncode": 140, "SaveAnimatedWEBP": 460, "LoadVideo": 320}
+GROUP_COLOR = "#3f789e"
+
+
+class Graph:
+    """A workflow under construction: nodes with widget values by name and links by input name."""
+
+    def __init__(self, name: str, description: str):
+        self.name, self.description = name, description
+        self.nodes: list[dict] = []
+
+    def add(self, type_: str, col: int, widgets: dict | None = None, links: dict | None = None,
+            title: str | None = None, group: str | None = None) -> int:  # fmt: skip
+        schema = NODE_SCHEMAS[type_]
+        widgets, links = dict(widgets or {}), dict(links or {})
+        names = [w for w, _ in schema["widgets"]]
+        if sorted(widgets) != sorted(names):
+            raise ValueError(f"{self.name}: {type_} needs widgets {names}, got {sorted(widgets)}")
+        inputs = dict(schema["inputs"])
+        for key, (src, slot) in links.items():
+            if key not in inputs:
+                raise ValueError(f"{self.name}: {type_} has no link input {key!r}")
+            out_type = self.node(src)["schema"]["outputs"][slot][1]
+            if out_type != inputs[key]:
+                raise ValueError(f"{self.name}: {type_}.{key} takes {inputs[key]}, got {out_type} from node {src}")
+        node_id = len(self.nodes) + 1
+        self.nodes.append({"id": node_id, "type": type_, "schema": schema, "col": col, "widgets": widgets,
+                           "links": links, "title": title, "group": group})  # fmt: skip
+        return node_id
+
+    def node(self, node_id: int) -> dict:
+        return self.nodes[node_id - 1]
+
+
+def out(node_id: int, slot: int = 0) -> tuple[int, int]:
+    return (node_id, slot)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The workflows
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _gen2_models(g: Graph, context: dict | None = None) -> dict:
+    """Checkpoint + motion model + MCM adapter, LoRA, Apply AnimateDiff, Use Evolved Sampling ('use existing')."""
+    ckpt = g.add("CheckpointLoaderSimple", 0, {"ckpt_name": CHECKPOINT}, group="Models")
+    motion = g.add("ADE_LoadAnimateDiffModel", 0, {"model_name": MOTION_MODULE}, group="Models")
+    style = g.add("MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models")
+    lora = g.add("MCM_LoraLoader", 1, {"strength_model": 1.0, "strength_motion": 1.0, "mcm_sampling": True},
+                 {"model": out(ckpt, 0), "mcm_adapter": out(style, 0), "motion_model": out(motion, 0)}, group="MCM")  # fmt: skip
+    apply = g.add("ADE_ApplyAnimateDiffModelSimple", 1, {}, {"motion_model": out(lora, 1)}, group="MCM")
+    ade_links = {"model": out(lora, 0), "m_models": out(apply, 0)}
+    if context is not None:
+        ctx = g.add("ADE_StandardStaticContextOptions", 1, context, group="MCM")
+        ade_links["context_options"] = out(ctx, 0)
+    evolved = g.add("ADE_UseEvolvedSampling", 1, {"beta_schedule": "use existing"}, ade_links, group="MCM")
+    return {"ckpt": ckpt, "model": evolved}
+
+
+def _prompts(g: Graph, ckpt: int, col: int) -> tuple[int, int]:
+    pos = g.add("CLIPTextEncode", col, {"text": POSITIVE}, {"clip": out(ckpt, 1)}, title="Positive prompt", group="Prompt")
+    neg = g.add("CLIPTextEncode", col, {"text": NEGATIVE}, {"clip": out(ckpt, 1)},
+                title="Negative prompt (unused at cfg 1)", group="Prompt")  # fmt: skip
+    return pos, neg
+
+
+def _save(g: Graph, samples: tuple[int, int], ckpt: int, col: int, prefix: str) -> None:
+    decode = g.add("VAEDecode", col, {}, {"samples": samples, "vae": out(ckpt, 2)}, group="Output")
+    g.add("SaveAnimatedWEBP", col + 1,
+          {"filename_prefix": prefix, "fps": FPS, "lossless": False, "quality": 90, "method": "default"},
+          {"images": out(decode, 0)}, group="Output")  # fmt: skip
+
+
+def _custom_sampling(g: Graph, m: dict, latent: int, pos: int, neg: int, steps: int, denoise: float, col: int):
+    sched = g.add("MCM_Scheduler", col, {"steps": steps, "denoise": denoise}, {"model": out(m["model"], 0)}, group="Sample")
+    sampler = g.add("MCM_Sampler", col, {}, group="Sample")
+    return g.add("SamplerCustom", col + 1, {"add_noise": True, "noise_seed": SEED, "cfg": 1.0},
+                 {"model": out(m["model"], 0), "positive": out(pos, 0), "negative": out(neg, 0),
+                  "sampler": out(sampler, 0), "sigmas": out(sched, 0), "latent_image": out(latent, 0)},
+                 group="Sample")  # fmt: skip
+
+
+def t2v_gen2(name: str, steps: int, frames: int = 16, context: dict | None = None, description: str = "") -> Graph:
+    g = Graph(name, description)
+    m = _gen2_models(g, context)
+    pos, neg = _prompts(g, m["ckpt"], 2)
+    latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": frames}, group="Prompt")
+    sample = _custom_sampling(g, m, latent, pos, neg, steps, 1.0, 3)
+    _save(g, out(sample, 0), m["ckpt"], 5, f"MCM/{name}")
+    return g
+
+
+def t2v_gen2_ksampler(name: str) -> Graph:
+    g = Graph(name, "Gen2 text-to-video with the one-node MCM KSampler (4 steps, cfg 1).")
+    m = _gen2_models(g)
+    pos, neg = _prompts(g, m["ckpt"], 2)
+    latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")
+    sample = g.add("MCM_KSampler", 3, {"seed": SEED, "steps": 4, "cfg": 1.0, "denoise": 1.0},
+                   {"model": out(m["model"], 0), "positive": out(pos, 0), "negative": out(neg, 0),
+                    "latent_image": out(latent, 0)}, group="Sample")  # fmt: skip
+    _save(g, out(sample, 0), m["ckpt"], 4, f"MCM/{name}")
+    return g
+
+
+def t2v_gen1(name: str) -> Graph:
+    g = Graph(name, "Gen1 text-to-video: AnimateDiff Loader, then Load MCM LoRA (patches the attached motion model), "
+                    "then MCM KSampler (4 steps).")  # fmt: skip
+    ckpt = g.add("CheckpointLoaderSimple", 0, {"ckpt_name": CHECKPOINT}, group="Models")
+    style = g.add("MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models")
+    ad = g.add("ADE_AnimateDiffLoaderGen1", 1, {"model_name": MOTION_MODULE, "beta_schedule": "autoselect"},
+               {"model": out(ckpt, 0)}, group="MCM")  # fmt: skip
+    lora = g.add("MCM_LoraLoader", 1, {"strength_model": 1.0, "strength_motion": 1.0, "mcm_sampling": True},
+                 {"model": out(ad, 0), "mcm_adapter": out(style, 0)}, group="MCM")  # fmt: skip
+    pos, neg = _prompts(g, ckpt, 2)
+    latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")
+    sample = g.add("MCM_KSampler", 3, {"seed": SEED, "steps": 4, "cfg": 1.0, "denoise": 1.0},
+                   {"model": out(lora, 0), "positive": out(pos, 0), "negative": out(neg, 0),
+                    "latent_image": out(latent, 0)}, group="Sample")  # fmt: skip
+    _save(g, out(sample, 0), ckpt, 4, f"MCM/{name}")
+    return g
+
+
+def v2v_gen2(name: str) -> Graph:
+    g = Graph(name, "Gen2 video-to-video: the input video is encoded and re-sampled from the MCM grid at denoise 0.6.")
+    m = _gen2_models(g)
+    pos, neg = _prompts(g, m["ckpt"], 2)
+    video = g.add("LoadVideo", 2, {"file": INPUT_VIDEO}, group="Input video")
+    frames = g.add("GetVideoComponents", 2, {}, {"video": out(video, 0)}, group="Input video")
+    scaled = g.add("ImageScale", 2, {"upscale_method": "bilinear", "width": 512, "height": 512, "crop": "center"},
+                   {"image": out(frames, 0)}, group="Input video")  # fmt: skip
+    latent = g.add("VAEEncode", 3, {}, {"pixels": out(scaled, 0), "vae": out(m["ckpt"], 2)}, group="Sample")
+    sample = _custom_sampling(g, m, latent, pos, neg, 4, 0.6, 3)
+    _save(g, out(sample, 0), m["ckpt"], 5, f"MCM/{name}")
+    return g
+
+
+WORKFLOWS = {
+    "mcm_t2v_gen2_4step": lambda n: t2v_gen2(n, 4, description="Default: Gen2 text-to-video, 16 frames 512x512, "
+                                             "4 MCM steps with SamplerCustom + MCM Scheduler + MCM Sampler, cfg 1."),
+    "mcm_t2v_gen2_1step": lambda n: t2v_gen2(n, 1, description="As the default, 1 step."),
+    "mcm_t2v_gen2_2step": lambda n: t2v_gen2(n, 2, description="As the default, 2 steps."),
+    "mcm_t2v_gen2_8step": lambda n: t2v_gen2(n, 8, description="As the default, 8 steps."),
+    "mcm_t2v_gen2_ksampler": t2v_gen2_ksampler,
+    "mcm_t2v_gen1_4step": t2v_gen1,
+    "mcm_long_video_context": lambda n: t2v_gen2(
+        n, 4, frames=48,
+        context={"context_length": 16, "context_overlap": 4, "fuse_method": "pyramid", "use_on_equal_length": False,
+                 "start_percent": 0.0, "guarantee_steps": 1},
+        description="Gen2 long video: 48 frames sampled in sliding 16-frame context windows (overlap 4)."),  # fmt: skip
+    "mcm_v2v_gen2": v2v_gen2,
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Writers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _widget_values(node: dict) -> list:
+    values = []
+    for name, kind in node["schema"]["widgets"]:
+        values.append(node["widgets"][name])
+        if kind == "SEED":
+            values.append("fixed")  # control_after_generate
+        elif kind == "UPLOAD":
+            values.append("image")  # the upload button's value, as the frontend saves it
+    return values
+
+
+def _size(node: dict) -> list[int]:
+    schema = node["schema"]
+    n_widgets = sum(2 if kind == "SEED" else 1 for _, kind in schema["widgets"])
+    height = 30 + 22 * max(len(schema["inputs"]), len(schema["outputs"]), 1) + 26 * n_widgets
+    return [NODE_WIDTH.get(node["type"], 320), NODE_HEIGHT.get(node["type"], height)]
+
+
+def _execution_order(g: Graph) -> dict[int, int]:
+    done: dict[int, int] = {}
+
+    def visit(nid: int) -> None:
+        if nid in done:
+            return
+        for src, _ in g.node(nid)["links"].values():
+            visit(src)
+        done[nid] = len(done)
+
+    for node in g.nodes:
+        visit(node["id"])
+    return done
+
+
+def to_ui(g: Graph) -> dict:
+    order = _execution_order(g)
+    links, incoming, outgoing = [], {}, {}
+    for node in g.nodes:  # link ids: by target node, then by input slot
+        slots = [name for name, _ in node["schema"]["inputs"]]
+        for key in sorted(node["links"], key=slots.index):
+            src, slot = node["links"][key]
+            link_id = len(links) + 1
+            type_ = g.node(src)["schema"]["outputs"][slot][1]
+            links.append([link_id, src, slot, node["id"], slots.index(key), type_])
+            incoming[(node["id"], key)] = link_id
+            outgoing.setdefault((src, slot), []).append(link_id)
+
+    y_next: dict[int, int] = {}
+    nodes = []
+    for node in g.nodes:
+        size = _size(node)
+        col = node["col"]
+        y = y_next.get(col, ROW_Y0)
+        y_next[col] = y + size[1] + ROW_GAP
+        node["pos"], node["size"] = [COLUMN_X0 + col * COLUMN_WIDTH, y], size
+        entry = {
+            "id": node["id"],
+            "type": node["type"],
+            "pos": node["pos"],
+            "size": size,
+            "flags": {},
+            "order": order[node["id"]],
+            "mode": 0,
+            "inputs": [{"name": name, "type": type_, "link": incoming.get((node["id"], name))}
+                       for name, type_ in node["schema"]["inputs"]],  # fmt: skip
+            "outputs": [{"name": name, "type": type_, "links": outgoing.get((node["id"], slot), []), "slot_index": slot}
+                        for slot, (name, type_) in enumerate(node["schema"]["outputs"])],  # fmt: skip
+            "properties": {"Node name for S&R": node["type"]},
+            "widgets_values": _widget_values(node),
+        }
+        if node["title"]:
+            entry["title"] = node["title"]
+        nodes.append(entry)
+
+    groups = []
+    for title in dict.fromkeys(n["group"] for n in g.nodes if n["group"]):
+        members = [n for n in g.nodes if n["group"] == title]
+        x0 = min(n["pos"][0] for n in members) - 15
+        y0 = min(n["pos"][1] for n in members) - 45
+        x1 = max(n["pos"][0] + n["size"][0] for n in members) + 15
+        y1 = max(n["pos"][1] + n["size"][1] for n in members) + 15
+        groups.append({"id": len(groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
+                       "color": GROUP_COLOR, "font_size": 24, "flags": {}})  # fmt: skip
+    return {
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-mcm/workflows/{g.name}")),
+        "revision": 0,
+        "last_node_id": len(g.nodes),
+        "last_link_id": len(links),
+        "nodes": nodes,
+        "links": links,
+        "groups": groups,
+        "config": {},
+        "extra": {"ds": {"scale": 0.75, "offset": [0, 0]}, "info": {"name": g.name, "description": g.description}},
+        "version": 0.4,
+    }
+
+
+def to_api(g: Graph) -> dict:
+    prompt = {}
+    for node in g.nodes:
+        inputs: dict = {}
+        for name, _ in node["schema"]["widgets"]:
+            inputs[name] = node["widgets"][name]
+        for name, _ in node["schema"]["inputs"]:
+            if name in node["links"]:
+                src, slot = node["links"][name]
+                inputs[name] = [str(src), slot]
+        prompt[str(node["id"])] = {
+            "class_type": node["type"],
+            "inputs": inputs,
+            "_meta": {"title": node["title"] or node["schema"]["title"]},
+        }
+    return prompt
+
+
+def render(name: str) -> tuple[dict, dict]:
+    """(UI workflow, API prompt) of one workflow."""
+    g = WORKFLOWS[name](name)
+    return to_ui(g), to_api(g)
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_all(root: Path) -> list[Path]:
+    written = []
+    for name in WORKFLOWS:
+        ui, api = render(name)
+        for path, data in ((root / "workflows" / f"{name}.json", ui), (root / "workflows" / "api" / f"{name}.json", api),
+                           (root / "example_workflows" / f"{name}.json", ui)):  # fmt: skip
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(dumps(data), encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> None:
+    root = Path(argv[0]) if argv else Path(__file__).resolve().parents[1]
+    for path in write_all(root):
+        print(path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
