@@ -221,6 +221,8 @@ def test_bad_input_gives_clear_errors(tmp_path):
     assert proc.returncode == 2 and "invalid choice: 'optical-flow'" in proc.stderr
     proc = _run("--resolution", "20", "--output-dir", tmp_path, "--max-train-steps", "1")
     assert proc.returncode == 2 and "--resolution 20: must be a multiple of 8" in proc.stderr
+    proc = _run("--num-frames", "40", "--output-dir", tmp_path)
+    assert proc.returncode == 2 and "--num-frames 40: this teacher's motion module takes at most 32 frames" in proc.stderr
     proc = _run("--teacher", "tiny-animatediff")
     assert proc.returncode == 2 and "--teacher and --data go together" in proc.stderr
 
@@ -244,3 +246,12 @@ def test_two_processes_average_their_lora_gradients(tmp_path, toy_data):
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["processes_in_sync"] is True
+
+
+def test_dry_run_reports_time_per_part_and_peak_memory(tmp_path, toy_data):
+    run = distill.train(args_for(tmp_path, toy_data, "--dry-run", "--lambda-real", "0"), teacher=tiny_teacher("animatediff"))
+    report = json.loads((run / "dry_run.json").read_text())
+    parts = set(report["seconds"])
+    assert {"data", "encode", "student one-step sample", "distillation step (student, teacher x2, target)", "backward",
+            "optimizer"} <= parts  # fmt: skip
+    assert report["peak_memory_gib"] > 0 and not (run / "checkpoint-1").exists()

@@ -303,6 +303,9 @@ def train(args, teacher=None) -> Path:
     teacher = teacher or load_teacher(args.teacher, args.teacher_kind, args.motion_adapter)
     if args.resolution % (teacher.vae_downsample * 4):
         raise ValueError(f"--resolution {args.resolution}: must be a multiple of {teacher.vae_downsample * 4} for this teacher")
+    max_frames = teacher.max_frames
+    if max_frames is not None and args.num_frames > max_frames:
+        raise ValueError(f"--num-frames {args.num_frames}: this teacher's motion module takes at most {max_frames} frames")
 
     # data
     data_root = args.data

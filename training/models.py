@@ -70,6 +70,12 @@ class Teacher:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def max_frames(self) -> int | None:
+        """Longest clip the motion module's positional encoding covers (AnimateDiff: 32), if bounded."""
+        value = getattr(self.unet.config, "motion_max_seq_length", None)
+        return int(value) if value else None
+
+    @property
     def latent_channels(self) -> int:
         return int(self.unet.config.in_channels)
 
