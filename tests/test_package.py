@@ -95,10 +95,10 @@ def test_scheduler_node_explains_an_impossible_denoise(package):
         package.nodes.sampling.MCMScheduler().get_sigmas(_FakeModel(NoiseSchedule()), 8, 0.1)
 
 
-def test_distill_default_runs_end_to_end_and_states_what_it_leaves_out(tmp_path):
+def test_distill_default_runs_end_to_end(tmp_path):
     plan = run_python("", "training/distill.py", "--plan")
     assert plan.returncode == 0 and "999, 759, 499, 259" in plan.stdout
-    assert "frame discriminator: not in this version" in plan.stdout  # honest about the missing part
+    assert "frame discriminator: DINOv2 tiny" in plan.stdout  # the toy default runs the whole method
     env_code = (
         "import os, runpy, sys; os.environ['MCM_TOY_DATA'] = sys.argv[1]; "
         "sys.argv = ['distill.py', '--output-dir', sys.argv[2], '--max-train-steps', '2']; "

@@ -35,7 +35,7 @@ def args_for(tmp_path, data, *extra):
         "--resolution", "16", "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0",
         "--lora-rank", "4", "--lora-alpha", "4", "--gradient-accumulation-steps", "1", "--no-scale-lr",
         "--learning-rate", "1e-3", "--lr-warmup-steps", "0", "--max-train-steps", "2", "--checkpointing-steps", "1",
-        *extra,
+        "--disc-backbone", "tiny", *extra,
     ])  # fmt: skip
 
 
@@ -160,7 +160,7 @@ def test_distillation_lowers_the_consistency_error_on_held_out_noise(tmp_path, t
     teacher_unet = tiny_teacher("animatediff").unet
     before = error(teacher_unet)  # the untrained student is the teacher
     run = distill.train(args_for(tmp_path, toy_data, "--max-train-steps", "25", "--checkpointing-steps", "100",
-                                 "--motion-repr", "raw", "--w-min", "7", "--w-max", "7", "--lambda-real", "1"), teacher=teacher)  # fmt: skip
+                                 "--motion-repr", "raw", "--w-min", "7", "--w-max", "7", "--lambda-real", "1", "--no-disc"), teacher=teacher)  # fmt: skip
     trained = tiny_teacher("animatediff").unet
     trained.load_state_dict(merge_lora(trained.state_dict(), load_adapter(run / "adapter.safetensors").layers))
     after = error(trained)
@@ -241,7 +241,7 @@ def test_two_processes_average_their_lora_gradients(tmp_path, toy_data):
            "--data", str(toy_data), "--output-dir", str(tmp_path / "runs"), "--run-name", "ddp", "--resolution", "16",
            "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
            "--gradient-accumulation-steps", "2", "--no-scale-lr", "--learning-rate", "1e-3", "--lr-warmup-steps", "0",
-           "--max-train-steps", "2", "--checkpointing-steps", "10"]  # fmt: skip
+           "--max-train-steps", "2", "--checkpointing-steps", "10", "--disc-backbone", "tiny"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
@@ -253,5 +253,55 @@ def test_dry_run_reports_time_per_part_and_peak_memory(tmp_path, toy_data):
     report = json.loads((run / "dry_run.json").read_text())
     parts = set(report["seconds"])
     assert {"data", "encode", "student one-step sample", "distillation step (student, teacher x2, target)", "backward",
-            "optimizer"} <= parts  # fmt: skip
+            "optimizer", "adversarial: decode frames, discriminator (generator side)", "discriminator step"} <= parts  # fmt: skip
     assert report["peak_memory_gib"] > 0 and not (run / "checkpoint-1").exists()
+
+
+def test_adversarial_gradient_reaches_only_the_decoded_frames_and_the_backbone_stays_frozen(tmp_path, toy_data):
+    from training.adversarial import Adversary
+
+    teacher = tiny_teacher("animatediff")
+    args = args_for(tmp_path, toy_data)
+    adv = Adversary(args, teacher, torch.device("cpu"), None, 1e-3, 10, torch.Generator().manual_seed(0))
+    backbone = {k: v.clone() for k, v in adv.disc.backbone.state_dict().items()}
+    model_pred = torch.randn(2, 4, 4, 8, 8, requires_grad=True)
+    term, fake, c = adv.generator_term(model_pred, adv.text(["a red square", "a blue circle"], "cpu"))
+    term.backward()
+    judged = [f for f in range(4) if model_pred.grad[:, :, f].abs().sum() > 0]
+    assert len(judged) == 2 and fake.shape == (4, 3, 16, 16)
+    assert all(p.grad is None for p in adv.disc.trainable_parameters())  # the generator term does not train D
+    real = adv.real_from_video(torch.rand(2, 3, 4, 16, 16) * 2 - 1)
+    adv.accelerator = type("OneProcess", (), {"num_processes": 1})()
+    adv.discriminator_step(real, c, fake, c, step=1)
+    assert set(adv.last) >= {"g_loss", "d_loss", "real_logit", "fake_logit", "gp", "gp_weight"}
+    assert all(torch.equal(v, backbone[k]) for k, v in adv.disc.backbone.state_dict().items())
+
+
+def test_image_set_errors_and_skips(tmp_path):
+    from PIL import Image
+
+    from training.data import DataError, ImageCaptions
+
+    with pytest.raises(DataError, match="no such image dataset"):
+        ImageCaptions(tmp_path / "missing", 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty image dataset"):
+        ImageCaptions(tmp_path / "empty", 16)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(folder / "ok.png")
+    (folder / "ok.txt").write_text("a red square")
+    Image.new("RGB", (8, 8)).save(folder / "small.png")
+    (folder / "small.txt").write_text("too small")
+    Image.new("RGB", (32, 32)).save(folder / "nocaption.png")
+    ds = ImageCaptions(folder, 16)
+    items = [x for x, _ in zip(iter(ds), range(6))]
+    good = [x for x in items if "image" in x]
+    assert good and all(x["caption"] == "a red square" and x["image"].shape == (3, 16, 16) for x in good)
+    assert ds.stats["skipped:ValueError"] >= 1 and ds.stats["skipped:KeyError"] >= 1
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    Image.new("RGB", (8, 8)).save(only_bad / "small.png")
+    (only_bad / "small.txt").write_text("x")
+    with pytest.raises(DataError, match="no usable image"):
+        list(zip(iter(ImageCaptions(only_bad, 16)), range(5)))

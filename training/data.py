@@ -264,3 +264,136 @@ def write_toy_shards(root: str | Path, num_clips: int = 64, per_shard: int = 32,
         tmp.replace(root / f"toy-{s:05d}.tar")
     marker.write_text(json.dumps(spec))
     return root
+
+
+# --- high-quality images for the discriminator --------------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def decode_image(data: bytes | str | Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def crop_image(image: np.ndarray, size: int, rng: random.Random, scale=(0.5, 1.0)) -> torch.Tensor:
+    """Random-resized square crop (official: scale 0.5-1) to ``size``², in [-1, 1]; refuses small images."""
+    h, w = image.shape[:2]
+    if min(h, w) < size:
+        raise ValueError(f"image {w}×{h} is smaller than the {size}px crop")
+    side = int(min(h, w) * math.sqrt(rng.uniform(*scale)))
+    side = max(side, min(size, h, w))
+    top, left = rng.randint(0, h - side), rng.randint(0, w - side)
+    x = torch.from_numpy(np.ascontiguousarray(image[top : top + side, left : left + side])).permute(2, 0, 1).float()
+    x = F.interpolate(x[None] / 127.5 - 1.0, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].clamp(-1, 1)
+
+
+class ImageCaptions(IterableDataset):
+    """Endless captioned images from ``*.tar`` shards (``<key>.jpg|png|webp`` + ``.txt|.json``) or a folder
+    (``captions.jsonl`` or ``.txt`` sidecars). Bad, small or uncaptioned images are skipped and counted."""
+
+    def __init__(self, root: str | Path, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.root, self.size, self.seed, self.rank, self.world_size = Path(root), size, seed, rank, world_size
+        if not self.root.exists():
+            raise DataError(f"{self.root}: no such image dataset (expected *.tar shards or a folder of images)")
+        self.shards = sorted(self.root.glob("*.tar")) if self.root.is_dir() else []
+        self.files = [] if self.shards else sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.shards and not self.files:
+            raise DataError(f"{self.root}: empty image dataset: no *.tar shards and no images")
+        captions = {}
+        index = self.root / "captions.jsonl"
+        if index.exists():
+            for line in index.read_text().splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    captions[item["file"]] = item["caption"]
+        self.captions = captions
+
+    def _samples(self, source):
+        if self.shards:
+            pending: dict[str, dict[str, bytes]] = {}
+            with tarfile.open(source) as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    name = Path(member.name)
+                    key, suffix = str(name.parent / name.name.split(".")[0]), "." + name.name.split(".", 1)[-1].lower()
+                    pending.setdefault(key, {})[suffix] = tar.extractfile(member).read()
+            for key, parts in pending.items():
+                image = next((s for s in parts if s in IMAGE_SUFFIXES), None)
+                text = next((s for s in parts if s in (".txt", ".json", ".caption")), None)
+                yield key, parts.get(image), (parts[text], text) if text else None
+        else:
+            rel = source.relative_to(self.root).as_posix()
+            caption = self.captions.get(rel)
+            if caption is None and source.with_suffix(".txt").exists():
+                caption = source.with_suffix(".txt").read_text().strip()
+            yield rel, source, (caption.encode(), ".txt") if caption is not None else None
+
+    def __iter__(self):
+        worker = get_worker_info()
+        wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
+        shard_id, nshards = self.rank * nworkers + wid, self.world_size * nworkers
+        rng = random.Random(self.seed * 7907 + shard_id)
+        self.stats = Counter()
+        while True:
+            sources = self.shards or self.files
+            order = [s for i, s in enumerate(sources) if i % nshards == shard_id] or list(sources)
+            rng.shuffle(order)
+            produced = 0
+            for source in order:
+                for key, data, text in self._samples(source):
+                    try:
+                        if data is None:
+                            raise ValueError("no image")
+                        if text is None:
+                            raise KeyError("no caption")
+                        caption = _caption_from(*text)
+                        image = crop_image(decode_image(data), self.size, rng)
+                    except Exception as exc:  # noqa: BLE001 - skipped and counted
+                        self.stats["skipped"] += 1
+                        self.stats[f"skipped:{type(exc).__name__}"] += 1
+                        yield {"skipped": 1}
+                        continue
+                    produced += 1
+                    yield {"image": image, "caption": caption}
+            if produced == 0:
+                raise DataError(f"{self.root}: no usable image (skipped {self.stats['skipped']}: "
+                                f"{dict((k, v) for k, v in self.stats.items() if k.startswith('skipped:'))})")  # fmt: skip
+
+
+def collate_images(items: list[dict]) -> dict:
+    good = [i for i in items if "image" in i]
+    batch = {"skipped": sum(i.get("skipped", 0) for i in items)}
+    if good:
+        batch["image"] = torch.stack([i["image"] for i in good])
+        batch["caption"] = [i["caption"] for i in good]
+    return batch
+
+
+def write_toy_image_shards(root: str | Path, num_images: int = 128, size: int = 32, seed: int = 0) -> Path:
+    """The toy high-quality image set: clean single frames of the toy scenes, as PNG + caption shards."""
+    from PIL import Image
+
+    root = Path(root)
+    marker = root / "toy-images.json"
+    spec = {"num_images": num_images, "size": size, "seed": seed}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / ".images-00000.tar.tmp"
+    with tarfile.open(tmp, "w") as tar:
+        for i in range(num_images):
+            clip, caption = toy_clip(seed * 100003 + 50000 + i, frames=1, size=size, degraded=False)
+            buf = io.BytesIO()
+            Image.fromarray(clip[0]).save(buf, format="PNG")
+            for suffix, data in ((".png", buf.getvalue()), (".txt", caption.encode())):
+                info = tarfile.TarInfo(f"{i:06d}{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    tmp.replace(root / "images-00000.tar")
+    marker.write_text(json.dumps(spec))
+    return root

@@ -61,6 +61,9 @@ TOY_DEFAULTS = {
     "checkpointing_steps": 20,
     "num_workers": 0,
     "style": "toy",
+    "disc_backbone": "tiny",
+    "disc_real": "images",
+    "disc_images": "toy",
 }
 
 
@@ -100,6 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed-start-step", type=int, default=0, help="optimizer step from which mixed trajectories start")
     g.add_argument("--ema-target", action="store_true", help="paper: EMA student as target (official code: the student itself)")
     g.add_argument("--ema-target-decay", type=float, default=0.95, help="decay of the EMA target (with --ema-target)")
+    g = p.add_argument_group("frame discriminator (adversarial loss on a few decoded frames)")
+    g.add_argument("--disc", action=argparse.BooleanOptionalAction, default=True, help="use the frame discriminator (MCM's appearance loss)")
+    g.add_argument("--disc-backbone", default="facebook/dinov2-small", help="DINOv2 folder or hub id (ViT-S/14); 'tiny' = random, for CPU toys")
+    g.add_argument("--disc-layers", default="2,5,8,11", help="backbone layers whose patch tokens the heads judge")
+    g.add_argument("--disc-loss", default="wgan", choices=["wgan", "hinge", "bce"], help="official scripts: wgan; paper: hinge")
+    g.add_argument("--disc-weight", type=float, default=1.0, help="λ_adv, weight of the generator's adversarial loss")
+    g.add_argument("--disc-lr", type=float, default=5e-5, help="discriminator lr (scaled by total batch × frames / 128: official 1e-4)")
+    g.add_argument("--disc-start-step", type=int, default=0, help="optimizer step from which the adversarial loss is on")
+    g.add_argument("--disc-update-every", type=int, default=1, help="discriminator update every N micro-batches (update ratio)")
+    g.add_argument("--disc-frames", type=int, default=2, help="frames per clip decoded and judged (official 2)")
+    g.add_argument("--disc-gp", type=float, default=1e-5,
+                   help="weight of the official 'r1': a gradient penalty on interpolates in DINO-feature space (×5 when it stays ≥ 100)")  # fmt: skip
+    g.add_argument("--disc-r1", type=float, default=0.0, help="weight of a true R1 penalty on real images (needs eager attention)")
+    g.add_argument("--disc-real", default="video", choices=["video", "images"],
+                   help="real side: frames of the same video batch (official distillation) or a high-quality image set")  # fmt: skip
+    g.add_argument("--disc-images", default=None, help="image set for --disc-real images: *.tar shards or a folder (+ captions); 'toy'")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="*.tar shards (mp4 + json caption) or a folder of videos with captions; 'toy' = synthetic")
     g.add_argument("--num-frames", type=int, default=16, help="frames per clip (16)")
@@ -167,7 +186,9 @@ def describe_plan(args) -> str:
         f"  motion loss on '{args.motion_repr}' ({args.loss_type}), mixed trajectories λ_real = {args.lambda_real:g}\n"
         f"  LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g}; {args.max_train_steps} steps\n"
         f"  the adapter samples with the MCM nodes at {steps}\n"
-        f"  frame discriminator: not in this version (issue 8)"
+        + (f"  frame discriminator: DINOv2 {args.disc_backbone}, {args.disc_loss}, λ_adv {args.disc_weight:g}, "
+           f"{args.disc_frames} frames per clip, real = {args.disc_images if args.disc_real == 'images' else 'video frames'}"
+           if args.disc else "  frame discriminator: off (--no-disc)")
     )
 
 
@@ -356,6 +377,25 @@ def train(args, teacher=None) -> Path:
     if args.ema_target:
         ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False)
 
+    generator = torch.Generator().manual_seed(args.seed * 7919 + accelerator.process_index)
+    adversary, image_iter = None, None
+    if args.disc:
+        from training.adversarial import Adversary
+        from training.data import ImageCaptions, collate_images, write_toy_image_shards
+
+        disc_lr = args.disc_lr * (total_batch * args.disc_frames / 128 if args.scale_lr else 1.0)
+        adversary = Adversary(args, teacher, device, accelerator, disc_lr, args.max_train_steps, generator)
+        if args.disc_real == "images":
+            root = args.disc_images
+            if root is None:
+                raise ValueError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images)")
+            if root == "toy":
+                cache = Path(os.environ.get("MCM_TOY_DATA", Path.home() / ".cache" / "comfyui-mcm" / "toy-videos"))
+                root = write_toy_image_shards(cache / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
+            images = ImageCaptions(root, args.resolution, args.seed, accelerator.process_index, accelerator.num_processes)
+            image_iter = iter(DataLoader(images, batch_size=args.train_batch_size * args.disc_frames, collate_fn=collate_images,
+                                         num_workers=min(args.num_workers, 2)))  # fmt: skip
+
     schedule = NoiseSchedule(args.beta_schedule)
     config = DistillConfig(args.num_ddim_timesteps, args.timestep_scaling, args.w_min, args.w_max, args.loss_type,
                            args.huber_c, "epsilon", args.lambda_real)  # fmt: skip
@@ -382,10 +422,9 @@ def train(args, teacher=None) -> Path:
         latents = latents * teacher.scaling_factor
         return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
-    generator = torch.Generator().manual_seed(args.seed * 7919 + accelerator.process_index)
     global_step, skipped_total, start_time = 0, 0, time.time()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler)
+        state = load_checkpoint(resume_from, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary)
         global_step, skipped_total = state["global_step"], state.get("skipped", 0)
         generator.manual_seed(args.seed * 7919 + accelerator.process_index + global_step)
         log(f"resumed from {resume_from} at step {global_step}")
@@ -394,7 +433,8 @@ def train(args, teacher=None) -> Path:
     metrics_file = open(metrics_path, "a", newline="") if accelerator.is_main_process else None
     writer = csv.writer(metrics_file) if metrics_file else None
     if writer and metrics_path.stat().st_size == 0:
-        writer.writerow(["step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds"])
+        writer.writerow(["step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", "g_loss", "d_loss",
+                         "real_logit", "fake_logit", "gp", "gp_weight"])  # fmt: skip
     tb = None
     if accelerator.is_main_process:
         try:
@@ -407,7 +447,7 @@ def train(args, teacher=None) -> Path:
     timer = Timer(args.dry_run)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_main_process,
                     desc="distilling", dynamic_ncols=True)  # fmt: skip
-    window_losses, window_generated = [], []
+    window_losses, window_generated, micro_step = [], [], 0
     data_iter = iter(loader)
     try:
         while global_step < args.max_train_steps:
@@ -435,6 +475,12 @@ def train(args, teacher=None) -> Path:
                     out = distillation_step(student_fn, teacher_fn, x0, cond, uncond, schedule, config, index=index.to(device),
                                             w=w, noise=noise, target_model=target_fn, motion=head_p, target_motion=target_head)  # fmt: skip
                     loss = out["loss"]
+                    adversarial = adversary is not None and global_step >= args.disc_start_step
+                    if adversarial:
+                        with timer("adversarial: decode frames, discriminator (generator side)"):
+                            c_video = adversary.text(batch["caption"], device)
+                            g_term, fake_frames, c_fake = adversary.generator_term(out["model_pred"], c_video)
+                            loss = loss + g_term
                 with timer("backward"):
                     accelerator.backward(loss)
                 with timer("optimizer"):
@@ -443,7 +489,18 @@ def train(args, teacher=None) -> Path:
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                window_losses.append(loss.detach().float().item())
+                if adversarial and micro_step % args.disc_update_every == 0:
+                    with timer("discriminator step"), accelerator.autocast():
+                        if image_iter is not None:
+                            images = next(image_iter)
+                            while "image" not in images:
+                                images = next(image_iter)
+                            real, c_real = images["image"].to(device), adversary.text(images["caption"], device)
+                        else:
+                            real, c_real = adversary.real_from_video(batch["video"].to(device)), c_fake
+                        adversary.discriminator_step(real, c_real, fake_frames, c_fake, global_step)
+                micro_step += 1
+                window_losses.append(out["loss"].detach().float().item())  # the consistency loss alone
                 window_generated.append(float(generated))
             if not accelerator.sync_gradients:
                 continue
@@ -458,20 +515,24 @@ def train(args, teacher=None) -> Path:
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", skipped=skipped_total)
             if writer:
+                last = adversary.last if adversary is not None else {}
                 writer.writerow([global_step, f"{mean_loss:.6g}", f"{scheduler.get_last_lr()[0]:.6g}", gen_frac, skipped_total,
-                                 round(time.time() - start_time, 2)])  # fmt: skip
+                                 round(time.time() - start_time, 2)]
+                                + [f"{last[k]:.6g}" if k in last else "" for k in ("g_loss", "d_loss", "real_logit", "fake_logit", "gp", "gp_weight")])  # fmt: skip
                 metrics_file.flush()
             if tb:
                 tb.add_scalar("loss/consistency", mean_loss, global_step)
+                for key, value in (adversary.last if adversary is not None else {}).items():
+                    tb.add_scalar(f"adversarial/{key}", value, global_step)
                 tb.add_scalar("lr", scheduler.get_last_lr()[0], global_step)
             if args.dry_run:
                 break
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-                save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, teacher, args,
+                save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args,
                                 global_step, skipped_total, run_dir, time.time() - start_time)  # fmt: skip
     except KeyboardInterrupt:
         log(f"\ninterrupted at step {global_step}; saving a checkpoint")
-        save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, teacher, args,
+        save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args,
                         global_step, skipped_total, run_dir, time.time() - start_time)  # fmt: skip
         raise
     finally:
@@ -513,7 +574,7 @@ def train(args, teacher=None) -> Path:
     return run_dir
 
 
-def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, teacher, args, step,
+def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args, step,
                     skipped, run_dir: Path, seconds: float):  # fmt: skip
     """``checkpoint-<step>/``: the adapter (+ PEFT folder), motion heads, optimizer and scheduler state.
 
@@ -535,13 +596,14 @@ def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, op
                 heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(ema_student).items()})
             if heads:
                 save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "adversary": adversary.state_dict() if adversary is not None else None}, tmp / "optimizer.pt")  # fmt: skip
             (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "skipped": skipped, "args": vars(args)},
                                                                indent=2, default=str))  # fmt: skip
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler) -> dict:
+def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary=None) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -560,6 +622,10 @@ def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, e
     state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)  # our own file
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if adversary is not None:
+        if state.get("adversary") is None:
+            raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
+        adversary.load_state_dict(state["adversary"])
     return json.loads((folder / "trainer_state.json").read_text())
 
 
