@@ -211,10 +211,10 @@ def _run(*args):
 
 def test_bad_input_gives_clear_errors(tmp_path):
     proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "nowhere", "--output-dir", tmp_path)
-    assert proc.returncode == 2 and "no such dataset" in proc.stderr
+    assert proc.returncode == 2 and "no such video dataset" in proc.stderr
     (tmp_path / "empty").mkdir()
     proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "empty", "--output-dir", tmp_path)
-    assert proc.returncode == 2 and "empty dataset" in proc.stderr
+    assert proc.returncode == 2 and "empty video dataset" in proc.stderr
     proc = _run("--teacher", tmp_path / "no-teacher", "--data", "toy", "--output-dir", tmp_path)
     assert proc.returncode == 2 and "no such folder" in proc.stderr
     proc = _run("--motion-repr", "optical-flow")

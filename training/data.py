@@ -84,64 +84,77 @@ def _caption_from(raw: bytes, suffix: str) -> str:
 # --- datasets --------------------------------------------------------------------------------------
 
 
-class VideoClips(IterableDataset):
-    """Endless, shuffled clips from shards (``*.tar``) or a folder of videos; split across workers.
+def tar_groups(shard: Path):
+    """``(key, {suffix: bytes})`` per sample of a webdataset shard (a sample's files are consecutive)."""
+    key, parts = None, {}
+    with tarfile.open(shard) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = Path(member.name)
+            this = str(name.parent / name.name.split(".")[0])
+            if this != key and parts:
+                yield key, parts
+                parts = {}
+            key = this
+            parts["." + name.name.split(".", 1)[-1].lower()] = tar.extractfile(member).read()
+    if parts:
+        yield key, parts
 
-    ``stats`` (per worker process) counts decoded and skipped samples; skipped ones are also reported
-    in each batch (``"skipped"``) so that the trainer can sum them across workers.
+
+def folder_captions(root: Path) -> dict[str, str]:
+    """``captions.jsonl`` of a folder dataset: ``{relative path: caption}``."""
+    captions = {}
+    index = root / "captions.jsonl"
+    if index.exists():
+        for n, line in enumerate(index.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                    captions[item["file"]] = item["caption"]
+                except (json.JSONDecodeError, KeyError) as exc:
+                    raise DataError(f"{index}:{n}: expected {{\"file\": ..., \"caption\": ...}} ({exc})") from None
+    return captions
+
+
+class _CaptionedStream(IterableDataset):
+    """Endless, shuffled, captioned samples from shards or a folder, split across processes and workers.
+
+    Subclasses give ``suffixes`` (the media files), ``name`` (the output key) and ``_decode``. A sample
+    that cannot be used is skipped and counted in ``stats`` (per worker) and in the batch
+    (``"skipped"``); a dataset from which nothing can be used is a :class:`DataError`.
     """
 
-    def __init__(self, root: str | Path, num_frames: int = 16, interval: int = 1, size: int = 512,
-                 crop: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1):  # fmt: skip
-        self.root = Path(root)
-        self.num_frames, self.interval, self.size, self.crop = num_frames, interval, size, crop
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        if crop not in ("random", "center"):
-            raise DataError(f"--crop {crop!r}; expected 'random' or 'center'")
+    suffixes: tuple[str, ...] = ()
+    name = "sample"
+
+    def __init__(self, root, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.root, self.seed, self.rank, self.world_size = Path(root), seed, rank, world_size
+        what = f"{self.name} dataset"
         if not self.root.exists():
-            raise DataError(f"{self.root}: no such dataset (expected *.tar shards or a folder of videos)")
+            raise DataError(f"{self.root}: no such {what} (expected *.tar shards or a folder of {self.name}s)")
         self.shards = sorted(self.root.glob("*.tar")) if self.root.is_dir() else [self.root] if self.root.suffix == ".tar" else []
-        self.videos = [] if self.shards else self._folder_items()
-        if not self.shards and not self.videos:
-            raise DataError(f"{self.root}: empty dataset: no *.tar shards and no videos with captions")
+        self.files = [] if self.shards else sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.suffixes)
+        if not self.shards and not self.files:
+            raise DataError(f"{self.root}: empty {what}: no *.tar shards and no {self.name} files")
+        self.captions = {} if self.shards else folder_captions(self.root)
 
-    def _folder_items(self) -> list[tuple[Path, str]]:
-        captions = {}
-        index = self.root / "captions.jsonl"
-        if index.exists():
-            for n, line in enumerate(index.read_text().splitlines(), 1):
-                if line.strip():
-                    try:
-                        item = json.loads(line)
-                        captions[item["file"]] = item["caption"]
-                    except (json.JSONDecodeError, KeyError) as exc:
-                        raise DataError(f"{index}:{n}: expected {{\"file\": ..., \"caption\": ...}} ({exc})") from None
-        items = []
-        for path in sorted(p for p in self.root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
-            rel = path.relative_to(self.root).as_posix()
-            caption = captions.get(rel)
-            if caption is None and path.with_suffix(".txt").exists():
-                caption = path.with_suffix(".txt").read_text().strip()
-            if caption is not None:
-                items.append((path, caption))
-        return items
+    def _items(self, source):
+        """``(key, media bytes or path or None, caption or None)``."""
+        if self.shards:
+            for key, parts in tar_groups(source):
+                media = next((parts[s] for s in parts if s in self.suffixes), None)
+                text = next(((parts[s], s) for s in parts if s in (".json", ".txt", ".caption")), None)
+                yield key, media, text
+            return
+        rel = source.relative_to(self.root).as_posix()
+        caption = self.captions.get(rel)
+        if caption is None and source.with_suffix(".txt").exists():
+            caption = source.with_suffix(".txt").read_text().strip()
+        yield rel, source, (caption.encode(), ".txt") if caption is not None else None
 
-    def _shard_samples(self, shard: Path):
-        """``(key, video bytes, caption)`` per complete sample of a tar shard."""
-        pending: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = Path(member.name)
-                key, suffix = str(name.parent / name.name.split(".")[0]), "." + name.name.split(".", 1)[-1]
-                pending.setdefault(key, {})[suffix.lower()] = tar.extractfile(member).read()
-                parts = pending[key]
-                video = next((s for s in parts if s in VIDEO_SUFFIXES), None)
-                text = next((s for s in parts if s in (".json", ".txt", ".caption")), None)
-                if video and text:
-                    del pending[key]
-                    yield key, parts[video], (parts[text], text)
+    def _decode(self, media, rng: random.Random) -> torch.Tensor:
+        raise NotImplementedError
 
     def __iter__(self):
         worker = get_worker_info()
@@ -149,19 +162,20 @@ class VideoClips(IterableDataset):
         shard_id, nshards = self.rank * nworkers + wid, self.world_size * nworkers
         rng = random.Random(self.seed * 1000003 + shard_id)
         self.stats = Counter()
-        epoch = 0
         while True:
-            sources = self.shards or self.videos
-            mine = [s for i, s in enumerate(sources) if i % nshards == shard_id] or sources
-            order = list(mine)
+            sources = self.shards or self.files
+            order = [s for i, s in enumerate(sources) if i % nshards == shard_id] or list(sources)
             rng.shuffle(order)
             produced = 0
             for source in order:
-                samples = self._shard_samples(source) if self.shards else [(str(source[0]), source[0], None)]
-                for key, video, text in samples:
+                for key, media, text in self._items(source):
                     try:
-                        caption = source[1] if text is None else _caption_from(*text)
-                        clip = select_clip(decode_video(video), self.num_frames, self.interval, self.size, self.crop, rng)
+                        if media is None:
+                            raise ValueError(f"no {self.name} file")
+                        if text is None:
+                            raise KeyError("no caption")
+                        caption = _caption_from(*text)
+                        value = self._decode(media, rng)
                     except Exception as exc:  # noqa: BLE001 - any bad sample is skipped and counted
                         self.stats["skipped"] += 1
                         self.stats[f"skipped:{type(exc).__name__}"] += 1
@@ -169,20 +183,40 @@ class VideoClips(IterableDataset):
                         continue
                     self.stats["ok"] += 1
                     produced += 1
-                    yield {"video": clip, "caption": caption, "key": key}
-            epoch += 1
+                    yield {self.name: value, "caption": caption, "key": key}
             if produced == 0:
-                raise DataError(f"{self.root}: no sample could be decoded (skipped {self.stats['skipped']}); "
-                                f"reasons: {dict((k, v) for k, v in self.stats.items() if k.startswith('skipped:'))}")  # fmt: skip
+                reasons = {k: v for k, v in self.stats.items() if k.startswith("skipped:")}
+                raise DataError(f"{self.root}: no usable {self.name} (skipped {self.stats['skipped']}; reasons {reasons})")
+
+
+def _collate(items: list[dict], name: str) -> dict:
+    good = [i for i in items if name in i]
+    batch = {"skipped": sum(i.get("skipped", 0) for i in items)}
+    if good:
+        batch[name] = torch.stack([i[name] for i in good])
+        batch["caption"] = [i["caption"] for i in good]
+    return batch
+
+
+class VideoClips(_CaptionedStream):
+    """Clips ``[3, frames, size, size]`` from video shards (``<key>.mp4`` + caption) or a folder of videos."""
+
+    suffixes = VIDEO_SUFFIXES
+    name = "video"
+
+    def __init__(self, root: str | Path, num_frames: int = 16, interval: int = 1, size: int = 512,
+                 crop: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1):  # fmt: skip
+        if crop not in ("random", "center"):
+            raise DataError(f"--crop {crop!r}; expected 'random' or 'center'")
+        self.num_frames, self.interval, self.size, self.crop = num_frames, interval, size, crop
+        super().__init__(root, seed, rank, world_size)
+
+    def _decode(self, media, rng):
+        return select_clip(decode_video(media), self.num_frames, self.interval, self.size, self.crop, rng)
 
 
 def collate(items: list[dict]) -> dict:
-    good = [i for i in items if "video" in i]
-    batch = {"skipped": sum(i.get("skipped", 0) for i in items)}
-    if good:
-        batch["video"] = torch.stack([i["video"] for i in good])
-        batch["caption"] = [i["caption"] for i in good]
-    return batch
+    return _collate(items, "video")
 
 
 # --- the synthetic toy world -----------------------------------------------------------------------
@@ -291,87 +325,23 @@ def crop_image(image: np.ndarray, size: int, rng: random.Random, scale=(0.5, 1.0
     return x[0].clamp(-1, 1)
 
 
-class ImageCaptions(IterableDataset):
-    """Endless captioned images from ``*.tar`` shards (``<key>.jpg|png|webp`` + ``.txt|.json``) or a folder
-    (``captions.jsonl`` or ``.txt`` sidecars). Bad, small or uncaptioned images are skipped and counted."""
+class ImageCaptions(_CaptionedStream):
+    """Captioned images ``[3, size, size]`` from shards (``<key>.jpg|png|webp`` + caption) or a folder.
+    Images smaller than the crop, or without a caption, are skipped and counted."""
+
+    suffixes = IMAGE_SUFFIXES
+    name = "image"
 
     def __init__(self, root: str | Path, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.root, self.size, self.seed, self.rank, self.world_size = Path(root), size, seed, rank, world_size
-        if not self.root.exists():
-            raise DataError(f"{self.root}: no such image dataset (expected *.tar shards or a folder of images)")
-        self.shards = sorted(self.root.glob("*.tar")) if self.root.is_dir() else []
-        self.files = [] if self.shards else sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not self.shards and not self.files:
-            raise DataError(f"{self.root}: empty image dataset: no *.tar shards and no images")
-        captions = {}
-        index = self.root / "captions.jsonl"
-        if index.exists():
-            for line in index.read_text().splitlines():
-                if line.strip():
-                    item = json.loads(line)
-                    captions[item["file"]] = item["caption"]
-        self.captions = captions
+        self.size = size
+        super().__init__(root, seed, rank, world_size)
 
-    def _samples(self, source):
-        if self.shards:
-            pending: dict[str, dict[str, bytes]] = {}
-            with tarfile.open(source) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    name = Path(member.name)
-                    key, suffix = str(name.parent / name.name.split(".")[0]), "." + name.name.split(".", 1)[-1].lower()
-                    pending.setdefault(key, {})[suffix] = tar.extractfile(member).read()
-            for key, parts in pending.items():
-                image = next((s for s in parts if s in IMAGE_SUFFIXES), None)
-                text = next((s for s in parts if s in (".txt", ".json", ".caption")), None)
-                yield key, parts.get(image), (parts[text], text) if text else None
-        else:
-            rel = source.relative_to(self.root).as_posix()
-            caption = self.captions.get(rel)
-            if caption is None and source.with_suffix(".txt").exists():
-                caption = source.with_suffix(".txt").read_text().strip()
-            yield rel, source, (caption.encode(), ".txt") if caption is not None else None
-
-    def __iter__(self):
-        worker = get_worker_info()
-        wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
-        shard_id, nshards = self.rank * nworkers + wid, self.world_size * nworkers
-        rng = random.Random(self.seed * 7907 + shard_id)
-        self.stats = Counter()
-        while True:
-            sources = self.shards or self.files
-            order = [s for i, s in enumerate(sources) if i % nshards == shard_id] or list(sources)
-            rng.shuffle(order)
-            produced = 0
-            for source in order:
-                for key, data, text in self._samples(source):
-                    try:
-                        if data is None:
-                            raise ValueError("no image")
-                        if text is None:
-                            raise KeyError("no caption")
-                        caption = _caption_from(*text)
-                        image = crop_image(decode_image(data), self.size, rng)
-                    except Exception as exc:  # noqa: BLE001 - skipped and counted
-                        self.stats["skipped"] += 1
-                        self.stats[f"skipped:{type(exc).__name__}"] += 1
-                        yield {"skipped": 1}
-                        continue
-                    produced += 1
-                    yield {"image": image, "caption": caption}
-            if produced == 0:
-                raise DataError(f"{self.root}: no usable image (skipped {self.stats['skipped']}: "
-                                f"{dict((k, v) for k, v in self.stats.items() if k.startswith('skipped:'))})")  # fmt: skip
+    def _decode(self, media, rng):
+        return crop_image(decode_image(media), self.size, rng)
 
 
 def collate_images(items: list[dict]) -> dict:
-    good = [i for i in items if "image" in i]
-    batch = {"skipped": sum(i.get("skipped", 0) for i in items)}
-    if good:
-        batch["image"] = torch.stack([i["image"] for i in good])
-        batch["caption"] = [i["caption"] for i in good]
-    return batch
+    return _collate(items, "image")
 
 
 def write_toy_image_shards(root: str | Path, num_images: int = 128, size: int = 32, seed: int = 0) -> Path:
