@@ -305,3 +305,11 @@ def test_image_set_errors_and_skips(tmp_path):
     (only_bad / "small.txt").write_text("x")
     with pytest.raises(DataError, match="no usable image"):
         list(zip(iter(ImageCaptions(only_bad, 16)), range(5)))
+
+
+def test_sparse_decode_benchmark_runs_and_decoding_fewer_frames_costs_less(capsys):
+    from training import bench_sparse_decode
+
+    bench_sparse_decode.main(["--vae", "tiny", "--size", "64", "--frames", "16", "--judged", "2", "--repeats", "3"])
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("ratio")][0]
+    assert float(line.split("=")[1].split()[0]) < 0.6, line
