@@ -313,3 +313,32 @@ def test_sparse_decode_benchmark_runs_and_decoding_fewer_frames_costs_less(capsy
     bench_sparse_decode.main(["--vae", "tiny", "--size", "64", "--frames", "16", "--judged", "2", "--repeats", "3"])
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("ratio")][0]
     assert float(line.split("=")[1].split()[0]) < 0.6, line
+
+
+def test_a_single_file_unet_in_ldm_or_diffusers_layout_loads_into_the_teacher(tmp_path):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    from mcm.weights import UNetLayout, diffusers_to_ldm
+    from training.models import TINY_UNET, load_unet_checkpoint
+
+    blocks = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    torch.manual_seed(1)
+    source = UNet2DConditionModel(**TINY_UNET, **blocks)
+    layout = UNetLayout.from_diffusers_config(dict(source.config))
+    whole = {f"model.diffusion_model.{diffusers_to_ldm(k.rsplit('.', 1)[0], layout)}.{k.rsplit('.', 1)[1]}": v
+             for k, v in source.state_dict().items()}  # fmt: skip
+    whole["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)  # a whole-checkpoint's VAE, ignored
+    save_file(whole, tmp_path / "sd_single_file.safetensors")
+    save_file(source.state_dict(), tmp_path / "diffusers_unet.safetensors")
+    for name in ("sd_single_file.safetensors", "diffusers_unet.safetensors"):
+        torch.manual_seed(2)
+        target = UNet2DConditionModel(**TINY_UNET, **blocks)
+        load_unet_checkpoint(target, tmp_path / name)
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items()), name
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(3)}, tmp_path / "partial.safetensors")
+    with pytest.raises(ValueError, match="does not fit the teacher's UNet"):
+        load_unet_checkpoint(UNet2DConditionModel(**TINY_UNET, **blocks), tmp_path / "partial.safetensors")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "unet.ckpt")
+    with pytest.raises(FileNotFoundError, match="pickle"):
+        load_unet_checkpoint(UNet2DConditionModel(**TINY_UNET, **blocks), tmp_path / "unet.ckpt")

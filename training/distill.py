@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher", default=None, help="diffusers folder or hub id, or tiny-animatediff / tiny-modelscope (toy default)")
     g.add_argument("--teacher-kind", default="animatediff", choices=["animatediff", "modelscope"], help="teacher family")
     g.add_argument("--motion-adapter", default=None, help="AnimateDiff MotionAdapter folder (default: <teacher>/motion_adapter)")
+    g.add_argument("--unet-checkpoint", default=None,
+                   help="single-file SD1.5 checkpoint (original or diffusers layout) whose UNet replaces the teacher folder's, "
+                   "e.g. a fine-tune such as Realistic Vision; VAE and text encoder stay the folder's")  # fmt: skip
     g.add_argument("--motion-module-version", default="v2", help="recorded in the adapter metadata (official: v2, mm v1-5-2)")
     g.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (official 64)")
     g.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA alpha (official 64; scale alpha/rank = 1)")
@@ -321,7 +324,7 @@ def train(args, teacher=None) -> Path:
     log = (lambda *a: print(*a, flush=True)) if accelerator.is_main_process else (lambda *a: None)
 
     # the teacher first: cheap checks before any data is touched
-    teacher = teacher or load_teacher(args.teacher, args.teacher_kind, args.motion_adapter)
+    teacher = teacher or load_teacher(args.teacher, args.teacher_kind, args.motion_adapter, args.unet_checkpoint)
     if args.resolution % (teacher.vae_downsample * 4):
         raise ValueError(f"--resolution {args.resolution}: must be a multiple of {teacher.vae_downsample * 4} for this teacher")
     max_frames = teacher.max_frames

@@ -141,12 +141,55 @@ def _local_or_hub(path: str) -> str:
     raise FileNotFoundError(f"--teacher {path}: no such folder (expected a diffusers folder or a hub id such as org/name)")
 
 
-def load_teacher(teacher: str, kind: str = "animatediff", motion_adapter: str | None = None) -> Teacher:
+def load_unet_checkpoint(unet, path: str | Path, allow_pickle: bool = False) -> None:
+    """Load a single-file UNet into a diffusers ``UNet2DConditionModel`` (in place).
+
+    Accepts a whole Stable Diffusion checkpoint in the original layout (``model.diffusion_model.*``; the
+    VAE and text encoder in it are ignored), an LDM UNet (``diffusion_model.*`` or bare LDM names) or a
+    diffusers UNet state dict. LDM names are translated with the same map the nodes use.
+    """
+    from mcm.weights import AdapterError, UNetLayout, ldm_to_diffusers, read_weights
+
+    path = Path(path)
+    try:
+        tensors = read_weights(path, allow_pickle=allow_pickle)
+    except AdapterError as exc:
+        raise FileNotFoundError(f"--unet-checkpoint: {exc}") from None
+    layout = UNetLayout.from_diffusers_config(dict(unet.config))
+    ldm = {k.split("diffusion_model.", 1)[1]: v for k, v in tensors.items() if "diffusion_model." in k}
+    if not ldm and any(k.startswith(("input_blocks.", "middle_block.", "output_blocks.")) for k in tensors):
+        ldm = dict(tensors)
+    if ldm:
+        state = {}
+        for key, value in ldm.items():
+            module, leaf = key.rsplit(".", 1)
+            try:
+                state[f"{ldm_to_diffusers(module, layout)}.{leaf}"] = value
+            except KeyError as exc:
+                raise ValueError(f"--unet-checkpoint {path}: {exc}") from None
+    else:
+        state = {k.removeprefix("unet."): v for k, v in tensors.items()}
+    own = unet.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"--unet-checkpoint {path}: does not fit the teacher's UNet: {len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}), {len(wrong)} with other shapes (e.g. {wrong[:3]})"
+        )
+    unet.load_state_dict(state, strict=True)
+
+
+def load_teacher(teacher: str, kind: str = "animatediff", motion_adapter: str | None = None,
+                 unet_checkpoint: str | None = None) -> Teacher:  # fmt: skip
     """A teacher from ``tiny-*``, a local diffusers folder or a hub id.
 
     AnimateDiff: ``teacher`` is an SD1.5 diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
     ``tokenizer/``) and ``motion_adapter`` a diffusers ``MotionAdapter`` folder (default: the
-    teacher's ``motion_adapter/`` subfolder). ModelScope: a text-to-video-ms-1.7b folder.
+    teacher's ``motion_adapter/`` subfolder); ``unet_checkpoint`` replaces the UNet weights with a
+    single-file checkpoint (e.g. a fine-tune such as Realistic Vision). ModelScope: a
+    text-to-video-ms-1.7b folder.
     """
     if teacher in TINY_TEACHERS:
         return tiny_teacher(teacher.removeprefix("tiny-"))
@@ -162,6 +205,8 @@ def load_teacher(teacher: str, kind: str = "animatediff", motion_adapter: str | 
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae")
         if kind == "animatediff":
             unet2d = UNet2DConditionModel.from_pretrained(root, subfolder="unet")
+            if unet_checkpoint:
+                load_unet_checkpoint(unet2d, unet_checkpoint)
             mm_path = motion_adapter or str(Path(root) / "motion_adapter")
             adapter = MotionAdapter.from_pretrained(_local_or_hub(mm_path))
             unet = UNetMotionModel.from_unet2d(unet2d, adapter)

@@ -29,6 +29,7 @@ from .io import (
     parse_lora_tensors,
     read_safetensors,
     read_safetensors_metadata,
+    read_weights,
     save_adapter,
 )
 from .keys import (
@@ -78,6 +79,7 @@ __all__ = [
     "parse_lora_tensors",
     "read_safetensors",
     "read_safetensors_metadata",
+    "read_weights",
     "save_adapter",
     "unmerge_lora",
 ]

@@ -111,6 +111,11 @@ def _read_tensors(path: Path, allow_pickle: bool) -> tuple[dict[str, torch.Tenso
     return read_safetensors(path)
 
 
+def read_weights(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of a weights file: safetensors, or (only with ``allow_pickle``) a tensors-only pickle."""
+    return _read_tensors(Path(path), allow_pickle)[0]
+
+
 # --- key formats -----------------------------------------------------------------------------------
 
 _FACTOR_SUFFIXES = (
