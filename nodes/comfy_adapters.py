@@ -110,21 +110,10 @@ def _lora_patches(layers: dict[str, LoraWeights], prefix: str) -> dict:
     return comfy.lora.load_lora(state, to_load, log_missing=True)
 
 
-def _check_fits(adapter: Adapter, layers: dict[str, LoraWeights], shapes: dict[str, tuple], prefix: str, what: str):
-    missing, wrong = [], []
-    for path, w in layers.items():
-        shape = shapes.get(f"{prefix}{path}.weight")
-        if shape is None:
-            missing.append(path)
-        elif tuple(shape) != w.weight_shape:
-            wrong.append(f"{path}: {what} {tuple(shape)}, adapter {w.weight_shape}")
-    if missing or wrong:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} layers missing from the {what}, e.g. {missing[:4]}")
-        if wrong:
-            detail.append(f"{len(wrong)} with other shapes, e.g. {wrong[:3]}")
-        raise AdapterError(f"{adapter.source}: does not fit this {what}: " + "; ".join(detail))
+def _check_fits(adapter: Adapter, layers: dict[str, LoraWeights], patcher_state: dict, prefix: str, what: str):
+    """The adapter's (translated) layers against the shapes of a ComfyUI model's weights."""
+    shapes = {p: tuple(patcher_state[f"{prefix}{p}.weight"].shape) for p in layers if f"{prefix}{p}.weight" in patcher_state}
+    adapter.check_shapes(shapes, where=f"this {what}", layers=layers)
 
 
 def _apply(patcher, patches: dict, strength: float, where: str):
@@ -143,14 +132,12 @@ def patch_unet(model, adapter: Adapter, strength: float):
     m = model.clone()
     if not layers or strength == 0:
         return m, 0
-    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
-    _check_fits(adapter, layers, shapes, "diffusion_model.", "Stable Diffusion UNet")
+    _check_fits(adapter, layers, model.model.state_dict(), "diffusion_model.", "Stable Diffusion UNet")
     return m, _apply(m, _lora_patches(layers, "diffusion_model."), strength, "UNet")
 
 
 def _patch_motion_patcher(patcher, adapter: Adapter, layers, strength: float) -> int:
-    shapes = {k: tuple(v.shape) for k, v in patcher.model.state_dict().items()}
-    _check_fits(adapter, layers, shapes, "", "AnimateDiff motion module")
+    _check_fits(adapter, layers, patcher.model.state_dict(), "", "AnimateDiff motion module")
     return _apply(patcher, _lora_patches(layers, ""), strength, "motion module")
 
 

@@ -260,10 +260,14 @@ class Adapter:
                 f"and cannot be applied to a {want} model"
             )
 
-    def check_shapes(self, shapes: dict[str, tuple[int, ...]], where: str = "the model") -> None:
-        """Every layer must exist in ``shapes`` (path → weight shape) with the shape the LoRA updates."""
+    def check_shapes(self, shapes: dict[str, tuple[int, ...]], where: str = "the model",
+                     layers: dict[str, LoraWeights] | None = None) -> None:  # fmt: skip
+        """Every layer must exist in ``shapes`` (path → weight shape) with the shape the LoRA updates.
+
+        ``layers`` checks a translated subset instead (e.g. the spatial layers under ComfyUI's names).
+        """
         missing, wrong = [], []
-        for path, lora in self.layers.items():
+        for path, lora in (self.layers if layers is None else layers).items():
             if path not in shapes:
                 missing.append(path)
             elif tuple(shapes[path]) != lora.weight_shape:
