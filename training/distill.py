@@ -22,7 +22,6 @@ import os
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ from mcm.distill import (  # noqa: E402
 )
 from mcm.motion import MOTION_REPRESENTATIONS, ema_update, make_motion_representation  # noqa: E402
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, lcm_timesteps  # noqa: E402
+from mcm.weights.io import atomic_dir  # noqa: E402
 
 TOY_DEFAULTS = {
     "teacher": "tiny-animatediff",
@@ -198,6 +198,11 @@ def describe_plan(args) -> str:
 # --- run folder and checkpoints ----------------------------------------------------------------------
 
 
+def toy_cache() -> Path:
+    """Where the synthetic toy data is written once and reused (``MCM_TOY_DATA`` overrides it)."""
+    return Path(os.environ.get("MCM_TOY_DATA", Path.home() / ".cache" / "comfyui-mcm" / "toy-videos"))
+
+
 def new_run_dir(output_dir: str, run_name: str | None) -> Path:
     parent = Path(output_dir)
     parent.mkdir(parents=True, exist_ok=True)
@@ -218,20 +223,6 @@ def latest_checkpoint(path: Path) -> Path:
     if not checkpoints:
         raise FileNotFoundError(f"--resume {path}: no checkpoint-N folder with trainer_state.json")
     return checkpoints[-1]
-
-
-@contextmanager
-def atomic_dir(final: Path):
-    """Write into a temporary sibling folder, then rename it into place (never half a checkpoint)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            raise FileExistsError(f"{final}: already exists; not overwritten")
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
@@ -334,7 +325,7 @@ def train(args, teacher=None) -> Path:
     # data
     data_root = args.data
     if data_root == "toy":
-        cache = Path(os.environ.get("MCM_TOY_DATA", Path.home() / ".cache" / "comfyui-mcm" / "toy-videos"))
+        cache = toy_cache()
         frames = max(16, args.num_frames)
         data_root = write_toy_shards(cache / f"{args.resolution}px-{frames}f-seed{args.seed}", frames=frames,
                                      size=args.resolution, seed=args.seed)  # fmt: skip
@@ -393,8 +384,7 @@ def train(args, teacher=None) -> Path:
             if root is None:
                 raise ValueError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images)")
             if root == "toy":
-                cache = Path(os.environ.get("MCM_TOY_DATA", Path.home() / ".cache" / "comfyui-mcm" / "toy-videos"))
-                root = write_toy_image_shards(cache / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
+                root = write_toy_image_shards(toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
             images = ImageCaptions(root, args.resolution, args.seed, accelerator.process_index, accelerator.num_processes)
             image_iter = iter(DataLoader(images, batch_size=args.train_batch_size * args.disc_frames, collate_fn=collate_images,
                                          num_workers=min(args.num_workers, 2)))  # fmt: skip

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -458,6 +459,26 @@ def _atomic_file(dst: Path, write: Callable[[Path], None], overwrite: bool) -> P
     return dst
 
 
+@contextmanager
+def atomic_dir(final: Path, overwrite: bool = False):
+    """Yield a temporary sibling folder to write into; on success it is renamed to ``final``.
+
+    A failure leaves ``final`` as it was. An existing ``final`` is an error unless ``overwrite``.
+    """
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            if not overwrite:
+                raise FileExistsError(f"{final}: already exists; not overwritten")
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _tensor(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu").contiguous()
 
@@ -506,16 +527,9 @@ def export_peft(adapter: Adapter, folder: str | os.PathLike, *, overwrite: bool 
     for p, w in sorted(adapter.layers.items()):
         tensors[f"{PEFT_PREFIX}{p}.lora_A.weight"] = _tensor(w.down)
         tensors[f"{PEFT_PREFIX}{p}.lora_B.weight"] = _tensor(w.up)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_dir(folder, overwrite=True) as tmp:  # _prepare_destination already refused an unwanted overwrite
         (tmp / PEFT_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         save_file(tensors, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt", **meta.to_metadata()})
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
