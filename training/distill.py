@@ -405,7 +405,9 @@ def train(args, teacher=None) -> Path:
 
     @torch.no_grad()
     def encode_text(captions):
-        return teacher.text_encoder(teacher.tokenizer(captions).to(device))[0]
+        """Per-token embeddings (the UNet's conditioning) and the pooled one (the discriminator's)."""
+        out = teacher.text_encoder(teacher.tokenizer(captions).to(device))
+        return out[0], out.pooler_output.float()
 
     @torch.no_grad()
     def encode_video(video):
@@ -453,9 +455,9 @@ def train(args, teacher=None) -> Path:
                 b = batch["video"].shape[0]
                 with timer("encode"):
                     x0 = encode_video(batch["video"])
-                    cond = encode_text(batch["caption"])
+                    cond, pooled = encode_text(batch["caption"])
                     if b not in uncond_cache:
-                        uncond_cache[b] = encode_text([""] * b)
+                        uncond_cache[b] = encode_text([""] * b)[0]
                     uncond = uncond_cache[b]
                 generated = global_step >= args.mixed_start_step and use_generated_trajectories(args.lambda_real, generator)
                 if generated:
@@ -471,8 +473,7 @@ def train(args, teacher=None) -> Path:
                     adversarial = adversary is not None and global_step >= args.disc_start_step
                     if adversarial:
                         with timer("adversarial: decode frames, discriminator (generator side)"):
-                            c_video = adversary.text(batch["caption"], device)
-                            g_term, fake_frames, c_fake = adversary.generator_term(out["model_pred"], c_video)
+                            g_term, fake_frames, c_fake = adversary.generator_term(out["model_pred"], pooled)
                             loss = loss + g_term
                 with timer("backward"):
                     accelerator.backward(loss)
