@@ -227,7 +227,7 @@ SHAPES = ("square", "circle")
 
 
 def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True) -> tuple[np.ndarray, str]:
-    """One clip of a shape moving across a plain background, and its caption.
+    """One clip of a shape moving across a plain background, and its caption (all drawn from ``seed``).
 
     ``degraded`` adds what web video has and a clean image set has not: blur, noise, low contrast
     and a watermark-like bar.
@@ -237,6 +237,12 @@ def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True)
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
     speed = int(rng.integers(1, 3))
+    return render_toy_clip(colour, shape, direction, speed, rng, frames, size, degraded)
+
+
+def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np.random.Generator, frames: int = 16,
+                    size: int = 32, degraded: bool = True) -> tuple[np.ndarray, str]:  # fmt: skip
+    """A clip of the given scene (background, start jitter and noise from ``rng``) and its caption."""
     background = rng.integers(0, 60, size=3)
     r = size // 8
     dx, dy = DIRECTIONS[direction]

@@ -1,0 +1,165 @@
+"""The toy world of the embedded default: its metrics, its tokenizer, the shipped teacher, the ablation table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mcm.metrics import feature_stats, frechet_distance, frechet_distance_of
+from training import toy_eval
+from training.toy_teacher import SHIPPED, _learn_merges, build_models, build_tokenizer, save_teacher, toy_words
+
+# --- Fréchet distance ---------------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_closed_forms():
+    # 1-d: (m1 - m2)² + (s1 - s2)²
+    assert frechet_distance([1.0], [[4.0]], [3.0], [[9.0]]) == pytest.approx(4.0 + 1.0)
+    # diagonal: Σ (m1 - m2)² + Σ (√v1 - √v2)²
+    v1, v2 = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.25])
+    expected = 3.0 + float(((v1.sqrt() - v2.sqrt()) ** 2).sum())
+    assert frechet_distance(torch.zeros(3), torch.diag(v1), torch.ones(3), torch.diag(v2)) == pytest.approx(expected)
+
+
+def test_frechet_distance_of_non_commuting_covariances_uses_the_eigenvalues_of_the_product():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 4, generator=g, dtype=torch.float64), torch.randn(4, 4, generator=g, dtype=torch.float64)
+    s1, s2 = a @ a.T + 0.1 * torch.eye(4), b @ b.T + 0.1 * torch.eye(4)
+    # tr sqrt(S1 S2) = Σ sqrt(eigenvalues of S1 S2) (real and non-negative for SPD S1, S2)
+    cross = torch.linalg.eigvals(s1 @ s2).real.clamp(min=0).sqrt().sum()
+    expected = float(torch.trace(s1) + torch.trace(s2) - 2 * cross)
+    assert frechet_distance(torch.zeros(4), s1, torch.zeros(4), s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_frechet_distance_of_samples_is_small_for_one_distribution_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(4000, 3, generator=g), torch.randn(4000, 3, generator=g)
+    assert frechet_distance_of(x, y) < 0.01
+    assert frechet_distance_of(x, y + 2.0) == pytest.approx(12.0, rel=0.05)
+    with pytest.raises(ValueError, match=r"features must be \[n >= 2, d\]"):
+        feature_stats(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        frechet_distance(torch.zeros(2), torch.eye(2), torch.zeros(3), torch.eye(3))
+
+
+# --- toy metrics: the data themselves score as a perfect sample should ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def references():
+    return toy_eval.reference_features(8, 32, n=48)
+
+
+def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_noise(references):
+    prompts = toy_eval.toy_prompts()
+    videos, captions = toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True)
+    right = toy_eval.score_videos(videos, captions, *references)
+    assert right["correct"] >= 0.9 and right["velocity_error"] < 0.5
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    flipped = [" ".join(opposite.get(w, w) for w in c.split()) for c in captions]
+    assert toy_eval.score_videos(videos, flipped, *references)["direction_correct"] <= 0.1
+    other_speed = [c.replace("slowly", "QUICK").replace("quickly", "slowly").replace("QUICK", "quickly") for c in captions]
+    assert toy_eval.score_videos(videos, other_speed, *references)["speed_class_correct"] <= 0.1
+    static = [np.repeat(v[:1], len(v), axis=0) for v in videos]  # a still frame moves nowhere
+    assert toy_eval.score_videos(static, captions, *references)["correct"] == 0.0
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, v.shape, dtype=np.uint8) for v in videos]
+    assert toy_eval.score_videos(noise, captions, *references)["correct"] <= 0.2
+
+
+def test_frame_quality_separates_clean_images_from_degraded_video(references):
+    prompts = toy_eval.toy_prompts()[:4]
+    clean = toy_eval.score_videos(*toy_eval.reference_clips(prompts, 2, 8, 32, degraded=False), *references)
+    dirty = toy_eval.score_videos(*toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True), *references)
+    assert clean["watermark"] < 0.05 < 0.2 < dirty["watermark"]
+    assert clean["sharpness"] > dirty["sharpness"] + 0.2
+    assert clean["grain"] < dirty["grain"] and clean["background"] < dirty["background"]
+    assert clean["fd_clean"] < clean["fd_degraded"] and dirty["fd_degraded"] < dirty["fd_clean"]
+
+
+def test_captions_that_are_not_toy_captions_are_refused():
+    with pytest.raises(ValueError, match="not a toy caption"):
+        toy_eval.parse_caption("a cat playing piano")
+    direction, speed = toy_eval.parse_caption("a blue circle moving up quickly")
+    assert direction.tolist() == [0.0, -1.0] and speed == 2.0
+
+
+def test_previews_are_an_animated_gif_and_a_png_strip(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = {name: [rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for _ in range(3)] for name in ("teacher", "MCM 4-step")}
+    paths = toy_eval.write_previews(tmp_path, rows, ["p1", "p2", "p3"])
+    with Image.open(paths["gif"]) as gif:
+        assert gif.n_frames == 8
+    with Image.open(paths["png"]) as png:
+        assert png.width > 2 * 8 * 32 and png.height > 2 * 32
+
+
+# --- the tokenizer and the teacher folder -----------------------------------------------------------
+
+
+def test_toy_tokenizer_gives_every_toy_word_one_token_and_falls_back_to_characters(tmp_path):
+    from transformers import CLIPTokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(tmp_path)
+    loaded = CLIPTokenizer.from_pretrained(tmp_path)
+    for word in toy_words():
+        assert loaded.tokenize(word) == [word + "</w>"]
+    assert len(loaded.tokenize("zebra")) > 1  # unknown words are spelled out, never dropped
+    ids = loaded(["a red square moving left quickly"], padding="max_length", max_length=77).input_ids[0]
+    assert len(ids) == 77 and ids[0] == loaded.bos_token_id and ids[7] == loaded.eos_token_id
+
+
+def test_learned_merges_rebuild_each_word_in_order():
+    merges = _learn_merges(["red", "right", "green"])
+    assert len(merges) == len(set(merges))
+    assert ("gree", "n</w>") in merges or any(a + b == "green</w>" for a, b in merges)
+
+
+def test_a_saved_teacher_folder_loads_through_the_real_teacher_loader(tmp_path):
+    from training.models import call_unet, load_teacher
+
+    tokenizer = build_tokenizer()
+    unet, vae, text = build_models(tokenizer, seed=3)
+    save_teacher(tmp_path / "teacher", unet, vae, text, tokenizer, {"note": "test"})
+    save_teacher(tmp_path / "teacher", unet, vae, text, tokenizer, {"note": "again"})  # replaced only when complete
+    assert json.loads((tmp_path / "teacher" / "toy_teacher.json").read_text()) == {"note": "again"}
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    teacher = load_teacher(str(tmp_path / "teacher"))
+    assert type(teacher.unet).__name__ == "UNetMotionModel" and type(teacher.vae).__name__ == "AutoencoderKL"
+    x, t = torch.randn(1, 4, 4, 16, 16), torch.tensor([500])
+    cond = text(teacher.tokenizer(["a red square moving left slowly"])).last_hidden_state
+    with torch.no_grad():
+        assert torch.allclose(call_unet(teacher.unet, x, t, cond), call_unet(unet, x, t, cond), atol=1e-6)
+
+
+@pytest.mark.skipif(not (SHIPPED / "toy_teacher.json").exists(), reason="the toy teacher is not in this checkout")
+def test_the_shipped_toy_teacher_is_small_documented_and_loads():
+    from training.models import load_teacher
+
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size <= 20 * 2**20, f"{size / 2**20:.1f} MB"
+    settings = json.loads((SHIPPED / "toy_teacher.json").read_text())
+    assert settings["step"] == settings["steps"] > 0
+    teacher = load_teacher(str(SHIPPED))
+    assert teacher.max_frames == 32 and math.isfinite(teacher.scaling_factor) and teacher.vae_downsample == 2
+    assert Path(teacher.source) == SHIPPED
+
+
+def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
+    from training.ablate import mcm_rows, table
+
+    metrics = {f"MCM {n}-step": {"correct": n / 4, "velocity_error": 0.5, "watermark": 0.1, "sharpness": 0.8, "grain": 0.0,
+                                 "fd_clean": 0.2} for n in (1, 2, 4)}  # fmt: skip
+    text = table("ladder", [("full", mcm_rows(metrics, [1, 2, 4])), ("teacher", {4: metrics["MCM 4-step"]})], [1, 2, 4])
+    lines = text.splitlines()
+    assert lines[0] == "### ladder" and "motion correct ↑ (1-step)" in lines[2]
+    assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.5 |")
+    assert lines[5].startswith("| teacher |  |  | 1 |")

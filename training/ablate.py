@@ -1,0 +1,119 @@
+"""Toy ablations of MCM: the ladder of the paper's Table 4 and the λ_real sweep of Table 6.
+
+    python training/ablate.py                      # all rows, the toy default's length each
+    python training/ablate.py --steps 100 --only ladder
+
+Every row is a toy-default run of ``training/distill.py`` (a subprocess each, its own run folder under
+``--output-dir``) with one thing changed, evaluated on the toy metrics (``training/toy_eval.py``). The
+teacher rows come from the first run (the teacher is the same in all). Writes ``ablations.md`` (the
+table) and ``ablations.json`` next to the run folders; an existing table is never overwritten (a new
+output folder is made per invocation).
+
+Ladder (Table 4): consistency distillation on the raw latents, real trajectories only, no
+discriminator → + the frame discriminator on clean images → + the motion loss through the learnable
+head → + mixed trajectories (the full method, the toy default). Sweep (Table 6): λ_real, the fraction
+of micro-batches on real-data trajectories (the rest start from the student's own one-step sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+LADDER = [
+    ("CD only (raw latents, real trajectories, no discriminator)", ["--motion-repr", "raw", "--lambda-real", "1", "--no-disc"]),
+    ("+ frame discriminator (clean images)", ["--motion-repr", "raw", "--lambda-real", "1"]),
+    ("+ motion loss (learnable head)", ["--motion-repr", "learn", "--lambda-real", "1"]),
+    ("+ mixed trajectories (λ_real 0.5) = MCM", ["--motion-repr", "learn", "--lambda-real", "0.5"]),
+]
+SWEEP = [(f"λ_real {v:g}", ["--lambda-real", f"{v:g}"]) for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
+COLUMNS = [  # (metric, header, better)
+    ("correct", "motion correct ↑", max),
+    ("velocity_error", "velocity error (px/frame) ↓", min),
+    ("watermark", "watermark ↓", min),
+    ("sharpness", "sharpness ↑", max),
+    ("grain", "grain ↓", min),
+    ("fd_clean", "FD to clean ↓", min),
+]
+
+
+def run_row(args, name: str, flags: list[str], index: int, with_teacher: bool) -> dict:
+    run_name = f"{index:02d}-" + "".join(c if c.isalnum() else "-" for c in name.lower())[:40].strip("-")
+    cmd = [sys.executable, str(ROOT / "training" / "distill.py"), "--output-dir", str(args.output_dir), "--run-name", run_name,
+           "--eval-seeds", str(args.eval_seeds), "--eval-teacher-steps", "4,50" if with_teacher else "", *flags]  # fmt: skip
+    if args.steps:
+        cmd += ["--max-train-steps", str(args.steps)]
+    print(f"== {name}\n   {' '.join(cmd[1:])}", flush=True)
+    start = time.time()
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    report = json.loads((Path(args.output_dir) / run_name / "metrics.json").read_text())
+    report["wall_seconds"] = round(time.time() - start, 1)
+    return report
+
+
+def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int]) -> str:
+    """A markdown table: motion correctness per step count, the other metrics at the last step count.
+    ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty."""
+    columns = [(m, h, n) for m, h, _ in COLUMNS for n in (steps if m == "correct" else steps[-1:])]
+    header = [h + (f" ({n}-step)" if m == "correct" and len(steps) > 1 else "") for m, h, n in columns]
+    lines = [f"### {title}", "", "| row | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, per_step in rows:
+        cells = [per_step.get(n, {}).get(m) for m, _, n in columns]
+        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.3g}" for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mcm_rows(metrics: dict, steps: list[int]) -> dict[int, dict]:
+    return {n: metrics[f"MCM {n}-step"] for n in steps if f"MCM {n}-step" in metrics}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output-dir", default=None, help="folder for the runs and the table (default: runs/ablations-<date-time>)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the toy default's)")
+    p.add_argument("--eval-seeds", type=int, default=2, help="samples per toy prompt")
+    p.add_argument("--only", choices=["ladder", "sweep"], default=None, help="run one of the two tables")
+    args = p.parse_args(argv)
+    args.output_dir = Path(args.output_dir or ROOT / "runs" / dt.datetime.now().strftime("ablations-%Y%m%d-%H%M%S"))
+    if (args.output_dir / "ablations.md").exists():
+        p.error(f"{args.output_dir}/ablations.md exists; pick a new --output-dir")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+
+    results, done = {}, {}
+    plan = ([("ladder", n, f) for n, f in LADDER] if args.only != "sweep" else []) + (
+        [("sweep", n, f) for n, f in SWEEP] if args.only != "ladder" else [])  # fmt: skip
+    for i, (part, name, flags) in enumerate(plan):
+        key = tuple(flags) if part == "ladder" else ("--motion-repr", "learn", "--lambda-real", flags[1])
+        if key in done:  # the same configuration in both tables (the full method): run it once
+            results[(part, name)] = done[key]
+            continue
+        report = run_row(args, name, flags, i, with_teacher=not results)
+        results[(part, name)] = done[key] = report
+    first = next(iter(results.values()))
+    steps = [1, 2, 4]
+    reference = [(k, {steps[-1]: v}) for k, v in first["metrics"].items() if not k.startswith("MCM")]
+    out = [f"# Toy ablations ({dt.date.today()}, {first['run']['steps']} steps per run, {args.eval_seeds} samples per prompt)", ""]
+    out.append("MCM columns are the distilled student; the reference rows (teacher, data) score the teacher's samples and the "
+               "toy data themselves with the same metrics. Motion correct: share of clips whose tracked shape moves in the "
+               "captioned direction at the captioned speed class. FD: Fréchet distance of frame-quality features.\n")  # fmt: skip
+    for part, title in (("ladder", "Table 4 ladder"), ("sweep", "Table 6: λ_real")):
+        rows = [(name, mcm_rows(r["metrics"], steps)) for (p_, name), r in results.items() if p_ == part]
+        if rows:
+            out.append(table(title, rows, steps))
+    out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:]))
+    (args.output_dir / "ablations.md").write_text("\n".join(out))
+    (args.output_dir / "ablations.json").write_text(json.dumps({f"{k[0]}: {k[1]}": v for k, v in results.items()}, indent=2))
+    print("\n".join(out))
+    print(f"wrote {args.output_dir / 'ablations.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

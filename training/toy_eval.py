@@ -1,0 +1,324 @@
+"""Metrics and previews for the toy world, where the right answer is known exactly.
+
+Every toy caption says what must happen: ``a <colour> <shape> moving <direction> <slowly|quickly>``
+(1 or 2 pixels per frame at 32 px before the trainer's crop). So a generated clip can be checked by
+tracking the shape:
+
+* **motion**: the shape's centroid (pixels that stand out from the frame's median colour) is tracked
+  over the frames and a line is fitted to it; the clip is *correct* when the fitted velocity points
+  within 45° of the captioned direction and its speed falls in the captioned class (below or above
+  1.5 px/frame). ``velocity_error`` is the distance between the fitted and the captioned velocity.
+* **frame quality**: ``watermark`` (brightness of the bar that the degraded videos carry, above the
+  frame's median, 0-1), ``grain`` (median absolute Laplacian: noise in flat regions), ``sharpness`` (steepest edge over the shape's contrast: about 1 for a crisp
+  edge, about 0.3 for the degraded videos' blur), ``background`` (median brightness, which the
+  degradation lifts), and the Fréchet distance of these features to the clean image set and to the
+  degraded video frames (``fd_clean`` / ``fd_degraded``; lower is closer).
+
+The same functions score the data themselves (``reference_metrics``), so a reader can see what a
+perfect score looks like on each metric before trusting it on samples.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcm.metrics import frechet_distance_of
+from mcm.sampler import sample_consistency
+from mcm.schedule import NoiseSchedule, ddim_timesteps, lcm_timesteps
+from mcm.solver import ddim_solver_step
+
+from .data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
+
+SLOW_FAST_SPLIT = 1.5  # px/frame between "slowly" (1) and "quickly" (2), allowing for the crop's zoom
+SPEEDS = {"slowly": 1.0, "quickly": 2.0}
+FEATURES = ("watermark", "sharpness", "background", "grain")
+
+
+def toy_prompts() -> list[str]:
+    """Eight prompts covering every direction, colour, shape and speed once or more."""
+    colours, shapes, directions = list(COLOURS), list(SHAPES), list(DIRECTIONS)
+    return [f"a {colours[i % 4]} {shapes[i % 2]} moving {directions[(i + i // 4) % 4]} {('slowly', 'quickly')[(i // 2) % 2]}"
+            for i in range(8)]  # fmt: skip
+
+
+def parse_caption(caption: str) -> tuple[np.ndarray, float]:
+    """The captioned velocity direction (unit, image axes x right / y down) and speed in px/frame."""
+    words = caption.lower().replace(",", " ").split()
+    direction = next((DIRECTIONS[w] for w in words if w in DIRECTIONS), None)
+    speed = next((SPEEDS[w] for w in words if w in SPEEDS), None)
+    if direction is None or speed is None:
+        raise ValueError(f"not a toy caption (needs a direction {list(DIRECTIONS)} and a speed {list(SPEEDS)}): {caption!r}")
+    return np.asarray(direction, dtype=np.float64), speed
+
+
+# --- tracking and scoring ---------------------------------------------------------------------------
+
+
+def _bar_mask(size: int) -> np.ndarray:
+    """Where the degraded videos' watermark-like bar sits (excluded from tracking)."""
+    mask = np.zeros((size, size), bool)
+    mask[size - 5 :, : size // 2 + 3] = True
+    return mask
+
+
+def saliency(frames: np.ndarray) -> np.ndarray:
+    """``[f, h, w]``: how far each pixel's colour is from its frame's median colour (0-255 scale)."""
+    x = frames.astype(np.float64)
+    median = np.median(x.reshape(len(x), -1, 3), axis=1)[:, None, None, :]
+    return np.abs(x - median).max(axis=-1)
+
+
+def track(frames: np.ndarray, threshold: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """Centroids ``[f, 2]`` (x, y) of the salient pixels and the salient mass per frame."""
+    s = saliency(frames)
+    s[:, _bar_mask(frames.shape[1])] = 0
+    weight = np.clip(s - threshold, 0, None)
+    mass = weight.sum(axis=(1, 2))
+    yy, xx = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]]
+    safe = np.maximum(mass, 1e-9)
+    centroids = np.stack([(weight * xx).sum(axis=(1, 2)) / safe, (weight * yy).sum(axis=(1, 2)) / safe], axis=1)
+    return centroids, mass
+
+
+def motion_of(frames: np.ndarray, caption: str) -> dict:
+    """Motion scores of one clip ``uint8 [f, h, w, 3]`` against its caption."""
+    direction, speed = parse_caption(caption)
+    centroids, mass = track(frames)
+    visible = bool((mass > 50.0).all())  # at least a few clearly salient pixels in every frame
+    f = np.arange(len(frames), dtype=np.float64)
+    velocity = np.array([np.polyfit(f, centroids[:, k], 1)[0] for k in range(2)]) if visible else np.zeros(2)
+    measured = float(np.linalg.norm(velocity))
+    cosine = float(velocity @ direction / measured) if measured > 1e-9 else 0.0
+    direction_ok = visible and measured > 0.3 and cosine > math.cos(math.pi / 4)
+    speed_ok = visible and ((measured < SLOW_FAST_SPLIT) == (speed < SLOW_FAST_SPLIT))
+    return {
+        "correct": float(direction_ok and speed_ok),
+        "direction_correct": float(direction_ok),
+        "speed_class_correct": float(speed_ok),
+        "velocity_error": float(np.linalg.norm(velocity - speed * direction)) if visible else float(2 * speed),
+        "visible": float(visible),
+    }
+
+
+def frame_features(frames: np.ndarray) -> np.ndarray:
+    """``[n, 4]`` per frame: watermark, sharpness, background, grain (see the module docstring)."""
+    x = frames.astype(np.float64)
+    luma = x @ np.array([0.299, 0.587, 0.114])
+    n, size = luma.shape[0], luma.shape[1]
+    median = np.median(luma.reshape(n, -1), axis=1)
+    bar = np.median(luma[:, size - 4 : size - 1, 2 : size // 2].reshape(n, -1), axis=1)
+    watermark = np.clip(bar - median, 0, None) / 255.0
+    s = saliency(frames)
+    s[:, _bar_mask(size)] = 0
+    grad = np.maximum(np.abs(np.diff(s, axis=1))[:, :, :-1], np.abs(np.diff(s, axis=2))[:, :-1, :])
+    contrast = np.percentile(s.reshape(n, -1), 99.5, axis=1)
+    sharpness = np.percentile(grad.reshape(n, -1), 99.5, axis=1) / np.maximum(contrast, 1.0)
+    lap = 4 * luma[:, 1:-1, 1:-1] - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1] - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
+    grain = np.median(np.abs(lap).reshape(n, -1), axis=1) / 255.0  # flat regions dominate the median
+    return np.stack([watermark, sharpness, median / 255.0, grain], axis=1)
+
+
+def score_videos(videos: list[np.ndarray], captions: list[str], clean: np.ndarray, degraded: np.ndarray) -> dict:
+    """Mean motion and frame-quality scores of clips ``uint8 [f, h, w, 3]``; ``clean`` / ``degraded``
+    are the reference frame features (:func:`frame_features`)."""
+    motion = [motion_of(v, c) for v, c in zip(videos, captions)]
+    feats = np.concatenate([frame_features(v) for v in videos])
+    out = {k: round(float(np.mean([m[k] for m in motion])), 4) for k in motion[0]}
+    out.update({k: round(float(feats[:, i].mean()), 4) for i, k in enumerate(FEATURES)})
+    out["fd_clean"] = round(frechet_distance_of(torch.from_numpy(feats), torch.from_numpy(clean)), 5)
+    out["fd_degraded"] = round(frechet_distance_of(torch.from_numpy(feats), torch.from_numpy(degraded)), 5)
+    return out
+
+
+def reference_clips(prompts: list[str], per_prompt: int, frames: int, size: int, degraded: bool, seed: int = 12345):
+    """Toy clips of exactly ``prompts``, cut like training clips: the data's own score on the metrics."""
+    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    videos, captions = [], []
+    for prompt in prompts:
+        words = prompt.split()  # "a <colour> <shape> moving <direction> <slowly|quickly>"
+        for _ in range(per_prompt):
+            clip, caption = render_toy_clip(words[1], words[2], words[4], int(SPEEDS[words[5]]), np_rng, 16, size, degraded)
+            videos.append(to_uint8(select_clip(clip, frames, 1, size, "random", rng).transpose(0, 1)))
+            captions.append(caption)
+    return videos, captions
+
+
+def reference_features(frames: int, size: int, n: int = 96, seed: int = 777) -> tuple[np.ndarray, np.ndarray]:
+    """Frame features of clean toy images and of degraded toy video frames."""
+    clean = np.concatenate([frame_features(toy_clip(seed + i, 1, size, degraded=False)[0]) for i in range(n)])
+    degraded = np.concatenate([frame_features(toy_clip(seed + i, frames, size, degraded=True)[0][:1]) for i in range(n)])
+    return clean, degraded
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """``[f, 3, h, w]`` in [-1, 1] → ``uint8 [f, h, w, 3]``."""
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+# --- sampling ---------------------------------------------------------------------------------------
+
+
+class ToySampler:
+    """Teacher (DDIM + classifier-free guidance) and MCM samples from a teacher and a LoRA student.
+
+    ``unet`` is a peft-wrapped video UNet whose adapter is the student; with the adapter disabled it is
+    the teacher (as in the trainer). A plain UNet samples the teacher only.
+    """
+
+    def __init__(self, unet, vae, encode_text, scaling_factor: float, frames: int, size: int, down: int = 2,
+                 schedule: NoiseSchedule | None = None, guidance: float = 4.0):  # fmt: skip
+        self.unet, self.vae, self.encode_text = unet, vae, encode_text
+        self.scaling_factor, self.frames, self.size, self.down = scaling_factor, frames, size, down
+        self.schedule = schedule or NoiseSchedule("scaled_linear")
+        self.guidance = guidance
+
+    def _noise(self, n: int, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        c = int(self.unet.config.in_channels) if hasattr(self.unet, "config") else 4
+        return torch.randn((n, c, self.frames, self.size // self.down, self.size // self.down), generator=g)
+
+    def _call(self, x, t, cond):
+        from .models import call_unet
+
+        return call_unet(self.unet, x, t, cond)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> list[np.ndarray]:
+        b, _, f = latents.shape[:3]
+        flat = latents.transpose(1, 2).flatten(0, 1) / self.scaling_factor
+        pixels = torch.cat([self.vae.decode(chunk).sample for chunk in flat.split(64)])
+        return [to_uint8(v) for v in pixels.unflatten(0, (b, f))]
+
+    @torch.no_grad()
+    def teacher(self, prompts: list[str], steps: int, seed: int, guidance: float | None = None) -> torch.Tensor:
+        """DDIM with CFG on ``steps`` points (50: the DDIM grid; fewer: MCM's own timesteps)."""
+        guidance = self.guidance if guidance is None else guidance
+        timesteps = ddim_timesteps(50).flip(0) if steps == 50 else lcm_timesteps(steps)
+        cond, uncond = self.encode_text(prompts), self.encode_text([""] * len(prompts))
+        x = self._noise(len(prompts), seed)
+        context = self._teacher_context()
+        with context:
+            for i, t in enumerate(timesteps):
+                tb = torch.full((len(prompts),), int(t), dtype=torch.long)
+                out = self._call(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([cond, uncond]))
+                c, u = out.chunk(2)
+                eps = u + guidance * (c - u)
+                if i + 1 < len(timesteps):
+                    x = ddim_solver_step(eps, x, tb, torch.full_like(tb, int(timesteps[i + 1])), self.schedule)
+                else:
+                    alpha, sigma = self.schedule.alpha_sigma(tb)
+                    x = (x - sigma.view(-1, 1, 1, 1, 1).to(x) * eps) / alpha.view(-1, 1, 1, 1, 1).to(x)
+        return x
+
+    def _teacher_context(self):
+        import contextlib
+
+        return self.unet.disable_adapter() if hasattr(self.unet, "disable_adapter") else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def mcm(self, prompts: list[str], steps: int, seed: int) -> torch.Tensor:
+        cond = self.encode_text(prompts)
+        g = torch.Generator().manual_seed(seed + 1)
+        return sample_consistency(self._call, self._noise(len(prompts), seed), lcm_timesteps(steps), self.schedule, cond,
+                                  noise_sampler=lambda x: torch.randn(x.shape, generator=g))  # fmt: skip
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+# --- previews ---------------------------------------------------------------------------------------
+
+
+def _label(image, text: str):
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(image).text((2, 1), text, fill=(255, 255, 255))
+    return image
+
+
+def write_previews(out_dir: Path, rows: dict[str, list[np.ndarray]], prompts: list[str], scale: int = 3) -> dict[str, str]:
+    """An animated GIF (rows: methods, columns: prompts) and a PNG strip (every frame of the first two
+    prompts, one row per method)."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = list(rows)
+    frames, size = rows[names[0]][0].shape[:2]
+    label_w, pad = 6 * max(len(n) for n in names) + 8, 2
+    cell = size * scale
+    width = label_w + len(prompts) * (cell + pad)
+    height = 12 + len(names) * (cell + pad)
+    gif_frames = []
+    for f in range(frames):
+        canvas = Image.new("RGB", (width, height), (24, 24, 24))
+        for r, name in enumerate(names):
+            y = 12 + r * (cell + pad)
+            _label_at(canvas, name, (2, y + cell // 2 - 5))
+            for c, video in enumerate(rows[name][: len(prompts)]):
+                tile = Image.fromarray(video[f]).resize((cell, cell), Image.NEAREST)
+                canvas.paste(tile, (label_w + c * (cell + pad), y))
+        _label_at(canvas, f"frame {f + 1}/{frames}", (label_w, 1))
+        gif_frames.append(canvas)
+    gif = out_dir / "preview.gif"
+    gif_frames[0].save(gif, save_all=True, append_images=gif_frames[1:], duration=200, loop=0)
+    strip_prompts = prompts[:2]
+    strip = Image.new("RGB", (label_w + len(strip_prompts) * frames * (cell + pad) + pad * 4, 12 + len(names) * (cell + pad)), (24, 24, 24))
+    for r, name in enumerate(names):
+        y = 12 + r * (cell + pad)
+        _label_at(strip, name, (2, y + cell // 2 - 5))
+        for c in range(len(strip_prompts)):
+            for f in range(frames):
+                x = label_w + (c * frames + f) * (cell + pad) + c * pad * 4
+                strip.paste(Image.fromarray(rows[name][c][f]).resize((cell, cell), Image.NEAREST), (x, y))
+    for c, prompt in enumerate(strip_prompts):
+        _label_at(strip, prompt, (label_w + c * (frames * (cell + pad) + pad * 4), 1))
+    png = out_dir / "preview.png"
+    strip.save(png)
+    (out_dir / "prompts.txt").write_text("\n".join(f"column {i + 1}: {p}" for i, p in enumerate(prompts)) + "\n")
+    return {"gif": str(gif), "png": str(png)}
+
+
+def _label_at(image, text, xy):
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(image).text(xy, text, fill=(230, 230, 230))
+
+
+# --- the whole evaluation ---------------------------------------------------------------------------
+
+
+def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | None = None, seeds: int = 2,
+             mcm_steps=(1, 2, 4), teacher_steps=(4, 50), seed: int = 1000, log=print) -> dict:  # fmt: skip
+    """Sample teacher and MCM for every prompt × seed, score them, time them, and write previews."""
+    prompts = prompts or toy_prompts()
+    batch = [p for p in prompts for _ in range(seeds)]
+    clean, degraded = reference_features(sampler.frames, sampler.size)
+    results, rows, seconds = {}, {}, {}
+    methods = [(f"teacher {n}-step cfg {sampler.guidance:g}", "teacher", n) for n in teacher_steps]
+    methods += [(f"MCM {n}-step", "mcm", n) for n in mcm_steps if getattr(sampler.unet, "disable_adapter", None)]
+    for name, kind, n in methods:
+        latents, secs = timed(getattr(sampler, kind), batch, n, seed)
+        videos = sampler.decode(latents)
+        seconds[name] = secs
+        results[name] = score_videos(videos, batch, clean, degraded)
+        rows[name] = videos[::seeds]  # the first seed of each prompt
+        log(f"  {name}: {results[name]} ({secs:.1f} s)")
+    for name, kind in (("data: degraded videos", True), ("data: clean frames", False)):
+        videos, captions = reference_clips(prompts, seeds, sampler.frames, sampler.size, degraded=kind)
+        results[name] = score_videos(videos, captions, clean, degraded)
+    teacher50 = next((k for k in seconds if k.startswith("teacher 50")), None)
+    speed = {k: round(seconds[teacher50] / v, 2) for k, v in seconds.items() if k.startswith("MCM") and teacher50}
+    report = {"prompts": prompts, "seeds_per_prompt": seeds, "guidance": sampler.guidance, "metrics": results,
+              "seconds": {k: round(v, 3) for k, v in seconds.items()}, "speedup_vs_teacher_50_step_cfg": speed}  # fmt: skip
+    if out_dir is not None:
+        report["previews"] = write_previews(out_dir, rows, prompts)
+    return report

@@ -1,0 +1,309 @@
+"""Train the toy teacher that the embedded default distils (shipped in ``training/toy_teacher/``).
+
+The toy teacher is a real AnimateDiff-class model, only small: a diffusers ``UNet2DConditionModel`` +
+``MotionAdapter`` (sampled as ``UNetMotionModel``), an ``AutoencoderKL`` and a transformers
+``CLIPTextModel`` with a ``CLIPTokenizer`` built here from the toy captions. It is saved as a diffusers
+folder (``unet/``, ``motion_adapter/``, ``vae/``, ``text_encoder/``, ``tokenizer/``), so the default run
+loads it through the same code as Stable Diffusion + AnimateDiff.
+
+It learns from the *degraded* toy videos (blur, noise, low contrast, a watermark-like bar), as
+AnimateDiff learned from WebVid; the clean toy images are what the distilled student's discriminator
+sees. Two stages, both from scratch on synthetic clips generated on the fly:
+
+1. the VAE on single frames, clean and degraded (so that clean frames can be decoded too), then its
+   ``scaling_factor`` is set to 1 / std of the latents, as Stable Diffusion's was chosen;
+2. the UNet (spatial + motion) and the text encoder together, ε-prediction on diffusers
+   ``scaled_linear`` betas (the schedule MCM distils with), 10% empty captions for classifier-free
+   guidance, min-SNR weighting, an EMA of the weights (what is saved).
+
+Reproduce the shipped weights (about 40 minutes on a 2-core CPU)::
+
+    python training/toy_teacher.py --out training/toy_teacher
+
+The settings are written to ``training/toy_teacher/toy_teacher.json`` next to the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mcm.schedule import NoiseSchedule
+from training.data import COLOURS, DIRECTIONS, SHAPES, select_clip, toy_clip
+
+SHIPPED = Path(__file__).resolve().parent / "toy_teacher"
+CLIP_FRAMES = 16  # toy clips are generated this long; training windows are cut from them like the trainer does
+
+UNET_CONFIG = dict(
+    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
+    norm_num_groups=8, sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+)  # fmt: skip
+MOTION_CONFIG = dict(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+                     motion_num_attention_heads=2, motion_max_seq_length=32)  # fmt: skip
+VAE_CONFIG = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=32)  # fmt: skip
+TEXT_CONFIG = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+
+def toy_words() -> list[str]:
+    return sorted({"a", "moving", "slowly", "quickly", *COLOURS, *DIRECTIONS, *SHAPES})
+
+
+def _byte_alphabet() -> list[str]:
+    """CLIP's byte-to-unicode alphabet: printable bytes as themselves, the rest shifted past 255."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(extra))]
+
+
+def _learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges, learned the usual way (most frequent adjacent pair first) until every word is
+    one token; encoding a word replays them in this order and so ends at the whole word."""
+    pieces = {w: [*w[:-1], w[-1] + "</w>"] for w in words}
+    merges = []
+    while any(len(p) > 1 for p in pieces.values()):
+        pairs = Counter((p[i], p[i + 1]) for p in pieces.values() for i in range(len(p) - 1))
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        for w, p in pieces.items():
+            out, i = [], 0
+            while i < len(p):
+                if i + 1 < len(p) and (p[i], p[i + 1]) == best:
+                    out.append(p[i] + p[i + 1])
+                    i += 2
+                else:
+                    out.append(p[i])
+                    i += 1
+            pieces[w] = out
+    return merges
+
+
+def build_tokenizer():
+    """A ``CLIPTokenizer`` over CLIP's byte alphabet with whole-word tokens for the toy vocabulary (any
+    other text falls back to characters)."""
+    from transformers import CLIPTokenizer
+
+    alphabet = _byte_alphabet()
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({ch + "</w>": len(alphabet) + i for i, ch in enumerate(alphabet)})
+    merges = _learn_merges(toy_words())
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=77)
+
+
+# --- models ----------------------------------------------------------------------------------------
+
+
+def build_models(tokenizer, seed: int = 0):
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**UNET_CONFIG), MotionAdapter(**MOTION_CONFIG))
+    vae = AutoencoderKL(**VAE_CONFIG)
+    text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG, vocab_size=len(tokenizer), max_position_embeddings=77,
+                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    return unet, vae, text
+
+
+def save_teacher(out: Path, unet, vae, text, tokenizer, settings: dict) -> None:
+    """Write the diffusers folder atomically (a temporary folder, then a rename; an existing folder is
+    moved aside only once the new one is complete)."""
+    from diffusers import MotionAdapter, UNet2DConditionModel
+
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    state = unet.state_dict()
+    unet2d = UNet2DConditionModel(**UNET_CONFIG)
+    unet2d.load_state_dict({k: v for k, v in state.items() if "motion_modules" not in k}, strict=True)
+    adapter = MotionAdapter(**MOTION_CONFIG)
+    adapter_state = {k: v for k, v in state.items() if "motion_modules" in k}
+    missing, unexpected = adapter.load_state_dict(adapter_state, strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"motion module keys do not line up: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    unet2d.save_pretrained(tmp / "unet")
+    adapter.save_pretrained(tmp / "motion_adapter")
+    vae.save_pretrained(tmp / "vae")
+    text.save_pretrained(tmp / "text_encoder")
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    (tmp / "toy_teacher.json").write_text(json.dumps(settings, indent=2) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True) -> tuple[torch.Tensor, list[str]]:
+    """``batch`` clips ``[b, 3, frames, size, size]`` in [-1, 1] cut from fresh 16-frame toy clips the way
+    the trainer cuts them (random window, random-resized crop)."""
+    clips, captions = [], []
+    for _ in range(batch):
+        clip, caption = toy_clip(rng.randrange(1 << 30), CLIP_FRAMES, size, degraded)
+        clips.append(select_clip(clip, frames, 1, size, "random", rng))
+        captions.append(caption)
+    return torch.stack(clips), captions
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100) -> float:
+    """Reconstruction (L1 + MSE) with a small KL term on single frames, half clean, half degraded."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.train()
+    for step in range(1, steps + 1):
+        clean, _ = toy_batch(rng, batch // 2, 1, 32, degraded=False)
+        dirty, _ = toy_batch(rng, batch - batch // 2, 1, 32, degraded=True)
+        x = torch.cat([clean, dirty])[:, :, 0]
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % log_every == 0 or step == steps:
+            print(f"vae {step}/{steps} loss {loss.item():.4f}", flush=True)
+    vae.eval()
+    with torch.no_grad():
+        x = torch.cat([toy_batch(rng, 64, 1, 32, degraded=d)[0][:, :, 0] for d in (False, True)])
+        std = vae.encode(x).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return 1.0 / std
+
+
+def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
+    """``[b, 3, f, h, w]`` pixels → ``[b, 4, f, h/2, w/2]`` scaled latents (posterior mean)."""
+    b, _, f = video.shape[:3]
+    frames = video.transpose(1, 2).flatten(0, 1)
+    z = vae.encode(frames).latent_dist.mean * vae.config.scaling_factor
+    return z.unflatten(0, (b, f)).transpose(1, 2)
+
+
+def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
+    schedule = NoiseSchedule("scaled_linear")
+    abar = schedule.alphas_cumprod.float()
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    ema = [p.detach().clone() for p in params]
+    unet.train()
+    text.train()
+    start, losses = time.time(), []
+    for step in range(1, args.steps + 1):
+        video, captions = toy_batch(rng, args.batch, args.frames, 32)
+        captions = ["" if rng.random() < args.uncond_prob else c for c in captions]
+        with torch.no_grad():
+            z0 = encode_video(vae, video)
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        cond = text(ids).last_hidden_state
+        t = torch.randint(0, 1000, (z0.shape[0],))
+        noise = torch.randn_like(z0)
+        a = abar[t].view(-1, 1, 1, 1, 1)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        eps = unet(zt, t, encoder_hidden_states=cond.repeat_interleave(args.frames, 0)).sample
+        snr = abar[t] / (1 - abar[t])
+        weight = torch.clamp(snr, max=args.min_snr) / snr  # min-SNR-γ for ε-prediction
+        loss = (weight * ((eps - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
+        lr = args.lr * min(1.0, step / args.warmup) * (0.5 * (1 + math.cos(math.pi * step / args.steps)) * 0.9 + 0.1)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema, params):
+                e.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % args.log_every == 0 or step == args.steps:
+            rate = step / (time.time() - start)
+            print(f"unet {step}/{args.steps} loss {np.mean(losses[-args.log_every:]):.4f} lr {lr:.2e} "
+                  f"{rate:.2f} it/s, {(args.steps - step) / rate / 60:.1f} min left", flush=True)  # fmt: skip
+        if args.save_every and step % args.save_every == 0 and step < args.steps:
+            _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses)
+    _save_ema(args, unet, vae, text, tokenizer, params, ema, args.steps, losses)
+    return {"final_loss": float(np.mean(losses[-200:])), "seconds": time.time() - start}
+
+
+def _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses):
+    live = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings.update(step=step, loss_last_200=float(np.mean(losses[-200:])), torch=torch.__version__)
+    save_teacher(Path(args.out), unet, vae, text, tokenizer, settings)
+    with torch.no_grad():
+        for p, v in zip(params, live):
+            p.copy_(v)
+    print(f"saved the EMA weights of step {step} to {args.out}", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(SHIPPED), help="diffusers folder to write (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--vae-steps", type=int, default=1500)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=4000, help="UNet + text encoder steps")
+    p.add_argument("--batch", type=int, default=4, help="clips per step")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--min-snr", type=float, default=5.0)
+    p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    tokenizer = build_tokenizer()
+    unet, vae, text = build_models(tokenizer, args.seed)
+    print(f"toy teacher: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, VAE "
+          f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M, text {sum(p.numel() for p in text.parameters()) / 1e6:.3f}M "
+          f"parameters; vocabulary {len(tokenizer)}", flush=True)  # fmt: skip
+    t0 = time.time()
+    scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng)
+    print(f"vae: {time.time() - t0:.0f} s, scaling_factor {scale:.4f}", flush=True)
+    for prm in vae.parameters():
+        prm.requires_grad_(False)
+    report = train_unet(unet, text, vae, tokenizer, args, rng)
+    print(f"done: {json.dumps(report)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
