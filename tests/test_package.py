@@ -101,7 +101,8 @@ def test_distill_default_runs_end_to_end(tmp_path):
     assert "frame discriminator: DINOv2 tiny" in plan.stdout  # the toy default runs the whole method
     env_code = (
         "import os, runpy, sys; os.environ['MCM_TOY_DATA'] = sys.argv[1]; "
-        "sys.argv = ['distill.py', '--output-dir', sys.argv[2], '--max-train-steps', '2']; "
+        "sys.argv = ['distill.py', '--output-dir', sys.argv[2], '--max-train-steps', '2', "
+        "'--eval-prompts', '2', '--eval-seeds', '1', '--eval-teacher-steps', '4']; "
         "runpy.run_path('training/distill.py', run_name='__main__')"
     )
     run = subprocess.run([sys.executable, "-c", env_code, str(tmp_path / "toy"), str(tmp_path / "runs")], cwd=ROOT,
@@ -111,6 +112,10 @@ def test_distill_default_runs_end_to_end(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["skipped_samples"] == 0
     assert (run_dir / "adapter.safetensors").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"MCM 1-step", "MCM 4-step", "data: clean frames"} <= set(metrics["metrics"])
+    assert any(name.startswith("teacher 4-step") for name in metrics["metrics"])
+    assert (run_dir / "preview" / "preview.gif").stat().st_size > 0 and (run_dir / "preview" / "preview.png").stat().st_size > 0
 
 
 def test_readme_ci_and_requirements_agree():

@@ -47,7 +47,8 @@ def test_official_defaults_and_toy_defaults():
     assert (official.beta_schedule, official.timestep_scaling, official.num_ddim_timesteps) == ("scaled_linear", 4.0, 50)
     assert (official.max_grad_norm, official.lr_warmup_steps, official.scale_lr) == (10.0, 500, True)
     toy = distill.parse_args([])
-    assert toy.teacher == "tiny-animatediff" and toy.data == "toy" and toy.max_train_steps == 40
+    assert toy.teacher == str(distill.TOY_TEACHER) and toy.data == "toy" and toy.toy_eval and toy.disc_real == "images"
+    assert toy.max_train_steps == distill.TOY_DEFAULTS["max_train_steps"] and not official.toy_eval
     assert distill.parse_args(["--max-train-steps", "3"]).max_train_steps == 3
 
 

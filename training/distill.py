@@ -26,6 +26,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+PROCESS_START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
@@ -46,19 +47,23 @@ from mcm.motion import MOTION_REPRESENTATIONS, ema_update, make_motion_represent
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, lcm_timesteps  # noqa: E402
 from mcm.weights.io import atomic_dir  # noqa: E402
 
+TOY_TEACHER = ROOT / "training" / "toy_teacher"  # trained by training/toy_teacher.py, shipped with the repository
 TOY_DEFAULTS = {
-    "teacher": "tiny-animatediff",
+    "teacher": str(TOY_TEACHER),
     "data": "toy",
     "resolution": 32,
     "num_frames": 8,
-    "max_train_steps": 40,
+    "max_train_steps": 200,
+    "train_batch_size": 2,
     "gradient_accumulation_steps": 1,
     "lora_rank": 8,
     "lora_alpha": 8.0,
-    "learning_rate": 1e-4,
+    "learning_rate": 2e-4,
     "scale_lr": False,
-    "lr_warmup_steps": 5,
-    "checkpointing_steps": 20,
+    "lr_warmup_steps": 20,
+    "w_min": 2.0,
+    "w_max": 6.0,
+    "checkpointing_steps": 50,
     "num_workers": 0,
     "style": "toy",
     "disc_backbone": "tiny",
@@ -147,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpointing-steps", type=int, default=500, help="checkpoint every N optimizer steps")
     g.add_argument("--style", default="custom", help="style label recorded in the adapter (webvid, laion, anime, …)")
     g.add_argument("--adapter-name", default=None, help="display name recorded in the adapter")
+    g.add_argument("--toy-eval", action=argparse.BooleanOptionalAction, default=None,
+                   help="after training, sample the teacher (50-step and 4-step CFG) and MCM (1/2/4 steps) on toy prompts, "
+                   "score motion and frame quality, time them, write preview/ and metrics.json (default: on for --data toy)")  # fmt: skip
+    g.add_argument("--eval-guidance", type=float, default=None, help="teacher CFG scale of the toy evaluation (default: 1 + mean of w)")
+    g.add_argument("--eval-seeds", type=int, default=2, help="samples per toy prompt in the evaluation")
+    g.add_argument("--eval-prompts", type=int, default=8, help="how many of the eight toy prompts to evaluate")
+    g.add_argument("--eval-teacher-steps", default="4,50", help="teacher DDIM step counts to compare with (50 = the reference)")
     return p
 
 
@@ -172,8 +184,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         for key, value in TOY_DEFAULTS.items():
             if key not in given:
                 setattr(args, key, value)
+    if args.teacher == str(TOY_TEACHER) and not (TOY_TEACHER / "toy_teacher.json").exists():
+        parser.error(f"the toy teacher is missing from {TOY_TEACHER}; rebuild it with: python training/toy_teacher.py")
     if args.teacher is None or args.data is None:
         parser.error("--teacher and --data go together (leave both out for the toy default)")
+    if args.toy_eval is None:
+        args.toy_eval = args.data == "toy"
     if args.num_frames < 2:
         parser.error(f"--num-frames {args.num_frames}: a video needs at least 2 frames")
     return args
@@ -561,11 +577,34 @@ def train(args, teacher=None) -> Path:
         summary = {"steps": global_step, "skipped_samples": skipped_total, "seconds": round(time.time() - start_time, 1),
                    "num_processes": accelerator.num_processes, "processes_in_sync": in_sync,
                    "adapter": str(adapter_path), "peft": str(final / "peft")}  # fmt: skip
+        if args.toy_eval:
+            summary["metrics"] = str(toy_evaluation(args, unwrapped, teacher, encode_text, run_dir, log))
+        summary["wall_seconds"] = round(time.time() - PROCESS_START, 1)
         tmp_summary = run_dir / ".summary.json.tmp"
         tmp_summary.write_text(json.dumps(summary, indent=2))
         os.replace(tmp_summary, run_dir / "summary.json")
-        log(f"done: {json.dumps(summary)}")
+        log(f"done in {summary['wall_seconds']:.0f} s wall (from start-up, evaluation included): {json.dumps(summary)}")
     return run_dir
+
+
+def toy_evaluation(args, student, teacher, encode_text, run_dir: Path, log) -> Path:
+    """Teacher vs MCM on the toy prompts: ``preview/`` (GIF + PNG strip) and ``metrics.json``."""
+    from training.toy_eval import ToySampler, evaluate, toy_prompts
+
+    guidance = args.eval_guidance if args.eval_guidance is not None else 1.0 + (args.w_min + args.w_max) / 2
+    student.eval()
+    sampler = ToySampler(student, teacher.vae, lambda captions: encode_text(captions)[0], teacher.scaling_factor,
+                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(args.beta_schedule), guidance)  # fmt: skip
+    log(f"toy evaluation ({args.eval_seeds} samples per prompt, teacher cfg {guidance:g}):")
+    report = evaluate(sampler, run_dir / "preview", toy_prompts()[: args.eval_prompts], seeds=args.eval_seeds,
+                      teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()], log=log)  # fmt: skip
+    report["run"] = {"steps": args.max_train_steps, "seconds_since_start": round(time.time() - PROCESS_START, 1)}
+    path = run_dir / "metrics.json"
+    tmp = run_dir / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, path)
+    log(f"previews: {report['previews']['gif']} and {report['previews']['png']}; metrics: {path}")
+    return path
 
 
 def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args, step,

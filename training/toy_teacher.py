@@ -16,11 +16,14 @@ sees. Two stages, both from scratch on synthetic clips generated on the fly:
    ``scaled_linear`` betas (the schedule MCM distils with), 10% empty captions for classifier-free
    guidance, min-SNR weighting, an EMA of the weights (what is saved).
 
-Reproduce the shipped weights (about 40 minutes on a 2-core CPU)::
+Reproduce the shipped weights (two stages, about 80 minutes on an idle 2-core CPU; the second stage
+raises the motion modules' learning rate, because motion is what the first stage learned least)::
 
-    python training/toy_teacher.py --out training/toy_teacher
+    python training/toy_teacher.py --out stage1 --vae-steps 1000 --steps 3500 --save-every 500
+    python training/toy_teacher.py --init stage1 --out training/toy_teacher --steps 1800 --stop-after 900 \
+        --lr 5e-4 --warmup 50 --motion-lr-mult 3 --seed 1 --save-every 300
 
-The settings are written to ``training/toy_teacher/toy_teacher.json`` next to the weights.
+The settings of every stage are written to ``toy_teacher.json`` next to the weights.
 """
 
 from __future__ import annotations
@@ -128,6 +131,17 @@ def build_models(tokenizer, seed: int = 0):
     return unet, vae, text
 
 
+def load_models(path: Path, tokenizer):
+    """The models of a saved toy teacher folder (to continue training it)."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel, UNetMotionModel
+    from transformers import CLIPTextModel
+
+    path = Path(path)
+    unet = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(path / "unet"), MotionAdapter.from_pretrained(path / "motion_adapter"))
+    history = json.loads((path / "toy_teacher.json").read_text())
+    return unet, AutoencoderKL.from_pretrained(path / "vae"), CLIPTextModel.from_pretrained(path / "text_encoder"), history
+
+
 def save_teacher(out: Path, unet, vae, text, tokenizer, settings: dict) -> None:
     """Write the diffusers folder atomically (a temporary folder, then a rename; an existing folder is
     moved aside only once the new one is complete)."""
@@ -213,12 +227,17 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     schedule = NoiseSchedule("scaled_linear")
     abar = schedule.alphas_cumprod.float()
     params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
+    motion_ids = {id(p) for p in motion}
+    groups = [{"params": [p for p in params if id(p) not in motion_ids], "scale": 1.0},
+              {"params": motion, "scale": args.motion_lr_mult}]  # fmt: skip
+    opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     unet.train()
     text.train()
     start, losses = time.time(), []
-    for step in range(1, args.steps + 1):
+    last = min(args.steps, args.stop_after or args.steps)
+    for step in range(1, last + 1):
         video, captions = toy_batch(rng, args.batch, args.frames, 32)
         captions = ["" if rng.random() < args.uncond_prob else c for c in captions]
         with torch.no_grad():
@@ -235,7 +254,7 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
         loss = (weight * ((eps - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
         lr = args.lr * min(1.0, step / args.warmup) * (0.5 * (1 + math.cos(math.pi * step / args.steps)) * 0.9 + 0.1)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -249,9 +268,9 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
             rate = step / (time.time() - start)
             print(f"unet {step}/{args.steps} loss {np.mean(losses[-args.log_every:]):.4f} lr {lr:.2e} "
                   f"{rate:.2f} it/s, {(args.steps - step) / rate / 60:.1f} min left", flush=True)  # fmt: skip
-        if args.save_every and step % args.save_every == 0 and step < args.steps:
+        if args.save_every and step % args.save_every == 0 and step < last:
             _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses)
-    _save_ema(args, unet, vae, text, tokenizer, params, ema, args.steps, losses)
+    _save_ema(args, unet, vae, text, tokenizer, params, ema, last, losses)
     return {"final_loss": float(np.mean(losses[-200:])), "seconds": time.time() - start}
 
 
@@ -260,8 +279,9 @@ def _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses):
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "history")}
     settings.update(step=step, loss_last_200=float(np.mean(losses[-200:])), torch=torch.__version__)
+    settings = {**settings, "stages": [*args.history, {k: v for k, v in settings.items() if k != "stages"}]}
     save_teacher(Path(args.out), unet, vae, text, tokenizer, settings)
     with torch.no_grad():
         for p, v in zip(params, live):
@@ -280,11 +300,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4000, help="UNet + text encoder steps")
     p.add_argument("--batch", type=int, default=4, help="clips per step")
     p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--stop-after", type=int, default=None, help="stop (and save) after this many steps of the --steps schedule")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--min-snr", type=float, default=5.0)
     p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--init", default=None, help="continue from a saved toy teacher folder (its VAE is kept; no VAE stage)")
+    p.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the motion modules")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
     args = p.parse_args(argv)
@@ -292,13 +315,20 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
     tokenizer = build_tokenizer()
-    unet, vae, text = build_models(tokenizer, args.seed)
+    if args.init:
+        unet, vae, text, previous = load_models(Path(args.init), tokenizer)
+        args.history = previous.get("stages", [{k: v for k, v in previous.items() if k != "stages"}])
+        torch.manual_seed(args.seed)
+    else:
+        unet, vae, text = build_models(tokenizer, args.seed)
+        args.history = []
     print(f"toy teacher: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, VAE "
           f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M, text {sum(p.numel() for p in text.parameters()) / 1e6:.3f}M "
           f"parameters; vocabulary {len(tokenizer)}", flush=True)  # fmt: skip
-    t0 = time.time()
-    scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng)
-    print(f"vae: {time.time() - t0:.0f} s, scaling_factor {scale:.4f}", flush=True)
+    if not args.init:
+        t0 = time.time()
+        scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng)
+        print(f"vae: {time.time() - t0:.0f} s, scaling_factor {scale:.4f}", flush=True)
     for prm in vae.parameters():
         prm.requires_grad_(False)
     report = train_unet(unet, text, vae, tokenizer, args, rng)
