@@ -326,7 +326,7 @@ def crop_image(image: np.ndarray, size: int, rng: random.Random, scale=(0.5, 1.0
     side = int(min(h, w) * math.sqrt(rng.uniform(*scale)))
     side = max(side, min(size, h, w))
     top, left = rng.randint(0, h - side), rng.randint(0, w - side)
-    x = torch.from_numpy(np.ascontiguousarray(image[top : top + side, left : left + side])).permute(2, 0, 1).float()
+    x = torch.from_numpy(np.array(image[top : top + side, left : left + side])).permute(2, 0, 1).float()
     x = F.interpolate(x[None] / 127.5 - 1.0, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x[0].clamp(-1, 1)
 
