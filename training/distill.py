@@ -258,7 +258,7 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
         timestep_scaling=float(args.timestep_scaling),
         num_ddim_timesteps=args.num_ddim_timesteps,
         prediction_type=teacher.unet.config.get("prediction_type", "epsilon") if hasattr(teacher.unet.config, "get") else "epsilon",
-        temporal_norm="video",  # diffusers' motion modules normalise over all frames
+        temporal_norm="frames",  # diffusers' motion modules normalise over all frames
         style=args.style,
         name=args.adapter_name or f"{args.style} (step {step})",
         training={

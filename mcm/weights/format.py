@@ -16,7 +16,8 @@ safetensors viewer shows them and the nodes can configure sampling without loadi
 ``mcm.prediction_type``    ``"epsilon"`` · ``"v_prediction"`` · ``"sample"``
 ``mcm.recommended_steps``  e.g. ``[1, 2, 4, 8]``; ``mcm.default_steps`` e.g. ``4``
 ``mcm.recommended_cfg``    guidance for the student (MCM: 1.0, no CFG)
-``mcm.temporal_norm``      ``"video"`` (motion-module GroupNorm over all frames, as diffusers) or ``"frame"``
+``mcm.temporal_norm``      ``"frames"`` (motion-module GroupNorm over the frames of a video, as diffusers)
+                           or ``"per_frame"`` (as stock AnimateDiff-Evolved); ``"video"``/``"frame"`` read as aliases
 ``mcm.style``/``name``     e.g. ``"webvid"``, ``"laion"``, ``"anime"``; a display name
 ``mcm.description``        free text
 ``mcm.training``           provenance: teacher, data, steps, code version … (a JSON object)
@@ -32,6 +33,7 @@ from typing import Any
 
 from ..boundary import MCM_TIMESTEP_SCALING, PREDICTION_TYPES
 from ..schedule import NUM_DDIM_TIMESTEPS
+from ..temporal_norm import FRAMES, TEMPORAL_NORMS, canonical_temporal_norm
 from .keys import is_modelscope_temporal, is_motion
 from .lora import LoraWeights
 
@@ -63,7 +65,6 @@ FOREIGN_BASES = {
     "sd2": "Stable Diffusion 2.x",
 }
 BETA_SCHEDULES = ("scaled_linear", "linear")
-TEMPORAL_NORMS = ("video", "frame")
 
 #: The official MCM LoRA targets (module-name suffixes), for both AnimateDiff and ModelScope.
 OFFICIAL_TARGET_MODULES = (
@@ -92,7 +93,7 @@ class AdapterMeta:
     recommended_steps: tuple[int, ...] = (1, 2, 4, 8)
     default_steps: int = 4
     recommended_cfg: float = 1.0
-    temporal_norm: str = "video"
+    temporal_norm: str = FRAMES  # what diffusers (MCM's training) computes; official adapters carry none
     style: str = "custom"
     name: str = ""
     description: str = ""
@@ -100,7 +101,14 @@ class AdapterMeta:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self):
+        self._canonical_names()
         self.validate()
+
+    def _canonical_names(self) -> None:
+        """Earlier spellings (``temporal_norm`` ``video``/``frame``) become the current names."""
+        name = canonical_temporal_norm(self.temporal_norm)
+        if name is not None:
+            object.__setattr__(self, "temporal_norm", name)
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, where: str = "adapter metadata") -> None:
@@ -196,6 +204,7 @@ class AdapterMeta:
         for f in fields(cls):
             default = f.default_factory() if callable(f.default_factory) else f.default
             object.__setattr__(meta, f.name, values.get(f.name, default))
+        meta._canonical_names()
         meta.validate(where)
         return meta
 
@@ -209,7 +218,7 @@ class AdapterMeta:
         return (
             f"{label} [{self.base}{' ' + self.motion_module if self.motion_module else ''}] "
             f"rank {self.lora_rank}, {steps} steps (default {self.default_steps}), cfg {self.recommended_cfg:g}, "
-            f"betas {self.beta_schedule}, scaling {self.timestep_scaling:g}"
+            f"betas {self.beta_schedule}, scaling {self.timestep_scaling:g}, temporal norm {self.temporal_norm}"
         )
 
 

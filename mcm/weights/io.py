@@ -626,7 +626,8 @@ def merge_motion_module(adapter: Adapter, base: str | os.PathLike, path: str | o
     except ValueError as exc:
         raise AdapterError(f"{base}: {exc}") from None
     out_meta = {k: v for k, v in metadata.items() if not k.startswith(META_PREFIX)}
-    out_meta["mcm.merged_from"] = json.dumps({"adapter": adapter.source, "strength": strength, "style": adapter.meta.style})
+    out_meta["mcm.merged_from"] = json.dumps({"adapter": adapter.source, "strength": strength, "style": adapter.meta.style,
+                                              "temporal_norm": adapter.meta.temporal_norm})  # fmt: skip
     merged = {k: _tensor(v) for k, v in merged.items()}
     return _atomic_file(Path(path), lambda tmp: save_file(merged, str(tmp), metadata=out_meta), overwrite)
 
