@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..mcm.temporal_norm import FRAMES, PER_FRAME
 from ..mcm.weights import Adapter, AdapterError, load_adapter
 from .sampling import BETA_CHOICES, CATEGORY
 
@@ -16,6 +17,8 @@ NONE_INSTALLED = "(no MCM adapter found: put one in models/mcm)"
 AUTO_SCHEDULE = "auto (from the adapter)"
 SCHEDULE_CHOICES = [AUTO_SCHEDULE, *BETA_CHOICES]
 STRENGTH = {"default": 1.0, "min": -2.0, "max": 2.0, "step": 0.01}
+AUTO_NORM = "auto"
+TEMPORAL_NORM_CHOICES = [AUTO_NORM, FRAMES, PER_FRAME]
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,9 @@ class MCMStyleAdapter:
 class MCMLoraLoader:
     DESCRIPTION = (
         "Applies an MCM adapter: its image part to the Stable Diffusion UNet (MODEL) and its motion part to the "
-        "AnimateDiff motion model, with separate strengths, and sets MCM model sampling. Gen2: connect the "
-        "motion model from Load AnimateDiff Model. Gen1: place it after AnimateDiff Loader."
+        "AnimateDiff motion model, with separate strengths, sets MCM model sampling, and makes the motion module "
+        "normalise its input as MCM was trained. Gen2: connect the motion model from Load AnimateDiff Model. "
+        "Gen1: place it after AnimateDiff Loader."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -136,7 +140,10 @@ class MCMLoraLoader:
     RETURN_NAMES = ("model", "motion_model")
     OUTPUT_TOOLTIPS = (
         "The model with the adapter's UNet LoRA (and MCM model sampling when enabled).",
-        "The motion model with the adapter's motion LoRA (for Apply AnimateDiff Model); empty if none was connected.",
+        (
+            "The motion model with the adapter's motion LoRA and normalisation (for Apply AnimateDiff Model); empty "
+            "if none was connected."
+        ),
     )
 
     @classmethod
@@ -156,13 +163,25 @@ class MCMLoraLoader:
                         "so that it is kept.",
                     },
                 ),
+                "temporal_norm": (
+                    TEMPORAL_NORM_CHOICES,
+                    {
+                        "default": AUTO_NORM,
+                        "tooltip": "How the AnimateDiff motion module normalises its input. frames: statistics over "
+                        "all frames of each video (or context window), as diffusers computes and MCM was trained: the "
+                        "output then matches the official demo. per_frame: statistics per frame, as stock "
+                        "AnimateDiff-Evolved (about 1% different). auto: what the adapter's metadata says; official "
+                        "adapters carry none and were trained with frames.",
+                    },
+                ),
             },
             "optional": {
                 "motion_model": ("MOTION_MODEL_ADE", {"tooltip": "Gen2: from Load AnimateDiff Model (needs AnimateDiff-Evolved)."}),
             },
         }
 
-    def load(self, model, mcm_adapter, strength_model, strength_motion, mcm_sampling, motion_model=None):
+    def load(self, model, mcm_adapter, strength_model, strength_motion, mcm_sampling, temporal_norm=AUTO_NORM,
+             motion_model=None):  # fmt: skip
         from .comfy_adapters import patch_motion, patch_unet
 
         if not isinstance(mcm_adapter, SelectedAdapter):
@@ -170,9 +189,15 @@ class MCMLoraLoader:
         for name, value in (("strength_model", strength_model), ("strength_motion", strength_motion)):
             if not -STRENGTH["max"] <= float(value) <= STRENGTH["max"]:
                 raise AdapterError(f"Load MCM LoRA: {name} = {value} is outside [-2, 2]")
+        if temporal_norm not in TEMPORAL_NORM_CHOICES:
+            raise AdapterError(f"Load MCM LoRA: temporal_norm = {temporal_norm!r}; expected one of {TEMPORAL_NORM_CHOICES}")
         adapter = mcm_adapter.adapter
+        if temporal_norm == AUTO_NORM:
+            norm, source = adapter.meta.temporal_norm, "adapter"
+        else:
+            norm, source = temporal_norm, "node"
         m, _ = patch_unet(model, adapter, float(strength_model))
-        m, mm, _ = patch_motion(m, motion_model, adapter, float(strength_motion))
+        m, mm, _ = patch_motion(m, motion_model, adapter, float(strength_motion), norm, source)
         if mcm_sampling:
             from ..mcm.schedule import NoiseSchedule
             from .comfy_sampling import build_model_sampling

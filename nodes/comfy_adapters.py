@@ -5,12 +5,14 @@ Imported only inside ComfyUI (``comfy``/``folder_paths`` are imported inside the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 import torch
 
+from ..mcm.temporal_norm import FRAMES, PER_FRAME
 from ..mcm.weights import (
     SD15_LAYOUT,
     Adapter,
@@ -21,6 +23,7 @@ from ..mcm.weights import (
     is_mcm_file,
 )
 from ..mcm.weights.io import PEFT_CONFIG, PEFT_WEIGHTS
+from .comfy_temporal_norm import describe, groupnorm_hack, set_temporal_norm
 
 log = logging.getLogger("comfyui-mcm")
 
@@ -124,6 +127,20 @@ def _apply(patcher, patches: dict, strength: float, where: str):
     return len(accepted)
 
 
+def _without_injections(model):
+    """The UNet as the checkpoint holds it. While a sampled ADE graph's model stays loaded (ComfyUI keeps it,
+    and caches the graph), its motion modules stay injected into the shared UNet's blocks, which renumbers
+    them; a LoRA loader run after that (a widget changed) must see, and patch, the original numbering."""
+    import comfy.model_management
+
+    stack = contextlib.ExitStack()
+    for loaded in list(comfy.model_management.current_loaded_models):
+        patcher = loaded.model
+        if patcher is not None and patcher.model is model.model and getattr(patcher, "is_injected", False):
+            stack.enter_context(patcher.use_ejected())
+    return stack
+
+
 def patch_unet(model, adapter: Adapter, strength: float):
     """A clone of MODEL with the adapter's spatial LoRA; (clone, number of patched layers)."""
     family = model_family(model)
@@ -132,8 +149,9 @@ def patch_unet(model, adapter: Adapter, strength: float):
     m = model.clone()
     if not layers or strength == 0:
         return m, 0
-    _check_fits(adapter, layers, model.model.state_dict(), "diffusion_model.", "Stable Diffusion UNet")
-    return m, _apply(m, _lora_patches(layers, "diffusion_model."), strength, "UNet")
+    with _without_injections(model):
+        _check_fits(adapter, layers, model.model.state_dict(), "diffusion_model.", "Stable Diffusion UNet")
+        return m, _apply(m, _lora_patches(layers, "diffusion_model."), strength, "UNet")
 
 
 def _patch_motion_patcher(patcher, adapter: Adapter, layers, strength: float) -> int:
@@ -147,32 +165,56 @@ def ade_available() -> bool:
     return "ADE_LoadAnimateDiffModel" in nodes.NODE_CLASS_MAPPINGS
 
 
-def patch_motion(model, motion_model, adapter: Adapter, strength: float):
-    """Apply the motion-module LoRA to ADE's motion model(s).
-
-    ``motion_model`` (Gen2, MOTION_MODEL_ADE) is cloned and patched. Without it, the motion models that
-    an ADE Gen1 loader (or Use Evolved Sampling) attached to ``model`` are patched on the clone
-    ``model`` (a fresh clone from :func:`patch_unet`). Returns (model, motion_model, layers patched).
-    """
-    layers = ade_motion_layers(adapter)
-    if not layers or strength == 0:
-        return model, motion_model, 0
+def _motion_targets(model, motion_model):
+    """(motion_model clone or None, the motion patchers to change): the Gen2 input's clone, or the motion
+    models an ADE Gen1 loader attached to ``model`` (a fresh clone from :func:`patch_unet`, so its
+    attached patchers are clones too)."""
     if motion_model is not None:
         mm = motion_model.clone()
-        return model, mm, _patch_motion_patcher(mm, adapter, layers, strength)
+        return mm, [mm]
     attached = model.get_additional_models_with_key("ADE") if hasattr(model, "get_additional_models_with_key") else []
-    if not attached:
-        if not ade_available():
-            raise AdapterError(
-                f"{adapter.source}: has {len(layers)} motion-module layers, which need ComfyUI-AnimateDiff-Evolved "
-                "(not installed). Install ADE, or set strength_motion to 0 to apply only the image part."
-            )
-        raise AdapterError(
-            f"{adapter.source}: has {len(layers)} motion-module layers but no motion model reached this node. "
-            "Gen2: connect 'Load AnimateDiff Model' to motion_model. Gen1: place this node after "
-            "'AnimateDiff Loader'. Or set strength_motion to 0."
-        )
+    return None, list(attached)
+
+
+def _no_motion_model(what: str, fix: str) -> AdapterError:
+    """``what`` (e.g. "X: has 252 motion-module layers") needs a motion model that did not arrive."""
+    if not ade_available():
+        return AdapterError(f"{what}, which need ComfyUI-AnimateDiff-Evolved (not installed). Install ADE, or {fix}.")
+    return AdapterError(
+        f"{what} but no motion model reached this node. Gen2: connect 'Load AnimateDiff Model' to motion_model. "
+        f"Gen1: place this node after 'AnimateDiff Loader'. Or {fix}."
+    )
+
+
+def patch_motion(model, motion_model, adapter: Adapter, strength: float, temporal_norm: str = FRAMES,
+                 norm_source: str = "node", where: str = "Load MCM LoRA"):  # fmt: skip
+    """Apply the motion-module LoRA and the motion-module normalisation to ADE's motion model(s).
+
+    ``motion_model`` (Gen2, MOTION_MODEL_ADE) is cloned and patched. Without it, the motion models that
+    an ADE Gen1 loader (or Use Evolved Sampling) attached to ``model`` are patched on the clone ``model``
+    (a fresh clone from :func:`patch_unet`). ``temporal_norm`` is ``frames`` or ``per_frame``;
+    ``norm_source`` says where it came from (``node``: chosen by the user, so ``frames`` without a motion
+    model is an error; ``adapter``: from the adapter's metadata). Returns (model, motion_model, layers patched).
+    """
+    layers = ade_motion_layers(adapter) if strength != 0 else {}
+    mm, targets = _motion_targets(model, motion_model)
+    if layers and not targets:
+        raise _no_motion_model(f"{adapter.source}: has {len(layers)} motion-module layers", "set strength_motion to 0")
+    if not targets:
+        if temporal_norm == FRAMES and norm_source == "node":
+            raise _no_motion_model(f"{where}: temporal_norm '{FRAMES}' (the motion module's input normalised over "
+                                   "the frames) asks for changes to the AnimateDiff motion model",
+                                   f"choose temporal_norm '{PER_FRAME}'")  # fmt: skip
+        if temporal_norm == FRAMES:
+            log.warning("%s: no motion model reached this node, so the adapter's temporal_norm '%s' is not applied "
+                        "(image-only use). In Gen1 place this node after 'AnimateDiff Loader'.", where, FRAMES)  # fmt: skip
+        return model, mm, 0
     count = 0
-    for patcher in attached:  # model is already a clone: its attached motion patchers are clones too
-        count += _patch_motion_patcher(patcher, adapter, layers, strength)
-    return model, motion_model, count
+    params = model.get_attachment("ADE_params") if hasattr(model, "get_attachment") else None
+    for patcher in targets:
+        if layers:
+            count += _patch_motion_patcher(patcher, adapter, layers, strength)
+        norms = set_temporal_norm(patcher, temporal_norm, where)
+        if hasattr(getattr(patcher, "model", None), "mm_info"):
+            log.info("%s: %s", where, describe(patcher, temporal_norm, norms, groupnorm_hack(patcher, params)))
+    return model, mm, count

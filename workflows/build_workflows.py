@@ -27,6 +27,9 @@ INPUT_VIDEO = "mcm_input_video.mp4"
 POSITIVE = "a red panda eating bamboo in a sunlit forest, gentle wind in the leaves, high quality"
 NEGATIVE = "blurry, low quality, watermark, text"
 SEED = 42
+#: Load MCM LoRA: full strength, MCM model sampling, and the motion-module normalisation the adapter was
+#: trained with (auto: from its metadata; the official adapters: frames, as diffusers).
+LORA_WIDGETS = {"strength_model": 1.0, "strength_motion": 1.0, "mcm_sampling": True, "temporal_norm": "auto"}
 FPS = 8.0
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,7 +144,8 @@ NODE_SCHEMAS: dict[str, dict] = {
     "MCM_LoraLoader": {
         "title": "Load MCM LoRA",
         "inputs": [("model", "MODEL"), ("mcm_adapter", "MCM_ADAPTER"), ("motion_model", "MOTION_MODEL_ADE")],
-        "widgets": [("strength_model", "FLOAT"), ("strength_motion", "FLOAT"), ("mcm_sampling", "BOOLEAN")],
+        "widgets": [("strength_model", "FLOAT"), ("strength_motion", "FLOAT"), ("mcm_sampling", "BOOLEAN"),
+                    ("temporal_norm", "COMBO")],  # fmt: skip
         "outputs": [("model", "MODEL"), ("motion_model", "MOTION_MODEL_ADE")],
     },
     "MCM_Scheduler": {
@@ -215,7 +219,7 @@ def _gen2_models(g: Graph, context: dict | None = None) -> dict:
     ckpt = g.add("CheckpointLoaderSimple", 0, {"ckpt_name": CHECKPOINT}, group="Models")
     motion = g.add("ADE_LoadAnimateDiffModel", 0, {"model_name": MOTION_MODULE}, group="Models")
     style = g.add("MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models")
-    lora = g.add("MCM_LoraLoader", 1, {"strength_model": 1.0, "strength_motion": 1.0, "mcm_sampling": True},
+    lora = g.add("MCM_LoraLoader", 1, LORA_WIDGETS,
                  {"model": out(ckpt, 0), "mcm_adapter": out(style, 0), "motion_model": out(motion, 0)}, group="MCM")  # fmt: skip
     apply = g.add("ADE_ApplyAnimateDiffModelSimple", 1, {}, {"motion_model": out(lora, 1)}, group="MCM")
     ade_links = {"model": out(lora, 0), "m_models": out(apply, 0)}
@@ -278,7 +282,7 @@ def t2v_gen1(name: str) -> Graph:
     style = g.add("MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models")
     ad = g.add("ADE_AnimateDiffLoaderGen1", 1, {"model_name": MOTION_MODULE, "beta_schedule": "autoselect"},
                {"model": out(ckpt, 0)}, group="MCM")  # fmt: skip
-    lora = g.add("MCM_LoraLoader", 1, {"strength_model": 1.0, "strength_motion": 1.0, "mcm_sampling": True},
+    lora = g.add("MCM_LoraLoader", 1, LORA_WIDGETS,
                  {"model": out(ad, 0), "mcm_adapter": out(style, 0)}, group="MCM")  # fmt: skip
     pos, neg = _prompts(g, ckpt, 2)
     latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")

@@ -527,7 +527,7 @@ def no_motion_model_prompt() -> dict:
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": HOST_CKPT}},
         "2": {"class_type": "MCM_StyleAdapter", "inputs": {"adapter": ADAPTER_LABEL, "beta_schedule": "auto (from the adapter)"}},
         "3": {"class_type": "MCM_LoraLoader", "inputs": {"model": ["1", 0], "mcm_adapter": ["2", 0], "strength_model": 1.0,
-                                                          "strength_motion": 1.0, "mcm_sampling": True}},  # fmt: skip
+                                                          "strength_motion": 1.0, "mcm_sampling": True, "temporal_norm": "auto"}},  # fmt: skip
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
         "6": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": FRAMES}},
