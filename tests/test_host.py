@@ -152,3 +152,81 @@ def test_samplercustom_and_the_one_node_sampler_run_mcm_in_an_ade_gen2_graph(hos
     assert host_report["sample_shape"] == [4, 4, 4, 4]
     assert host_report["sample_finite"] and host_report["one_vs_two_steps_differ"]
     assert host_report["ksampler_equals_samplercustom"] <= 1e-6
+
+
+# --- training-exact motion-module normalisation (tests/host/check_temporal_norm.py) ------------------------------
+# Errors are max |ours − reference| / max |reference| on the latents the UNet sees; 64 px, 8 frames (16 with
+# context windows), full-size random SD1.5 + AnimateDiff v2 weights, the official-layout PEFT adapter at strength 1.
+PARITY = 1e-4
+
+
+@pytest.fixture
+def tn_report(host_report):
+    """The report, unless MCM_HOST_SKIP_TEMPORAL_NORM=1 left these checks out (about 2 minutes of CPU)."""
+    if os.environ.get("MCM_HOST_SKIP_TEMPORAL_NORM") == "1":
+        pytest.skip("MCM_HOST_SKIP_TEMPORAL_NORM=1")
+    return host_report
+
+
+def test_default_graph_equals_diffusers_at_1_and_4_steps(tn_report):
+    _no_failure(tn_report, "tn_reference")
+    _no_failure(tn_report, "tn_parity")
+    errs = tn_report["temporal_norm_parity"]
+    assert errs["frames_1"] <= PARITY and errs["frames_4"] <= PARITY, errs
+    # what the patch removes: stock ADE's per-frame norm is about 1% of the output away from diffusers
+    assert tn_report["temporal_norm_facts"]["per_frame_vs_diffusers_1"] > 100 * PARITY
+
+
+def test_per_frame_equals_stock_ade_and_stock_lcm(tn_report):
+    _no_failure(tn_report, "tn_parity")
+    assert tn_report["temporal_norm_parity"]["per_frame_vs_stock"] <= PARITY
+    assert tn_report["temporal_norm_facts"]["stock_model_sampling"] != "MCMModelSampling"
+
+
+def test_cfg2_batches_cond_and_uncond_and_keeps_their_statistics_apart(tn_report):
+    _no_failure(tn_report, "tn_parity")
+    assert tn_report["temporal_norm_facts"]["cfg2_batches"] == [16]  # 2 videos of 8 frames in one UNet call
+    assert tn_report["temporal_norm_parity"]["cfg2"] <= PARITY
+
+
+def test_context_windows_normalise_over_the_window(tn_report):
+    _no_failure(tn_report, "tn_parity")
+    facts = tn_report["temporal_norm_facts"]
+    assert facts["context_windows"] == tn_report["reference_windows"] == [list(range(s, s + 8)) for s in (0, 4, 8)]
+    assert facts["context_batches"] == [8]
+    assert tn_report["temporal_norm_parity"]["context"] <= PARITY
+
+
+def test_ades_groupnorm_hack_and_the_patch_never_span_twice(tn_report):
+    _no_failure(tn_report, "tn_hack")
+    hack = tn_report["hack"]
+    assert hack["active"] and hack["patched_norms"] == {"frames": 21, "per_frame": 0}
+    assert hack["norm_forward"]["frames"] == ["FramesGroupNorm"]
+    assert hack["frames_vs_per_frame"] <= PARITY  # the hack's span and ours are the same single span
+
+
+def test_mcm_sampler_draws_the_same_noise_as_stock_lcm(tn_report):
+    _no_failure(tn_report, "tn_sampler")
+    assert tn_report["sampler_vs_lcm"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("frames_without_motion_model", "Load MCM LoRA: temporal_norm 'frames'"),
+        ("frames_without_motion_model", "no motion model reached this node"),
+        ("unknown_format", "Load MCM LoRA: temporal_norm 'frames' knows the motion modules of AnimateDiff, AnimateLCM, PIA"),
+        ("unknown_format", "is HotshotXL"),
+    ],
+)
+def test_temporal_norm_errors_name_the_node_and_what_it_expected(tn_report, case, expected):
+    _no_failure(tn_report, "tn_errors")
+    assert expected in (tn_report["temporal_norm_errors"][case] or ""), tn_report["temporal_norm_errors"][case]
+
+
+def test_temporal_norm_patches_a_clone_and_needs_no_motion_model_when_not_asked(tn_report):
+    _no_failure(tn_report, "tn_errors")
+    errors = tn_report["temporal_norm_errors"]
+    assert errors["auto_without_motion_model_image_only"] is None  # image-only use: said in the log, not an error
+    assert errors["unknown_format_per_frame"] is None  # per_frame patches nothing
+    assert errors["input_untouched"] and errors["patched_norms"] == 21

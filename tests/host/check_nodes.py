@@ -199,7 +199,8 @@ def check_adapters(M, model, motion_name, out):
     return webvid
 
 
-def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str, adapter_dir: str) -> dict:
+def start_host(comfy_dir: str, package_dir: str, ckpt: str, adapter_dir: str):
+    """ComfyUI with ADE and this package loaded in process; (nodes, model, clip, positive, negative)."""
     os.chdir(comfy_dir)
     sys.path.insert(0, comfy_dir)
     sys.path.append(package_dir)  # for `mcm` (the reference implementation); after ComfyUI's modules
@@ -207,6 +208,7 @@ def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str, adapter
 
     args.cpu = True
     import folder_paths
+
     import nodes
 
     custom = tempfile.mkdtemp(prefix="mcm-host-")
@@ -215,15 +217,16 @@ def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str, adapter
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     folder_paths.add_model_folder_path("mcm", os.path.abspath(adapter_dir), is_default=True)
     M = nodes.NODE_CLASS_MAPPINGS
-    out = {"registered": sorted(k for k in M if k.startswith("MCM_"))}
     model, clip = M["CheckpointLoaderSimple"]().load_checkpoint(ckpt)[:2]
     pos = M["CLIPTextEncode"]().encode(clip, "a red square moving left")[0]
     neg = M["CLIPTextEncode"]().encode(clip, "")[0]
-    steps = [("sampling", lambda: check_sampling(M, model, clip, out))]
-    results = {}
-    for name, fn in steps:
-        results[name] = fn()
-    patched, sigmas = results["sampling"]
+    return M, model, clip, pos, neg
+
+
+def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str, adapter_dir: str) -> dict:
+    M, model, clip, pos, neg = start_host(comfy_dir, package_dir, ckpt, adapter_dir)
+    out = {"registered": sorted(k for k in M if k.startswith("MCM_"))}
+    patched, sigmas = check_sampling(M, model, clip, out)
     for name, fn in [
         ("parity", lambda: check_parity(M, patched, pos, neg, out)),
         ("adapters", lambda: check_adapters(M, model, motion_model, out)),
@@ -234,13 +237,17 @@ def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str, adapter
             fn()
         except Exception:  # noqa: BLE001 - report and go on with the other checks
             out.setdefault("failures", {})[name] = traceback.format_exc()[-3000:]
+    if os.environ.get("MCM_HOST_SKIP_TEMPORAL_NORM") != "1":
+        import check_temporal_norm  # this folder is on sys.path (it is the script's)
+
+        check_temporal_norm.run_all(M, model, clip, motion_model, adapter_dir, pos, neg, patched, out)
     return out
 
 
 def check_errors_impl(M, model, out):
-    import nodes
     import torch
 
+    import nodes
     from mcm.weights import Adapter, AdapterMeta, LoraWeights
 
     loader = M["MCM_LoraLoader"]()
