@@ -4,7 +4,8 @@ ADE normalises each motion module's input per frame; diffusers (MCM's training a
 of each video (``mcm.temporal_norm``). ``frames`` patches a clone of the MOTION_MODEL_ADE the way ComfyUI
 patches any model: one object patch per motion module replaces the ``forward`` of its input GroupNorm
 (``<block>.motion_modules.<i>.temporal_transformer.norm``) while the patcher is loaded, and is undone when
-it is unloaded. The module keeps its weights, device moves and ComfyUI's weight casting.
+it is unloaded (ComfyUI puts back the bound method it read, which dispatches as the class's ``forward`` does).
+The module keeps its weights, device moves and ComfyUI's weight casting.
 
 How it composes:
 

@@ -89,7 +89,8 @@ def diffusers_unet(model, motion_model, peft_folder):
         else:
             state[key] = ldm[to_ldm[key]].float().clone()
     unet.load_state_dict(state, strict=True, assign=True)
-    return PeftModel.from_pretrained(unet, str(peft_folder)).merge_and_unload().eval()  # merges in place: copies
+    # (copies above: peft merges into the weights in place, and these are ComfyUI's and ADE's own tensors)
+    return PeftModel.from_pretrained(unet, str(peft_folder)).merge_and_unload().eval()
 
 
 def lcm_reference(eps_fn, noise, steps: int, renoise):
