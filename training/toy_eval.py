@@ -238,13 +238,6 @@ def timed(fn, *args, **kwargs):
 # --- previews ---------------------------------------------------------------------------------------
 
 
-def _label(image, text: str):
-    from PIL import ImageDraw
-
-    ImageDraw.Draw(image).text((2, 1), text, fill=(255, 255, 255))
-    return image
-
-
 def write_previews(out_dir: Path, rows: dict[str, list[np.ndarray]], prompts: list[str], scale: int = 3) -> dict[str, str]:
     """An animated GIF (rows: methods, columns: prompts) and a PNG strip (every frame of the first two
     prompts, one row per method)."""
