@@ -289,6 +289,28 @@ def _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses):
     print(f"saved the EMA weights of step {step} to {args.out}", flush=True)
 
 
+def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0) -> dict:
+    """The toy metrics of a saved teacher's samples: 8 prompts × 2 seeds, as the default run scores them."""
+    from transformers import CLIPTokenizer
+
+    from training.toy_eval import ToySampler, evaluate
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    unet, vae, text, _ = load_models(folder, tokenizer)
+    for m in (unet, vae, text):
+        m.eval()
+
+    @torch.no_grad()
+    def encode(captions):
+        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        return text(ids).last_hidden_state
+
+    sampler = ToySampler(unet, vae, encode, vae.config.scaling_factor, 8, 32, guidance=guidance)
+    report = evaluate(sampler, None, seeds=2, teacher_steps=steps, seed=1000 + seed)
+    print(json.dumps({k: report["metrics"][k] for k in report["metrics"]}, indent=1))
+    return report
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(SHIPPED), help="diffusers folder to write (default: the shipped one)")
@@ -310,7 +332,13 @@ def main(argv=None):
     p.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the motion modules")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
+    p.add_argument("--evaluate", default=None, metavar="FOLDER",
+                   help="score a saved toy teacher (motion and frame quality of its DDIM + CFG samples) and exit")
+    p.add_argument("--eval-guidance", type=float, default=11.0, help="CFG scale of --evaluate (the default run's: 1 + mean w)")
+    p.add_argument("--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated")
     args = p.parse_args(argv)
+    if args.evaluate:
+        return evaluate_teacher(Path(args.evaluate), args.eval_guidance, [int(n) for n in args.eval_steps.split(",")], args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
