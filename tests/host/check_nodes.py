@@ -16,13 +16,7 @@ import sys
 import tempfile
 import traceback
 
-
-def _error_of(fn):
-    try:
-        fn()
-    except Exception as exc:  # noqa: BLE001 - the message is what is checked
-        return f"{type(exc).__name__}: {exc}"
-    return None
+from host_util import error_of as _error_of  # this folder is on sys.path (it is the script's)
 
 
 class ToyEps:

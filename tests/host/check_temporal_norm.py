@@ -30,6 +30,8 @@ import sys
 import time
 import traceback
 
+from host_util import error_of  # this folder is on sys.path (it is the script's)
+
 SIZE, FRAMES, LONG_FRAMES, CONTEXT, OVERLAP = 64, 8, 16, 8, 4
 SEED = 42
 ADAPTER = "animatediff-webvid"
@@ -357,14 +359,6 @@ def check_errors(g: Graphs, out):
     """frames with no motion model, and a motion-model format the patch does not know."""
     M = g.M
     errors = {}
-
-    def error_of(fn):
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - the message is what is checked
-            return f"{type(exc).__name__}: {exc}"
-        return None
-
     loader = M["MCM_LoraLoader"]()
     errors["frames_without_motion_model"] = error_of(lambda: loader.load(g.model, g.selected, 1.0, 0.0, True, "frames"))
     errors["auto_without_motion_model_image_only"] = error_of(lambda: loader.load(g.model, g.selected, 1.0, 0.0, True, "auto"))
