@@ -60,6 +60,7 @@ def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_
     videos, captions = toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True)
     right = toy_eval.score_videos(videos, captions, *references)
     assert right["correct"] >= 0.9 and right["velocity_error"] < 0.5
+    assert right["coherent"] >= 0.9 and right["track_residual"] < 0.5
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     flipped = [" ".join(opposite.get(w, w) for w in c.split()) for c in captions]
     assert toy_eval.score_videos(videos, flipped, *references)["direction_correct"] <= 0.1
@@ -67,9 +68,13 @@ def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_
     assert toy_eval.score_videos(videos, other_speed, *references)["speed_class_correct"] <= 0.1
     static = [np.repeat(v[:1], len(v), axis=0) for v in videos]  # a still frame moves nowhere
     assert toy_eval.score_videos(static, captions, *references)["correct"] == 0.0
+    assert toy_eval.score_videos(static, captions, *references)["coherent"] == 0.0
+    shuffled = [v[np.random.default_rng(i).permutation(len(v))] for i, v in enumerate(videos)]  # the shape jumps about
+    assert toy_eval.score_videos(shuffled, captions, *references)["coherent"] <= 0.2
     rng = np.random.default_rng(0)
     noise = [rng.integers(0, 256, v.shape, dtype=np.uint8) for v in videos]
     assert toy_eval.score_videos(noise, captions, *references)["correct"] <= 0.2
+    assert toy_eval.score_videos(noise, captions, *references)["coherent"] <= 0.2
 
 
 def test_frame_quality_separates_clean_images_from_degraded_video(references):
@@ -156,10 +161,10 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
 def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
     from training.ablate import mcm_rows, table
 
-    metrics = {f"MCM {n}-step": {"correct": n / 4, "velocity_error": 0.5, "watermark": 0.1, "sharpness": 0.8, "grain": 0.0,
+    metrics = {f"MCM {n}-step": {"correct": n / 4, "coherent": 0.75, "velocity_error": 0.5, "watermark": 0.1, "sharpness": 0.8, "grain": 0.0,
                                  "fd_clean": 0.2} for n in (1, 2, 4)}  # fmt: skip
     text = table("ladder", [("full", mcm_rows(metrics, [1, 2, 4])), ("teacher", {4: metrics["MCM 4-step"]})], [1, 2, 4])
     lines = text.splitlines()
     assert lines[0] == "### ladder" and "motion correct ↑ (1-step)" in lines[2]
-    assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.5 |")
-    assert lines[5].startswith("| teacher |  |  | 1 |")
+    assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.75 | 0.75 | 0.75 | 0.5 |")
+    assert lines[5].startswith("| teacher |  |  | 1 |  |  | 0.75 |")

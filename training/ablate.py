@@ -36,6 +36,7 @@ LADDER = [
 SWEEP = [(f"λ_real {v:g}", ["--lambda-real", f"{v:g}"]) for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
 COLUMNS = [  # (metric, header, better)
     ("correct", "motion correct ↑", max),
+    ("coherent", "coherent motion ↑", max),
     ("velocity_error", "velocity error (px/frame) ↓", min),
     ("watermark", "watermark ↓", min),
     ("sharpness", "sharpness ↑", max),
@@ -59,10 +60,11 @@ def run_row(args, name: str, flags: list[str], index: int, with_teacher: bool) -
 
 
 def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int]) -> str:
-    """A markdown table: motion correctness per step count, the other metrics at the last step count.
+    """A markdown table: motion correctness and coherence per step count, the other metrics at the last step count.
     ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty."""
-    columns = [(m, h, n) for m, h, _ in COLUMNS for n in (steps if m == "correct" else steps[-1:])]
-    header = [h + (f" ({n}-step)" if m == "correct" and len(steps) > 1 else "") for m, h, n in columns]
+    per_step = ("correct", "coherent")
+    columns = [(m, h, n) for m, h, _ in COLUMNS for n in (steps if m in per_step else steps[-1:])]
+    header = [h + (f" ({n}-step)" if m in per_step and len(steps) > 1 else "") for m, h, n in columns]
     lines = [f"### {title}", "", "| row | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, per_step in rows:
         cells = [per_step.get(n, {}).get(m) for m, _, n in columns]
@@ -102,7 +104,8 @@ def main(argv=None) -> int:
     out = [f"# Toy ablations ({dt.date.today()}, {first['run']['steps']} steps per run, {args.eval_seeds} samples per prompt)", ""]
     out.append("MCM columns are the distilled student; the reference rows (teacher, data) score the teacher's samples and the "
                "toy data themselves with the same metrics. Motion correct: share of clips whose tracked shape moves in the "
-               "captioned direction at the captioned speed class. FD: Fréchet distance of frame-quality features.\n")  # fmt: skip
+               "captioned direction at the captioned speed class. Coherent motion: share of clips whose shape moves along a "
+               "straight constant-speed path, whatever the caption. FD: Fréchet distance of frame-quality features.\n")  # fmt: skip
     for part, title in (("ladder", "Table 4 ladder"), ("sweep", "Table 6: λ_real")):
         rows = [(name, mcm_rows(r["metrics"], steps)) for (p_, name), r in results.items() if p_ == part]
         if rows:

@@ -8,6 +8,10 @@ tracking the shape:
   over the frames and a line is fitted to it; the clip is *correct* when the fitted velocity points
   within 45° of the captioned direction and its speed falls in the captioned class (below or above
   1.5 px/frame). ``velocity_error`` is the distance between the fitted and the captioned velocity.
+  Whatever the caption, a clip is *coherent* when the shape stays visible and moves (over 0.3
+  px/frame) along a straight constant-speed path (``track_residual``, the RMS distance of the track
+  from the fitted line, under 1 px): what every training clip does, and what a teacher that ignores
+  the motion words can still get right.
 * **frame quality**: ``watermark`` (brightness of the bar that the degraded videos carry, above the
   frame's median, 0-1), ``grain`` (median absolute Laplacian: noise in flat regions), ``sharpness`` (steepest edge over the shape's contrast: about 1 for a crisp
   edge, about 0.3 for the degraded videos' blur), ``background`` (median brightness, which the
@@ -35,6 +39,7 @@ from mcm.solver import ddim_solver_step
 
 from .data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
 
+COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight constant-speed path
 SLOW_FAST_SPLIT = 1.5  # px/frame between "slowly" (1) and "quickly" (2), allowing for the crop's zoom
 SPEEDS = {"slowly": 1.0, "quickly": 2.0}
 FEATURES = ("watermark", "sharpness", "background", "grain")
@@ -92,8 +97,14 @@ def motion_of(frames: np.ndarray, caption: str) -> dict:
     centroids, mass = track(frames)
     visible = bool((mass > 50.0).all())  # at least a few clearly salient pixels in every frame
     f = np.arange(len(frames), dtype=np.float64)
-    velocity = np.array([np.polyfit(f, centroids[:, k], 1)[0] for k in range(2)]) if visible else np.zeros(2)
+    fits = [np.polyfit(f, centroids[:, k], 1) for k in range(2)] if visible else None
+    velocity = np.array([fit[0] for fit in fits]) if visible else np.zeros(2)
     measured = float(np.linalg.norm(velocity))
+    if visible:  # RMS distance of the track from its fitted line (a constant-velocity path)
+        line = np.stack([np.polyval(fit, f) for fit in fits], axis=1)
+        residual = float(np.sqrt(((centroids - line) ** 2).sum(axis=1).mean()))
+    else:
+        residual = len(frames[0]) / 4
     cosine = float(velocity @ direction / measured) if measured > 1e-9 else 0.0
     direction_ok = visible and measured > 0.3 and cosine > math.cos(math.pi / 4)
     speed_ok = visible and ((measured < SLOW_FAST_SPLIT) == (speed < SLOW_FAST_SPLIT))
@@ -102,6 +113,8 @@ def motion_of(frames: np.ndarray, caption: str) -> dict:
         "direction_correct": float(direction_ok),
         "speed_class_correct": float(speed_ok),
         "velocity_error": float(np.linalg.norm(velocity - speed * direction)) if visible else float(2 * speed),
+        "coherent": float(visible and measured > 0.3 and residual < COHERENT_RESIDUAL),
+        "track_residual": residual,
         "visible": float(visible),
     }
 
