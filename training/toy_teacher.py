@@ -244,13 +244,14 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
             z0 = encode_video(vae, video)
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         cond = text(ids).last_hidden_state
-        t = torch.randint(0, 1000, (z0.shape[0],))
+        t = torch.randint(args.t_min, 1000, (z0.shape[0],))
         noise = torch.randn_like(z0)
         a = abar[t].view(-1, 1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         eps = unet(zt, t, encoder_hidden_states=cond.repeat_interleave(args.frames, 0)).sample
         snr = abar[t] / (1 - abar[t])
         weight = torch.clamp(snr, max=args.min_snr) / snr  # min-SNR-γ for ε-prediction
+        weight = weight * torch.clamp(1 / snr, min=1.0, max=args.high_noise_weight)  # toward x0-space error where SNR < 1
         loss = (weight * ((eps - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
         lr = args.lr * min(1.0, step / args.warmup) * (0.5 * (1 + math.cos(math.pi * step / args.steps)) * 0.9 + 0.1)
         for group in opt.param_groups:
@@ -289,6 +290,41 @@ def _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses):
     print(f"saved the EMA weights of step {step} to {args.out}", flush=True)
 
 
+SWAPS = {  # one caption word exchanged for another of its kind
+    "direction": {"left": "right", "right": "left", "up": "down", "down": "up"},
+    "speed": {"slowly": "quickly", "quickly": "slowly"},
+    "colour": {"red": "blue", "blue": "red", "green": "yellow", "yellow": "green"},
+    "shape": {"square": "circle", "circle": "square"},
+}
+
+
+@torch.no_grad()
+def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), clips: int = 24, seed: int = 5) -> dict:
+    """Does the teacher use each kind of caption word? The ε error on noised toy clips with one word of
+    the caption swapped (``SWAPS``) or the caption left out, divided by the error with the true caption,
+    per timestep: 1.0 means the model ignores that word."""
+    schedule = NoiseSchedule("scaled_linear")
+    abar = schedule.alphas_cumprod.float()
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    video, captions = toy_batch(rng, clips, 8, 32)
+    z0 = encode_video(vae, video)
+    variants = {"true": captions, **{k: [" ".join(table.get(w, w) for w in c.split()) for c in captions] for k, table in SWAPS.items()},
+                "empty": [""] * len(captions)}  # fmt: skip
+    out = {}
+    for t in timesteps:
+        noise = torch.randn(z0.shape, generator=gen)
+        zt = abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noise
+        errors = {}
+        for name, caps in variants.items():
+            ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+            cond = text(ids).last_hidden_state.repeat_interleave(z0.shape[2], 0)
+            eps = unet(zt, torch.full((len(caps),), t), encoder_hidden_states=cond).sample
+            errors[name] = ((eps - noise) ** 2).mean().item()
+        out[t] = {k: round(v / errors["true"], 4) for k, v in errors.items() if k != "true"}
+    return out
+
+
 def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0) -> dict:
     """The toy metrics of a saved teacher's samples: 8 prompts × 2 seeds, as the default run scores them."""
     from transformers import CLIPTokenizer
@@ -305,8 +341,13 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
         ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         return text(ids).last_hidden_state
 
+    use = text_use(unet, text, vae, tokenizer)
+    print("ε error with one caption word swapped / with the true caption (1.0: the word is ignored), per timestep:")
+    for t, ratios in use.items():
+        print(f"  t={t}: {ratios}")
     sampler = ToySampler(unet, vae, encode, vae.config.scaling_factor, 8, 32, guidance=guidance)
     report = evaluate(sampler, None, seeds=2, teacher_steps=steps, seed=1000 + seed)
+    report["text_use"] = use
     print(json.dumps({k: report["metrics"][k] for k in report["metrics"]}, indent=1))
     return report
 
@@ -328,17 +369,20 @@ def main(argv=None):
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--min-snr", type=float, default=5.0)
     p.add_argument("--uncond-prob", type=float, default=0.1)
+    p.add_argument("--t-min", type=int, default=0, help="train on timesteps [t-min, 1000) only (layout and motion live at high noise)")
+    p.add_argument("--high-noise-weight", type=float, default=1.0,
+                   help="where SNR < 1, weight the ε loss by min(1/SNR, this): the x0-space error, capped (1: off)")
     p.add_argument("--init", default=None, help="continue from a saved toy teacher folder (its VAE is kept; no VAE stage)")
     p.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the motion modules")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
     p.add_argument("--evaluate", default=None, metavar="FOLDER",
-                   help="score a saved toy teacher (motion and frame quality of its DDIM + CFG samples) and exit")
+                   help="score a saved toy teacher (which caption words it uses; motion and frame quality of its DDIM + CFG samples) and exit")
     p.add_argument("--eval-guidance", type=float, default=11.0, help="CFG scale of --evaluate (the default run's: 1 + mean w)")
-    p.add_argument("--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated")
+    p.add_argument("--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated (empty: none)")
     args = p.parse_args(argv)
     if args.evaluate:
-        return evaluate_teacher(Path(args.evaluate), args.eval_guidance, [int(n) for n in args.eval_steps.split(",")], args.seed)
+        return evaluate_teacher(Path(args.evaluate), args.eval_guidance, [int(n) for n in args.eval_steps.split(",") if n.strip()], args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
