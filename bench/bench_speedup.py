@@ -1,0 +1,106 @@
+"""Speed-up of MCM N-step sampling over the teacher's 25-step DDIM with CFG, against the evaluation-count limit.
+
+usage:
+    OMP_NUM_THREADS=1 python bench/bench_speedup.py [--size tiny|small|real] [--mcm-steps 1,2,4,8] [--reps 3] [--device cpu]
+
+Same random ``UNetMotionModel``, input size and machine for both. The teacher: 25 DDIM steps (diffusers'
+``leading`` spacing, t = 961, 921, …, 1) with classifier-free guidance, cond and uncond in one batch of two
+per step as diffusers' AnimateDiff pipeline runs them (50 UNet evaluations). MCM: ``sample_consistency``
+with N steps at cfg 1 (N evaluations). The latent sampling loop only: text encoding and VAE decoding are the
+same for both and left out. For each N: speed-up = median teacher seconds / median MCM seconds, limit =
+50 / N evaluations, and speed-up / limit. ``ratio`` is that fraction at 4 steps (goal ≥ 0.95 of 12.5×).
+Variants are interleaved after one warm-up UNet call of each batch size. On a CPU a batch of two costs
+about twice a batch of one; on a GPU it can cost less, which lowers the achievable fraction there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TEACHER_STEPS = 25
+
+
+def teacher_timesteps(steps: int = TEACHER_STEPS, num_train_timesteps: int = 1000):
+    """diffusers ``DDIMScheduler`` timesteps with ``leading`` spacing and ``steps_offset`` 1 (SD's config)."""
+    import torch
+
+    ratio = num_train_timesteps // steps
+    return (torch.arange(steps - 1, -1, -1) * ratio + 1).long()
+
+
+def teacher_sample(model, x, cond, uncond, schedule, guidance: float = 7.5, steps: int = TEACHER_STEPS):
+    """DDIM with CFG ``ε = ε_u + w (ε_c − ε_u)``, cond and uncond batched: ``2 · steps`` UNet evaluations."""
+    import torch
+
+    from mcm.solver import ddim_solver_step
+
+    timesteps = teacher_timesteps(steps)
+    with torch.no_grad():
+        for i, t in enumerate(timesteps):
+            tb = t.expand(x.shape[0])
+            out = model(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([cond, uncond]))
+            eps_c, eps_u = out.chunk(2)
+            eps = eps_u + guidance * (eps_c - eps_u)
+            t_prev = timesteps[i + 1].expand(x.shape[0]) if i + 1 < len(timesteps) else torch.zeros_like(tb)
+            x = ddim_solver_step(eps, x, tb, t_prev, schedule)
+    return x
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from bench.common import add_common_args, finish, interleaved, medians, motion_unet, setup, unet_inputs
+    from mcm.sampler import sample_consistency
+    from mcm.schedule import NoiseSchedule, lcm_timesteps
+    from training.models import VideoUNet
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(p, reps=3)
+    p.add_argument("--mcm-steps", default="1,2,4,8", help="comma-separated MCM step counts (4 gives the ratio)")
+    p.add_argument("--guidance", type=float, default=7.5, help="teacher CFG scale (does not change the cost)")
+    args = p.parse_args(argv)
+    device = setup(args)
+    steps = [int(s) for s in args.mcm_steps.split(",")]
+    if 4 not in steps:
+        p.error("--mcm-steps must include 4 (the ratio is taken at 4 steps)")
+    unet = motion_unet(args.size).to(device)
+    x, cond = unet_inputs(unet, args.frames, args.latent, device)
+    uncond = torch.zeros_like(cond)
+    model = VideoUNet(unet)
+    schedule = NoiseSchedule("scaled_linear")
+    with torch.no_grad():  # warm-up: first-call allocations of both batch sizes
+        model(x, torch.tensor([999]), cond)
+        model(torch.cat([x, x]), torch.tensor([999, 999]), torch.cat([cond, uncond]))
+    variants = {"teacher": lambda: teacher_sample(model, x, cond, uncond, schedule, args.guidance)}
+    for n in steps:
+        variants[f"mcm_{n}"] = lambda n=n: sample_consistency(model, x, lcm_timesteps(n), schedule, cond)
+    times = interleaved(variants, args.reps, device, warmup=0)
+    wall, cpu = medians(times)
+    evaluations = 2 * TEACHER_STEPS
+    speedup = {n: cpu["teacher"] / cpu[f"mcm_{n}"] for n in steps}
+    fraction = {n: speedup[n] / (evaluations / n) for n in steps}
+    result = {
+        "ratio": fraction[4],
+        "goal": ">= 0.95 (of the 12.5x evaluation-count limit at 4 steps)",
+        "speedup_cpu": {f"{n}-step": v for n, v in speedup.items()},
+        "limit": {f"{n}-step": evaluations / n for n in steps},
+        "fraction_of_limit_cpu": {f"{n}-step": v for n, v in fraction.items()},
+        "fraction_of_limit_wall": {f"{n}-step": wall["teacher"] / wall[f"mcm_{n}"] / (evaluations / n) for n in steps},
+        "model": f"UNetMotionModel '{args.size}' ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters), random weights",
+        "input": f"1 video, {args.frames} frames, latent {args.latent}x{args.latent}",
+        "teacher": f"DDIM {TEACHER_STEPS} steps, CFG {args.guidance:g} (cond+uncond batched): {evaluations} UNet evaluations",
+        "reps": args.reps,
+        "median_cpu_seconds": cpu,
+        "median_wall_seconds": wall,
+    }
+    return finish(args, __file__, argv, "speed-up of MCM over the teacher's 25-step CFG sampling", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""Smoke tests of the benchmarks at a tiny size: each prints a finite positive ratio, returns its keys and
+appends an entry to the results file it is given (goals are not asserted: timings here are noise)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+
+def _check(result: dict, keys: set[str], results_file, capsys):
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    assert keys <= set(result)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["ratio"] == pytest.approx(result["ratio"], rel=1e-3)
+    entry = results_file.read_text()
+    assert entry.startswith("\n## ") and "- Machine: " in entry and "- Command: `OMP_NUM_THREADS=" in entry and '{"ratio": ' in entry
+
+
+def test_sampler_overhead(tmp_path, capsys):
+    from bench.bench_sampler_overhead import main
+
+    out = tmp_path / "RESULTS.md"
+    result = main(["--size", "tiny", "--steps", "2", "--reps", "1", "--results", str(out)])
+    _check(result, {"date", "machine", "ratio_sample_mcm", "ratio_from_overhead", "median_cpu_seconds_per_step"}, out, capsys)
+    assert set(result["median_cpu_seconds_per_step"]) == {"bare", "sample_consistency", "sample_mcm"}
+
+
+def test_speedup(tmp_path, capsys):
+    from bench.bench_speedup import main, teacher_timesteps
+
+    assert teacher_timesteps()[:3].tolist() == [961, 921, 881] and teacher_timesteps()[-1] == 1  # diffusers DDIM, leading, offset 1
+    out = tmp_path / "RESULTS.md"
+    result = main(["--size", "tiny", "--frames", "2", "--latent", "4", "--mcm-steps", "1,4", "--reps", "1", "--results", str(out)])
+    _check(result, {"speedup_cpu", "limit", "fraction_of_limit_cpu"}, out, capsys)
+    assert result["limit"] == {"1-step": 50.0, "4-step": 12.5}
+
+
+def test_train_step(tmp_path, capsys):
+    from bench.bench_train_step import main
+
+    out = tmp_path / "RESULTS.md"
+    result = main(["--teacher", "tiny-animatediff", "--resolution", "16", "--frames", "2", "--batch", "1", "--rank", "2", "--reps", "1",
+                   "--results", str(out)])  # fmt: skip
+    _check(result, {"median_cpu_seconds", "ratio_wall"}, out, capsys)
+    assert len(result["median_cpu_seconds"]) == 8  # step, the sum, six passes
+
+
+def test_data(tmp_path, capsys):
+    from bench.bench_data import main
+
+    out = tmp_path / "RESULTS.md"
+    result = main(["--clips", "2", "--reps", "1", "--teacher", "tiny-animatediff", "--resolution", "16", "--frames", "2", "--batch", "1",
+                   "--rank", "2", "--real-clips", "1", "--real-video-frames", "16", "--real-interval", "1", "--real-size", "32",
+                   "--step-seconds", "2.0", "--results", str(out)])  # fmt: skip
+    _check(result, {"toy_decoded_clips_per_cpu_second", "toy_consumed_clips_per_cpu_second", "real_decoded_clips_per_cpu_second"}, out, capsys)
+    assert math.isfinite(result["ratio_real"]) and result["ratio_real"] > 0
+
+
+def test_host_needs_a_comfyui_dir(monkeypatch):
+    from bench.bench_sampler_overhead import main
+
+    monkeypatch.delenv("COMFYUI_DIR", raising=False)
+    with pytest.raises(SystemExit, match="COMFYUI_DIR"):
+        main(["--host", "--no-record"])

@@ -1,0 +1,166 @@
+"""training/evaluate.py: detectors (tiny scripted stand-ins with the real call signatures), CLIPSIM with a
+tiny random CLIP, reading videos, the table layout, and the command line end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training import evaluate as ev
+from training.data import encode_mp4, toy_clip
+
+
+class TinyI3D(torch.nn.Module):
+    """Same call as StyleGAN-V's I3D: ``(x uint8 [b, 3, f, h, w], rescale, resize, return_features)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 8)
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> torch.Tensor:
+        x = x.float()
+        if rescale:
+            x = x / 127.5 - 1.0
+        if resize:
+            x = F.interpolate(x, size=(x.shape[2], 8, 8), mode="trilinear", align_corners=False)
+        stats = torch.cat([x.mean(dim=(2, 3, 4)), x.std(dim=(2, 3, 4))], dim=1)
+        out = self.proj(stats)
+        return out if return_features else out.softmax(-1)
+
+
+class TinyInception(torch.nn.Module):
+    """Same call as NVlabs' Inception: ``(x uint8 [b, 3, h, w], return_features)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(6, 16)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = (x.float() - 128.0) / 128.0
+        return self.proj(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("detectors")
+    torch.jit.save(torch.jit.script(TinyI3D()), str(root / "i3d.pt"))
+    torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception.pt"))
+    return root / "i3d.pt", root / "inception.pt"
+
+
+def _videos(n, degraded, frames=8, seed=0):
+    return [toy_clip(seed + i, frames, 32, degraded)[0] for i in range(n)]
+
+
+def test_missing_or_bad_detector_names_the_file_and_its_source(tmp_path):
+    with pytest.raises(ev.DetectorError, match=r"nope\.pt: no such detector file; expected i3d_torchscript\.pt, from https://www\.dropbox"):
+        ev.load_detector(tmp_path / "nope.pt", ev.I3D_SOURCE)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ev.DetectorError, match=r"bad\.pt: not a TorchScript module.*inception-2015-12-05\.pt"):
+        ev.load_detector(bad, ev.INCEPTION_SOURCE)
+
+
+def test_fvd_and_fid_features_separate_sets(detectors):
+    i3d, inception = (ev.load_detector(p, s) for p, s in zip(detectors, (ev.I3D_SOURCE, ev.INCEPTION_SOURCE)))
+    clean, clean2, degraded = _videos(6, False), _videos(6, False, seed=100), _videos(6, True)
+    feats = {k: ev.i3d_features(v, i3d, frames=8, batch=4) for k, v in (("a", clean), ("b", clean2), ("d", degraded))}
+    assert feats["a"].shape == (6, 8)
+    near, far = ev.frechet_distance_of(feats["a"], feats["b"]), ev.frechet_distance_of(feats["a"], feats["d"])
+    assert 0 <= near < far
+    frames = [f for v in clean for f in v]
+    img = ev.inception_features(frames, inception, batch=16)
+    assert img.shape == (len(frames), 16) and torch.isfinite(img).all()
+    with pytest.raises(ValueError, match="FVD needs 16 frames"):
+        ev.i3d_features(clean, i3d, frames=16)
+
+
+def test_clipsim_with_a_tiny_random_clip():
+    from transformers import CLIPConfig, CLIPModel
+
+    from training.models import ByteTokenizer
+
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=259,
+                                         max_position_embeddings=77, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=30,
+                                           patch_size=6), projection_dim=16)  # fmt: skip
+    scorer = ev.ClipScorer(CLIPModel(config), ByteTokenizer())
+    videos = _videos(2, False, frames=3)
+    assert scorer.preprocess(videos[0]).shape == (3, 3, 30, 30)
+    wide = np.zeros((2, 20, 50, 3), np.uint8)
+    assert scorer.preprocess(wide).shape == (2, 3, 30, 30)  # shorter side to 30, centre crop
+    value = scorer(videos, ["a red square moving left slowly", "a blue circle moving up quickly"])
+    assert np.isfinite(value) and -100 <= value <= 100
+    # the mean over frames of 100 x cosine, by hand for the first video
+    torch.set_grad_enabled(False)
+    text = F.normalize(ev._as_tensor(scorer.model.get_text_features(input_ids=ByteTokenizer()(["x"]))).float(), dim=-1)[0]
+    image = F.normalize(ev._as_tensor(scorer.model.get_image_features(pixel_values=scorer.preprocess(videos[0]))).float(), dim=-1)
+    assert scorer(videos[:1], ["x"]) == pytest.approx(100 * float((image @ text).mean()), rel=1e-5)
+    torch.set_grad_enabled(True)
+    with pytest.raises(ValueError, match="2 videos but 1 prompts"):
+        scorer(videos, ["x"])
+
+
+def test_read_videos_from_mp4_gif_and_frame_folders(tmp_path):
+    from PIL import Image
+
+    clip, caption = toy_clip(3, 8, 32)
+    (tmp_path / "a.mp4").write_bytes(encode_mp4(clip))
+    (tmp_path / "a.txt").write_text(caption)
+    frames = [Image.fromarray(f) for f in clip]
+    frames[0].save(tmp_path / "b.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    (tmp_path / "c").mkdir()
+    for i, f in enumerate(frames):
+        f.save(tmp_path / "c" / f"{i:03d}.png")
+    (tmp_path / "c.txt").write_text("frames caption")
+    videos, captions = ev.read_videos(tmp_path)
+    assert [v.shape for v in videos] == [(8, 32, 32, 3)] * 3
+    assert captions == [caption, None, "frames caption"]
+    assert np.array_equal(videos[2], clip)  # PNG frames are lossless
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty: no videos"):
+        ev.read_videos(tmp_path / "empty")
+
+
+def test_table_has_the_papers_layout():
+    rows = [{"method": "teacher", "steps": 50, "fvd": 100.0, "clipsim": 30.0},
+            {"method": "MCM", "steps": 1, "fvd": 200.0, "clipsim": 29.5}, {"method": "MCM", "steps": 4, "fvd": 150.0, "clipsim": 30.25}]  # fmt: skip
+    table = ev.markdown_table(rows).splitlines()
+    assert table[0] == "| method | FVD ↓ 1-step | FVD ↓ 4-step | FVD ↓ 50-step | CLIPSIM ↑ 1-step | CLIPSIM ↑ 4-step | CLIPSIM ↑ 50-step |"
+    assert table[2] == "| teacher | – | – | 100.00 | – | – | 30.00 |"
+    assert table[3] == "| MCM | 200.00 | 150.00 | – | 29.50 | 30.25 | – |"
+
+
+def test_command_line_scores_folders_and_generated_videos(tmp_path, detectors):
+    from PIL import Image
+
+    real, fake, images = tmp_path / "real", tmp_path / "fake", tmp_path / "images"
+    for folder, degraded in ((real, False), (fake, True)):
+        folder.mkdir()
+        for i, v in enumerate(_videos(3, degraded, frames=4, seed=10)):
+            (folder / f"{i}.mp4").write_bytes(encode_mp4(v))
+    images.mkdir()
+    for i, v in enumerate(_videos(4, False, frames=1, seed=50)):
+        Image.fromarray(v[0]).save(images / f"{i}.png")
+    (tmp_path / "prompts.txt").write_text("a red square moving left slowly\n# comment\na blue circle moving up quickly\n")
+    i3d, inception = detectors
+    out = tmp_path / "eval"
+    report = ev.main(["--videos", f"degraded:1={fake}", "--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"),
+                      "--methods", "teacher:2", "--frames", "4", "--resolution", "16", "--i3d", str(i3d), "--real-videos", str(real),
+                      "--fvd-frames", "4", "--inception", str(inception), "--real-images", str(images), "--device", "cpu", "--out", str(out)])  # fmt: skip
+    rows = report["rows"]
+    assert [(r["method"], r["steps"], r["videos"]) for r in rows] == [("degraded", 1, 3), ("teacher (DDIM, CFG 7.5)", 2, 2)]
+    assert all(np.isfinite(r["fvd"]) and r["fvd"] >= 0 and np.isfinite(r["fid"]) for r in rows)
+    assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(rows))
+    assert (out / "results.md").read_text().startswith("| method | FVD ↓ 1-step | FVD ↓ 2-step | FID ↓ 1-step")
+    with pytest.raises(ev.DetectorError, match="missing.pt"):
+        ev.main(["--videos", f"x:1={fake}", "--i3d", str(tmp_path / "missing.pt"), "--real-videos", str(real), "--out", str(out)])
+    with pytest.raises(ValueError, match="mcm rows need --adapter"):
+        ev.main(["--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"), "--methods", "mcm:1", "--frames", "4",
+                 "--resolution", "16", "--device", "cpu", "--out", str(out)])  # fmt: skip
