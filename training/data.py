@@ -108,7 +108,7 @@ def tar_groups(shard: Path, read: bool = True):
     """``(key, {suffix: bytes})`` per sample of a webdataset shard (a sample's files are consecutive).
 
     With ``read=False`` the values are callables that read the bytes, so samples that are passed over
-    cost only their tar headers (the file is seeked past their data).
+    cost only their tar headers (the file is seeked past their data); call them before the next sample.
     """
     key, parts = None, {}
     with tarfile.open(shard) as tar:
@@ -123,8 +123,8 @@ def tar_groups(shard: Path, read: bool = True):
             key = this
             suffix = "." + name.name.split(".", 1)[-1].lower()
             parts[suffix] = tar.extractfile(member).read() if read else (lambda m=member: tar.extractfile(m).read())
-    if parts:
-        yield key, parts
+        if parts:
+            yield key, parts
 
 
 def folder_captions(root: Path) -> dict[str, str]:
