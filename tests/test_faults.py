@@ -93,7 +93,9 @@ def test_two_accelerate_processes_train_what_one_process_with_accumulation_train
         pytest.skip("the accelerate launcher is not installed")
     steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--no-disc"]
     one = distill.train(distill.parse_args(flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+    # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU the
+    # trainer asks accelerate for CPU processes, which join over gloo on localhost
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                 "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541"]  # fmt: skip
     proc = subprocess.run([*launcher, "training/distill.py", *flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
                                                                      "--run-name", "two")],

@@ -362,7 +362,9 @@ def train(args, teacher=None) -> Path:
 
     # models: the student is the teacher + LoRA; the teacher is the same UNet with the adapter disabled
     for m in (teacher.unet, teacher.vae, teacher.text_encoder):
-        m.requires_grad_(False).to(dtype=weight_dtype)
+        m.requires_grad_(False)
+        if weight_dtype != torch.float32:
+            m.to(dtype=weight_dtype)
     if args.gradient_checkpointing:
         teacher.unet.enable_gradient_checkpointing()
     student = make_student(teacher, args.lora_rank, args.lora_alpha)
