@@ -44,6 +44,7 @@ class DistillConfig:
     huber_c: float = 0.001
     prediction_type: str = "epsilon"
     lambda_real: float = 0.5
+    teacher_cfg_batch: bool = False  # one teacher call on [cond; uncond] instead of two (memory/speed trade, same result)
 
     def __post_init__(self):
         if self.loss_type not in ("huber", "l2"):
@@ -138,8 +139,13 @@ def distillation_step(
     model_pred = consistency_output(x_t, x0_student, t_start, timestep_scaling=config.timestep_scaling)
 
     with torch.no_grad():
-        x0_c, eps_c = _x0_eps(teacher(x_t, t_start, cond), x_t, t_start, schedule, pt)
-        x0_u, eps_u = _x0_eps(teacher(x_t, t_start, uncond), x_t, t_start, schedule, pt)
+        if config.teacher_cfg_batch:
+            both = teacher(torch.cat([x_t, x_t]), torch.cat([t_start, t_start]), torch.cat([cond, uncond]))
+            out_c, out_u = both.chunk(2)
+        else:
+            out_c, out_u = teacher(x_t, t_start, cond), teacher(x_t, t_start, uncond)
+        x0_c, eps_c = _x0_eps(out_c, x_t, t_start, schedule, pt)
+        x0_u, eps_u = _x0_eps(out_u, x_t, t_start, schedule, pt)
         w = append_dims(w, x_t.ndim).to(x_t)
         x0_g = x0_c + w * (x0_c - x0_u)
         eps_g = eps_c + w * (eps_c - eps_u)

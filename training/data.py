@@ -8,8 +8,8 @@
 * **Toy**: deterministic clips of coloured shapes moving as their caption says, written as shards
   by :func:`write_toy_shards` so that the real reading path is what the toy run exercises.
 
-Clips are ``[3, frames, size, size]`` in [-1, 1]. A sample that cannot be decoded, or is too short,
-is skipped and counted (``stats``), never a crash.
+Clips are ``[3, frames, size, size]`` in [-1, 1]. A sample that cannot be decoded, is empty or too
+short, or has no caption is skipped and counted by reason (``stats``, and per batch), never a crash.
 """
 
 from __future__ import annotations
@@ -37,15 +37,28 @@ class DataError(ValueError):
 # --- decoding and clip selection -------------------------------------------------------------------
 
 
+class SkipSample(ValueError):
+    """One sample that cannot be used; ``reason`` is the short name it is counted under."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
 def decode_video(data: bytes | str | Path) -> np.ndarray:
-    """All frames of a video as ``uint8 [n, h, w, 3]`` (PyAV)."""
+    """All frames of a video as ``uint8 [n, h, w, 3]`` (PyAV); :class:`SkipSample` if it cannot be read."""
     import av
 
+    if isinstance(data, (bytes, bytearray)) and len(data) == 0:
+        raise SkipSample("empty file", "0 bytes")
     source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
-    with av.open(source) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    try:
+        with av.open(source) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, OSError) as exc:  # IndexError: no video stream
+        raise SkipSample("undecodable", str(exc)) from None
     if not frames:
-        raise ValueError("no video frames")
+        raise SkipSample("no frames")
     return np.stack(frames)
 
 
@@ -53,7 +66,7 @@ def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, c
     """``num_frames`` frames ``interval`` apart, cropped and resized to ``size``², in [-1, 1]."""
     span = (num_frames - 1) * interval + 1
     if len(frames) < span:
-        raise ValueError(f"{len(frames)} frames, {span} needed ({num_frames} frames × interval {interval})")
+        raise SkipSample("too short", f"{len(frames)} frames, {span} needed ({num_frames} frames × interval {interval})")
     start = rng.randint(0, len(frames) - span)
     clip = torch.from_numpy(frames[start : start + span : interval]).permute(3, 0, 1, 2).float() / 127.5 - 1.0
     _, _, h, w = clip.shape
@@ -73,19 +86,30 @@ def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, c
 def _caption_from(raw: bytes, suffix: str) -> str:
     text = raw.decode("utf-8", errors="replace")
     if suffix == ".json":
-        obj = json.loads(text)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SkipSample("bad caption", f"json: {exc}") from None
+        if not isinstance(obj, dict):
+            raise SkipSample("bad caption", "json is not an object")
         for key in ("caption", "text", "name"):
             if isinstance(obj.get(key), str):
                 return obj[key]
-        raise ValueError("json has no 'caption'")
+        raise SkipSample("no caption", "json has no 'caption'")
+    if not text.strip():
+        raise SkipSample("no caption", "empty caption file")
     return text.strip()
 
 
 # --- datasets --------------------------------------------------------------------------------------
 
 
-def tar_groups(shard: Path):
-    """``(key, {suffix: bytes})`` per sample of a webdataset shard (a sample's files are consecutive)."""
+def tar_groups(shard: Path, read: bool = True):
+    """``(key, {suffix: bytes})`` per sample of a webdataset shard (a sample's files are consecutive).
+
+    With ``read=False`` the values are callables that read the bytes, so samples that are passed over
+    cost only their tar headers (the file is seeked past their data); call them before the next sample.
+    """
     key, parts = None, {}
     with tarfile.open(shard) as tar:
         for member in tar:
@@ -97,9 +121,10 @@ def tar_groups(shard: Path):
                 yield key, parts
                 parts = {}
             key = this
-            parts["." + name.name.split(".", 1)[-1].lower()] = tar.extractfile(member).read()
-    if parts:
-        yield key, parts
+            suffix = "." + name.name.split(".", 1)[-1].lower()
+            parts[suffix] = tar.extractfile(member).read() if read else (lambda m=member: tar.extractfile(m).read())
+        if parts:
+            yield key, parts
 
 
 def folder_captions(root: Path) -> dict[str, str]:
@@ -120,16 +145,26 @@ def folder_captions(root: Path) -> dict[str, str]:
 class _CaptionedStream(IterableDataset):
     """Endless, shuffled, captioned samples from shards or a folder, split across processes and workers.
 
-    Subclasses give ``suffixes`` (the media files), ``name`` (the output key) and ``_decode``. A sample
-    that cannot be used is skipped and counted in ``stats`` (per worker) and in the batch
-    (``"skipped"``); a dataset from which nothing can be used is a :class:`DataError`.
+    The samples form one global stream, the same for any number of processes: epoch ``e`` visits the
+    shards (or files) in an order shuffled from ``(seed, e)``, and sample ``i`` of the stream crops
+    with a generator seeded from ``(seed, i)``. Process ``rank`` owns the blocks of ``block`` samples
+    numbered ``rank, rank + world_size, …``, so with ``block`` = the per-process batch its k-th batch
+    is the single-process run's micro-batch ``k·world_size + rank``. Within a process, worker ``w`` of
+    ``W`` decodes the process's samples ``j ≡ w (mod W)``, so a DataLoader (``batch_size=None``) yields
+    them in order. ``start`` skips the process's first samples without decoding them (resume).
+
+    Every owned sample yields one item carrying ``position`` (the process's samples consumed so far): the
+    sample, or ``{"skipped": 1, "reason": …}`` when it cannot be used (counted in ``stats`` per worker
+    as ``skipped`` and ``skipped:<reason>``). A worker that finishes an epoch with nothing usable
+    raises :class:`DataError`.
     """
 
     suffixes: tuple[str, ...] = ()
     name = "sample"
 
-    def __init__(self, root, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, root, seed: int = 0, rank: int = 0, world_size: int = 1, block: int = 1, start: int = 0):
         self.root, self.seed, self.rank, self.world_size = Path(root), seed, rank, world_size
+        self.block, self.start = block, start
         what = f"{self.name} dataset"
         if not self.root.exists():
             raise DataError(f"{self.root}: no such {what} (expected *.tar shards or a folder of {self.name}s)")
@@ -140,53 +175,103 @@ class _CaptionedStream(IterableDataset):
         self.captions = {} if self.shards else folder_captions(self.root)
 
     def _items(self, source):
-        """``(key, media bytes or path or None, caption or None)``."""
+        """``(key, read media or None, (caption bytes, suffix) reader or None)``; nothing read yet."""
         if self.shards:
-            for key, parts in tar_groups(source):
+            for key, parts in tar_groups(source, read=False):
                 media = next((parts[s] for s in parts if s in self.suffixes), None)
                 text = next(((parts[s], s) for s in parts if s in (".json", ".txt", ".caption")), None)
-                yield key, media, text
+                yield key, media, (lambda t=text: (t[0](), t[1])) if text else None
             return
         rel = source.relative_to(self.root).as_posix()
         caption = self.captions.get(rel)
         if caption is None and source.with_suffix(".txt").exists():
             caption = source.with_suffix(".txt").read_text().strip()
-        yield rel, source, (caption.encode(), ".txt") if caption is not None else None
+        yield rel, (lambda: source), (lambda: (caption.encode(), ".txt")) if caption is not None else None
 
     def _decode(self, media, rng: random.Random) -> torch.Tensor:
         raise NotImplementedError
 
+    def _sample(self, i: int, key: str, media, text) -> dict:
+        try:
+            if media is None:
+                raise SkipSample(f"no {self.name} file")
+            if text is None:
+                raise SkipSample("no caption")
+            caption = _caption_from(*text())
+            value = self._decode(media(), random.Random(self.seed * 1000003 + i))
+        except SkipSample as exc:
+            return {"skipped": 1, "reason": exc.reason, "key": key}
+        except Exception as exc:  # noqa: BLE001 - any other failure of one sample is skipped and counted by its type
+            return {"skipped": 1, "reason": type(exc).__name__, "key": key}
+        return {self.name: value, "caption": caption, "key": key}
+
     def __iter__(self):
         worker = get_worker_info()
         wid, nworkers = (worker.id, worker.num_workers) if worker else (0, 1)
-        shard_id, nshards = self.rank * nworkers + wid, self.world_size * nworkers
-        rng = random.Random(self.seed * 1000003 + shard_id)
         self.stats = Counter()
+        i = j = 0  # i: the global stream's sample index; j: this process's
+        epoch, idle_epochs = 0, 0
         while True:
-            sources = self.shards or self.files
-            order = [s for i, s in enumerate(sources) if i % nshards == shard_id] or list(sources)
-            rng.shuffle(order)
-            produced = 0
+            order = list(self.shards or self.files)
+            random.Random(self.seed * 1000003 + epoch).shuffle(order)
+            owned_now = decoded_now = good_now = 0
             for source in order:
                 for key, media, text in self._items(source):
-                    try:
-                        if media is None:
-                            raise ValueError(f"no {self.name} file")
-                        if text is None:
-                            raise KeyError("no caption")
-                        caption = _caption_from(*text)
-                        value = self._decode(media, rng)
-                    except Exception as exc:  # noqa: BLE001 - any bad sample is skipped and counted
-                        self.stats["skipped"] += 1
-                        self.stats[f"skipped:{type(exc).__name__}"] += 1
-                        yield {"skipped": 1}
+                    owned = (i // self.block) % self.world_size == self.rank
+                    i += 1
+                    if not owned:
                         continue
-                    self.stats["ok"] += 1
-                    produced += 1
-                    yield {self.name: value, "caption": caption, "key": key}
-            if produced == 0:
+                    j += 1
+                    owned_now += 1
+                    if j <= self.start or (j - 1) % nworkers != wid:
+                        continue
+                    decoded_now += 1
+                    item = self._sample(i - 1, key, media, text)
+                    if "skipped" in item:
+                        self.stats["skipped"] += 1
+                        self.stats[f"skipped:{item['reason']}"] += 1
+                    else:
+                        self.stats["ok"] += 1
+                        good_now += 1
+                    yield {**item, "position": j}
+            epoch += 1
+            if decoded_now and not good_now and not self.stats["ok"]:
                 reasons = {k: v for k, v in self.stats.items() if k.startswith("skipped:")}
                 raise DataError(f"{self.root}: no usable {self.name} (skipped {self.stats['skipped']}; reasons {reasons})")
+            idle_epochs = 0 if owned_now else idle_epochs + 1
+            if idle_epochs > self.block * self.world_size:
+                raise DataError(f"{self.root}: {i // epoch} samples per epoch, too few for {self.world_size} processes × {self.block}")
+
+
+class Batches:
+    """Batches of ``size`` usable samples from a :class:`_CaptionedStream`, in the stream's order.
+
+    Each batch is ``{name: stacked, "caption": [...], "skipped": n, "skip_reasons": {reason: n},
+    "position": the process's samples consumed}``; ``position`` is what a resumed run passes back as
+    ``start`` to continue with the next sample.
+    """
+
+    def __init__(self, dataset: _CaptionedStream, size: int, num_workers: int = 0):
+        from torch.utils.data import DataLoader
+
+        self.name, self.size = dataset.name, size
+        self.items = iter(DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False))
+        self.position = dataset.start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        good, reasons = [], Counter()
+        while len(good) < self.size:
+            item = next(self.items)
+            self.position = int(item["position"])
+            if "skipped" in item:
+                reasons[item["reason"]] += 1
+            else:
+                good.append(item)
+        return {self.name: torch.stack([g[self.name] for g in good]), "caption": [g["caption"] for g in good],
+                "skipped": sum(reasons.values()), "skip_reasons": dict(reasons), "position": self.position}  # fmt: skip
 
 
 def _collate(items: list[dict], name: str) -> dict:
@@ -205,11 +290,11 @@ class VideoClips(_CaptionedStream):
     name = "video"
 
     def __init__(self, root: str | Path, num_frames: int = 16, interval: int = 1, size: int = 512,
-                 crop: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1):  # fmt: skip
+                 crop: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1, block: int = 1, start: int = 0):  # fmt: skip
         if crop not in ("random", "center"):
             raise DataError(f"--crop {crop!r}; expected 'random' or 'center'")
         self.num_frames, self.interval, self.size, self.crop = num_frames, interval, size, crop
-        super().__init__(root, seed, rank, world_size)
+        super().__init__(root, seed, rank, world_size, block, start)
 
     def _decode(self, media, rng):
         return select_clip(decode_video(media), self.num_frames, self.interval, self.size, self.crop, rng)
@@ -312,17 +397,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def decode_image(data: bytes | str | Path) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
-        return np.asarray(img.convert("RGB"))
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SkipSample("undecodable", str(exc)) from None
 
 
 def crop_image(image: np.ndarray, size: int, rng: random.Random, scale=(0.5, 1.0)) -> torch.Tensor:
     """Random-resized square crop (official: scale 0.5-1) to ``size``², in [-1, 1]; refuses small images."""
     h, w = image.shape[:2]
     if min(h, w) < size:
-        raise ValueError(f"image {w}×{h} is smaller than the {size}px crop")
+        raise SkipSample("image too small", f"image {w}×{h} is smaller than the {size}px crop")
     side = int(min(h, w) * math.sqrt(rng.uniform(*scale)))
     side = max(side, min(size, h, w))
     top, left = rng.randint(0, h - side), rng.randint(0, w - side)
@@ -338,9 +426,9 @@ class ImageCaptions(_CaptionedStream):
     suffixes = IMAGE_SUFFIXES
     name = "image"
 
-    def __init__(self, root: str | Path, size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(self, root: str | Path, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, block: int = 1, start: int = 0):
         self.size = size
-        super().__init__(root, seed, rank, world_size)
+        super().__init__(root, seed, rank, world_size, block, start)
 
     def _decode(self, media, rng):
         return crop_image(decode_image(media), self.size, rng)

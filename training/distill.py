@@ -19,11 +19,9 @@ import csv
 import datetime as dt
 import json
 import os
-import resource
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 PROCESS_START = time.time()
@@ -46,6 +44,7 @@ from mcm.distill import (  # noqa: E402
 from mcm.motion import MOTION_REPRESENTATIONS, ema_update, make_motion_representation  # noqa: E402
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, lcm_timesteps  # noqa: E402
 from mcm.weights.io import atomic_dir  # noqa: E402
+from training.checkpoints import CheckpointError  # noqa: E402
 
 TOY_TEACHER = ROOT / "training" / "toy_teacher"  # trained by training/toy_teacher.py, shipped with the repository
 TOY_DEFAULTS = {
@@ -78,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="YAML file of flag values (keys as the flags, with _ or -); CLI flags override it")
     g.add_argument("--output-dir", default="runs", help="parent folder; each run gets a new subfolder (default: runs)")
     g.add_argument("--run-name", default=None, help="subfolder name (default: date-time); an existing one is never reused")
-    g.add_argument("--resume", default=None, help="a run folder or checkpoint folder to continue (latest checkpoint of a run)")
+    g.add_argument("--resume", default=None,
+                   help="continue a run exactly: a run folder (its newest checkpoint), a checkpoint folder, or 'latest' "
+                   "(the newest checkpoint of --output-dir/--run-name, or of the newest run in --output-dir)")  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help="random seed (data order, timesteps, guidance, noise)")
     g.add_argument("--dry-run", action="store_true", help="build everything, run one step, report time per part and peak memory")
     g.add_argument("--plan", action="store_true", help="print what the run will do and exit")
@@ -92,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--motion-module-version", default="v2", help="recorded in the adapter metadata (official: v2, mm v1-5-2)")
     g.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (official 64)")
     g.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA alpha (official 64; scale alpha/rank = 1)")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the UNet")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the student's UNet")
+    g.add_argument("--frozen-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+                   help="storage dtype of the frozen teacher UNet, VAE and text encoder (auto: the --mixed-precision dtype); "
+                   "the LoRA and the motion head stay fp32")  # fmt: skip
+    g.add_argument("--offload-frozen", action="store_true", help="keep VAE and text encoder on the CPU; move them to the GPU per call")
+    g.add_argument("--teacher-cfg-batch", action="store_true",
+                   help="one teacher call on [cond; uncond] (faster on a GPU, more activation memory) instead of two")  # fmt: skip
     g = p.add_argument_group("consistency distillation")
     g.add_argument("--beta-schedule", default="scaled_linear", choices=["scaled_linear", "linear"],
                    help="training betas, diffusers names (official training: scaled_linear; recorded in the adapter)")  # fmt: skip
@@ -150,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"], help="default: fp16 on a GPU, no on a CPU")
     g = p.add_argument_group("outputs")
     g.add_argument("--checkpointing-steps", type=int, default=500, help="checkpoint every N optimizer steps")
+    g.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep only the newest N checkpoints (default: all)")
+    g.add_argument("--on-save-error", default="continue", choices=["continue", "stop"],
+                   help="a checkpoint that cannot be written (disk full): warn and train on, or stop (earlier checkpoints stay intact)")  # fmt: skip
+    g.add_argument("--max-nonfinite-steps", type=int, default=5,
+                   help="a step with a non-finite loss or gradient is skipped; after N in a row the run stops with a checkpoint")  # fmt: skip
     g.add_argument("--style", default="custom", help="style label recorded in the adapter (webvid, laion, anime, …)")
     g.add_argument("--adapter-name", default=None, help="display name recorded in the adapter")
     g.add_argument("--toy-eval", action=argparse.BooleanOptionalAction, default=None,
@@ -190,6 +202,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--teacher and --data go together (leave both out for the toy default)")
     if args.toy_eval is None:
         args.toy_eval = args.data == "toy"
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        parser.error(f"--checkpoints-total-limit {args.checkpoints_total_limit}: keep at least 1")
+    if args.max_nonfinite_steps < 1:
+        parser.error(f"--max-nonfinite-steps {args.max_nonfinite_steps}: must be at least 1")
     if args.num_frames < 2:
         parser.error(f"--num-frames {args.num_frames}: a video needs at least 2 frames")
     return args
@@ -231,16 +247,6 @@ def new_run_dir(output_dir: str, run_name: str | None) -> Path:
     return candidate
 
 
-def latest_checkpoint(path: Path) -> Path:
-    if (path / "trainer_state.json").exists():
-        return path
-    checkpoints = sorted(path.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1)
-    checkpoints = [c for c in checkpoints if (c / "trainer_state.json").exists()]
-    if not checkpoints:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint-N folder with trainer_state.json")
-    return checkpoints[-1]
-
-
 def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
     """The node-compatible MCM adapter (``adapter.safetensors``) and the PEFT folder (``peft/``)."""
     from peft import get_peft_model_state_dict
@@ -276,24 +282,6 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
 # --- training ----------------------------------------------------------------------------------------
 
 
-class Timer:
-    def __init__(self, enabled: bool):
-        self.enabled, self.seconds = enabled, {}
-
-    @contextmanager
-    def __call__(self, name):
-        if not self.enabled:
-            yield
-            return
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        yield
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-
-
 def make_optimizer(params, args, lr: float, use_cuda: bool):
     use_8bit = args.use_8bit_adam
     if use_8bit is None:
@@ -310,23 +298,29 @@ def make_optimizer(params, args, lr: float, use_cuda: bool):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
 
 
+class NonFiniteLoss(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""
+
+
 def train(args, teacher=None) -> Path:
     """Run the distillation; ``teacher`` (a :class:`training.models.Teacher`) overrides ``--teacher``
     (tests pass a prepared one)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
     from diffusers.optimization import get_scheduler
-    from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from training.data import VideoClips, collate, write_toy_shards
+    from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_rng_state, slot_generator, truncate_metrics
+    from training.data import Batches, VideoClips, write_toy_shards
+    from training.memory import PartTimer, frozen_dtype, visiting
     from training.models import VideoUNet, call_unet, load_teacher, make_student
 
     mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
+    weight_dtype = frozen_dtype(args.frozen_dtype, mixed)
     accelerate_on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())  # multi-process CPU runs use gloo
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed, cpu=accelerate_on_cpu)
     set_seed(args.seed + accelerator.process_index)
-    device = accelerator.device
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
 
     log = (lambda *a: print(*a, flush=True)) if accelerator.is_main_process else (lambda *a: None)
 
@@ -338,7 +332,14 @@ def train(args, teacher=None) -> Path:
     if max_frames is not None and args.num_frames > max_frames:
         raise ValueError(f"--num-frames {args.num_frames}: this teacher's motion module takes at most {max_frames} frames")
 
-    # data
+    # where a resumed run continues: its checkpoint, the data positions and the RNG states of each process
+    resume_from, state, rngs = None, {}, None
+    if args.resume:
+        resume_from = resolve_resume(args.resume, args.output_dir, args.run_name)
+        state, rngs = read_state(resume_from)
+        check_layout(state, resume_from, world, args.train_batch_size, args.gradient_accumulation_steps)
+
+    # data: one global stream; this process takes every world-th block of train-batch-size samples
     data_root = args.data
     if data_root == "toy":
         cache = toy_cache()
@@ -346,68 +347,71 @@ def train(args, teacher=None) -> Path:
         data_root = write_toy_shards(cache / f"{args.resolution}px-{frames}f-seed{args.seed}", frames=frames,
                                      size=args.resolution, seed=args.seed)  # fmt: skip
         args.frame_interval = 1
-    dataset = VideoClips(data_root, args.num_frames, args.frame_interval, args.resolution, args.crop, args.seed,
-                         accelerator.process_index, accelerator.num_processes)  # fmt: skip
-    loader = DataLoader(dataset, batch_size=args.train_batch_size, collate_fn=collate, num_workers=args.num_workers)
+    dataset = VideoClips(data_root, args.num_frames, args.frame_interval, args.resolution, args.crop, args.seed, rank, world,
+                         block=args.train_batch_size, start=state.get("data_positions", [0] * world)[rank])  # fmt: skip
+    loader = Batches(dataset, args.train_batch_size, args.num_workers)
 
     # the run folder, once the inputs are known to be usable
-    if args.resume:
-        resume_from = latest_checkpoint(Path(args.resume))
+    if resume_from is not None:
         run_dir = resume_from.parent
     else:
-        resume_from = None
         run_dir = new_run_dir(args.output_dir, args.run_name) if accelerator.is_main_process else None
-        run_dir = Path(accelerator.gather_for_metrics([str(run_dir)] if run_dir else [""])[0]) if accelerator.num_processes > 1 else run_dir
+        run_dir = Path(gather_object([str(run_dir) if run_dir else ""])[0]) if world > 1 else run_dir
     log(describe_plan(args))
     log(f"run folder: {run_dir}")
 
     # models: the student is the teacher + LoRA; the teacher is the same UNet with the adapter disabled
     for m in (teacher.unet, teacher.vae, teacher.text_encoder):
         m.requires_grad_(False)
+        if weight_dtype != torch.float32:
+            m.to(dtype=weight_dtype)
     if args.gradient_checkpointing:
         teacher.unet.enable_gradient_checkpointing()
     student = make_student(teacher, args.lora_rank, args.lora_alpha)
+    lora_params = [p for p in student.parameters() if p.requires_grad]
+    for p in lora_params:  # trainable weights stay fp32 whatever the frozen dtype
+        p.data = p.data.float()
     head, target_head = make_motion_representation(args.motion_repr, teacher.latent_channels)
     head_params = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
-    lora_params = [p for p in student.parameters() if p.requires_grad]
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    total_batch = args.train_batch_size * world * args.gradient_accumulation_steps
     lr = args.learning_rate * (total_batch / 128 if args.scale_lr else 1.0)
     optimizer = make_optimizer([{"params": lora_params}, {"params": head_params}], args, lr, torch.cuda.is_available())
-    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                              num_training_steps=args.max_train_steps * accelerator.num_processes)  # fmt: skip
+    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * world,
+                              num_training_steps=args.max_train_steps * world)  # fmt: skip
     modules = [student] + ([head] if head_params else [])
     prepared = accelerator.prepare(*modules, optimizer, scheduler)
     student_p, head_p = prepared[0], (prepared[1] if head_params else head)
     optimizer, scheduler = prepared[-2], prepared[-1]
-    for m in (teacher.vae, teacher.text_encoder):
-        m.to(device)
+    if not args.offload_frozen:
+        for m in (teacher.vae, teacher.text_encoder):
+            m.to(device)
     if isinstance(target_head, torch.nn.Module):
         target_head.to(device)
     ema_student = None
     if args.ema_target:
         ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False)
 
-    generator = torch.Generator().manual_seed(args.seed * 7919 + accelerator.process_index)
-    adversary, image_iter = None, None
+    adversary, images = None, None
     if args.disc:
         from training.adversarial import Adversary
-        from training.data import ImageCaptions, collate_images, write_toy_image_shards
+        from training.data import ImageCaptions, write_toy_image_shards
 
         disc_lr = args.disc_lr * (total_batch * args.disc_frames / 128 if args.scale_lr else 1.0)
-        adversary = Adversary(args, teacher, device, accelerator, disc_lr, args.max_train_steps, generator)
+        adversary = Adversary(args, teacher, device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank))
         if args.disc_real == "images":
             root = args.disc_images
             if root is None:
                 raise ValueError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images)")
             if root == "toy":
                 root = write_toy_image_shards(toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
-            images = ImageCaptions(root, args.resolution, args.seed, accelerator.process_index, accelerator.num_processes)
-            image_iter = iter(DataLoader(images, batch_size=args.train_batch_size * args.disc_frames, collate_fn=collate_images,
-                                         num_workers=min(args.num_workers, 2)))  # fmt: skip
+            per_batch = args.train_batch_size * args.disc_frames
+            image_set = ImageCaptions(root, args.resolution, args.seed, rank, world, block=per_batch,
+                                      start=state.get("image_positions", [0] * world)[rank])  # fmt: skip
+            images = Batches(image_set, per_batch, min(args.num_workers, 2))
 
     schedule = NoiseSchedule(args.beta_schedule)
     config = DistillConfig(args.num_ddim_timesteps, args.timestep_scaling, args.w_min, args.w_max, args.loss_type,
-                           args.huber_c, "epsilon", args.lambda_real)  # fmt: skip
+                           args.huber_c, "epsilon", args.lambda_real, args.teacher_cfg_batch)  # fmt: skip
     unwrapped = accelerator.unwrap_model(student_p)
 
     def student_fn(x, t, c):
@@ -422,25 +426,30 @@ def train(args, teacher=None) -> Path:
     @torch.no_grad()
     def encode_text(captions):
         """Per-token embeddings (the UNet's conditioning) and the pooled one (the discriminator's)."""
-        out = teacher.text_encoder(teacher.tokenizer(captions).to(device))
+        with visiting(teacher.text_encoder, device, args.offload_frozen) as text_encoder:
+            out = text_encoder(teacher.tokenizer(captions).to(device))
         return out[0], out.pooler_output.float()
 
     @torch.no_grad()
-    def encode_video(video):
+    def encode_video(video, generator):
         b, c, f, h, w = video.shape
         frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).to(device, teacher.vae.dtype)
-        latents = torch.cat([teacher.vae.encode(chunk).latent_dist.sample() for chunk in frames.split(32)])
+        with visiting(teacher.vae, device, args.offload_frozen) as vae:
+            latents = torch.cat([vae.encode(chunk).latent_dist.sample(generator) for chunk in frames.split(32)])
         latents = latents * teacher.scaling_factor
         return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
-    global_step, skipped_total, start_time = 0, 0, time.time()
+    global_step, micro_done, skip_reasons, start_time = 0, 0, {}, time.time()
     if resume_from is not None:
-        state = load_checkpoint(resume_from, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary)
-        global_step, skipped_total = state["global_step"], state.get("skipped", 0)
-        generator.manual_seed(args.seed * 7919 + accelerator.process_index + global_step)
-        log(f"resumed from {resume_from} at step {global_step}")
+        load_checkpoint(resume_from, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary)
+        global_step, micro_done, skip_reasons = state["global_step"], state.get("micro_batches", 0), state.get("skip_reasons", {})
+        if rngs is not None:
+            set_rng_state(rngs[rank])
+        log(f"resumed from {resume_from} at step {global_step} (data position {state.get('data_positions')})")
 
     metrics_path = run_dir / "metrics.csv"
+    if accelerator.is_main_process:
+        truncate_metrics(metrics_path, global_step)
     metrics_file = open(metrics_path, "a", newline="") if accelerator.is_main_process else None
     writer = csv.writer(metrics_file) if metrics_file else None
     if writer and metrics_path.stat().st_size == 0:
@@ -454,23 +463,49 @@ def train(args, teacher=None) -> Path:
             tb = SummaryWriter(str(run_dir / "tensorboard"))
         except Exception:  # noqa: BLE001 - TensorBoard is optional
             tb = None
+
+    def counts():
+        """Skip reasons summed over processes (this process's local counts plus those at the resume point)."""
+        local = dict(skip_local)
+        merged = dict(skip_reasons)
+        for part in (gather_object([local]) if world > 1 else [local]):
+            for k, v in part.items():
+                merged[k] = merged.get(k, 0) + v
+        return merged
+
+    def checkpoint(step):
+        parts = gather_object([(loader.position, images.position if images else 0, rng_state())]) if world > 1 else \
+            [(loader.position, images.position if images else 0, rng_state())]  # fmt: skip
+        extra = {"micro_batches": micro_done, "skip_reasons": counts(), "data_positions": [p[0] for p in parts],
+                 "image_positions": [p[1] for p in parts], "num_processes": world, "train_batch_size": args.train_batch_size,
+                 "gradient_accumulation_steps": args.gradient_accumulation_steps}  # fmt: skip
+        try:
+            save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args,
+                            step, extra, [p[2] for p in parts], run_dir, time.time() - start_time, log)  # fmt: skip
+        except CheckpointError as exc:
+            if args.on_save_error == "stop":
+                raise
+            log(f"warning: {exc}; the earlier checkpoints are intact; training goes on (--on-save-error stop to stop)")
+
+    from training.checkpoints import rng_state
+
+    skip_local = {}
     uncond_cache = {}
-    timer = Timer(args.dry_run)
+    timer = PartTimer(args.dry_run)
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_main_process,
                     desc="distilling", dynamic_ncols=True)  # fmt: skip
-    window_losses, window_generated, micro_step = [], [], 0
-    data_iter = iter(loader)
+    window_losses, window_generated, window_finite, nonfinite_run = [], [], True, 0
     try:
         while global_step < args.max_train_steps:
+            generator = slot_generator(args.seed, micro_done * world + rank)
             with timer("data"):
-                batch = next(data_iter)
-                skipped_total += batch["skipped"]
-                if "video" not in batch:
-                    continue
+                batch = next(loader)
+                for reason, n in batch["skip_reasons"].items():
+                    skip_local[reason] = skip_local.get(reason, 0) + n
             with accelerator.accumulate(*modules):
                 b = batch["video"].shape[0]
                 with timer("encode"):
-                    x0 = encode_video(batch["video"])
+                    x0 = encode_video(batch["video"], generator)
                     cond, pooled = encode_text(batch["caption"])
                     if b not in uncond_cache:
                         uncond_cache[b] = encode_text([""] * b)[0]
@@ -488,40 +523,58 @@ def train(args, teacher=None) -> Path:
                     loss = out["loss"]
                     adversarial = adversary is not None and global_step >= args.disc_start_step
                     if adversarial:
+                        adversary.generator = generator
                         with timer("adversarial: decode frames, discriminator (generator side)"):
                             g_term, fake_frames, c_fake = adversary.generator_term(out["model_pred"], pooled)
                             loss = loss + g_term
-                with timer("backward"):
-                    accelerator.backward(loss)
-                with timer("optimizer"):
-                    if accelerator.sync_gradients and args.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(lora_params, args.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if adversarial and micro_step % args.disc_update_every == 0:
+                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0)  # all processes agree
+                window_finite = window_finite and finite
+                if finite:
+                    with timer("backward"):
+                        accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    with timer("optimizer"):
+                        norm = accelerator.clip_grad_norm_(lora_params, args.max_grad_norm) if args.max_grad_norm > 0 else None
+                        if window_finite and (norm is None or torch.isfinite(torch.as_tensor(norm)).item()):
+                            optimizer.step()
+                            scheduler.step()
+                        else:
+                            window_finite = False
+                        optimizer.zero_grad(set_to_none=True)
+                if finite and adversarial and micro_done % args.disc_update_every == 0:
                     with timer("discriminator step"), accelerator.autocast():
-                        if image_iter is not None:
-                            images = next(image_iter)
-                            while "image" not in images:
-                                images = next(image_iter)
-                            real, c_real = images["image"].to(device), adversary.text(images["caption"], device)
+                        if images is not None:
+                            real_batch = next(images)
+                            real, c_real = real_batch["image"].to(device), adversary.text(real_batch["caption"], device)
                         else:
                             real, c_real = adversary.real_from_video(batch["video"].to(device)), c_fake
                         adversary.discriminator_step(real, c_real, fake_frames, c_fake, global_step)
-                micro_step += 1
-                window_losses.append(out["loss"].detach().float().item())  # the consistency loss alone
+                micro_done += 1
+                if finite:
+                    window_losses.append(out["loss"].detach().float().item())  # the consistency loss alone
                 window_generated.append(float(generated))
             if not accelerator.sync_gradients:
                 continue
+            if not window_finite:
+                nonfinite_run += 1
+                window_losses, window_generated, window_finite = [], [], True
+                log(f"warning: non-finite loss or gradient at step {global_step + 1}: step skipped ({nonfinite_run} in a row)")
+                if nonfinite_run >= args.max_nonfinite_steps:
+                    checkpoint(global_step)
+                    raise NonFiniteLoss(f"{nonfinite_run} steps in a row had a non-finite loss or gradient (--max-nonfinite-steps "
+                                        f"{args.max_nonfinite_steps}); the last good state (step {global_step}) is in {run_dir / f'checkpoint-{global_step}'}; "
+                                        "lower the learning rate or try --mixed-precision bf16 / no")  # fmt: skip
+                continue
+            nonfinite_run = 0
             if isinstance(target_head, torch.nn.Module):
                 ema_update(target_head, accelerator.unwrap_model(head_p), args.ema_decay)
             if ema_student is not None:
                 ema_update(ema_student, accelerator.unwrap_model(student_p), args.ema_target_decay)
             global_step += 1
-            mean_loss = sum(window_losses) / len(window_losses)
+            mean_loss = accelerator.reduce(torch.tensor([sum(window_losses) / len(window_losses)], device=device), "mean").item()
             gen_frac = sum(window_generated) / len(window_generated)
             window_losses, window_generated = [], []
+            skipped_total = sum(counts().values())
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", skipped=skipped_total)
             if writer:
@@ -538,12 +591,10 @@ def train(args, teacher=None) -> Path:
             if args.dry_run:
                 break
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-                save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args,
-                                global_step, skipped_total, run_dir, time.time() - start_time)  # fmt: skip
+                checkpoint(global_step)
     except KeyboardInterrupt:
         log(f"\ninterrupted at step {global_step}; saving a checkpoint")
-        save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args,
-                        global_step, skipped_total, run_dir, time.time() - start_time)  # fmt: skip
+        checkpoint(global_step)
         raise
     finally:
         progress.close()
@@ -559,12 +610,17 @@ def train(args, teacher=None) -> Path:
     in_sync = bool(torch.allclose(checksums, checksums[:1].expand_as(checksums), rtol=1e-6, atol=1e-9))
     if not in_sync:
         log("warning: the LoRA weights differ between processes; gradients were not synchronised")
+    reasons = counts()
     if args.dry_run:
-        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        report = {"seconds": {k: round(v, 3) for k, v in timer.seconds.items()}, "peak_memory_gib": round(peak, 2),
-                  "memory": "CUDA allocated" if torch.cuda.is_available() else "process max RSS", "loss": window_losses or mean_loss}  # fmt: skip
+        gib = 2**30
+        report = {"seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
+                  "peak_memory_gib": round(getattr(timer, "overall", 0) / gib, 3),
+                  "peak_memory_gib_per_part": {k: round(v / gib, 3) for k, v in timer.peak_bytes.items()},
+                  "memory": "CUDA allocated" if torch.cuda.is_available() else "process peak resident set (VmHWM)",
+                  "loss": window_losses or mean_loss}  # fmt: skip
         log(json.dumps(report, indent=2))
-        (run_dir / "dry_run.json").write_text(json.dumps(report, indent=2))
+        if accelerator.is_main_process:
+            (run_dir / "dry_run.json").write_text(json.dumps(report, indent=2))
         return run_dir
     if accelerator.is_main_process:
         final = run_dir / "final" if not (run_dir / "final").exists() else run_dir / f"final-{global_step}"
@@ -574,9 +630,11 @@ def train(args, teacher=None) -> Path:
         if not (run_dir / "adapter.safetensors").exists():  # the newcomer's shortcut; never replaced
             shutil.copyfile(adapter_path, run_dir / "adapter.safetensors")
             adapter_path = run_dir / "adapter.safetensors"
-        summary = {"steps": global_step, "skipped_samples": skipped_total, "seconds": round(time.time() - start_time, 1),
-                   "num_processes": accelerator.num_processes, "processes_in_sync": in_sync,
+        summary = {"steps": global_step, "skipped_samples": sum(reasons.values()), "skipped_by_reason": reasons,
+                   "seconds": round(time.time() - start_time, 1), "num_processes": world, "processes_in_sync": in_sync,
                    "adapter": str(adapter_path), "peft": str(final / "peft")}  # fmt: skip
+        if reasons:
+            log(f"skipped samples by reason: {json.dumps(reasons)}")
         if args.toy_eval:
             summary["metrics"] = str(toy_evaluation(args, unwrapped, teacher, encode_text, run_dir, log))
         summary["wall_seconds"] = round(time.time() - PROCESS_START, 1)
@@ -608,35 +666,51 @@ def toy_evaluation(args, student, teacher, encode_text, run_dir: Path, log) -> P
 
 
 def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary, teacher, args, step,
-                    skipped, run_dir: Path, seconds: float):  # fmt: skip
-    """``checkpoint-<step>/``: the adapter (+ PEFT folder), motion heads, optimizer and scheduler state.
+                    extra: dict, rng_states: list, run_dir: Path, seconds: float, log=print):  # fmt: skip
+    """``checkpoint-<step>/``: the adapter (+ PEFT folder), motion heads, optimizers and schedulers, trainer
+    state (data positions, skip counts) and RNG states, built in a temporary folder and renamed.
 
-    Only trainable state is written (the frozen teacher would be gigabytes per checkpoint).
+    Only trainable state is written (the frozen teacher would be gigabytes per checkpoint). A failed
+    write raises :class:`training.checkpoints.CheckpointError` on every process.
     """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
+    from training.checkpoints import CheckpointError, prune, write_checkpoint
+
+    def write_parts(tmp: Path):
+        export_adapter(accelerator.unwrap_model(student_p), teacher, args, step, tmp, seconds)
+        heads = {}
+        if isinstance(target_head, torch.nn.Module):
+            heads.update({f"online.{k}": v for k, v in accelerator.unwrap_model(head_p).state_dict().items()})
+            heads.update({f"target.{k}": v for k, v in target_head.state_dict().items()})
+        if ema_student is not None:
+            heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(ema_student).items()})
+        if heads:
+            save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "adversary": adversary.state_dict() if adversary is not None else None}, tmp / "optimizer.pt")  # fmt: skip
+
     accelerator.wait_for_everyone()
     final = run_dir / f"checkpoint-{step}"
+    error = ""
     if accelerator.is_main_process and not final.exists():
-        with atomic_dir(final) as tmp:
-            export_adapter(accelerator.unwrap_model(student_p), teacher, args, step, tmp, seconds)
-            heads = {}
-            if isinstance(target_head, torch.nn.Module):
-                heads.update({f"online.{k}": v for k, v in accelerator.unwrap_model(head_p).state_dict().items()})
-                heads.update({f"target.{k}": v for k, v in target_head.state_dict().items()})
-            if ema_student is not None:
-                heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(ema_student).items()})
-            if heads:
-                save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "adversary": adversary.state_dict() if adversary is not None else None}, tmp / "optimizer.pt")  # fmt: skip
-            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": step, "skipped": skipped, "args": vars(args)},
-                                                               indent=2, default=str))  # fmt: skip
+        state = {"global_step": step, "skipped": sum(extra["skip_reasons"].values()), **extra, "args": vars(args)}
+        try:
+            write_checkpoint(final, write_parts, state, rng_states)
+            prune(run_dir, args.checkpoints_total_limit, log)
+        except CheckpointError as exc:
+            error = str(exc)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        error = broadcast_object_list([error])[0]
     accelerator.wait_for_everyone()
+    if error:
+        raise CheckpointError(error)
 
 
-def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary=None) -> dict:
+def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary=None) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -659,7 +733,6 @@ def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, e
         if state.get("adversary") is None:
             raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
         adversary.load_state_dict(state["adversary"])
-    return json.loads((folder / "trainer_state.json").read_text())
 
 
 def main(argv=None) -> int:
@@ -674,6 +747,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (NonFiniteLoss, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -1,0 +1,233 @@
+"""The trainer at scale and under faults (CPU, tiny teacher): a killed run resumes exactly, two processes
+train what one process with accumulation trains, non-finite steps and failed saves are survived or
+stopped cleanly, bad samples are skipped and counted by reason."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mcm.weights import load_adapter
+from training import distill
+from training.checkpoints import CheckpointError
+from training.data import Batches, VideoClips, encode_mp4, toy_clip, write_toy_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
+
+
+def flags(out: Path, data: Path, *extra) -> list[str]:
+    return ["--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(out), "--resolution", "16",
+            "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
+            "--gradient-accumulation-steps", "1", "--no-scale-lr", "--learning-rate", "1e-3", "--lr-warmup-steps", "0",
+            "--disc-backbone", "tiny", *map(str, extra)]  # fmt: skip
+
+
+def metrics(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def lora(path: Path) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([w.down.flatten(), w.up.flatten()]) for k, w in load_adapter(path).layers.items()}
+
+
+# --- kill and resume ---------------------------------------------------------------------------------
+
+
+def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_logs(tmp_path, toy_data):
+    common = ["--gradient-accumulation-steps", "1", "--train-batch-size", "1", "--max-train-steps", "6",
+              "--checkpointing-steps", "2", "--checkpoints-total-limit", "2", "--disc-frames", "1"]  # fmt: skip
+    reference = distill.train(distill.parse_args(flags(tmp_path / "ref", toy_data, *common, "--run-name", "ref")))
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "training/distill.py", *flags(out, toy_data, *common, "--run-name", "run")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = out / "run"
+    deadline = time.time() + 120
+    while not (run / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    logged_before_kill = max(metrics(run), default=0)
+    kept = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
+    assert kept and all((run / f"checkpoint-{k}" / "optimizer.pt").exists() for k in kept)  # never a partial checkpoint-N
+    assert logged_before_kill < 6, "the run finished before it was killed; nothing was tested"
+    assert logged_before_kill - max(kept) <= 2, "more than one checkpoint interval lost"
+
+    resumed = subprocess.run([*cmd, "--resume", "latest"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {run / f'checkpoint-{max(kept)}'}" in resumed.stdout
+    got, want = metrics(run), metrics(reference)
+    assert sorted(got) == list(range(1, 7))
+    for step in range(max(kept) + 1, 7):
+        assert got[step] == pytest.approx(want[step], rel=1e-4, abs=1e-7), (step, got, want)
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]  # the limit of 2
+    a, b = lora(run / "final" / "adapter.safetensors"), lora(reference / "final" / "adapter.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
+
+
+# --- several processes -------------------------------------------------------------------------------
+
+
+def test_two_accelerate_processes_train_what_one_process_with_accumulation_trains(tmp_path, toy_data):
+    if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
+        pytest.skip("the accelerate launcher is not installed")
+    steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--no-disc"]
+    one = distill.train(distill.parse_args(flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")))
+    # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU the
+    # trainer asks accelerate for CPU processes, which join over gloo on localhost
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541"]  # fmt: skip
+    proc = subprocess.run([*launcher, "training/distill.py", *flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
+                                                                     "--run-name", "two")],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "connect" in proc.stderr.lower():
+        pytest.skip(f"the accelerate launcher could not start two CPU processes: {proc.stderr[-500:]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    two = tmp_path / "two"
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["processes_in_sync"] is True
+    assert metrics(two) == pytest.approx(metrics(one), rel=1e-4)
+    a, b = lora(two / "adapter.safetensors"), lora(one / "adapter.safetensors")
+    assert set(a) == set(b) and any(v.abs().max() > 0 for v in b.values())
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b), max((a[k] - b[k]).abs().max().item() for k in b)
+
+
+def test_each_process_gets_the_micro_batches_one_process_would_use(toy_data):
+    def keys(rank, world, block, n):
+        ds = VideoClips(toy_data, 4, 1, 16, "center", seed=3, rank=rank, world_size=world, block=block)
+        return [[k for k in b["caption"]] for b, _ in zip(Batches(ds, block), range(n))]
+
+    single = keys(0, 1, 2, 6)
+    assert keys(0, 2, 2, 3) == single[0::2] and keys(1, 2, 2, 3) == single[1::2]
+    resumed = Batches(VideoClips(toy_data, 4, 1, 16, "center", seed=3, block=2, start=4), 2)
+    assert [next(resumed)["caption"] for _ in range(2)] == single[2:4]
+
+
+# --- non-finite losses and failed saves --------------------------------------------------------------
+
+
+def _nan_after(monkeypatch, calls: set[int] | None = None, from_call: int | None = None):
+    real, count = distill.distillation_step, [0]
+
+    def step(*a, **k):
+        out = real(*a, **k)
+        count[0] += 1
+        if (calls and count[0] in calls) or (from_call and count[0] >= from_call):
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(distill, "distillation_step", step)
+
+
+def test_a_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path, toy_data, monkeypatch, capsys):
+    _nan_after(monkeypatch, calls={2})
+    run = distill.train(distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "10", "--no-disc")))
+    assert "non-finite loss or gradient at step 2: step skipped (1 in a row)" in capsys.readouterr().out
+    rows = metrics(run)
+    assert sorted(rows) == [1, 2, 3] and all(v == v for v in rows.values())  # no NaN logged
+    assert all(torch.isfinite(v).all() for v in lora(run / "adapter.safetensors").values())
+
+
+def test_non_finite_steps_in_a_row_stop_the_run_with_a_checkpoint_of_the_last_good_state(tmp_path, toy_data, monkeypatch):
+    _nan_after(monkeypatch, from_call=3)
+    args = distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "10", "--checkpointing-steps", "10", "--no-disc",
+                                    "--max-nonfinite-steps", "3", "--run-name", "nan"))  # fmt: skip
+    with pytest.raises(distill.NonFiniteLoss, match="3 steps in a row had a non-finite loss") as err:
+        distill.train(args)
+    run = tmp_path / "nan"
+    assert "checkpoint-2" in str(err.value) and sorted(metrics(run)) == [1, 2]
+    state = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["micro_batches"] == 5  # 2 good steps, 3 skipped micro-batches
+    assert all(torch.isfinite(v).all() for v in lora(run / "checkpoint-2" / "adapter.safetensors").values())
+
+
+def _disk_full_at(monkeypatch, step: int):
+    real = torch.save
+
+    def save(obj, f, *a, **k):
+        if f".checkpoint-{step}." in str(f):
+            raise OSError(28, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint_and_training_goes_on_or_stops(tmp_path, toy_data, monkeypatch, capsys):
+    _disk_full_at(monkeypatch, 2)
+    run = distill.train(distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "1",
+                                                 "--no-disc", "--run-name", "full")))  # fmt: skip
+    assert "could not write checkpoint-2 ([Errno 28] No space left on device); the earlier checkpoints are intact" in capsys.readouterr().out
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-1", "checkpoint-3"]  # no temporary left
+    assert json.loads((run / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
+    assert (run / "summary.json").exists()
+
+    args = distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "1", "--no-disc",
+                                    "--run-name", "stop", "--on-save-error", "stop"))  # fmt: skip
+    with pytest.raises(CheckpointError, match="could not write checkpoint-2"):
+        distill.train(args)
+    stopped = tmp_path / "stop"
+    assert sorted(p.name for p in stopped.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]
+    assert load_adapter(stopped / "checkpoint-1" / "adapter.safetensors").meta.training["step"] == 1
+
+
+# --- bad data ----------------------------------------------------------------------------------------
+
+
+def _shard(path: Path, items: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in items:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture(scope="module")
+def bad_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    good = [toy_clip(i, frames=8, size=16) for i in range(4)]
+    mp4 = encode_mp4(good[0][0])
+    _shard(root / "bad-00000.tar", [
+        ("a.mp4", encode_mp4(good[0][0])), ("a.json", json.dumps({"caption": good[0][1]}).encode()),
+        ("b.mp4", mp4[: len(mp4) // 2]), ("b.json", b'{"caption": "truncated"}'),
+        ("c.mp4", encode_mp4(good[1][0])),  # no caption
+        ("d.mp4", b""), ("d.json", b'{"caption": "zero bytes"}'),
+        ("e.mp4", encode_mp4(good[2][0][:2])), ("e.json", b'{"caption": "two frames"}'),
+        ("f.mp4", encode_mp4(good[3][0])), ("f.json", b'{"caption": '),
+        ("g.mp4", encode_mp4(good[3][0])), ("g.json", json.dumps({"caption": good[3][1]}).encode()),
+    ])  # fmt: skip
+    return root
+
+
+def test_bad_samples_are_skipped_with_their_reason(bad_data):
+    items = [x for x, _ in zip(iter(VideoClips(bad_data, 4, 1, 16, "center")), range(7))]
+    assert [x.get("reason") for x in items] == [None, "undecodable", "no caption", "empty file", "too short", "bad caption", None]
+    assert [x["position"] for x in items] == list(range(1, 8))
+
+
+def test_a_run_on_bad_shards_finishes_and_reports_the_skips_by_reason(tmp_path, bad_data):
+    run = distill.train(distill.parse_args(flags(tmp_path, bad_data, "--max-train-steps", "2", "--checkpointing-steps", "10",
+                                                 "--train-batch-size", "2", "--no-disc")))  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    reasons = summary["skipped_by_reason"]
+    assert set(reasons) == {"undecodable", "no caption", "empty file", "too short", "bad caption"}
+    assert summary["skipped_samples"] == sum(reasons.values()) >= 5 and summary["steps"] == 2

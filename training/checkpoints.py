@@ -1,0 +1,138 @@
+"""Checkpoints of a distillation run: written atomically, the last K kept, resumed exactly.
+
+``checkpoint-<step>/`` holds everything that changes during training: the adapter (+ PEFT folder,
+loadable by the nodes), the motion heads and EMA copies, the optimizers and schedulers (generator
+and discriminator), and ``trainer_state.json`` with the step, the micro-batches done, the skip counts,
+the data position of every process and the RNG states (``rng_state.pt``). The random draws of a
+micro-batch are a function of the seed and the micro-batch's global index (``slot_generator``), so
+a resumed run draws what the uninterrupted run would have drawn.
+
+A checkpoint is built in a temporary sibling folder and renamed into place; a failed write (disk
+full, …) removes the temporary folder and leaves every earlier checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mcm.weights.io import atomic_dir
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (the earlier ones are intact)."""
+
+
+def slot_generator(seed: int, slot: int) -> torch.Generator:
+    """The generator of global micro-batch ``slot`` (= micro-batches done × processes + rank).
+
+    One process with gradient accumulation A·P and P processes with accumulation A give every
+    micro-batch the same slot, hence the same timesteps, guidance, noise and coin flips.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + slot * 7919 + 12345) % (2**63 - 1))
+
+
+def step_of(folder: Path) -> int:
+    tail = folder.name.rsplit("-", 1)[-1]
+    return int(tail) if folder.name.startswith("checkpoint-") and tail.isdigit() else -1
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete ``checkpoint-N`` folders of a run, oldest first (temporary folders are not listed)."""
+    found = [p for p in run_dir.glob("checkpoint-*") if step_of(p) >= 0 and (p / "trainer_state.json").exists()]
+    return sorted(found, key=step_of)
+
+
+def latest_checkpoint(path: Path) -> Path:
+    """``path`` itself when it is a checkpoint, else the run's newest complete checkpoint."""
+    if (path / "trainer_state.json").exists():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such run folder")
+    found = checkpoints(path)
+    if not found:
+        raise FileNotFoundError(f"--resume {path}: no checkpoint-N folder with trainer_state.json")
+    return found[-1]
+
+
+def resolve_resume(resume: str, output_dir: str, run_name: str | None) -> Path:
+    """``--resume latest`` is the newest checkpoint of ``--output-dir/--run-name`` (or of the newest run
+    in ``--output-dir``); anything else is a run or checkpoint folder."""
+    if resume != "latest":
+        return latest_checkpoint(Path(resume))
+    parent = Path(output_dir)
+    if run_name:
+        return latest_checkpoint(parent / run_name)
+    runs = [c.parent for c in parent.glob("*/checkpoint-*") if (c / "trainer_state.json").exists()]
+    if not runs:
+        raise FileNotFoundError(f"--resume latest: no run with a checkpoint in {parent}")
+    newest = max(set(runs), key=lambda r: max(c.stat().st_mtime for c in checkpoints(r)))
+    return latest_checkpoint(newest)
+
+
+def prune(run_dir: Path, keep: int | None, log) -> None:
+    """Keep the newest ``keep`` checkpoints (``--checkpoints-total-limit``); None keeps all."""
+    if not keep:
+        return
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+        log(f"removed {old.name} (--checkpoints-total-limit {keep})")
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -> None:
+    """Build ``folder`` atomically: ``write_parts(tmp)`` writes the model files, then the trainer state
+    and the RNG states of every process. Raises :class:`CheckpointError` and leaves nothing behind on
+    failure."""
+    try:
+        with atomic_dir(folder) as tmp:
+            write_parts(tmp)
+            torch.save(rng_states, tmp / "rng_state.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+    except OSError as exc:
+        raise CheckpointError(f"could not write {folder.name} ({exc})") from exc
+
+
+def read_state(folder: Path) -> tuple[dict, list | None]:
+    state = json.loads((folder / "trainer_state.json").read_text())
+    rng_path = folder / "rng_state.pt"
+    rngs = torch.load(rng_path, map_location="cpu", weights_only=False) if rng_path.exists() else None  # our own file
+    return state, rngs
+
+
+def check_layout(state: dict, folder: Path, num_processes: int, batch_size: int, accumulation: int) -> None:
+    """An exact resume needs the layout the checkpoint was written with."""
+    saved = (state.get("num_processes", num_processes), state.get("train_batch_size", batch_size),
+             state.get("gradient_accumulation_steps", accumulation))  # fmt: skip
+    if saved != (num_processes, batch_size, accumulation):
+        raise ValueError(f"--resume {folder}: written by {saved[0]} processes × batch {saved[1]} × accumulation {saved[2]}; "
+                         f"this run has {num_processes} × {batch_size} × {accumulation} (resume with the same layout)")  # fmt: skip
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows logged after ``step`` (a run killed after its last checkpoint logged them)."""
+    if not path.exists():
+        return
+    rows = path.read_text().splitlines(keepends=True)
+    kept = rows[:1] + [r for r in rows[1:] if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step]
+    if kept != rows:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
