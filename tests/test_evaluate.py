@@ -269,3 +269,9 @@ def test_adapter_sampling_settings_missing_or_invalid_name_the_file_and_entry(tm
     save_file(tensors, str(tmp_path / "ade.safetensors"), metadata | {"mcm.temporal_norm": '"per_frame"'})
     with pytest.raises(AdapterError, match=r"ade\.safetensors: mcm\.temporal_norm = 'per_frame'"):
         ev.adapter_sampling(tmp_path / "ade.safetensors")
+    # a PEFT folder without MCM metadata (as the official releases): the official settings, and the log says so
+    peft = tmp_path / "a" / "peft" / "adapter_model.safetensors"
+    save_file(load_file(str(peft)), str(peft))
+    lines = []
+    _, settings = ev.adapter_sampling(peft.parent, log=lines.append)
+    assert settings["timestep_scaling"] == 4.0 and len(lines) == 1 and "no MCM metadata; sampling with the official settings" in lines[0]
