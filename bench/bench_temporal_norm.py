@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -61,17 +60,6 @@ def write_adapter(folder: Path) -> None:
     save_adapter(Adapter(AdapterMeta(lora_rank=4, lora_alpha=4.0), {layer: w}), folder / "bench.safetensors", overwrite=True)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--comfy-dir", default=os.environ.get("COMFYUI_DIR"))
@@ -85,6 +73,8 @@ def main(argv=None) -> dict:
         p.error("set COMFYUI_DIR or pass --comfy-dir")
     adapters = Path(tempfile.mkdtemp(prefix="mcm-bench-adapters-"))
     sys.path.insert(0, str(ROOT))
+    from bench.common import cpu_name  # before the host puts its own folders first on sys.path
+
     write_adapter(adapters)
     M = start_host(a.comfy_dir, str(adapters))
     import torch

@@ -148,13 +148,26 @@ def rounded(value, digits: int = 4):
     return value
 
 
+def in_repo(value):
+    """``value`` (a string, or a dict or list of them) with absolute paths inside the repository written
+    relative to its root, so that a results entry does not name the checkout it ran in."""
+    if isinstance(value, str):
+        return value.replace(f"{ROOT}{os.sep}", "")
+    if isinstance(value, dict):
+        return {k: in_repo(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(in_repo(v) for v in value)
+    return value
+
+
 def finish(args, script: str, argv, title: str, result: dict, reading: str = "") -> dict:
-    """Print the result as one JSON line and (unless ``--no-record``) append it to the results file."""
-    result = {"ratio": result.pop("ratio"), "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), **result}
+    """Print the result as one JSON line and (unless ``--no-record``) append it to the results file.
+    Paths inside the repository are recorded relative to its root (:func:`in_repo`)."""
+    result = in_repo({"ratio": result.pop("ratio"), "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), **result})
     line = json.dumps(rounded(result))
     print(line, flush=True)
     if not args.no_record:
-        argv = sys.argv[1:] if argv is None else list(argv)
+        argv = in_repo(sys.argv[1:] if argv is None else list(argv))
         command = "OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "unset"), shlex.join([os.path.relpath(script, ROOT)] + argv))
         entry = [f"\n## {result['date']} — {title}\n", f"- Machine: {result['machine']}", f"- Command: `{command}`"]
         if reading:

@@ -64,3 +64,19 @@ def test_host_needs_a_comfyui_dir(monkeypatch):
     monkeypatch.delenv("COMFYUI_DIR", raising=False)
     with pytest.raises(SystemExit, match="COMFYUI_DIR"):
         main(["--host", "--no-record"])
+
+
+def test_results_name_repository_paths_relative_to_its_root(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from bench.common import ROOT, finish
+
+    out = tmp_path / "RESULTS.md"
+    args = SimpleNamespace(device="cpu", no_record=False, results=str(out))
+    teacher, outside = ROOT / "training" / "toy_teacher", tmp_path / "teacher"
+    result = finish(args, str(ROOT / "bench" / "bench_x.py"), ["--teacher", str(teacher)], "x",
+                    {"ratio": 1.0, "teacher": f"{teacher} (rank 8)", "inputs": [str(teacher), str(outside)]})  # fmt: skip
+    assert result["teacher"] == "training/toy_teacher (rank 8)" and result["inputs"] == ["training/toy_teacher", str(outside)]
+    entry = out.read_text()
+    assert "python bench/bench_x.py --teacher training/toy_teacher`" in entry and '"teacher": "training/toy_teacher (rank 8)"' in entry
+    assert str(ROOT) not in entry and str(outside) in entry

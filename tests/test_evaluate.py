@@ -164,3 +164,114 @@ def test_command_line_scores_folders_and_generated_videos(tmp_path, detectors):
     with pytest.raises(ValueError, match="mcm rows need --adapter"):
         ev.main(["--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"), "--methods", "mcm:1", "--frames", "4",
                  "--resolution", "16", "--device", "cpu", "--out", str(out)])  # fmt: skip
+
+
+# --- MCM rows from an adapter -------------------------------------------------------------------------
+
+GENERATE = ["--teacher", "tiny-animatediff", "--frames", "4", "--resolution", "16", "--device", "cpu"]
+
+
+def _trainer_adapter(folder, *flags, lora_scale=0.5):
+    """An adapter written by the trainer's ``export_adapter`` for a LoRA student of the tiny teacher, its
+    LoRA up-factors set to ``lora_scale`` × noise (0: a no-op adapter). Returns its path and the student."""
+    from training import distill
+    from training.models import load_teacher, make_student
+
+    args = distill.parse_args(["--teacher", "tiny-animatediff", "--data", "toy", "--lora-rank", "4", "--lora-alpha", "4", *flags])
+    teacher = load_teacher("tiny-animatediff")
+    student = make_student(teacher, args.lora_rank, args.lora_alpha)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_B" in name:
+                p.copy_(lora_scale * torch.randn(p.shape, generator=g))
+    distill.export_adapter(student, teacher, args, 2, folder, 0.0)
+    return folder / "adapter.safetensors", student
+
+
+def _spy_generate(monkeypatch):
+    """Videos per (kind, steps) that evaluate generates, and the keywords its sampler passes to
+    ``sample_consistency``."""
+    from training import toy_eval
+
+    videos, calls = {}, []
+    generate, sample = ev.generate, toy_eval.sample_consistency
+
+    def spy_generate(sampler, prompts, kind, steps, seed, batch):
+        videos[(kind, steps)] = generate(sampler, prompts, kind, steps, seed, batch)
+        return videos[(kind, steps)]
+
+    def spy_sample(*args, **kwargs):
+        calls.append({k: v for k, v in kwargs.items() if k in ("timestep_scaling", "prediction_type")} | {"schedule": args[3].beta_schedule})
+        return sample(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate", spy_generate)
+    monkeypatch.setattr(toy_eval, "sample_consistency", spy_sample)
+    return videos, calls
+
+
+def test_mcm_rows_apply_the_adapter_with_its_metadata(tmp_path, detectors, monkeypatch):
+    from training.toy_eval import ToySampler
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left slowly\na blue circle moving up quickly\n")
+    torch.manual_seed(0)
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, v in enumerate(_videos(3, False, frames=4, seed=10)):
+        (real / f"{i}.mp4").write_bytes(encode_mp4(v))
+    path, student = _trainer_adapter(tmp_path / "trained", "--timestep-scaling", "10", "--beta-schedule", "linear")
+    videos, calls = _spy_generate(monkeypatch)
+    report = ev.main([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "teacher:4,mcm:1,mcm:2",
+                      "--i3d", str(detectors[0]), "--real-videos", str(real), "--fvd-frames", "4", "--out", str(tmp_path / "eval")])  # fmt: skip
+    rows = {(r["method"], r["steps"]): r for r in report["rows"]}
+    assert list(rows) == [("teacher (DDIM, CFG 7.5)", 4), ("MCM", 1), ("MCM", 2)]
+    assert all(rows[("MCM", n)]["fvd"] != rows[("teacher (DDIM, CFG 7.5)", 4)]["fvd"] for n in (1, 2))
+    assert not any(np.array_equal(videos[("mcm", n)][i], videos[("teacher", 4)][i]) for n in (1, 2) for i in range(2))
+    # the metadata's settings reach the sampler (ToySampler's defaults are 4 and scaled_linear) and the report
+    assert calls == [{"timestep_scaling": 10.0, "prediction_type": "epsilon", "schedule": "linear"}] * 2
+    assert report["sampling"] == {"beta_schedule": "linear", "timestep_scaling": 10.0, "prediction_type": "epsilon", "num_ddim_timesteps": 50}
+    # the adapter is applied exactly: the same samples as the in-memory student with those settings
+    sampler = ev.load_generator(ev.build_parser().parse_args([*GENERATE, "--adapter", str(path)]))
+    own = ToySampler(student, sampler.vae, sampler.encode_text, sampler.scaling_factor, 4, 16, sampler.down, sampler.schedule, timestep_scaling=10.0)
+    expected = own.decode(own.mcm(ev.read_prompts(prompts), 2, 0))
+    assert len(expected) == 2 and all(np.array_equal(a, b) for a, b in zip(videos[("mcm", 2)], expected))
+
+
+def test_a_zero_adapter_samples_as_the_plain_teacher(tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left slowly\na blue circle moving up quickly\n")
+    path, _ = _trainer_adapter(tmp_path / "zero", lora_scale=0.0)
+    videos, calls = _spy_generate(monkeypatch)
+    ev.main([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "mcm:2", "--out", str(tmp_path / "eval")])
+    assert calls[0]["timestep_scaling"] == 4.0
+    plain = ev.load_generator(ev.build_parser().parse_args(GENERATE))  # no adapter: the teacher's UNet alone
+    assert not hasattr(plain.unet, "disable_adapter")
+    expected = plain.decode(plain.mcm(ev.read_prompts(prompts), 2, 0))
+    assert len(expected) == 2 and all(np.array_equal(a, b) for a, b in zip(videos[("mcm", 2)], expected))
+
+
+def test_adapter_sampling_settings_missing_or_invalid_name_the_file_and_entry(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from mcm.weights import AdapterError, read_safetensors_metadata
+
+    path, _ = _trainer_adapter(tmp_path / "a")
+    _, settings = ev.adapter_sampling(path)
+    assert settings == {"timestep_scaling": 4.0, "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "num_ddim_timesteps": 50}
+    tensors, metadata = load_file(str(path)), read_safetensors_metadata(path)
+    save_file(tensors, str(tmp_path / "no_scaling.safetensors"), {k: v for k, v in metadata.items() if k != "mcm.timestep_scaling"})
+    with pytest.raises(AdapterError, match=r"no_scaling\.safetensors: metadata entries \['mcm\.timestep_scaling'\] missing"):
+        ev.adapter_sampling(tmp_path / "no_scaling.safetensors")
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata | {"mcm.timestep_scaling": "-1"})
+    with pytest.raises(AdapterError, match=r"bad\.safetensors: mcm\.timestep_scaling = -1; expected a positive number"):
+        ev.adapter_sampling(tmp_path / "bad.safetensors")
+    save_file(tensors, str(tmp_path / "ade.safetensors"), metadata | {"mcm.temporal_norm": '"per_frame"'})
+    with pytest.raises(AdapterError, match=r"ade\.safetensors: mcm\.temporal_norm = 'per_frame'"):
+        ev.adapter_sampling(tmp_path / "ade.safetensors")
+    # a PEFT folder without MCM metadata (as the official releases): the official settings, and the log says so
+    peft = tmp_path / "a" / "peft" / "adapter_model.safetensors"
+    save_file(load_file(str(peft)), str(peft))
+    lines = []
+    _, settings = ev.adapter_sampling(peft.parent, log=lines.append)
+    assert settings["timestep_scaling"] == 4.0 and len(lines) == 1 and "no MCM metadata; sampling with the official settings" in lines[0]

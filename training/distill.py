@@ -652,7 +652,8 @@ def toy_evaluation(args, student, teacher, encode_text, run_dir: Path, log) -> P
     guidance = args.eval_guidance if args.eval_guidance is not None else 1.0 + (args.w_min + args.w_max) / 2
     student.eval()
     sampler = ToySampler(student, teacher.vae, lambda captions: encode_text(captions)[0], teacher.scaling_factor,
-                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(args.beta_schedule), guidance)  # fmt: skip
+                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(args.beta_schedule), guidance,
+                         timestep_scaling=args.timestep_scaling, num_ddim_timesteps=args.num_ddim_timesteps)  # fmt: skip
     log(f"toy evaluation ({args.eval_seeds} samples per prompt, teacher cfg {guidance:g}):")
     report = evaluate(sampler, run_dir / "preview", toy_prompts()[: args.eval_prompts], seeds=args.eval_seeds,
                       teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()], log=log)  # fmt: skip

@@ -215,8 +215,42 @@ def parse_methods(spec: str) -> list[tuple[str, int]]:
     return out
 
 
+#: The ``mcm.*`` metadata entries the MCM rows are sampled with (:func:`adapter_sampling`).
+SAMPLING_ENTRIES = ("timestep_scaling", "beta_schedule", "prediction_type", "num_ddim_timesteps")
+
+
+def adapter_sampling(path: str | Path, log=print):
+    """The adapter at ``path`` and the sampling settings its metadata records (:data:`SAMPLING_ENTRIES`).
+
+    An adapter file of this package must carry each entry (the trainer writes them all): a missing one
+    is an error naming the file and the entry, as is an invalid value (checked by ``load_adapter``). A
+    file without MCM metadata (the official PEFT releases) samples with the official settings, and the
+    log says so. diffusers' motion modules normalise over the frames, so an adapter recording
+    ``mcm.temporal_norm = "per_frame"`` (made for stock AnimateDiff-Evolved) is refused.
+    """
+    from mcm.weights import AdapterError, load_adapter, read_safetensors_metadata
+    from mcm.weights.io import PEFT_WEIGHTS
+
+    adapter = load_adapter(path)
+    source = Path(adapter.source)
+    header = source / PEFT_WEIGHTS if source.is_dir() else source
+    if adapter.metadata_source == "file":
+        recorded = read_safetensors_metadata(header)
+        missing = [f"mcm.{k}" for k in SAMPLING_ENTRIES if f"mcm.{k}" not in recorded]
+        if missing:
+            raise AdapterError(f"{header}: metadata entries {missing} missing; the MCM rows are sampled with "
+                               f"{['mcm.' + k for k in SAMPLING_ENTRIES]} as the adapter was trained")  # fmt: skip
+    else:
+        log(f"{header}: no MCM metadata; sampling with the official settings ({adapter.meta.summary()})")
+    if adapter.meta.temporal_norm != "frames":
+        raise AdapterError(f"{header}: mcm.temporal_norm = {adapter.meta.temporal_norm!r}; evaluate samples with diffusers' "
+                           "motion modules, which normalise over the frames ('frames')")  # fmt: skip
+    return adapter, {k: getattr(adapter.meta, k) for k in SAMPLING_ENTRIES}
+
+
 def load_generator(args):
-    """A :class:`training.toy_eval.ToySampler` over the teacher, with the adapter (if any) as the student."""
+    """A :class:`training.toy_eval.ToySampler` over the teacher, with the adapter (if any) as the student,
+    sampling with the adapter's settings (``--beta-schedule`` overrides its betas)."""
     import tempfile
 
     from mcm.schedule import NoiseSchedule
@@ -224,15 +258,13 @@ def load_generator(args):
     from training.toy_eval import ToySampler
 
     teacher = load_teacher(args.teacher, args.teacher_kind, args.motion_adapter, args.unet_checkpoint)
-    unet, beta = teacher.unet, args.beta_schedule
+    unet, settings = teacher.unet, {}
     if args.adapter:
         from peft import PeftModel
 
-        from mcm.weights import load_adapter
         from mcm.weights.io import export_peft
 
-        adapter = load_adapter(args.adapter)
-        beta = beta or adapter.meta.beta_schedule
+        adapter, settings = adapter_sampling(args.adapter)
         folder = export_peft(adapter, Path(tempfile.mkdtemp(prefix="mcm-eval-")) / "peft")
         unet = PeftModel.from_pretrained(teacher.unet, str(folder))
         for module in unet.modules():
@@ -246,8 +278,10 @@ def load_generator(args):
     def encode_text(captions):
         return teacher.text_encoder(teacher.tokenizer(captions).to(device))[0]
 
+    beta = args.beta_schedule or settings.pop("beta_schedule", None) or "scaled_linear"
+    settings.pop("beta_schedule", None)
     sampler = ToySampler(unet, teacher.vae, encode_text, teacher.scaling_factor, args.frames, args.resolution, teacher.vae_downsample,
-                         NoiseSchedule(beta or "scaled_linear"), args.guidance)  # fmt: skip
+                         NoiseSchedule(beta), args.guidance, **settings)  # fmt: skip
     return sampler
 
 
@@ -354,19 +388,22 @@ def main(argv=None) -> dict:
             raise ValueError(f"--videos {spec!r}: expected METHOD:STEPS=FOLDER, e.g. 'MCM:4=samples/mcm4'")
         videos, captions = read_videos(folder)
         rows_in.append((method, int(steps), videos, captions))
+    sampling = None  # the settings the rows were generated with (the adapter's metadata)
     scorer = Scorer(args)  # detectors first: a missing file fails before any sampling
     if args.teacher:
         if not args.prompts:
             raise ValueError("generating needs --prompts (a text file, one prompt per line)")
         prompts = read_prompts(args.prompts)
         sampler = load_generator(args)
+        sampling = {"beta_schedule": sampler.schedule.beta_schedule, "timestep_scaling": sampler.timestep_scaling,
+                    "prediction_type": sampler.prediction_type, "num_ddim_timesteps": sampler.num_ddim_timesteps}  # fmt: skip
         for kind, steps in parse_methods(args.methods):
             name = "MCM" if kind == "mcm" else f"teacher (DDIM, CFG {args.guidance:g})"
             rows_in.append((name, steps, generate(sampler, prompts, kind, steps, args.seed, args.batch), prompts))
     if not rows_in:
         raise ValueError("nothing to score: give --teacher (+ --prompts) to generate, or --videos METHOD:STEPS=FOLDER")
     rows = [{"method": m, "steps": n, **scorer(v, c)} for m, n, v, c in rows_in]
-    report = {"rows": rows, "settings": {k: v for k, v in vars(args).items()},
+    report = {"rows": rows, "settings": {k: v for k, v in vars(args).items()}, "sampling": sampling,
               "conventions": {"clipsim": f"{args.clipsim_scale:g} x mean cosine(frame, prompt), CLIP {args.clip}",
                               "fvd": f"I3D (StyleGAN-V TorchScript) logits, first {args.fvd_frames} frames, rescale+resize in the detector",
                               "fid": "Inception-v3 pool3 (NVlabs TorchScript), every generated frame vs --real-images"}}  # fmt: skip

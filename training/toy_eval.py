@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mcm.boundary import MCM_TIMESTEP_SCALING
 from mcm.metrics import frechet_distance_of
 from mcm.sampler import sample_consistency
-from mcm.schedule import NoiseSchedule, ddim_timesteps, lcm_timesteps
+from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
 from mcm.solver import ddim_solver_step
 
 from .data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
@@ -181,15 +182,19 @@ class ToySampler:
     """Teacher (DDIM + classifier-free guidance) and MCM samples from a teacher and a LoRA student.
 
     ``unet`` is a peft-wrapped video UNet whose adapter is the student; with the adapter disabled it is
-    the teacher (as in the trainer). A plain UNet samples the teacher only.
+    the teacher (as in the trainer). A plain UNet samples the teacher only. ``timestep_scaling``,
+    ``prediction_type`` and ``num_ddim_timesteps`` are the student's sampling settings (an adapter's
+    ``mcm.*`` metadata; the defaults are MCM's).
     """
 
     def __init__(self, unet, vae, encode_text, scaling_factor: float, frames: int, size: int, down: int = 2,
-                 schedule: NoiseSchedule | None = None, guidance: float = 4.0):  # fmt: skip
+                 schedule: NoiseSchedule | None = None, guidance: float = 4.0, *, timestep_scaling: float = MCM_TIMESTEP_SCALING,
+                 prediction_type: str = "epsilon", num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS):  # fmt: skip
         self.unet, self.vae, self.encode_text = unet, vae, encode_text
         self.scaling_factor, self.frames, self.size, self.down = scaling_factor, frames, size, down
         self.schedule = schedule or NoiseSchedule("scaled_linear")
         self.guidance = guidance
+        self.timestep_scaling, self.prediction_type, self.num_ddim_timesteps = timestep_scaling, prediction_type, num_ddim_timesteps
 
     def _noise(self, n: int, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -238,7 +243,8 @@ class ToySampler:
     def mcm(self, prompts: list[str], steps: int, seed: int) -> torch.Tensor:
         cond = self.encode_text(prompts)
         g = torch.Generator().manual_seed(seed + 1)
-        return sample_consistency(self._call, self._noise(len(prompts), seed), lcm_timesteps(steps), self.schedule, cond,
+        return sample_consistency(self._call, self._noise(len(prompts), seed), lcm_timesteps(steps, num_ddim_timesteps=self.num_ddim_timesteps),
+                                  self.schedule, cond, prediction_type=self.prediction_type, timestep_scaling=self.timestep_scaling,
                                   noise_sampler=lambda x: torch.randn(x.shape, generator=g))  # fmt: skip
 
 
