@@ -80,3 +80,41 @@ def test_results_name_repository_paths_relative_to_its_root(tmp_path, capsys):
     entry = out.read_text()
     assert "python bench/bench_x.py --teacher training/toy_teacher`" in entry and '"teacher": "training/toy_teacher (rank 8)"' in entry
     assert str(ROOT) not in entry and str(outside) in entry
+
+
+def test_live_bytes_hand_count():
+    import torch
+
+    from bench.bench_memory_scaling import LiveBytes
+
+    w = torch.randn(64, 32)  # existed before: not counted
+    tracker = LiveBytes()
+    with tracker:
+        a = torch.randn(256)  # 1 KiB
+        b = a + 1  # 1 KiB, peak 2 KiB
+        b.view(16, 16).add_(1)  # view and in-place: nothing new
+        del a, b  # both freed
+        c = torch.randn(8, 64) @ w  # 2 KiB input, then 1 KiB output: peak 3 KiB while both live
+        assert tracker.now == 1024
+    assert tracker.peak == 3 * 1024
+    del c
+    assert tracker.now == 0
+
+
+def test_memory_scaling(tmp_path, capsys):
+    from bench.bench_memory_scaling import main, predict
+
+    out = tmp_path / "RESULTS.md"
+    result = main(["--size", "tiny", "--points", "4x2,8x2,4x4,8x4", "--levers", "fp32,bf16+ckpt", "--rank", "4", "--target", "16x4",
+                   "--vae-points", "", "--results", str(out)])  # fmt: skip
+    assert {"ratio", "levers", "measured", "attention", "target"} <= set(result) and result["ratio"] > 0  # tiny: ratio ~5e-4, below the rounding
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["levers"].keys() == result["levers"].keys()
+    assert '{"ratio": ' in out.read_text()
+    for lever, summary in result["levers"].items():
+        rows = [r for r in result["measured"] if r["lever"] == lever]
+        coef4 = summary["four_term_fit"]["coef_bytes"]
+        for r in rows[:-1]:  # three points, three terms used: the fit goes through them
+            assert predict(coef4, r["latent"], r["frames"]) == pytest.approx(r["step_peak_bytes"], rel=1e-6)
+        assert summary["fit_max_rel_error"] < 0.3 and abs(summary["heldout_rel_error"]) < 0.3  # two terms, tiny sizes
+        assert summary["target_total_gib"] > summary["weights_gib"] > 0
+    assert result["levers"]["bf16+ckpt"]["target_step_gib"] < result["levers"]["fp32"]["target_step_gib"]
