@@ -7,7 +7,8 @@ Every row is a toy-default run of ``training/distill.py`` (a subprocess each, it
 ``--output-dir``) with one thing changed, evaluated on the toy metrics (``training/toy_eval.py``). The
 teacher rows come from the first run (the teacher is the same in all). Writes ``ablations.md`` (the
 table) and ``ablations.json`` next to the run folders; an existing table is never overwritten (a new
-output folder is made per invocation).
+output folder is made per invocation). Rerunning with the ``--output-dir`` of an interrupted invocation
+reuses its finished rows (those with a ``metrics.json``) and runs the rest.
 
 Ladder (Table 4): consistency distillation on the raw latents, real trajectories only, no
 discriminator → + the frame discriminator on clean images → + the motion loss through the learnable
@@ -51,10 +52,14 @@ def run_row(args, name: str, flags: list[str], index: int, with_teacher: bool) -
            "--eval-seeds", str(args.eval_seeds), "--eval-teacher-steps", "4,50" if with_teacher else "", *flags]  # fmt: skip
     if args.steps:
         cmd += ["--max-train-steps", str(args.steps)]
+    done = Path(args.output_dir) / run_name / "metrics.json"
+    if done.exists():  # a finished row of an interrupted invocation (same --output-dir): not run again
+        print(f"== {name}: reusing {done.parent}", flush=True)
+        return json.loads(done.read_text())
     print(f"== {name}\n   {' '.join(cmd[1:])}", flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    report = json.loads((Path(args.output_dir) / run_name / "metrics.json").read_text())
+    report = json.loads(done.read_text())
     report["wall_seconds"] = round(time.time() - start, 1)
     return report
 
