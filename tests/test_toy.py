@@ -83,6 +83,9 @@ def test_frame_quality_separates_clean_images_from_degraded_video(references):
     dirty = toy_eval.score_videos(*toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True), *references)
     assert clean["watermark"] < 0.05 < 0.2 < dirty["watermark"]
     assert clean["sharpness"] > dirty["sharpness"] + 0.2
+    # a shape leaving the frame (a few pixels left) must not make the sharpness or the FD explode
+    many = toy_eval.score_videos(*toy_eval.reference_clips(toy_eval.toy_prompts(), 4, 8, 32, degraded=False), *references)
+    assert many["sharpness"] < 1.2 and many["fd_clean"] < 0.2, many
     assert clean["grain"] < dirty["grain"] and clean["background"] < dirty["background"]
     assert clean["fd_clean"] < clean["fd_degraded"] and dirty["fd_degraded"] < dirty["fd_clean"]
 

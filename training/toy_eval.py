@@ -40,6 +40,7 @@ from mcm.solver import ddim_solver_step
 
 from .data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
 
+MIN_CONTRAST = 25.5  # 0-255 scale: the sharpness denominator's floor
 COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight constant-speed path
 SLOW_FAST_SPLIT = 1.5  # px/frame between "slowly" (1) and "quickly" (2), allowing for the crop's zoom
 SPEEDS = {"slowly": 1.0, "quickly": 2.0}
@@ -131,8 +132,12 @@ def frame_features(frames: np.ndarray) -> np.ndarray:
     s = saliency(frames)
     s[:, _bar_mask(size)] = 0
     grad = np.maximum(np.abs(np.diff(s, axis=1))[:, :, :-1], np.abs(np.diff(s, axis=2))[:, :-1, :])
-    contrast = np.percentile(s.reshape(n, -1), 99.5, axis=1)
-    sharpness = np.percentile(grad.reshape(n, -1), 99.5, axis=1) / np.maximum(contrast, 1.0)
+    flat = s.reshape(n, -1)
+    # the shape's contrast: the 99.5th percentile, or the 5th-largest value where the shape is a sliver at the
+    # border (under 0.5% of the pixels, where the percentile is the background's and the ratio would explode);
+    # a floor of 10% of the range for frames without a shape
+    contrast = np.maximum(np.percentile(flat, 99.5, axis=1), np.sort(flat, axis=1)[:, -5])
+    sharpness = np.percentile(grad.reshape(n, -1), 99.5, axis=1) / np.maximum(contrast, MIN_CONTRAST)
     lap = 4 * luma[:, 1:-1, 1:-1] - luma[:, :-2, 1:-1] - luma[:, 2:, 1:-1] - luma[:, 1:-1, :-2] - luma[:, 1:-1, 2:]
     grain = np.median(np.abs(lap).reshape(n, -1), axis=1) / 255.0  # flat regions dominate the median
     return np.stack([watermark, sharpness, median / 255.0, grain], axis=1)
