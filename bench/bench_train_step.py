@@ -66,7 +66,7 @@ def build(args):
     params = [p for p in student.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5)
     disc_args = SimpleNamespace(disc_layers="2,5,8,11", disc_backbone="tiny", lr_scheduler="constant", lr_warmup_steps=0, disc_gp=1e-5,
-                                disc_frames=args.disc_frames, disc_loss="wgan", disc_weight=1.0, disc_r1=0.0)  # fmt: skip
+                                disc_frames=args.disc_frames, disc_loss="wgan", disc_weight=1.0, disc_r1=0.0, disc_augment=True)  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     adversary = Adversary(disc_args, teacher, device, SimpleNamespace(num_processes=1), 1e-4, 1000, generator)
     g = torch.Generator().manual_seed(1)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -256,6 +257,23 @@ def test_dry_run_reports_time_per_part_and_peak_memory(tmp_path, toy_data):
     assert {"data", "encode", "student one-step sample", "distillation step (student, teacher x2, target)", "backward",
             "optimizer", "adversarial: decode frames, discriminator (generator side)", "discriminator step"} <= parts  # fmt: skip
     assert report["peak_memory_gib"] > 0 and not (run / "checkpoint-1").exists()
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_disc_augment_switches_the_augmentation_of_both_sides(tmp_path, toy_data, monkeypatch, augment):
+    import mcm.discriminator
+    from training.adversarial import Adversary
+
+    calls = []
+    original = mcm.discriminator.diff_augment
+    monkeypatch.setattr(mcm.discriminator, "diff_augment", lambda x, g=None: calls.append(len(x)) or original(x, g))
+    args = args_for(tmp_path, toy_data, "--disc-augment" if augment else "--no-disc-augment")
+    adv = Adversary(args, tiny_teacher("animatediff"), torch.device("cpu"), SimpleNamespace(num_processes=1), 1e-3, 10,
+                    torch.Generator().manual_seed(0))  # fmt: skip
+    c = adv.text(["a red square", "a blue circle"], "cpu")
+    _, fake, c_fake = adv.generator_term(torch.randn(2, 4, 4, 8, 8), c)
+    adv.discriminator_step(torch.rand(4, 3, 16, 16) * 2 - 1, c_fake, fake, c_fake, 0)
+    assert calls == ([4, 4, 4] if augment else [])  # generator side, then real and fake in the discriminator step
 
 
 def test_adversarial_gradient_reaches_only_the_decoded_frames_and_the_backbone_stays_frozen(tmp_path, toy_data):

@@ -77,7 +77,7 @@ class Adversary:
         c = c_video.repeat_interleave(len(index), dim=0)
         self.disc.heads.requires_grad_(False)  # the generator's loss must not train the discriminator
         try:
-            logits = self.disc(fake, c, self.generator)
+            logits = self.disc(fake, c, self.generator, augment=self.args.disc_augment)
         finally:
             self.disc.heads.requires_grad_(True)
         loss = generator_loss(logits, self.args.disc_loss)
@@ -94,8 +94,8 @@ class Adversary:
     def discriminator_step(self, real: torch.Tensor, c_real: torch.Tensor, fake: torch.Tensor, c_fake: torch.Tensor, step: int):
         args, disc = self.args, self.disc
         self.optimizer.zero_grad(set_to_none=True)
-        real_px = disc.preprocess(real, self.generator)
-        fake_px = disc.preprocess(fake.detach(), self.generator)
+        real_px = disc.preprocess(real, self.generator, args.disc_augment)
+        fake_px = disc.preprocess(fake.detach(), self.generator, args.disc_augment)
         with torch.no_grad():  # the backbone is frozen; only the heads need a graph
             real_feats = disc.backbone.features(real_px)
             fake_feats = disc.backbone.features(fake_px)
