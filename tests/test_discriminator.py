@@ -172,3 +172,33 @@ def test_the_discriminator_learns_to_tell_clean_frames_from_degraded_ones():
         loss.backward()
         opt.step()
     assert before <= 0.6 and auc() >= 0.9, before
+
+
+def test_the_toy_run_discriminator_separates_32px_toy_frames_without_augmentation():
+    """The toy default's discriminator (``--disc-backbone tiny``) on 32-px frames, batches of 4, lr 2e-3: without
+    augmentation it tells clean from degraded frames within 50 steps (with the official augmentation, which moves
+    and cuts out the watermark bar at this size, a probe reached only AUC 0.86 after 200)."""
+    from training.adversarial import build_backbone
+    from training.data import toy_clip
+
+    torch.manual_seed(0)
+    disc = FrameDiscriminator(build_backbone("tiny", (2, 5, 8, 11)), 32)
+    opt = torch.optim.AdamW(list(disc.trainable_parameters()), lr=2e-3, betas=(0.9, 0.999), weight_decay=0.0)
+
+    def batch(seed, degraded, n=4):
+        frames = [toy_clip(seed * 8 + i, frames=1, size=32, degraded=degraded)[0][0] for i in range(n)]
+        return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def auc():
+        with torch.no_grad():
+            logits = disc(torch.cat([batch(10**6, False, 8), batch(10**6, True, 8)]), torch.zeros(16, 32), augment=False).mean(1)
+        return (logits[:8, None] > logits[None, 8:]).float().mean().item()
+
+    before = auc()
+    c = torch.zeros(4, 32)
+    for step in range(50):
+        loss = discriminator_loss(disc(batch(step, False), c, augment=False), disc(batch(step, True), c, augment=False), "wgan")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before < 0.8 and auc() >= 0.95, before
