@@ -99,14 +99,14 @@ def motion_of(frames: np.ndarray, caption: str) -> dict:
     centroids, mass = track(frames)
     visible = bool((mass > 50.0).all())  # at least a few clearly salient pixels in every frame
     f = np.arange(len(frames), dtype=np.float64)
-    fits = [np.polyfit(f, centroids[:, k], 1) for k in range(2)] if visible else None
-    velocity = np.array([fit[0] for fit in fits]) if visible else np.zeros(2)
-    measured = float(np.linalg.norm(velocity))
-    if visible:  # RMS distance of the track from its fitted line (a constant-velocity path)
+    if visible:  # a line per axis; the residual is the track's RMS distance from it (a constant-velocity path)
+        fits = [np.polyfit(f, centroids[:, k], 1) for k in range(2)]
+        velocity = np.array([fit[0] for fit in fits])
         line = np.stack([np.polyval(fit, f) for fit in fits], axis=1)
         residual = float(np.sqrt(((centroids - line) ** 2).sum(axis=1).mean()))
     else:
-        residual = len(frames[0]) / 4
+        velocity, residual = np.zeros(2), len(frames[0]) / 4
+    measured = float(np.linalg.norm(velocity))
     cosine = float(velocity @ direction / measured) if measured > 1e-9 else 0.0
     direction_ok = visible and measured > 0.3 and cosine > math.cos(math.pi / 4)
     speed_ok = visible and ((measured < SLOW_FAST_SPLIT) == (speed < SLOW_FAST_SPLIT))
