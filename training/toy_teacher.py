@@ -36,6 +36,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +216,12 @@ def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_ev
     return 1.0 / std
 
 
+def encode_captions(text, tokenizer, captions: list[str]) -> torch.Tensor:
+    """Per-token CLIP embeddings ``[b, 77, d]`` of ``captions`` (the UNet's conditioning)."""
+    ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    return text(ids).last_hidden_state
+
+
 def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
     """``[b, 3, f, h, w]`` pixels → ``[b, 4, f, h/2, w/2]`` scaled latents (posterior mean)."""
     b, _, f = video.shape[:3]
@@ -242,8 +249,7 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
         captions = ["" if rng.random() < args.uncond_prob else c for c in captions]
         with torch.no_grad():
             z0 = encode_video(vae, video)
-        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        cond = text(ids).last_hidden_state
+        cond = encode_captions(text, tokenizer, captions)
         t = torch.randint(args.t_min, 1000, (z0.shape[0],))
         noise = torch.randn_like(z0)
         a = abar[t].view(-1, 1, 1, 1, 1)
@@ -317,8 +323,7 @@ def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), cl
         zt = abar[t].sqrt() * z0 + (1 - abar[t]).sqrt() * noise
         errors = {}
         for name, caps in variants.items():
-            ids = tokenizer(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-            cond = text(ids).last_hidden_state.repeat_interleave(z0.shape[2], 0)
+            cond = encode_captions(text, tokenizer, caps).repeat_interleave(z0.shape[2], 0)
             eps = unet(zt, torch.full((len(caps),), t), encoder_hidden_states=cond).sample
             errors[name] = ((eps - noise) ** 2).mean().item()
         out[t] = {k: round(v / errors["true"], 4) for k, v in errors.items() if k != "true"}
@@ -336,16 +341,11 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
     for m in (unet, vae, text):
         m.eval()
 
-    @torch.no_grad()
-    def encode(captions):
-        ids = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-        return text(ids).last_hidden_state
-
     use = text_use(unet, text, vae, tokenizer)
     print("ε error with one caption word swapped / with the true caption (1.0: the word is ignored), per timestep:")
     for t, ratios in use.items():
         print(f"  t={t}: {ratios}")
-    sampler = ToySampler(unet, vae, encode, vae.config.scaling_factor, 8, 32, guidance=guidance)
+    sampler = ToySampler(unet, vae, partial(encode_captions, text, tokenizer), vae.config.scaling_factor, 8, 32, guidance=guidance)
     report = evaluate(sampler, None, seeds=2, teacher_steps=steps, seed=1000 + seed)
     report["text_use"] = use
     print(json.dumps({k: report["metrics"][k] for k in report["metrics"]}, indent=1))
