@@ -378,10 +378,14 @@ def main(argv=None):
     p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
     p.add_argument("--evaluate", default=None, metavar="FOLDER",
                    help="score a saved toy teacher (which caption words it uses; motion and frame quality of its DDIM + CFG samples) and exit")
-    p.add_argument("--eval-guidance", type=float, default=11.0, help="CFG scale of --evaluate (the default run's: 1 + mean w)")
+    p.add_argument("--eval-guidance", type=float, default=None, help="CFG scale of --evaluate (default: the default run's, 1 + mean w)")
     p.add_argument("--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated (empty: none)")
     args = p.parse_args(argv)
     if args.evaluate:
+        if args.eval_guidance is None:
+            from training.distill import TOY_DEFAULTS
+
+            args.eval_guidance = 1.0 + (TOY_DEFAULTS["w_min"] + TOY_DEFAULTS["w_max"]) / 2
         return evaluate_teacher(Path(args.evaluate), args.eval_guidance, [int(n) for n in args.eval_steps.split(",") if n.strip()], args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
