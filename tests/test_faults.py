@@ -190,6 +190,18 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_training_goes_on_or_sto
     assert load_adapter(stopped / "checkpoint-1" / "adapter.safetensors").meta.training["step"] == 1
 
 
+def test_a_full_disk_in_torch_save_is_a_checkpoint_error_and_leaves_nothing(tmp_path, monkeypatch):
+    from training.checkpoints import write_checkpoint
+
+    def save(obj, f, *a, **k):  # what torch.save raises on a full disk (its C++ writer), not an OSError
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError, match="could not write checkpoint-3 .*file write failed"):
+        write_checkpoint(tmp_path / "checkpoint-3", lambda tmp: torch.save({}, tmp / "optimizer.pt"), {"global_step": 3}, [])
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- bad data ----------------------------------------------------------------------------------------
 
 

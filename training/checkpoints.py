@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from mcm.weights.io import atomic_dir
 
@@ -106,7 +107,7 @@ def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -
             write_parts(tmp)
             torch.save(rng_states, tmp / "rng_state.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-    except OSError as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:  # a full disk: OSError from Python, RuntimeError from torch.save
         raise CheckpointError(f"could not write {folder.name} ({exc})") from exc
 
 
