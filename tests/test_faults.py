@@ -85,6 +85,17 @@ def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_lo
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
 
 
+def test_resume_drops_the_rows_after_the_checkpoint_and_a_row_cut_short(tmp_path):
+    from training.checkpoints import truncate_metrics
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,loss\n9,0.5\n10,0.4\n11,0.3\n12,0.2\n1")  # killed while writing step 13's row
+    truncate_metrics(path, 10)
+    assert path.read_text() == "step,loss\n9,0.5\n10,0.4\n"
+    truncate_metrics(path, 9)
+    assert path.read_text() == "step,loss\n9,0.5\n"
+
+
 # --- several processes -------------------------------------------------------------------------------
 
 

@@ -128,11 +128,12 @@ def check_layout(state: dict, folder: Path, num_processes: int, batch_size: int,
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the rows logged after ``step`` (a run killed after its last checkpoint logged them)."""
+    """Drop the rows logged after ``step`` (a run killed after its last checkpoint logged them) and a
+    row cut short by the kill (no line end: the resumed run's first row would be glued to it)."""
     if not path.exists():
         return
     rows = path.read_text().splitlines(keepends=True)
-    kept = rows[:1] + [r for r in rows[1:] if r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step]
+    kept = rows[:1] + [r for r in rows[1:] if r.endswith("\n") and r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step]
     if kept != rows:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(kept))
