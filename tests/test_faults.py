@@ -85,6 +85,29 @@ def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_lo
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
 
 
+def test_a_checkpoint_is_flushed_to_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    from training.checkpoints import write_checkpoint
+
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    def parts(tmp):
+        (tmp / "peft").mkdir()
+        (tmp / "peft" / "adapter_model.safetensors").write_bytes(b"x")
+        torch.save({}, tmp / "optimizer.pt")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    final = tmp_path / "checkpoint-5"
+    write_checkpoint(final, parts, {"global_step": 5}, [])
+    tmp = next(p for p in synced if p.name.startswith(".checkpoint-5."))  # the temporary folder, before the rename
+    before_rename = {p.relative_to(tmp).as_posix() for p in synced if p.is_relative_to(tmp)}
+    assert {"trainer_state.json", "rng_state.pt", "optimizer.pt", "peft/adapter_model.safetensors"} <= before_rename
+    assert (final / "trainer_state.json").exists()
+
+
 def test_resume_drops_the_rows_after_the_checkpoint_and_a_row_cut_short(tmp_path):
     from training.checkpoints import truncate_metrics
 

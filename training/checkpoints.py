@@ -14,6 +14,7 @@ full, …) removes the temporary folder and leaves every earlier checkpoint as i
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -98,15 +99,35 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():  # folders cannot be opened on every system; their files are what matters
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -> None:
-    """Build ``folder`` atomically: ``write_parts(tmp)`` writes the model files, then the trainer state
-    and the RNG states of every process. Raises :class:`CheckpointError` and leaves nothing behind on
-    failure."""
+    """Build ``folder`` atomically: ``write_parts(tmp)`` writes the model files, then the RNG states of
+    every process and the trainer state; everything is flushed to the disk before the rename, so a
+    crash of the machine cannot leave a ``checkpoint-N`` whose ``trainer_state.json`` is there but
+    whose files are not. Raises :class:`CheckpointError` and leaves nothing behind on failure."""
     try:
         with atomic_dir(folder) as tmp:
             write_parts(tmp)
             torch.save(rng_states, tmp / "rng_state.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+            for path in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [tmp]:
+                _fsync(path)
+        try:
+            _fsync(folder.parent)  # the rename itself; the checkpoint is complete whatever this says
+        except OSError:
+            pass
     except (OSError, RuntimeError, SafetensorError) as exc:  # a full disk: OSError from Python, RuntimeError from torch.save
         raise CheckpointError(f"could not write {folder.name} ({exc})") from exc
 
