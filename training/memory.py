@@ -40,13 +40,20 @@ def _cpu_rss_peak_reset() -> bool:
 
 
 def cpu_rss_peak() -> int:
-    """Peak resident set of this process in bytes (since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    """Peak resident set of this process in bytes (since the last reset; without ``/proc``, e.g. on
+    macOS, since the process started)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     import resource
+    import sys
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux and the BSDs
 
 
 def peak_memory() -> int:
