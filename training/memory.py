@@ -68,10 +68,14 @@ def reset_peak() -> None:
 
 
 class PartTimer:
-    """``with timer("part"):`` adds the part's seconds and raises its peak memory (when enabled)."""
+    """``with timer("part"):`` adds the part's seconds and raises its peak memory (when enabled).
+
+    Parts may nest: a nested part's seconds and peak count in the enclosing part too (the nested part
+    resets the peak counter, so the enclosing part's peak so far is kept aside until it ends)."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.seconds, self.peak_bytes = enabled, {}, {}
+        self.enabled, self.seconds, self.peak_bytes, self.overall = enabled, {}, {}, 0
+        self._open: list[int] = []  # per enclosing part still running: its peak before the latest reset
 
     @contextmanager
     def __call__(self, name):
@@ -81,6 +85,9 @@ class PartTimer:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         outer = peak_memory()
+        if self._open:
+            self._open[-1] = max(self._open[-1], outer)
+        self._open.append(0)
         reset_peak()
         start = time.perf_counter()
         try:
@@ -89,9 +96,11 @@ class PartTimer:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
-            here = peak_memory()
+            here = max(peak_memory(), self._open.pop())
             self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), here)
-            self.overall = max(getattr(self, "overall", 0), outer, here)
+            if self._open:
+                self._open[-1] = max(self._open[-1], here)
+            self.overall = max(self.overall, outer, here)
 
 
 @contextmanager
