@@ -108,6 +108,20 @@ def test_a_checkpoint_is_flushed_to_the_disk_before_it_is_renamed_into_place(tmp
     assert (final / "trainer_state.json").exists()
 
 
+def test_prune_unmarks_a_checkpoint_it_cannot_remove_and_says_so(tmp_path, monkeypatch):
+    from training import checkpoints
+
+    for step in (1, 2, 3):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        (tmp_path / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"x")
+    monkeypatch.setattr(checkpoints.shutil, "rmtree", lambda path, ignore_errors=False: None)  # e.g. a permission error, ignored
+    logged = []
+    checkpoints.prune(tmp_path, 2, logged.append)
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
+    assert logged == ["warning: could not remove all of checkpoint-1 (--checkpoints-total-limit 2); remove it by hand"]
+
+
 def test_resume_drops_the_rows_after_the_checkpoint_and_a_row_cut_short(tmp_path):
     from training.checkpoints import truncate_metrics
 

@@ -82,8 +82,12 @@ def prune(run_dir: Path, keep: int | None, log) -> None:
     if not keep:
         return
     for old in checkpoints(run_dir)[:-keep]:
+        (old / "trainer_state.json").unlink(missing_ok=True)  # first: a half-removed folder is not listed as a checkpoint
         shutil.rmtree(old, ignore_errors=True)
-        log(f"removed {old.name} (--checkpoints-total-limit {keep})")
+        if old.exists():
+            log(f"warning: could not remove all of {old.name} (--checkpoints-total-limit {keep}); remove it by hand")
+        else:
+            log(f"removed {old.name} (--checkpoints-total-limit {keep})")
 
 
 def rng_state() -> dict:
