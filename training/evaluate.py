@@ -3,7 +3,7 @@
     python training/evaluate.py --teacher PATH [--motion-adapter PATH] [--adapter ADAPTER] --prompts prompts.txt \
         --methods teacher:50,mcm:1,mcm:2,mcm:4,mcm:8 --i3d i3d_torchscript.pt --real-videos webvid_val/ \
         --inception inception-2015-12-05.pt --real-images laion_aes/ --clip openai/clip-vit-base-patch16 --out eval/
-    python training/evaluate.py --videos "MCM 4-step=samples/" --prompts prompts.txt ...   # score videos made elsewhere
+    python training/evaluate.py --videos "MCM:4=samples/" ...   # score videos made elsewhere (METHOD:STEPS=FOLDER)
 
 Rows are methods with their step counts; columns per step count FVD ↓, FID ↓, CLIPSIM ↑ (a metric whose
 inputs are not given is left out). ``results.json`` holds every number and the settings; ``results.md`` the
