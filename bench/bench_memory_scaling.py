@@ -1,7 +1,7 @@
 """Benchmark: peak memory of one training step of the real AnimateDiff configuration at 512²×16, from a
 measured model of how it scales with resolution and frames.
 
-    OMP_NUM_THREADS=1 python bench/bench_memory_scaling.py [--size real] [--latents 8,12,16] [--frames 4,8,16]
+    OMP_NUM_THREADS=1 python bench/bench_memory_scaling.py [--size real] [--points 8x4,8x8,12x4,8x16,16x4,16x8]
         [--levers fp32,bf16,bf16+ckpt] [--target 64x16]
 
 No GPU is needed. One training step (as ``training/distill.py`` runs it on real-video trajectories: the LoRA
