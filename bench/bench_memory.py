@@ -39,11 +39,12 @@ LEVERS = {
 
 def dry_run(extra: list[str], args, out: Path) -> dict:
     name = f"r{abs(hash(tuple(extra))) % 10**8}"
+    # fp32 unless the lever says otherwise (its flag comes later and wins): distill.py's default on a GPU is fp16
     cmd = [sys.executable, str(ROOT / "training" / "distill.py"), "--teacher", args.teacher, "--data", args.data,
            "--output-dir", str(out), "--run-name", name, "--resolution", str(args.resolution), "--num-frames", str(args.frames),
            "--frame-interval", "1", "--num-workers", "0", "--train-batch-size", "1", "--gradient-accumulation-steps", "1",
            "--lambda-real", "0", "--disc-backbone", "tiny", "--lora-rank", str(args.rank), "--lora-alpha", str(args.rank),
-           "--dry-run", *extra]  # fmt: skip
+           "--dry-run", "--mixed-precision", "no", *extra]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -62,11 +63,16 @@ def main(argv=None) -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, extra in LEVERS.items():
-            if not on_gpu and ("--offload-frozen" in extra or "--use-8bit-adam" in extra):
-                results[label] = {"skipped": "CPU only: nothing to offload to / bitsandbytes 8-bit Adam needs a GPU"}
+            if not on_gpu and "--offload-frozen" in extra:
+                results[label] = {"skipped": "CPU only: nothing to offload to"}
+                continue
+            if not on_gpu and "--use-8bit-adam" in extra:
+                results[label] = {"skipped": "CPU only: bitsandbytes 8-bit Adam needs a GPU"}
                 continue
             results[label] = dry_run(extra, args, Path(tmp))
     base = results["baseline (fp32, all levers off)"]
+    if "peak_memory_gib" not in base:
+        raise SystemExit(f"the baseline dry run failed: {base.get('error')}")
     step_parts = ("distillation step (student, teacher x2, target)", "backward")
     for label, r in results.items():
         if "peak_memory_gib" not in r:

@@ -118,3 +118,27 @@ def test_memory_scaling(tmp_path, capsys):
         assert summary["fit_max_rel_error"] < 0.3 and abs(summary["heldout_rel_error"]) < 0.3  # two terms, tiny sizes
         assert summary["target_total_gib"] > summary["weights_gib"] > 0
     assert result["levers"]["bf16+ckpt"]["target_step_gib"] < result["levers"]["fp32"]["target_step_gib"]
+
+
+def test_memory_levers_run_fp32_unless_the_lever_says_otherwise_and_a_failed_baseline_is_named(monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from bench import bench_memory
+
+    commands, real = [], subprocess.run
+
+    def run(cmd, **kwargs):
+        if not any(str(c).endswith("distill.py") for c in cmd):
+            return real(cmd, **kwargs)
+        commands.append(cmd)
+        return SimpleNamespace(returncode=1, stderr="ValueError: boom\n")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    with pytest.raises(SystemExit, match="baseline dry run failed: ValueError: boom"):
+        bench_memory.main([])
+    assert commands
+    for cmd in commands:  # distill.py defaults to fp16 on a GPU: the baseline must ask for fp32
+        flags = cmd[cmd.index("--dry-run") + 1 :]
+        precision = [flags[i + 1] for i, f in enumerate(flags) if f == "--mixed-precision"][-1]
+        assert precision == ("bf16" if "bf16" in flags else "no")
