@@ -27,6 +27,7 @@ __all__ = [
     "FrameDiscriminator",
     "LOSSES",
     "diff_augment",
+    "discriminator_accuracy",
     "discriminator_loss",
     "feature_gradient_penalty",
     "generator_loss",
@@ -216,6 +217,15 @@ def discriminator_loss(real: torch.Tensor, fake: torch.Tensor, kind: str = "wgan
     if kind == "bce":
         return F.softplus(-real).mean() + F.softplus(fake).mean()
     raise ValueError(f"unknown adversarial loss {kind!r}; expected one of {LOSSES}")
+
+
+def discriminator_accuracy(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Share of images the discriminator gets right at threshold 0 (each image's logit is the mean over
+    its tokens), real and fake weighted equally: 0.5 is chance. Every loss of :data:`LOSSES` pushes real
+    logits above 0 and fake logits below."""
+    right_real = (real.flatten(1).mean(1) > 0).float().mean()
+    right_fake = (fake.flatten(1).mean(1) < 0).float().mean()
+    return float((right_real + right_fake) / 2)
 
 
 def generator_loss(fake: torch.Tensor, kind: str = "wgan") -> torch.Tensor:

@@ -12,6 +12,7 @@ from mcm.discriminator import (
     Dinov2Features,
     FrameDiscriminator,
     diff_augment,
+    discriminator_accuracy,
     discriminator_loss,
     feature_gradient_penalty,
     generator_loss,
@@ -70,6 +71,21 @@ def test_losses_follow_their_definitions(kind):
     assert generator_loss(fake, kind).item() == pytest.approx(expected_g, rel=1e-6)
     with pytest.raises(ValueError, match="unknown adversarial loss 'lsgan'"):
         generator_loss(fake, "lsgan")
+
+
+def test_accuracy_counts_images_by_their_mean_logit(tmp_path):
+    real = torch.tensor([[2.0, -1.0], [-3.0, 1.0], [0.5, 0.5]])  # image means 0.5, -1, 0.5: two of three right
+    fake = torch.tensor([[-1.0, -1.0], [4.0, -1.0]])  # means -1, 1.5: one of two right
+    assert discriminator_accuracy(real, fake) == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+    from training.adversarial import adversarial_summary
+
+    rows = ["step,loss,d_accuracy,real_logit,fake_logit"] + [f"{i},0.1,{1.0 if i > 3 else 0.5},{i},-{i}" for i in range(1, 7)]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    summary = adversarial_summary(tmp_path / "metrics.csv", window=2)
+    assert summary["logged_steps"] == 6
+    assert summary["d_accuracy_first_2"] == 0.5 and summary["d_accuracy_last_2"] == 1.0
+    assert summary["real_logit_last_2"] == 5.5 and summary["fake_logit_first_2"] == -1.5
 
 
 def test_feature_penalty_gradient_matches_finite_differences():

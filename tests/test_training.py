@@ -292,7 +292,7 @@ def test_adversarial_gradient_reaches_only_the_decoded_frames_and_the_backbone_s
     real = adv.real_from_video(torch.rand(2, 3, 4, 16, 16) * 2 - 1)
     adv.accelerator = type("OneProcess", (), {"num_processes": 1})()
     adv.discriminator_step(real, c, fake, c, step=1)
-    assert set(adv.last) >= {"g_loss", "d_loss", "real_logit", "fake_logit", "gp", "gp_weight"}
+    assert set(adv.last) >= {"g_loss", "d_loss", "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight"}
     assert all(torch.equal(v, backbone[k]) for k, v in adv.disc.backbone.state_dict().items())
 
 

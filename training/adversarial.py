@@ -9,12 +9,16 @@ right after the generator, on the same micro-batch.
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import torch
 
 from mcm.discriminator import (
     AdaptivePenaltyWeight,
     Dinov2Features,
     FrameDiscriminator,
+    discriminator_accuracy,
     discriminator_loss,
     feature_gradient_penalty,
     generator_loss,
@@ -118,6 +122,7 @@ class Adversary:
         gp = float(gp.detach())
         weight = self.penalty.update(gp, step)
         self.last.update({"d_loss": loss.item(), "real_logit": real_logits.mean().item(), "fake_logit": fake_logits.mean().item(),
+                          "d_accuracy": discriminator_accuracy(real_logits.detach(), fake_logits.detach()),
                           "gp": gp, "gp_weight": weight})  # fmt: skip
 
     # checkpoints
@@ -130,3 +135,18 @@ class Adversary:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.penalty.load_state_dict(state["penalty"])
+
+
+def adversarial_summary(metrics_csv: Path, window: int = 50) -> dict:
+    """Mean discriminator accuracy and logits over the first and the last ``window`` logged steps of a
+    run's ``metrics.csv`` (resumed runs included): does the discriminator tell real from fake, and does
+    that change as the student learns?"""
+    with open(metrics_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("d_accuracy")]
+    if not rows:
+        return {}
+    out = {"logged_steps": len(rows)}
+    for name, part in (("first", rows[:window]), ("last", rows[-window:])):
+        for key in ("d_accuracy", "real_logit", "fake_logit"):
+            out[f"{key}_{name}_{window}"] = round(sum(float(r[key]) for r in part) / len(part), 4)
+    return out

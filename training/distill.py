@@ -459,7 +459,7 @@ def train(args, teacher=None) -> Path:
     writer = csv.writer(metrics_file) if metrics_file else None
     if writer and metrics_path.stat().st_size == 0:
         writer.writerow(["step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", "g_loss", "d_loss",
-                         "real_logit", "fake_logit", "gp", "gp_weight"])  # fmt: skip
+                         "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight"])  # fmt: skip
     tb = None
     if accelerator.is_main_process:
         try:
@@ -586,7 +586,7 @@ def train(args, teacher=None) -> Path:
                 last = adversary.last if adversary is not None else {}
                 writer.writerow([global_step, f"{mean_loss:.6g}", f"{scheduler.get_last_lr()[0]:.6g}", gen_frac, skipped_total,
                                  round(time.time() - start_time, 2)]
-                                + [f"{last[k]:.6g}" if k in last else "" for k in ("g_loss", "d_loss", "real_logit", "fake_logit", "gp", "gp_weight")])  # fmt: skip
+                                + [f"{last[k]:.6g}" if k in last else "" for k in ("g_loss", "d_loss", "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight")])  # fmt: skip
                 metrics_file.flush()
             if tb:
                 tb.add_scalar("loss/consistency", mean_loss, global_step)
@@ -638,6 +638,10 @@ def train(args, teacher=None) -> Path:
         summary = {"steps": global_step, "skipped_samples": sum(reasons.values()), "skipped_by_reason": reasons,
                    "seconds": round(time.time() - start_time, 1), "num_processes": world, "processes_in_sync": in_sync,
                    "adapter": str(adapter_path), "peft": str(final / "peft")}  # fmt: skip
+        if adversary is not None:
+            from training.adversarial import adversarial_summary
+
+            summary["discriminator"] = adversarial_summary(metrics_path)
         if reasons:
             log(f"skipped samples by reason: {json.dumps(reasons)}")
         if args.toy_eval:
