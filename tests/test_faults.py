@@ -133,6 +133,26 @@ def test_resume_drops_the_rows_after_the_checkpoint_and_a_row_cut_short(tmp_path
     assert path.read_text() == "step,loss\n9,0.5\n"
 
 
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
+    from training import checkpoints
+
+    def make(step):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+
+    for step in (1, 2, 3):
+        make(step)
+    assert checkpoints.set_aside_newer(tmp_path / "checkpoint-3", print) is None  # the newest: nothing to move
+    logged = []
+    aside = checkpoints.set_aside_newer(tmp_path / "checkpoint-1", logged.append)
+    assert aside.name == "abandoned-after-1" and sorted(p.name for p in aside.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["checkpoint-1"]
+    assert logged == ["resuming from checkpoint-1: moved the newer checkpoint-2, checkpoint-3 to abandoned-after-1/"]
+    make(2)  # the resumed run writes its own checkpoint-2; a second resume from checkpoint-1 keeps both continuations
+    assert checkpoints.set_aside_newer(tmp_path / "checkpoint-1", print).name == "abandoned-after-1-2"
+    assert (tmp_path / "abandoned-after-1" / "checkpoint-2").exists()
+
+
 # --- several processes -------------------------------------------------------------------------------
 
 

@@ -50,6 +50,26 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=step_of)
 
 
+def set_aside_newer(checkpoint: Path, log) -> Path | None:
+    """Resuming from an older checkpoint of a run abandons the run's newer checkpoints: move them (by
+    rename, nothing is deleted) into ``abandoned-after-<step>/``, so that the resumed run writes its own
+    ``checkpoint-N`` and ``--resume latest`` cannot pick up the abandoned continuation."""
+    step = step_of(checkpoint)
+    newer = [p for p in checkpoints(checkpoint.parent) if step_of(p) > step]
+    if not newer:
+        return None
+    base = checkpoint.parent / f"abandoned-after-{step}"
+    aside, n = base, 1
+    while aside.exists():
+        n += 1
+        aside = base.with_name(f"{base.name}-{n}")
+    aside.mkdir()
+    for p in newer:
+        p.rename(aside / p.name)
+    log(f"resuming from {checkpoint.name}: moved the newer {', '.join(p.name for p in newer)} to {aside.name}/")
+    return aside
+
+
 def latest_checkpoint(path: Path) -> Path:
     """``path`` itself when it is a checkpoint, else the run's newest complete checkpoint."""
     if (path / "trainer_state.json").exists():

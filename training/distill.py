@@ -315,7 +315,8 @@ def train(args, teacher=None) -> Path:
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_rng_state, slot_generator, truncate_metrics
+    from training.checkpoints import (CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state,
+                                      slot_generator, truncate_metrics)
     from training.data import Batches, VideoClips, write_toy_shards
     from training.memory import PartTimer, frozen_dtype, visiting
     from training.models import VideoUNet, call_unet, load_teacher, make_student
@@ -359,6 +360,8 @@ def train(args, teacher=None) -> Path:
     # the run folder, once the inputs are known to be usable
     if resume_from is not None:
         run_dir = resume_from.parent
+        if accelerator.is_main_process:
+            set_aside_newer(resume_from, log)
     else:
         run_dir = new_run_dir(args.output_dir, args.run_name) if accelerator.is_main_process else None
         run_dir = Path(gather_object([str(run_dir) if run_dir else ""])[0]) if world > 1 else run_dir
