@@ -51,6 +51,7 @@ def test_official_defaults_and_toy_defaults():
     assert toy.teacher == str(distill.TOY_TEACHER) and toy.data == "toy" and toy.toy_eval and toy.disc_real == "images"
     assert toy.max_train_steps == distill.TOY_DEFAULTS["max_train_steps"] and not official.toy_eval
     assert distill.parse_args(["--max-train-steps", "3"]).max_train_steps == 3
+    assert official.disc_augment and not toy.disc_augment and distill.parse_args(["--disc-augment"]).disc_augment
 
 
 def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
