@@ -166,8 +166,10 @@ def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
 
     metrics = {f"MCM {n}-step": {"correct": n / 4, "coherent": 0.75, "velocity_error": 0.5, "watermark": 0.1, "sharpness": 0.8, "grain": 0.0,
                                  "fd_clean": 0.2} for n in (1, 2, 4)}  # fmt: skip
-    text = table("ladder", [("full", mcm_rows(metrics, [1, 2, 4])), ("teacher", {4: metrics["MCM 4-step"]})], [1, 2, 4])
+    report = {"metrics": metrics, "d_accuracy": 0.625}
+    text = table("ladder", [("full", mcm_rows(report, [1, 2, 4])), ("teacher", {4: metrics["MCM 4-step"]})], [1, 2, 4])
     lines = text.splitlines()
     assert lines[0] == "### ladder" and "motion correct ↑ (1-step)" in lines[2]
     assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.75 | 0.75 | 0.75 | 0.5 |")
-    assert lines[5].startswith("| teacher |  |  | 1 |  |  | 0.75 |")
+    assert lines[4].endswith("| 0.625 |")  # the discriminator's accuracy, last column
+    assert lines[5].startswith("| teacher |  |  | 1 |  |  | 0.75 |") and lines[5].endswith("|  |")

@@ -41,8 +41,11 @@ COLUMNS = [  # (metric, header, better)
     ("velocity_error", "velocity error (px/frame) ↓", min),
     ("watermark", "watermark ↓", min),
     ("sharpness", "sharpness ↑", max),
+    ("visible", "shape visible ↑", max),
     ("grain", "grain ↓", min),
     ("fd_clean", "FD to clean ↓", min),
+    ("fd_degraded", "FD to degraded ↑", max),
+    ("d_accuracy", "D accuracy (last 50 steps)", max),
 ]
 
 
@@ -55,12 +58,20 @@ def run_row(args, name: str, flags: list[str], index: int, with_teacher: bool) -
     done = Path(args.output_dir) / run_name / "metrics.json"
     if done.exists():  # a finished row of an interrupted invocation (same --output-dir): not run again
         print(f"== {name}: reusing {done.parent}", flush=True)
-        return json.loads(done.read_text())
+        return read_row(done.parent)
     print(f"== {name}\n   {' '.join(cmd[1:])}", flush=True)
     start = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    report = json.loads(done.read_text())
+    report = read_row(done.parent)
     report["wall_seconds"] = round(time.time() - start, 1)
+    return report
+
+
+def read_row(run_dir: Path) -> dict:
+    """A finished run's ``metrics.json``, with its discriminator's accuracy over the last 50 logged steps."""
+    report = json.loads((run_dir / "metrics.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    report["d_accuracy"] = summary.get("discriminator", {}).get("d_accuracy_last_50")
     return report
 
 
@@ -77,8 +88,10 @@ def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int])
     return "\n".join(lines) + "\n"
 
 
-def mcm_rows(metrics: dict, steps: list[int]) -> dict[int, dict]:
-    return {n: metrics[f"MCM {n}-step"] for n in steps if f"MCM {n}-step" in metrics}
+def mcm_rows(report: dict, steps: list[int]) -> dict[int, dict]:
+    """``{steps: metrics}`` of a run's MCM samples; the discriminator's accuracy goes with every step count."""
+    metrics = report["metrics"]
+    return {n: {**metrics[f"MCM {n}-step"], "d_accuracy": report.get("d_accuracy")} for n in steps if f"MCM {n}-step" in metrics}
 
 
 def main(argv=None) -> int:
@@ -112,7 +125,7 @@ def main(argv=None) -> int:
                "captioned direction at the captioned speed class. Coherent motion: share of clips whose shape moves along a "
                "straight constant-speed path, whatever the caption. FD: Fréchet distance of frame-quality features.\n")  # fmt: skip
     for part, title in (("ladder", "Table 4 ladder"), ("sweep", "Table 6: λ_real")):
-        rows = [(name, mcm_rows(r["metrics"], steps)) for (p_, name), r in results.items() if p_ == part]
+        rows = [(name, mcm_rows(r, steps)) for (p_, name), r in results.items() if p_ == part]
         if rows:
             out.append(table(title, rows, steps))
     out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:]))
