@@ -133,6 +133,17 @@ def test_resume_drops_the_rows_after_the_checkpoint_and_a_row_cut_short(tmp_path
     assert path.read_text() == "step,loss\n9,0.5\n"
 
 
+def test_an_exact_resume_refuses_another_layout_or_seed(tmp_path):
+    from training.checkpoints import check_layout
+
+    state = {"num_processes": 1, "train_batch_size": 2, "gradient_accumulation_steps": 1, "args": {"seed": 3}}
+    check_layout(state, tmp_path, 1, 2, 1, seed=3)
+    with pytest.raises(ValueError, match=r"written by 1 processes × batch 2 × accumulation 1; this run has 2 × 2 × 1"):
+        check_layout(state, tmp_path, 2, 2, 1, seed=3)
+    with pytest.raises(ValueError, match="written with --seed 3; this run has --seed 4"):
+        check_layout(state, tmp_path, 1, 2, 1, seed=4)
+
+
 def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     from training import checkpoints
 

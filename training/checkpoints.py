@@ -163,8 +163,12 @@ def read_state(folder: Path) -> tuple[dict, list | None]:
     return state, rngs
 
 
-def check_layout(state: dict, folder: Path, num_processes: int, batch_size: int, accumulation: int) -> None:
-    """An exact resume needs the layout the checkpoint was written with."""
+def check_layout(state: dict, folder: Path, num_processes: int, batch_size: int, accumulation: int, seed: int | None = None) -> None:
+    """An exact resume needs the layout and the seed the checkpoint was written with (the seed picks the
+    data order and every random draw)."""
+    saved_seed = state.get("args", {}).get("seed")
+    if seed is not None and saved_seed is not None and saved_seed != seed:
+        raise ValueError(f"--resume {folder}: written with --seed {saved_seed}; this run has --seed {seed} (resume with the same seed)")
     saved = (state.get("num_processes", num_processes), state.get("train_batch_size", batch_size),
              state.get("gradient_accumulation_steps", accumulation))  # fmt: skip
     if saved != (num_processes, batch_size, accumulation):

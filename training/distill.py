@@ -348,7 +348,7 @@ def train(args, teacher=None) -> Path:
     if args.resume:
         resume_from = resolve_resume(args.resume, args.output_dir, args.run_name)
         state, rngs = read_state(resume_from)
-        check_layout(state, resume_from, world, args.train_batch_size, args.gradient_accumulation_steps)
+        check_layout(state, resume_from, world, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
 
     # data: one global stream; this process takes every world-th block of train-batch-size samples
     data_root = args.data
