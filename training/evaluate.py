@@ -41,13 +41,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcm.metrics import frechet_distance_of  # noqa: E402
+from training.data import IMAGE_SUFFIXES  # noqa: E402
 
 I3D_SOURCE = ("i3d_torchscript.pt", "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's FVD detector)")
 INCEPTION_SOURCE = ("inception-2015-12-05.pt",
                     "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt (NVlabs)")  # fmt: skip
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 METRICS = (("fvd", "FVD ↓"), ("fid", "FID ↓"), ("clipsim", "CLIPSIM ↑"))
 
 
@@ -170,7 +170,7 @@ def read_videos(folder: str | Path) -> tuple[list[np.ndarray], list[str | None]]
         rel = path.relative_to(root).as_posix()
         if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
             video = decode_video(path)
-        elif path.is_dir() and (frames := sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)):
+        elif path.is_dir() and (frames := sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)):
             video = np.stack([decode_image(p) for p in frames])
         else:
             continue
@@ -178,7 +178,7 @@ def read_videos(folder: str | Path) -> tuple[list[np.ndarray], list[str | None]]
         caption = captions.get(rel) or (sidecar.read_text().strip() if sidecar.exists() else None)
         items.append((video, caption))
     if not items:
-        raise FileNotFoundError(f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(FRAME_SUFFIXES)} frames)")
+        raise FileNotFoundError(f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(IMAGE_SUFFIXES)} frames)")
     return [v for v, _ in items], [c for _, c in items]
 
 
@@ -187,9 +187,9 @@ def read_images(folder: str | Path, limit: int | None = None) -> list[np.ndarray
     from training.data import decode_image
 
     root = Path(folder)
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in FRAME_SUFFIXES) if root.is_dir() else []
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
     if not paths:
-        raise FileNotFoundError(f"{root}: no images (expected a folder of {', '.join(FRAME_SUFFIXES)} files)")
+        raise FileNotFoundError(f"{root}: no images (expected a folder of {', '.join(IMAGE_SUFFIXES)} files)")
     return [decode_image(p) for p in paths[:limit]]
 
 
@@ -265,8 +265,8 @@ def load_generator(args):
         from mcm.weights.io import export_peft
 
         adapter, settings = adapter_sampling(args.adapter)
-        folder = export_peft(adapter, Path(tempfile.mkdtemp(prefix="mcm-eval-")) / "peft")
-        unet = PeftModel.from_pretrained(teacher.unet, str(folder))
+        with tempfile.TemporaryDirectory(prefix="mcm-eval-") as tmp:  # PEFT reads the folder once, here
+            unet = PeftModel.from_pretrained(teacher.unet, str(export_peft(adapter, Path(tmp) / "peft")))
         for module in unet.modules():
             if hasattr(module, "lora_A"):
                 _accept_input_keyword(module)
