@@ -104,7 +104,11 @@ def main(argv=None) -> dict:
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="mcm-bench-data-"))
+    with tempfile.TemporaryDirectory(prefix="mcm-bench-data-") as tmp:  # the shards are removed afterwards
+        return _measure(args, argv, Path(tmp))
+
+
+def _measure(args, argv, work: Path) -> dict:
     toy = VideoClips(write_toy_shards(work / "toy", num_clips=max(args.clips, 8), frames=16, size=32), args.frames, 1, args.resolution)
     toy_rates = [clips_per_second(toy, args.clips) for _ in range(args.reps)]
     step_args = parse_step(["--teacher", args.teacher, "--resolution", str(args.resolution), "--frames", str(args.frames),
