@@ -79,10 +79,7 @@ def write_video_shard(folder: Path, video, count: int) -> Path:
 def main(argv=None) -> dict:
     import torch
 
-    from bench.bench_train_step import make_step
-    from bench.bench_train_step import parse as parse_step
-    from bench.common import RESULTS, finish, interleaved, medians
-    from training.data import VideoClips, write_toy_shards
+    from bench.common import RESULTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=32, help="toy clips decoded per repetition")
@@ -109,6 +106,11 @@ def main(argv=None) -> dict:
 
 
 def _measure(args, argv, work: Path) -> dict:
+    from bench.bench_train_step import make_step
+    from bench.bench_train_step import parse as parse_step
+    from bench.common import finish, interleaved, medians
+    from training.data import VideoClips, write_toy_shards
+
     toy = VideoClips(write_toy_shards(work / "toy", num_clips=max(args.clips, 8), frames=16, size=32), args.frames, 1, args.resolution)
     toy_rates = [clips_per_second(toy, args.clips) for _ in range(args.reps)]
     step_args = parse_step(["--teacher", args.teacher, "--resolution", str(args.resolution), "--frames", str(args.frames),
