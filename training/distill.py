@@ -308,6 +308,51 @@ def make_optimizer(params, args, lr: float, use_cuda: bool):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
 
 
+ADVERSARIAL_COLUMNS = ("g_loss", "d_loss", "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight")
+
+
+class MetricsLog:
+    """``metrics.csv``, one row per optimizer step (a resumed run first drops the rows logged after its
+    checkpoint), and TensorBoard scalars where TensorBoard is installed; only the main process writes."""
+
+    COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS)
+
+    def __init__(self, run_dir: Path, resumed_step: int, enabled: bool = True):
+        from training.checkpoints import truncate_metrics
+
+        self.path, self.file, self.writer, self.tb = run_dir / "metrics.csv", None, None, None
+        if not enabled:
+            return
+        truncate_metrics(self.path, resumed_step)
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.writer(self.file)
+        if self.path.stat().st_size == 0:
+            self.writer.writerow(self.COLUMNS)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:  # noqa: BLE001 - TensorBoard is optional
+            self.tb = None
+
+    def write(self, step: int, loss: float, lr: float, generated: float, skipped: int, seconds: float, adversarial: dict) -> None:
+        if self.writer:
+            self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", generated, skipped, round(seconds, 2)]
+                                 + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS])  # fmt: skip
+            self.file.flush()
+        if self.tb:
+            self.tb.add_scalar("loss/consistency", loss, step)
+            for key, value in adversarial.items():
+                self.tb.add_scalar(f"adversarial/{key}", value, step)
+            self.tb.add_scalar("lr", lr, step)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
+
+
 class NonFiniteLoss(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient."""
 
@@ -320,8 +365,7 @@ def train(args, teacher=None) -> Path:
     from diffusers.optimization import get_scheduler
     from tqdm.auto import tqdm
 
-    from training.checkpoints import (CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state,
-                                      slot_generator, truncate_metrics)
+    from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state, slot_generator
     from training.data import Batches, VideoClips, write_toy_shards
     from training.memory import PartTimer, frozen_dtype, visiting
     from training.models import VideoUNet, call_unet, load_teacher, make_student
@@ -460,22 +504,7 @@ def train(args, teacher=None) -> Path:
             set_rng_state(rngs[rank])
         log(f"resumed from {resume_from} at step {global_step} (data position {state.get('data_positions')})")
 
-    metrics_path = run_dir / "metrics.csv"
-    if accelerator.is_main_process:
-        truncate_metrics(metrics_path, global_step)
-    metrics_file = open(metrics_path, "a", newline="") if accelerator.is_main_process else None
-    writer = csv.writer(metrics_file) if metrics_file else None
-    if writer and metrics_path.stat().st_size == 0:
-        writer.writerow(["step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", "g_loss", "d_loss",
-                         "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight"])  # fmt: skip
-    tb = None
-    if accelerator.is_main_process:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except Exception:  # noqa: BLE001 - TensorBoard is optional
-            tb = None
+    metrics = MetricsLog(run_dir, global_step, accelerator.is_main_process)
 
     def counts():
         """Skip reasons summed over processes (this process's local counts plus those at the resume point)."""
@@ -590,17 +619,8 @@ def train(args, teacher=None) -> Path:
             skipped_total = sum(counts().values())
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", skipped=skipped_total)
-            if writer:
-                last = adversary.last if adversary is not None else {}
-                writer.writerow([global_step, f"{mean_loss:.6g}", f"{scheduler.get_last_lr()[0]:.6g}", gen_frac, skipped_total,
-                                 round(time.time() - start_time, 2)]
-                                + [f"{last[k]:.6g}" if k in last else "" for k in ("g_loss", "d_loss", "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight")])  # fmt: skip
-                metrics_file.flush()
-            if tb:
-                tb.add_scalar("loss/consistency", mean_loss, global_step)
-                for key, value in (adversary.last if adversary is not None else {}).items():
-                    tb.add_scalar(f"adversarial/{key}", value, global_step)
-                tb.add_scalar("lr", scheduler.get_last_lr()[0], global_step)
+            metrics.write(global_step, mean_loss, scheduler.get_last_lr()[0], gen_frac, skipped_total, time.time() - start_time,
+                          adversary.last if adversary is not None else {})  # fmt: skip
             if args.dry_run:
                 break
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
@@ -611,10 +631,7 @@ def train(args, teacher=None) -> Path:
         raise
     finally:
         progress.close()
-        if metrics_file:
-            metrics_file.close()
-        if tb:
-            tb.close()
+        metrics.close()
 
     accelerator.wait_for_everyone()
     # every process must hold the same LoRA (gradients are averaged across processes before each step)
@@ -649,7 +666,7 @@ def train(args, teacher=None) -> Path:
         if adversary is not None:
             from training.adversarial import adversarial_summary
 
-            summary["discriminator"] = adversarial_summary(metrics_path)
+            summary["discriminator"] = adversarial_summary(metrics.path)
         if reasons:
             log(f"skipped samples by reason: {json.dumps(reasons)}")
         if args.toy_eval:
