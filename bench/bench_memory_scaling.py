@@ -311,6 +311,9 @@ def main(argv=None) -> dict:
     else:
         rows = [r for lever in levers for r in measure(args.size, lever, points, args.rank, log)]
     vae_sides = [int(v) for v in args.vae_points.split(",") if v]
+    if vae_sides and len(set(vae_sides)) < 2:
+        raise SystemExit(f"--vae-points {args.vae_points}: give two or more latent sides (the decode's memory is fitted as a line "
+                         "in s²), or '' to skip the decode")  # fmt: skip
     vae_rows = {itemsize: [(s, vae_decode_peak(s, args.disc_frames, dt)) for s in vae_sides]
                 for itemsize, dt in ((4, torch.float32), (2, torch.bfloat16))} if vae_sides else {}  # fmt: skip
     vae = {}

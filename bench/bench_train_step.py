@@ -90,7 +90,7 @@ def make_step(args):
     """``(step, passes)``: the whole distillation step and each necessary pass, as callables."""
     import torch
 
-    from mcm.boundary import consistency_output
+    from mcm.boundary import append_dims, consistency_output, predicted_x0
     from mcm.distill import DistillConfig, distillation_step
     from mcm.schedule import NoiseSchedule
     from mcm.solver import solver_timesteps
@@ -117,8 +117,10 @@ def make_step(args):
     x_t = a.noise.clone()
     stored = {}
 
-    def student_pass():
-        pred = consistency_output(x_t, student_fn(x_t, t_start, a.cond), t_start)
+    alpha, sigma = (append_dims(v, x_t.ndim).to(x_t) for v in schedule.alpha_sigma(t_start))
+
+    def student_pass():  # as the trainer: ε → x̂0 → the consistency output
+        pred = consistency_output(x_t, predicted_x0(student_fn(x_t, t_start, a.cond), x_t, alpha, sigma), t_start)
         head(pred).float().square().mean().backward()
 
     @torch.no_grad()

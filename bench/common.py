@@ -1,7 +1,8 @@
 """Shared pieces of the benchmarks: models at a chosen size, interleaved timing, and the results log.
 
-Every benchmark prints one JSON line (its ``ratio`` first) and appends an entry to ``bench/RESULTS.md``
-with the date, the machine, the command line and that JSON, so that every number there comes from a run.
+Every benchmark prints its ratio; those that call :func:`finish` print one JSON line (``ratio`` first) and
+append an entry to ``bench/RESULTS.md`` with the date, the machine, the command line and that JSON, so that
+every number there comes from a run (``bench_memory`` and ``bench_temporal_norm`` only print).
 Timings are medians of interleaved repetitions (variant A, variant B, A, B, …) after a warm-up of each, in
 CPU time of this process and in wall time: on a shared CPU the CPU-time ratio is the one to read.
 """
