@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--disc-start-step", type=int, default=0, help="optimizer step from which the adversarial loss is on")
     g.add_argument("--disc-update-every", type=int, default=1, help="discriminator update every N micro-batches (update ratio)")
     g.add_argument("--disc-augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="differentiable colour/translation/cutout augmentation of real and fake frames (official: on)")
+                   help="differentiable colour/translation/cutout augmentation of real and fake frames (official: on; the toy default: off)")
     g.add_argument("--disc-frames", type=int, default=2, help="frames per clip decoded and judged (official 2)")
     g.add_argument("--disc-gp", type=float, default=1e-5,
                    help="weight of the official 'r1': a gradient penalty on interpolates in DINO-feature space (×5 when it stays ≥ 100)")  # fmt: skip
