@@ -75,11 +75,11 @@ def read_row(run_dir: Path) -> dict:
     return report
 
 
-def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int]) -> str:
+def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int], skip: tuple[str, ...] = ()) -> str:
     """A markdown table: motion correctness and coherence per step count, the other metrics at the last step count.
-    ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty."""
+    ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty; ``skip`` drops columns."""
     per_step = ("correct", "coherent")
-    columns = [(m, h, n) for m, h, _ in COLUMNS for n in (steps if m in per_step else steps[-1:])]
+    columns = [(m, h, n) for m, h, _ in COLUMNS if m not in skip for n in (steps if m in per_step else steps[-1:])]
     header = [h + (f" ({n}-step)" if m in per_step and len(steps) > 1 else "") for m, h, n in columns]
     lines = [f"### {title}", "", "| row | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, per_step in rows:
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
         rows = [(name, mcm_rows(r, steps)) for (p_, name), r in results.items() if p_ == part]
         if rows:
             out.append(table(title, rows, steps))
-    out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:]))
+    out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:], skip=("d_accuracy",)))
     (args.output_dir / "ablations.md").write_text("\n".join(out))
     (args.output_dir / "ablations.json").write_text(json.dumps({f"{k[0]}: {k[1]}": v for k, v in results.items()}, indent=2))
     print("\n".join(out))
