@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcm.schedule import NoiseSchedule
-from training.data import COLOURS, DIRECTIONS, SHAPES, select_clip, toy_clip
+from training.data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
 
 SHIPPED = Path(__file__).resolve().parent / "toy_teacher"
 CLIP_FRAMES = 16  # toy clips are generated this long; training windows are cut from them like the trainer does
@@ -330,6 +330,36 @@ def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), cl
     return out
 
 
+def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
+    """Centroid (x, y) per frame of the mean redness (R minus the mean of G and B, positive part) of
+    ``[n, 3, f, h, w]`` videos in [-1, 1]: where a red shape is on average, frame by frame."""
+    red = (videos[:, 0] - videos[:, 1:].mean(1)).mean(0).clamp(min=0)  # [f, h, w]
+    ys, xs = torch.meshgrid(torch.arange(red.shape[1], dtype=red.dtype), torch.arange(red.shape[2], dtype=red.dtype), indexing="ij")
+    mass = red.sum((1, 2)).clamp(min=1e-9)
+    return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((red * xs).sum((1, 2)) / mass, (red * ys).sum((1, 2)) / mass)]
+
+
+def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
+    """The mean red-square track of training clips "a red square moving <direction> quickly" (cut as in training)."""
+    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
+    videos = [select_clip(render_toy_clip("red", "square", direction, 2, np_rng, CLIP_FRAMES, 32)[0], frames, 1, 32, "random", rng)
+              for _ in range(clips)]  # fmt: skip
+    return redness_track(torch.stack(videos))
+
+
+@torch.no_grad()
+def noise_track(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0):
+    """The mean red-square track of the teacher's x̂0 from pure noise at ``t`` for "a red square moving
+    <direction> quickly": what the model predicts before it has seen anything but the caption."""
+    abar = NoiseSchedule("scaled_linear").alphas_cumprod.float()[t]
+    noise = torch.randn(noises, 4, frames, 16, 16, generator=torch.Generator().manual_seed(seed))
+    cond = encode_captions(text, tokenizer, [f"a red square moving {direction} quickly"] * noises).repeat_interleave(frames, 0)
+    eps = unet(noise, torch.full((noises,), t), encoder_hidden_states=cond).sample
+    x0 = (noise - (1 - abar).sqrt() * eps) / abar.sqrt()
+    pixels = vae.decode(x0.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor).sample
+    return redness_track(pixels.unflatten(0, (noises, frames)).transpose(1, 2))
+
+
 def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0) -> dict:
     """The toy metrics of a saved teacher's samples: 8 prompts × 2 seeds, as the default run scores them."""
     from transformers import CLIPTokenizer
@@ -345,9 +375,14 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
     print("ε error with one caption word swapped / with the true caption (1.0: the word is ignored), per timestep:")
     for t, ratios in use.items():
         print(f"  t={t}: {ratios}")
+    tracks = {d: {"teacher x0 at t=999": noise_track(unet, text, vae, tokenizer, d), "data": data_mean_track(d)} for d in DIRECTIONS}
+    print('mean track (x, y) of the red square, first → last frame, "a red square moving <direction> quickly":')
+    for d, pair in tracks.items():
+        print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}" for k, v in pair.items()))
     sampler = ToySampler(unet, vae, partial(encode_captions, text, tokenizer), vae.config.scaling_factor, 8, 32, guidance=guidance)
     report = evaluate(sampler, None, seeds=2, teacher_steps=steps, seed=1000 + seed)
     report["text_use"] = use
+    report["mean_track"] = tracks
     print(json.dumps({k: report["metrics"][k] for k in report["metrics"]}, indent=1))
     return report
 
