@@ -46,6 +46,7 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mcm.boundary import predicted_x0
 from mcm.schedule import NoiseSchedule
 from training.data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
 
@@ -355,7 +356,7 @@ def noise_track(unet, text, vae, tokenizer, direction: str, t: int = 999, noises
     noise = torch.randn(noises, 4, frames, 16, 16, generator=torch.Generator().manual_seed(seed))
     cond = encode_captions(text, tokenizer, [f"a red square moving {direction} quickly"] * noises).repeat_interleave(frames, 0)
     eps = unet(noise, torch.full((noises,), t), encoder_hidden_states=cond).sample
-    x0 = (noise - (1 - abar).sqrt() * eps) / abar.sqrt()
+    x0 = predicted_x0(eps, noise, abar.sqrt(), (1 - abar).sqrt())
     pixels = vae.decode(x0.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor).sample
     return redness_track(pixels.unflatten(0, (noises, frames)).transpose(1, 2))
 
