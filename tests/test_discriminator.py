@@ -35,6 +35,16 @@ def images(seed, n=4, size=32, dtype=torch.float32):
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 2 - 1
 
 
+def test_the_tiny_backbone_takes_a_patch_size():
+    from training.adversarial import build_backbone
+
+    for name, tokens in (("tiny", 16), ("tiny:7", 64)):
+        features = build_backbone(name, (2, 11)).features(torch.zeros(1, 3, 56, 56))
+        assert [f.shape for f in features] == [(1, 32, tokens)] * 2
+    with pytest.raises(ValueError, match="--disc-backbone tiny:5: the tiny backbone's patch size must divide"):
+        build_backbone("tiny:5", (2,))
+
+
 def test_only_the_heads_train():
     disc = tiny_disc()
     backbone = {k: v.clone() for k, v in disc.backbone.state_dict().items()}

@@ -28,13 +28,17 @@ from mcm.discriminator import (
 
 
 def build_backbone(name: str, layers: tuple[int, ...]):
-    """``tiny`` (random, for CPU toy runs and tests), or a local folder / hub id of a DINOv2 model."""
+    """``tiny`` or ``tiny:<patch>`` (a random DINOv2 at 56 px with 14-px or ``<patch>``-px patches, for CPU toy
+    runs and tests), or a local folder / hub id of a DINOv2 model."""
     from transformers import Dinov2Config, Dinov2Model
 
-    if name == "tiny":
+    if name == "tiny" or name.startswith("tiny:"):
+        patch = name.partition(":")[2] or "14"
+        if not patch.isdigit() or 56 % int(patch):
+            raise ValueError(f"--disc-backbone {name}: the tiny backbone's patch size must divide its 56-px input (e.g. 7 or 14)")
         torch.manual_seed(1234)
         config = Dinov2Config(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
-                              image_size=56, patch_size=14)  # fmt: skip
+                              image_size=56, patch_size=int(patch))  # fmt: skip
         return Dinov2Features(Dinov2Model(config), layers)
     try:
         return Dinov2Features.from_pretrained(name, layers)

@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-target-decay", type=float, default=0.95, help="decay of the EMA target (with --ema-target)")
     g = p.add_argument_group("frame discriminator (adversarial loss on a few decoded frames)")
     g.add_argument("--disc", action=argparse.BooleanOptionalAction, default=True, help="use the frame discriminator (MCM's appearance loss)")
-    g.add_argument("--disc-backbone", default="facebook/dinov2-small", help="DINOv2 folder or hub id (ViT-S/14); 'tiny' = random, for CPU toys")
+    g.add_argument("--disc-backbone", default="facebook/dinov2-small", help="DINOv2 folder or hub id (ViT-S/14); 'tiny' = random, for CPU toys ('tiny:7': with 7-px patches)")
     g.add_argument("--disc-layers", default="2,5,8,11", help="backbone layers whose patch tokens the heads judge")
     g.add_argument("--disc-loss", default="wgan", choices=["wgan", "hinge", "bce"], help="official scripts: wgan; paper: hinge")
     g.add_argument("--disc-weight", type=float, default=1.0, help="λ_adv, weight of the generator's adversarial loss")
