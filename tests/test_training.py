@@ -212,22 +212,30 @@ def _run(*args):
                           text=True, timeout=600)  # fmt: skip
 
 
-def test_bad_input_gives_clear_errors(tmp_path):
-    proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "nowhere", "--output-dir", tmp_path)
+def test_bad_input_gives_clear_errors(tmp_path, capsys):
+    proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "nowhere", "--output-dir", tmp_path)  # the real CLI, once
     assert proc.returncode == 2 and "no such video dataset" in proc.stderr
+
+    def run(*args):  # the same entry point in this process (a subprocess costs seconds of imports per case)
+        try:
+            code = distill.main([str(a) for a in args])
+        except SystemExit as exc:  # argparse errors
+            code = exc.code
+        return code, capsys.readouterr().err
+
     (tmp_path / "empty").mkdir()
-    proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "empty", "--output-dir", tmp_path)
-    assert proc.returncode == 2 and "empty video dataset" in proc.stderr
-    proc = _run("--teacher", tmp_path / "no-teacher", "--data", "toy", "--output-dir", tmp_path)
-    assert proc.returncode == 2 and "no such folder" in proc.stderr
-    proc = _run("--motion-repr", "optical-flow")
-    assert proc.returncode == 2 and "invalid choice: 'optical-flow'" in proc.stderr
-    proc = _run("--resolution", "20", "--output-dir", tmp_path, "--max-train-steps", "1")
-    assert proc.returncode == 2 and "--resolution 20: must be a multiple of 8" in proc.stderr
-    proc = _run("--num-frames", "40", "--output-dir", tmp_path)
-    assert proc.returncode == 2 and "--num-frames 40: this teacher's motion module takes at most 32 frames" in proc.stderr
-    proc = _run("--teacher", "tiny-animatediff")
-    assert proc.returncode == 2 and "--teacher and --data go together" in proc.stderr
+    code, err = run("--teacher", "tiny-animatediff", "--data", tmp_path / "empty", "--output-dir", tmp_path)
+    assert code == 2 and "empty video dataset" in err
+    code, err = run("--teacher", tmp_path / "no-teacher", "--data", "toy", "--output-dir", tmp_path)
+    assert code == 2 and "no such folder" in err
+    code, err = run("--motion-repr", "optical-flow")
+    assert code == 2 and "invalid choice: 'optical-flow'" in err
+    code, err = run("--resolution", "20", "--output-dir", tmp_path, "--max-train-steps", "1")
+    assert code == 2 and "--resolution 20: must be a multiple of 8" in err
+    code, err = run("--num-frames", "40", "--output-dir", tmp_path)
+    assert code == 2 and "--num-frames 40: this teacher's motion module takes at most 32 frames" in err
+    code, err = run("--teacher", "tiny-animatediff")
+    assert code == 2 and "--teacher and --data go together" in err
 
 
 def test_an_earlier_run_is_never_reused(tmp_path):
