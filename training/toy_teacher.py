@@ -48,7 +48,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from mcm.boundary import predicted_x0
 from mcm.schedule import NoiseSchedule
-from training.data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
+from training.data import COLOURS, DIRECTIONS, SHAPES, select_clip, toy_clip
 
 SHIPPED = Path(__file__).resolve().parent / "toy_teacher"
 CLIP_FRAMES = 16  # toy clips are generated this long; training windows are cut from them like the trainer does
@@ -342,10 +342,10 @@ def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
 
 def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
     """The mean red-square track of training clips "a red square moving <direction> quickly" (cut as in training)."""
-    rng, np_rng = random.Random(seed), np.random.default_rng(seed)
-    videos = [select_clip(render_toy_clip("red", "square", direction, 2, np_rng, CLIP_FRAMES, 32)[0], frames, 1, 32, "random", rng)
-              for _ in range(clips)]  # fmt: skip
-    return redness_track(torch.stack(videos))
+    from training.toy_eval import reference_clips
+
+    videos, _ = reference_clips([f"a red square moving {direction} quickly"], clips, frames, 32, degraded=True, seed=seed)
+    return redness_track(torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
 
 
 @torch.no_grad()
