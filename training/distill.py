@@ -44,7 +44,7 @@ from mcm.distill import (  # noqa: E402
 from mcm.motion import MOTION_REPRESENTATIONS, ema_update, make_motion_representation  # noqa: E402
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, lcm_timesteps  # noqa: E402
 from mcm.weights.io import atomic_dir  # noqa: E402
-from training.checkpoints import CheckpointError  # noqa: E402
+from training.checkpoints import CheckpointError, truncate_metrics  # noqa: E402
 
 TOY_TEACHER = ROOT / "training" / "toy_teacher"  # trained by training/toy_teacher.py, shipped with the repository
 TOY_DEFAULTS = {
@@ -318,8 +318,6 @@ class MetricsLog:
     COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS)
 
     def __init__(self, run_dir: Path, resumed_step: int, enabled: bool = True):
-        from training.checkpoints import truncate_metrics
-
         self.path, self.file, self.writer, self.tb = run_dir / "metrics.csv", None, None, None
         if not enabled:
             return
