@@ -28,6 +28,17 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs are compared with subprocess runs at ENV's one thread: a different intra-op thread count
+    sums in another order (the comparisons failed when this file ran alone on 2 threads; the whole suite had
+    passed only because an earlier test left torch at one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def toy_data(tmp_path_factory):
     return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
