@@ -115,6 +115,8 @@ def test_distill_default_runs_end_to_end(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"MCM 1-step", "MCM 4-step", "data: clean frames"} <= set(metrics["metrics"])
     assert any(name.startswith("teacher 4-step") for name in metrics["metrics"])
+    (pair,) = [v for k, v in metrics["paired"].items() if k.startswith("MCM 4-step vs teacher 4-step")]
+    assert set(pair) == {"correct", "coherent", "visible"} and metrics["clips"] == 2
     assert (run_dir / "preview" / "preview.gif").stat().st_size > 0 and (run_dir / "preview" / "preview.png").stat().st_size > 0
 
 

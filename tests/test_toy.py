@@ -90,6 +90,21 @@ def test_frame_quality_separates_clean_images_from_degraded_video(references):
     assert clean["fd_clean"] < clean["fd_degraded"] and dirty["fd_degraded"] < dirty["fd_clean"]
 
 
+def test_paired_difference_counts_discordant_clips_and_gives_the_exact_sign_test():
+    one = toy_eval.paired_difference([1, 1, 1, 0, 0, 1], [0, 0, 1, 0, 0, 1])
+    assert one["difference"] == pytest.approx(2 / 6, abs=1e-4) and (one["wins"], one["losses"]) == (2, 0)
+    assert one["sign_test_p"] == pytest.approx(0.5)  # 2 of 2 discordant clips one way: 2 * (1/2)^2
+    d = np.array([1, 1, 0, 0, 0, 0], dtype=float)
+    assert one["standard_error"] == pytest.approx(d.std(ddof=1) / math.sqrt(6), abs=1e-4)
+    ten = toy_eval.paired_difference([1] * 10 + [0] * 10, [0] * 10 + [0] * 10)
+    assert ten["sign_test_p"] == pytest.approx(2 / 2**10, abs=1e-4)  # ten wins, no loss: beyond chance
+    tied = toy_eval.paired_difference([1, 0, 1, 0], [0, 1, 0, 1])
+    assert tied["difference"] == 0 and tied["sign_test_p"] == 1.0
+    assert toy_eval.paired_difference([1, 1], [1, 1])["sign_test_p"] == 1.0
+    with pytest.raises(ValueError, match="two equally long lists"):
+        toy_eval.paired_difference([1, 0, 1], [1, 0])
+
+
 def test_captions_that_are_not_toy_captions_are_refused():
     with pytest.raises(ValueError, match="not a toy caption"):
         toy_eval.parse_caption("a cat playing piano")

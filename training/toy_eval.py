@@ -18,6 +18,10 @@ tracking the shape:
   degradation lifts), and the Fréchet distance of these features to the clean image set and to the
   degraded video frames (``fd_clean`` / ``fd_degraded``; lower is closer).
 
+Teacher and MCM start every clip from the same noise, so ``evaluate`` also compares them clip by clip
+(``paired``): the difference in each 0/1 score with its standard error and an exact sign test, which
+says whether a gap between two methods is beyond what the number of clips can resolve.
+
 The same functions score the data themselves (``reference_metrics``), so a reader can see what a
 perfect score looks like on each metric before trusting it on samples.
 """
@@ -45,6 +49,7 @@ COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight 
 SLOW_FAST_SPLIT = 1.5  # px/frame between "slowly" (1) and "quickly" (2), allowing for the crop's zoom
 SPEEDS = {"slowly": 1.0, "quickly": 2.0}
 FEATURES = ("watermark", "sharpness", "background", "grain")
+PAIRED = ("correct", "coherent", "visible")  # the per-clip 0/1 scores compared clip by clip between methods
 
 
 def toy_prompts() -> list[str]:
@@ -143,16 +148,36 @@ def frame_features(frames: np.ndarray) -> np.ndarray:
     return np.stack([watermark, sharpness, median / 255.0, grain], axis=1)
 
 
-def score_videos(videos: list[np.ndarray], captions: list[str], clean: np.ndarray, degraded: np.ndarray) -> dict:
+def score_videos(videos: list[np.ndarray], captions: list[str], clean: np.ndarray, degraded: np.ndarray,
+                 motion: list[dict] | None = None) -> dict:  # fmt: skip
     """Mean motion and frame-quality scores of clips ``uint8 [f, h, w, 3]``; ``clean`` / ``degraded``
-    are the reference frame features (:func:`frame_features`)."""
-    motion = [motion_of(v, c) for v, c in zip(videos, captions)]
+    are the reference frame features (:func:`frame_features`); ``motion``: the clips' :func:`motion_of`
+    where already computed."""
+    motion = motion if motion is not None else [motion_of(v, c) for v, c in zip(videos, captions)]
     feats = np.concatenate([frame_features(v) for v in videos])
     out = {k: round(float(np.mean([m[k] for m in motion])), 4) for k in motion[0]}
     out.update({k: round(float(feats[:, i].mean()), 4) for i, k in enumerate(FEATURES)})
     out["fd_clean"] = round(frechet_distance_of(torch.from_numpy(feats), torch.from_numpy(clean)), 5)
     out["fd_degraded"] = round(frechet_distance_of(torch.from_numpy(feats), torch.from_numpy(degraded)), 5)
     return out
+
+
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """``a − b`` over the same clips (same prompt, same starting noise) of a per-clip 0/1 score.
+
+    The standard error is that of the mean per-clip difference, so it credits the pairing; ``wins`` /
+    ``losses`` count the clips where only ``a`` / only ``b`` scores, and ``sign_test_p`` is the exact
+    two-sided sign test on them (McNemar's test): the chance of a split at least this uneven if neither
+    method were better.
+    """
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"paired_difference needs two equally long lists of at least 2 clips, got {len(a)} and {len(b)}")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    m, k = wins + losses, min(wins, losses)
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return {"difference": round(float(d.mean()), 4), "standard_error": round(float(d.std(ddof=1) / math.sqrt(len(d))), 4),
+            "wins": wins, "losses": losses, "sign_test_p": round(p, 4)}  # fmt: skip
 
 
 def reference_clips(prompts: list[str], per_prompt: int, frames: int, size: int, degraded: bool, seed: int = 12345):
@@ -315,18 +340,22 @@ def _label_at(image, text, xy):
 
 def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | None = None, seeds: int = 2,
              mcm_steps=(1, 2, 4), teacher_steps=(4, 50), seed: int = 1000, log=print) -> dict:  # fmt: skip
-    """Sample teacher and MCM for every prompt × seed, score them, time them, and write previews."""
+    """Sample teacher and MCM for every prompt × seed, score them, compare them clip by clip
+    (``paired``: :func:`paired_difference` of each MCM step count against each teacher one), time them,
+    and write previews."""
     prompts = prompts or toy_prompts()
     batch = [p for p in prompts for _ in range(seeds)]
     clean, degraded = reference_features(sampler.frames, sampler.size)
     results, rows, seconds = {}, {}, {}
     methods = [(f"teacher {n}-step cfg {sampler.guidance:g}", "teacher", n) for n in teacher_steps]
     methods += [(f"MCM {n}-step", "mcm", n) for n in mcm_steps if getattr(sampler.unet, "disable_adapter", None)]
+    per_clip = {}
     for name, kind, n in methods:
         latents, secs = timed(getattr(sampler, kind), batch, n, seed)
         videos = sampler.decode(latents)
         seconds[name] = secs
-        results[name] = score_videos(videos, batch, clean, degraded)
+        per_clip[name] = [motion_of(v, c) for v, c in zip(videos, batch)]
+        results[name] = score_videos(videos, batch, clean, degraded, motion=per_clip[name])
         rows[name] = videos[::seeds]  # the first seed of each prompt
         log(f"  {name}: {results[name]} ({secs:.1f} s)")
     for name, kind in (("data: degraded videos", True), ("data: clean frames", False)):
@@ -334,8 +363,17 @@ def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | Non
         results[name] = score_videos(videos, captions, clean, degraded)
     teacher50 = next((k for k in seconds if k.startswith("teacher 50")), None)
     speed = {k: round(seconds[teacher50] / v, 2) for k, v in seconds.items() if k.startswith("MCM") and teacher50}
-    report = {"prompts": prompts, "seeds_per_prompt": seeds, "guidance": sampler.guidance, "metrics": results,
-              "seconds": {k: round(v, 3) for k, v in seconds.items()}, "speedup_vs_teacher_50_step_cfg": speed}  # fmt: skip
+    # every method starts each clip from the same noise, so MCM and teacher can be compared clip by clip
+    paired = {}
+    for ours in (k for k in per_clip if k.startswith("MCM") and len(batch) > 1):
+        for theirs in (k for k in per_clip if k.startswith("teacher")):
+            paired[f"{ours} vs {theirs}"] = {key: paired_difference([m[key] for m in per_clip[ours]], [m[key] for m in per_clip[theirs]])
+                                             for key in PAIRED}  # fmt: skip
+    for pair, diff in paired.items():
+        log(f"  {pair}: " + ", ".join(f"{key} {d['difference']:+.3f} ± {d['standard_error']:.3f} (p {d['sign_test_p']:.2g})"
+                                      for key, d in diff.items()))  # fmt: skip
+    report = {"prompts": prompts, "seeds_per_prompt": seeds, "clips": len(batch), "guidance": sampler.guidance, "metrics": results,
+              "paired": paired, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "speedup_vs_teacher_50_step_cfg": speed}  # fmt: skip
     if out_dir is not None:
         report["previews"] = write_previews(out_dir, rows, prompts)
     return report
