@@ -176,20 +176,24 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
     assert Path(teacher.source) == SHIPPED
 
 
-def test_mean_track_of_the_data_moves_as_captioned_and_the_teacher_probe_runs():
+def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_probes_run():
     from transformers import CLIPTokenizer
 
-    from training.toy_teacher import data_mean_track, load_models, noise_track
+    from training.toy_teacher import data_mean_track, data_red_squares, load_models, noise_track, redness_spread, text_feature_change
 
     for direction, (dx, dy) in {"left": (-1, 0), "down": (0, 1)}.items():
         track = data_mean_track(direction, clips=16)
         moved = (track[-1][0] - track[0][0], track[-1][1] - track[0][1])
         assert 8 < dx * moved[0] + dy * moved[1] < 16 and abs(dy * moved[0] + dx * moved[1]) < 2, (direction, track)
+        along, across = redness_spread(data_red_squares(direction, clips=16))[:: 1 if dx else -1]
+        assert along > 1.5 * across, (direction, along, across)  # a band along the motion
     if (SHIPPED / "toy_teacher.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(SHIPPED / "tokenizer")
         unet, vae, text, _ = load_models(SHIPPED, tokenizer)
         track = noise_track(unet.eval(), text.eval(), vae.eval(), tokenizer, "left", noises=2)
         assert len(track) == 8 and all(math.isfinite(x) and math.isfinite(y) for x, y in track)
+        change = text_feature_change(text.eval(), tokenizer)
+        assert set(change) == {"direction", "speed", "colour", "shape"} and all(v > 0 for v in change.values()), change
 
 
 def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():

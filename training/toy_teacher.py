@@ -331,6 +331,34 @@ def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), cl
     return out
 
 
+@torch.no_grad()
+def text_feature_change(text, tokenizer, caption: str = "a red square moving left quickly") -> dict:
+    """How much each kind of caption word changes the conditioning: the mean distance between the text
+    encoder's per-token outputs for ``caption`` and for it with one word of that kind swapped (``SWAPS``),
+    over the tokens after the word (the 70 padding tokens, which the UNet also attends to, included)."""
+    words = caption.split()
+    base = encode_captions(text, tokenizer, [caption])[0]
+    out = {}
+    for kind, table in SWAPS.items():
+        (i,) = [k for k, w in enumerate(words) if w in table]
+        swapped = " ".join(table.get(w, w) if k == i else w for k, w in enumerate(words))
+        after = encode_captions(text, tokenizer, [swapped])[0][i + 1 :]  # token i + 1 is word i (BOS first)
+        out[kind] = round(float((after - base[i + 1 :]).norm(dim=-1).mean()), 4)
+    return out
+
+
+def redness_spread(videos: torch.Tensor) -> tuple[float, float]:
+    """Standard deviation (x, y) in pixels of the mean redness of ``[n, 3, f, h, w]`` videos over all
+    frames: a shape moving left or right on average makes a horizontal band (x spread > y spread), one
+    moving up or down a vertical band; a model that ignores the direction word makes the same blob for all."""
+    red = (videos[:, 0] - videos[:, 1:].mean(1)).mean((0, 1)).clamp(min=0)  # [h, w]
+    ys, xs = torch.meshgrid(torch.arange(red.shape[0], dtype=red.dtype), torch.arange(red.shape[1], dtype=red.dtype), indexing="ij")
+    mass = red.sum().clamp(min=1e-9)
+    cx, cy = (red * xs).sum() / mass, (red * ys).sum() / mass
+    sx, sy = ((red * (xs - cx) ** 2).sum() / mass).sqrt(), ((red * (ys - cy) ** 2).sum() / mass).sqrt()
+    return round(float(sx), 2), round(float(sy), 2)
+
+
 def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
     """Centroid (x, y) per frame of the mean redness (R minus the mean of G and B, positive part) of
     ``[n, 3, f, h, w]`` videos in [-1, 1]: where a red shape is on average, frame by frame."""
@@ -340,17 +368,22 @@ def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
     return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((red * xs).sum((1, 2)) / mass, (red * ys).sum((1, 2)) / mass)]
 
 
-def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
-    """The mean red-square track of training clips "a red square moving <direction> quickly" (cut as in training)."""
+def data_red_squares(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> torch.Tensor:
+    """Training clips ``[n, 3, f, 32, 32]`` in [-1, 1] of "a red square moving <direction> quickly" (cut as in training)."""
     from training.toy_eval import reference_clips
 
     videos, _ = reference_clips([f"a red square moving {direction} quickly"], clips, frames, 32, degraded=True, seed=seed)
-    return redness_track(torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1)
+    return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+
+
+def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
+    """The mean red-square track of training clips "a red square moving <direction> quickly"."""
+    return redness_track(data_red_squares(direction, clips, frames, seed))
 
 
 @torch.no_grad()
-def noise_track(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0):
-    """The mean red-square track of the teacher's x̂0 from pure noise at ``t`` for "a red square moving
+def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0) -> torch.Tensor:
+    """The teacher's x̂0 ``[n, 3, f, 32, 32]`` (decoded) from pure noise at ``t`` for "a red square moving
     <direction> quickly": what the model predicts before it has seen anything but the caption."""
     abar = NoiseSchedule("scaled_linear").alphas_cumprod.float()[t]
     noise = torch.randn(noises, 4, frames, 16, 16, generator=torch.Generator().manual_seed(seed))
@@ -358,7 +391,12 @@ def noise_track(unet, text, vae, tokenizer, direction: str, t: int = 999, noises
     eps = unet(noise, torch.full((noises,), t), encoder_hidden_states=cond).sample
     x0 = predicted_x0(eps, noise, abar.sqrt(), (1 - abar).sqrt())
     pixels = vae.decode(x0.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor).sample
-    return redness_track(pixels.unflatten(0, (noises, frames)).transpose(1, 2))
+    return pixels.unflatten(0, (noises, frames)).transpose(1, 2)
+
+
+def noise_track(unet, text, vae, tokenizer, direction: str, **kwargs) -> list[tuple[float, float]]:
+    """The mean red-square track of :func:`noise_x0`."""
+    return redness_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs))
 
 
 def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0) -> dict:
@@ -376,14 +414,21 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
     print("ε error with one caption word swapped / with the true caption (1.0: the word is ignored), per timestep:")
     for t, ratios in use.items():
         print(f"  t={t}: {ratios}")
-    tracks = {d: {"teacher x0 at t=999": noise_track(unet, text, vae, tokenizer, d), "data": data_mean_track(d)} for d in DIRECTIONS}
-    print('mean track (x, y) of the red square, first → last frame, "a red square moving <direction> quickly":')
+    features = text_feature_change(text, tokenizer)
+    print(f"text encoder output change when one word is swapped (mean over the tokens after it): {features}")
+    videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_red_squares(d)} for d in DIRECTIONS}
+    tracks = {d: {k: redness_track(v) for k, v in pair.items()} for d, pair in videos.items()}
+    spreads = {d: {k: redness_spread(v) for k, v in pair.items()} for d, pair in videos.items()}
+    print('the red square of "a red square moving <direction> quickly" on average: track (x, y) first → last frame, '
+          "spread (x, y) over all frames:")  # fmt: skip
     for d, pair in tracks.items():
-        print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}" for k, v in pair.items()))
+        print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}, spread {spreads[d][k]}" for k, v in pair.items()))
     sampler = ToySampler(unet, vae, partial(encode_captions, text, tokenizer), vae.config.scaling_factor, 8, 32, guidance=guidance)
     report = evaluate(sampler, None, seeds=2, teacher_steps=steps, seed=1000 + seed)
     report["text_use"] = use
     report["mean_track"] = tracks
+    report["mean_spread"] = spreads
+    report["text_feature_change"] = features
     print(json.dumps({k: report["metrics"][k] for k in report["metrics"]}, indent=1))
     return report
 
