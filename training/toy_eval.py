@@ -364,11 +364,9 @@ def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | Non
     teacher50 = next((k for k in seconds if k.startswith("teacher 50")), None)
     speed = {k: round(seconds[teacher50] / v, 2) for k, v in seconds.items() if k.startswith("MCM") and teacher50}
     # every method starts each clip from the same noise, so MCM and teacher can be compared clip by clip
-    paired = {}
-    for ours in (k for k in per_clip if k.startswith("MCM") and len(batch) > 1):
-        for theirs in (k for k in per_clip if k.startswith("teacher")):
-            paired[f"{ours} vs {theirs}"] = {key: paired_difference([m[key] for m in per_clip[ours]], [m[key] for m in per_clip[theirs]])
-                                             for key in PAIRED}  # fmt: skip
+    ours, theirs = [k for k in per_clip if k.startswith("MCM")], [k for k in per_clip if k.startswith("teacher")]
+    paired = {f"{a} vs {b}": {key: paired_difference([m[key] for m in per_clip[a]], [m[key] for m in per_clip[b]]) for key in PAIRED}
+              for a in ours for b in theirs} if len(batch) > 1 else {}  # fmt: skip
     for pair, diff in paired.items():
         log(f"  {pair}: " + ", ".join(f"{key} {d['difference']:+.3f} ± {d['standard_error']:.3f} (p {d['sign_test_p']:.2g})"
                                       for key, d in diff.items()))  # fmt: skip

@@ -347,12 +347,19 @@ def text_feature_change(text, tokenizer, caption: str = "a red square moving lef
     return out
 
 
+def _redness(videos: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Redness (R minus the mean of G and B) of ``[n, 3, f, h, w]`` videos in [-1, 1], averaged over ``dims``
+    of ``[n, f, h, w]``, positive part; and the pixel grid ``(xs, ys)`` of its last two axes."""
+    red = (videos[:, 0] - videos[:, 1:].mean(1)).mean(dims).clamp(min=0)
+    ys, xs = torch.meshgrid(torch.arange(red.shape[-2], dtype=red.dtype), torch.arange(red.shape[-1], dtype=red.dtype), indexing="ij")
+    return red, xs, ys
+
+
 def redness_spread(videos: torch.Tensor) -> tuple[float, float]:
     """Standard deviation (x, y) in pixels of the mean redness of ``[n, 3, f, h, w]`` videos over all
     frames: a shape moving left or right on average makes a horizontal band (x spread > y spread), one
     moving up or down a vertical band; a model that ignores the direction word makes the same blob for all."""
-    red = (videos[:, 0] - videos[:, 1:].mean(1)).mean((0, 1)).clamp(min=0)  # [h, w]
-    ys, xs = torch.meshgrid(torch.arange(red.shape[0], dtype=red.dtype), torch.arange(red.shape[1], dtype=red.dtype), indexing="ij")
+    red, xs, ys = _redness(videos, (0, 1))  # [h, w]
     mass = red.sum().clamp(min=1e-9)
     cx, cy = (red * xs).sum() / mass, (red * ys).sum() / mass
     sx, sy = ((red * (xs - cx) ** 2).sum() / mass).sqrt(), ((red * (ys - cy) ** 2).sum() / mass).sqrt()
@@ -360,10 +367,9 @@ def redness_spread(videos: torch.Tensor) -> tuple[float, float]:
 
 
 def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
-    """Centroid (x, y) per frame of the mean redness (R minus the mean of G and B, positive part) of
-    ``[n, 3, f, h, w]`` videos in [-1, 1]: where a red shape is on average, frame by frame."""
-    red = (videos[:, 0] - videos[:, 1:].mean(1)).mean(0).clamp(min=0)  # [f, h, w]
-    ys, xs = torch.meshgrid(torch.arange(red.shape[1], dtype=red.dtype), torch.arange(red.shape[2], dtype=red.dtype), indexing="ij")
+    """Centroid (x, y) per frame of the mean redness of ``[n, 3, f, h, w]`` videos in [-1, 1]: where a red
+    shape is on average, frame by frame."""
+    red, xs, ys = _redness(videos, 0)  # [f, h, w]
     mass = red.sum((1, 2)).clamp(min=1e-9)
     return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((red * xs).sum((1, 2)) / mass, (red * ys).sum((1, 2)) / mass)]
 
