@@ -51,6 +51,8 @@ def test_official_defaults_and_toy_defaults():
     assert toy.teacher == str(distill.TOY_TEACHER) and toy.data == "toy" and toy.toy_eval and toy.disc_real == "images"
     assert toy.max_train_steps == distill.TOY_DEFAULTS["max_train_steps"] and not official.toy_eval
     assert distill.parse_args(["--max-train-steps", "3"]).max_train_steps == 3
+    assert distill.parse_args(["--lora-rank=4"]).lora_rank == 4 and distill.parse_args(["--lora-rank", "4"]).lora_rank == 4
+    assert (toy.frame_interval, official.frame_interval) == (1, 8)  # a documented default, no longer set inside train()
     assert official.disc_augment and not toy.disc_augment and distill.parse_args(["--disc-augment"]).disc_augment
 
 
@@ -59,6 +61,8 @@ def test_config_file_sets_flags_and_the_command_line_wins(tmp_path):
     cfg.write_text("teacher: tiny-modelscope\ndata: toy\nlambda-real: 0.25\nmax_train_steps: 7\n")
     args = distill.parse_args(["--config", str(cfg), "--max-train-steps", "9"])
     assert (args.teacher, args.lambda_real, args.max_train_steps) == ("tiny-modelscope", 0.25, 9)
+    cfg.write_text("max_train_steps: 7\n")  # the toy preset (no teacher, no data) sits below the file
+    assert distill.parse_args(["--config", str(cfg)]).max_train_steps == 7
     cfg.write_text("colour: red\n")
     with pytest.raises(SystemExit):
         distill.parse_args(["--config", str(cfg)])
@@ -236,6 +240,8 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys):
     assert code == 2 and "--num-frames 40: this teacher's motion module takes at most 32 frames" in err
     code, err = run("--teacher", "tiny-animatediff")
     assert code == 2 and "--teacher and --data go together" in err
+    code, err = run("--checkpointing-steps", "0")
+    assert code == 2 and "--checkpointing-steps 0: must be at least 1" in err and "Traceback" not in err
 
 
 def test_an_earlier_run_is_never_reused(tmp_path):

@@ -8,12 +8,13 @@ ComfyUI nodes sample with, and every checkpoint holds an adapter file the nodes 
 
     python training/distill.py                         # toy default: CPU, minutes, no downloads
     accelerate launch training/distill.py --teacher PATH --data SHARDS --output-dir runs
-    python training/distill.py --config run.yaml       # flags from a YAML file (flags on the CLI win)
+    python training/distill.py --config run.yaml       # values from a YAML file (the command line wins)
+
+The flags, their defaults, the toy preset and their precedence are in ``training/config.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import datetime as dt
@@ -28,11 +29,12 @@ PROCESS_START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
+if __name__ == "__main__":  # run as a script: training.config.main imports this module by name; let it find this one
+    sys.modules.setdefault("training.distill", sys.modules[__name__])
 
 import torch  # noqa: E402
 
 import mcm  # noqa: E402
-from mcm.boundary import MCM_TIMESTEP_SCALING  # noqa: E402
 from mcm.distill import (  # noqa: E402
     DistillConfig,
     distillation_step,
@@ -41,205 +43,12 @@ from mcm.distill import (  # noqa: E402
     sample_indices,
     use_generated_trajectories,
 )
-from mcm.motion import MOTION_REPRESENTATIONS, ema_update, make_motion_representation  # noqa: E402
-from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, lcm_timesteps  # noqa: E402
+from mcm.motion import ema_update, make_motion_representation  # noqa: E402
+from mcm.schedule import NoiseSchedule  # noqa: E402
 from mcm.weights.io import atomic_dir  # noqa: E402
 from training.checkpoints import CheckpointError, truncate_metrics  # noqa: E402
-
-TOY_TEACHER = ROOT / "training" / "toy_teacher"  # trained by training/toy_teacher.py, shipped with the repository
-TOY_DEFAULTS = {
-    "teacher": str(TOY_TEACHER),
-    "data": "toy",
-    "resolution": 32,
-    "num_frames": 8,
-    "max_train_steps": 200,
-    "train_batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "lora_rank": 8,
-    "lora_alpha": 8.0,
-    "learning_rate": 2e-4,
-    "scale_lr": False,
-    "lr_warmup_steps": 20,
-    "w_min": 2.0,
-    "w_max": 6.0,
-    "checkpointing_steps": 50,
-    "num_workers": 0,
-    "style": "toy",
-    # 7-px patches: a 32-px frame is judged as 8 x 8 patches (14-px ones see 4 x 4 and barely see an edge). A probe
-    # telling clean frames from blurred ones reached AUC 1.0 with 7-px patches and 0.70 with 14-px ones; in the full
-    # method the shape stayed visible (0.91 of the clips, no discriminator 0.81; 14-px patches 0.66) and the FD to
-    # the clean frames fell to the teacher's level (training/ablations.md)
-    "disc_backbone": "tiny:7",
-    "disc_real": "images",
-    "disc_images": "toy",
-    # the official 1e-4 is for 30k steps; at 5e-5 the heads barely move in 200 (logits stayed within ±0.1 of
-    # each other, and the ladder's "+ frame discriminator" row equalled the row without it)
-    "disc_lr": 2e-3,
-    # the official augmentation (translation 1/8, cutout 20%, colour) is for 512-px frames; on 32-px toy frames it
-    # moves or erases the watermark bar and evens out the contrast, the cues that tell the two domains apart. With it
-    # the discriminator's accuracy stayed at 0.57 and no frame metric moved; without it 0.68, and the watermark fell
-    # from 0.19 (no discriminator) to 0.07 at 4 steps (training/ablations.md)
-    "disc_augment": False,
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("run")
-    g.add_argument("--config", help="YAML file of flag values (keys as the flags, with _ or -); CLI flags override it")
-    g.add_argument("--output-dir", default="runs", help="parent folder; each run gets a new subfolder (default: runs)")
-    g.add_argument("--run-name", default=None, help="subfolder name (default: date-time); an existing one is never reused")
-    g.add_argument("--resume", default=None,
-                   help="continue a run exactly: a run folder (its newest checkpoint), a checkpoint folder, or 'latest' "
-                   "(the newest checkpoint of --output-dir/--run-name, or of the newest run in --output-dir)")  # fmt: skip
-    g.add_argument("--seed", type=int, default=0, help="random seed (data order, timesteps, guidance, noise)")
-    g.add_argument("--dry-run", action="store_true", help="build everything, run one step, report time per part and peak memory")
-    g.add_argument("--plan", action="store_true", help="print what the run will do and exit")
-    g = p.add_argument_group("teacher and student")
-    g.add_argument("--teacher", default=None, help="diffusers folder or hub id, or tiny-animatediff / tiny-modelscope (toy default)")
-    g.add_argument("--teacher-kind", default="animatediff", choices=["animatediff", "modelscope"], help="teacher family")
-    g.add_argument("--motion-adapter", default=None, help="AnimateDiff MotionAdapter folder (default: <teacher>/motion_adapter)")
-    g.add_argument("--unet-checkpoint", default=None,
-                   help="single-file SD1.5 checkpoint (original or diffusers layout) whose UNet replaces the teacher folder's, "
-                   "e.g. a fine-tune such as Realistic Vision; VAE and text encoder stay the folder's")  # fmt: skip
-    g.add_argument("--motion-module-version", default="v2", help="recorded in the adapter metadata (official: v2, mm v1-5-2)")
-    g.add_argument("--lora-rank", type=int, default=64, help="LoRA rank (official 64)")
-    g.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA alpha (official 64; scale alpha/rank = 1)")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory in the student's UNet")
-    g.add_argument("--frozen-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="storage dtype of the frozen teacher UNet, VAE and text encoder (auto: the --mixed-precision dtype); "
-                   "the LoRA and the motion head stay fp32")  # fmt: skip
-    g.add_argument("--offload-frozen", action="store_true", help="keep VAE and text encoder on the CPU; move them to the GPU per call")
-    g.add_argument("--teacher-cfg-batch", action="store_true",
-                   help="one teacher call on [cond; uncond] (faster on a GPU, more activation memory) instead of two")  # fmt: skip
-    g = p.add_argument_group("consistency distillation")
-    g.add_argument("--beta-schedule", default="scaled_linear", choices=["scaled_linear", "linear"],
-                   help="training betas, diffusers names (official training: scaled_linear; recorded in the adapter)")  # fmt: skip
-    g.add_argument("--num-ddim-timesteps", type=int, default=NUM_DDIM_TIMESTEPS, help="DDIM solver grid size (50)")
-    g.add_argument("--timestep-scaling", type=float, default=MCM_TIMESTEP_SCALING, help="boundary timestep scaling (MCM 4)")
-    g.add_argument("--w-min", type=float, default=5.0, help="teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)")
-    g.add_argument("--w-max", type=float, default=15.0, help="see --w-min (paper: [7, 8] for AnimateDiff; scripts 15)")
-    g.add_argument("--loss-type", default="huber", choices=["huber", "l2"], help="consistency distance")
-    g.add_argument("--huber-c", type=float, default=0.001, help="pseudo-Huber c")
-    g.add_argument("--motion-repr", default="learn", choices=sorted(MOTION_REPRESENTATIONS),
-                   help="motion representation of the loss: " + "; ".join(f"{k}: {v}" for k, v in MOTION_REPRESENTATIONS.items()))  # fmt: skip
-    g.add_argument("--ema-decay", type=float, default=0.95, help="EMA of the motion head used on the target side")
-    g.add_argument("--lambda-real", type=float, default=0.5,
-                   help="mixed trajectories: fraction of micro-batches on real latents; the rest start from the "
-                   "student's own one-step sample (0 collapses ~5%% of samples to black, paper App. B.1)")  # fmt: skip
-    g.add_argument("--mixed-start-step", type=int, default=0, help="optimizer step from which mixed trajectories start")
-    g.add_argument("--ema-target", action="store_true", help="paper: EMA student as target (official code: the student itself)")
-    g.add_argument("--ema-target-decay", type=float, default=0.95, help="decay of the EMA target (with --ema-target)")
-    g = p.add_argument_group("frame discriminator (adversarial loss on a few decoded frames)")
-    g.add_argument("--disc", action=argparse.BooleanOptionalAction, default=True, help="use the frame discriminator (MCM's appearance loss)")
-    g.add_argument("--disc-backbone", default="facebook/dinov2-small", help="DINOv2 folder or hub id (ViT-S/14); 'tiny' = random, for CPU toys ('tiny:7': with 7-px patches)")
-    g.add_argument("--disc-layers", default="2,5,8,11", help="backbone layers whose patch tokens the heads judge")
-    g.add_argument("--disc-loss", default="wgan", choices=["wgan", "hinge", "bce"], help="official scripts: wgan; paper: hinge")
-    g.add_argument("--disc-weight", type=float, default=1.0, help="λ_adv, weight of the generator's adversarial loss")
-    g.add_argument("--disc-lr", type=float, default=5e-5, help="discriminator lr (scaled by total batch × frames / 128: official 1e-4)")
-    g.add_argument("--disc-start-step", type=int, default=0, help="optimizer step from which the adversarial loss is on")
-    g.add_argument("--disc-update-every", type=int, default=1, help="discriminator update every N micro-batches (update ratio)")
-    g.add_argument("--disc-augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="differentiable colour/translation/cutout augmentation of real and fake frames (official: on; the toy default: off)")
-    g.add_argument("--disc-frames", type=int, default=2, help="frames per clip decoded and judged (official 2)")
-    g.add_argument("--disc-gp", type=float, default=1e-5,
-                   help="weight of the official 'r1': a gradient penalty on interpolates in DINO-feature space (×5 when it stays ≥ 100)")  # fmt: skip
-    g.add_argument("--disc-r1", type=float, default=0.0, help="weight of a true R1 penalty on real images (needs eager attention)")
-    g.add_argument("--disc-real", default="video", choices=["video", "images"],
-                   help="real side: frames of the same video batch (official distillation) or a high-quality image set")  # fmt: skip
-    g.add_argument("--disc-images", default=None, help="image set for --disc-real images: *.tar shards or a folder (+ captions); 'toy'")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="*.tar shards (mp4 + json caption) or a folder of videos with captions; 'toy' = synthetic")
-    g.add_argument("--num-frames", type=int, default=16, help="frames per clip (16)")
-    g.add_argument("--frame-interval", type=int, default=8, help="frame stride in the source video (official 8)")
-    g.add_argument("--resolution", type=int, default=512, help="square crop size in pixels (AnimateDiff 512, ModelScope 256)")
-    g.add_argument("--crop", default="random", choices=["random", "center"], help="random-resized (official) or centre crop")
-    g.add_argument("--num-workers", type=int, default=4, help="decoding worker processes")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--train-batch-size", type=int, default=1, help="videos per process per micro-batch")
-    g.add_argument("--gradient-accumulation-steps", type=int, default=16, help="micro-batches per optimizer step")
-    g.add_argument("--max-train-steps", type=int, default=30000, help="optimizer steps (paper 30k)")
-    g.add_argument("--learning-rate", type=float, default=5e-6, help="LoRA + motion-head learning rate")
-    g.add_argument("--scale-lr", action=argparse.BooleanOptionalAction, default=True,
-                   help="multiply the lr by total batch / 128 (official; 1.0 at the official batch of 128)")  # fmt: skip
-    g.add_argument("--lr-scheduler", default="cosine", help="diffusers scheduler name")
-    g.add_argument("--lr-warmup-steps", type=int, default=500, help="warm-up steps")
-    g.add_argument("--adam-weight-decay", type=float, default=0.0, help="AdamW weight decay (scripts 0)")
-    g.add_argument("--use-8bit-adam", action=argparse.BooleanOptionalAction, default=None,
-                   help="bitsandbytes AdamW8bit (default: when bitsandbytes is installed and on a GPU)")  # fmt: skip
-    g.add_argument("--max-grad-norm", type=float, default=10.0, help="gradient-norm clip of the LoRA parameters")
-    g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"], help="default: fp16 on a GPU, no on a CPU")
-    g = p.add_argument_group("outputs")
-    g.add_argument("--checkpointing-steps", type=int, default=500, help="checkpoint every N optimizer steps")
-    g.add_argument("--checkpoints-total-limit", type=int, default=None, help="keep only the newest N checkpoints (default: all)")
-    g.add_argument("--on-save-error", default="continue", choices=["continue", "stop"],
-                   help="a checkpoint that cannot be written (disk full): warn and train on, or stop (earlier checkpoints stay intact)")  # fmt: skip
-    g.add_argument("--max-nonfinite-steps", type=int, default=5,
-                   help="a step with a non-finite loss or gradient is skipped; after N in a row the run stops with a checkpoint")  # fmt: skip
-    g.add_argument("--style", default="custom", help="style label recorded in the adapter (webvid, laion, anime, …)")
-    g.add_argument("--adapter-name", default=None, help="display name recorded in the adapter")
-    g.add_argument("--toy-eval", action=argparse.BooleanOptionalAction, default=None,
-                   help="after training, sample the teacher (50-step and 4-step CFG) and MCM (1/2/4 steps) on toy prompts, "
-                   "score motion and frame quality, time them, write preview/ and metrics.json (default: on for --data toy)")  # fmt: skip
-    g.add_argument("--eval-guidance", type=float, default=None, help="teacher CFG scale of the toy evaluation (default: 1 + mean of w)")
-    g.add_argument("--eval-seeds", type=int, default=2, help="samples per toy prompt in the evaluation")
-    g.add_argument("--eval-prompts", type=int, default=8, help="how many of the eight toy prompts to evaluate")
-    g.add_argument("--eval-teacher-steps", default="4,50", help="teacher DDIM step counts to compare with (50 = the reference)")
-    return p
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    given = {a.dest for a in parser._actions if any(opt in (argv if argv is not None else sys.argv[1:]) for opt in a.option_strings)}
-    if args.config:
-        import yaml
-
-        try:
-            values = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            parser.error(f"--config {args.config}: {exc}")
-        known = {a.dest for a in parser._actions}
-        for key, value in values.items():
-            dest = key.replace("-", "_")
-            if dest not in known:
-                parser.error(f"--config {args.config}: unknown key {key!r}")
-            if dest not in given:
-                setattr(args, dest, value)
-    if args.teacher is None and args.data is None:  # the embedded default
-        for key, value in TOY_DEFAULTS.items():
-            if key not in given:
-                setattr(args, key, value)
-    if args.teacher == str(TOY_TEACHER) and not (TOY_TEACHER / "toy_teacher.json").exists():
-        parser.error(f"the toy teacher is missing from {TOY_TEACHER}; rebuild it with: python training/toy_teacher.py")
-    if args.teacher is None or args.data is None:
-        parser.error("--teacher and --data go together (leave both out for the toy default)")
-    if args.toy_eval is None:
-        args.toy_eval = args.data == "toy"
-    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
-        parser.error(f"--checkpoints-total-limit {args.checkpoints_total_limit}: keep at least 1")
-    if args.max_nonfinite_steps < 1:
-        parser.error(f"--max-nonfinite-steps {args.max_nonfinite_steps}: must be at least 1")
-    if args.num_frames < 2:
-        parser.error(f"--num-frames {args.num_frames}: a video needs at least 2 frames")
-    return args
-
-
-def describe_plan(args) -> str:
-    steps = ", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))
-    return (
-        f"MCM distillation (arXiv 2406.06890)\n"
-        f"  teacher {args.teacher} ({args.teacher_kind}); data {args.data}; {args.num_frames} frames at {args.resolution}px\n"
-        f"  consistency distillation on the {args.num_ddim_timesteps}-point DDIM grid, betas {args.beta_schedule}, "
-        f"timestep scaling {args.timestep_scaling:g}, teacher w ~ U[{args.w_min:g}, {args.w_max:g}]\n"
-        f"  motion loss on '{args.motion_repr}' ({args.loss_type}), mixed trajectories λ_real = {args.lambda_real:g}\n"
-        f"  LoRA rank {args.lora_rank}, alpha {args.lora_alpha:g}; {args.max_train_steps} steps\n"
-        f"  the adapter samples with the MCM nodes at {steps}\n"
-        + (f"  frame discriminator: DINOv2 {args.disc_backbone}, {args.disc_loss}, λ_adv {args.disc_weight:g}, "
-           f"{args.disc_frames} frames per clip, real = {args.disc_images if args.disc_real == 'images' else 'video frames'}"
-           if args.disc else "  frame discriminator: off (--no-disc)")
-    )
-
+from training.config import TOY_DEFAULTS, TOY_TEACHER, build_parser, check_resume, describe_plan, main, parse_args  # noqa: E402,F401
+from training.config import toy_clip_frames, write_config  # noqa: E402
 
 # --- run folder and checkpoints ----------------------------------------------------------------------
 
@@ -394,16 +203,16 @@ def train(args, teacher=None) -> Path:
     if args.resume:
         resume_from = resolve_resume(args.resume, args.output_dir, args.run_name)
         state, rngs = read_state(resume_from)
+        check_resume(args, resume_from, state)  # a value an exact resume depends on may not change
         check_layout(state, resume_from, world, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
 
     # data: one global stream; this process takes every world-th block of train-batch-size samples
     data_root = args.data
     if data_root == "toy":
         cache = toy_cache()
-        frames = max(16, args.num_frames)
+        frames = toy_clip_frames(args.num_frames)
         data_root = write_toy_shards(cache / f"{args.resolution}px-{frames}f-seed{args.seed}", frames=frames,
                                      size=args.resolution, seed=args.seed)  # fmt: skip
-        args.frame_interval = 1
     dataset = VideoClips(data_root, args.num_frames, args.frame_interval, args.resolution, args.crop, args.seed, rank, world,
                          block=args.train_batch_size, start=state.get("data_positions", [0] * world)[rank])  # fmt: skip
     loader = Batches(dataset, args.train_batch_size, args.num_workers)
@@ -416,6 +225,8 @@ def train(args, teacher=None) -> Path:
     else:
         run_dir = new_run_dir(args.output_dir, args.run_name) if accelerator.is_main_process else None
         run_dir = Path(gather_object([str(run_dir) if run_dir else ""])[0]) if world > 1 else run_dir
+    if accelerator.is_main_process:  # every resolved value; --config on it repeats the run
+        write_config(args, run_dir, state["global_step"] if resume_from is not None else None)
     log(describe_plan(args))
     log(f"run folder: {run_dir}")
 
@@ -770,24 +581,6 @@ def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, e
         if state.get("adversary") is None:
             raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
         adversary.load_state_dict(state["adversary"])
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.plan:
-        print(describe_plan(args))
-        return 0
-    try:
-        train(args)
-    except KeyboardInterrupt:
-        return 130
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (NonFiniteLoss, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    return 0
 
 
 if __name__ == "__main__":

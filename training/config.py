@@ -1,0 +1,478 @@
+"""The trainer's configuration as one object: a frozen :class:`TrainConfig`, resolved in one place.
+
+Precedence, lowest first: the defaults below (the official scripts' values) < the toy preset
+(:data:`TOY_DEFAULTS`, used when neither ``teacher`` nor ``data`` is given, on the command line or in the
+YAML file) < a ``--config`` YAML file < the command line. The parser is built from the dataclass, so
+``--help``, the YAML keys and the ``config.yaml`` written into each run folder use the same names. Ranges
+and contradictions are refused at parse time naming the flag; no value is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import sys
+from dataclasses import dataclass, fields
+from functools import partial
+from pathlib import Path
+
+from mcm.boundary import MCM_TIMESTEP_SCALING
+from mcm.motion import MOTION_REPRESENTATIONS
+from mcm.schedule import NUM_DDIM_TIMESTEPS, NUM_TRAIN_TIMESTEPS, lcm_timesteps
+
+USAGE = """MCM distillation (Motion Consistency Model) of a video teacher into a LoRA student.
+
+    python training/distill.py                         # toy default: CPU, minutes, no downloads
+    accelerate launch training/distill.py --teacher PATH --data SHARDS --output-dir runs
+    python training/distill.py --config run.yaml       # values from a YAML file (the command line wins)
+
+Precedence: defaults < toy preset (no --teacher/--data) < --config YAML < command line. YAML keys are
+the flag names (lora-rank or lora_rank). Each run folder gets config.yaml; --config that file repeats the run.
+"""
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_TEACHER = ROOT / "training" / "toy_teacher"  # trained by training/toy_teacher.py, shipped with the repository
+TOY_DEFAULTS = {
+    "teacher": str(TOY_TEACHER),
+    "data": "toy",
+    "resolution": 32,
+    "num_frames": 8,
+    "max_train_steps": 200,
+    "train_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "lora_rank": 8,
+    "lora_alpha": 8.0,
+    "learning_rate": 2e-4,
+    "scale_lr": False,
+    "lr_warmup_steps": 20,
+    "w_min": 2.0,
+    "w_max": 6.0,
+    "checkpointing_steps": 50,
+    "num_workers": 0,
+    "style": "toy",
+    # 7-px patches: a 32-px frame is judged as 8 x 8 patches (14-px ones see 4 x 4 and barely see an edge). A probe
+    # telling clean frames from blurred ones reached AUC 1.0 with 7-px patches and 0.70 with 14-px ones; in the full
+    # method the shape stayed visible (0.91 of the clips, no discriminator 0.81; 14-px patches 0.66) and the FD to
+    # the clean frames fell to the teacher's level (training/ablations.md)
+    "disc_backbone": "tiny:7",
+    "disc_real": "images",
+    "disc_images": "toy",
+    # the official 1e-4 is for 30k steps; at 5e-5 the heads barely move in 200 (logits stayed within ±0.1 of
+    # each other, and the ladder's "+ frame discriminator" row equalled the row without it)
+    "disc_lr": 2e-3,
+    # the official augmentation (translation 1/8, cutout 20%, colour) is for 512-px frames; on 32-px toy frames it
+    # moves or erases the watermark bar and evens out the contrast, the cues that tell the two domains apart. With it
+    # the discriminator's accuracy stayed at 0.57 and no frame metric moved; without it 0.68, and the watermark fell
+    # from 0.19 (no discriminator) to 0.07 at 4 steps (training/ablations.md)
+    "disc_augment": False,
+}
+OFFICIAL_FRAME_INTERVAL = 8  # the official scripts' stride in the source video
+#: diffusers' ``SchedulerType`` names (a test keeps them in step with the installed diffusers)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "piecewise_constant")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A numeric flag's allowed interval (``None``: unbounded on that side)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"must be {'>' if self.lo_open else 'at least'} {self.lo:g}"
+        return f"must lie in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+def flag(default, help: str, group: str, kind: type | None = None, choices: tuple = (), range: Range | None = None):
+    """A :class:`TrainConfig` field: its default, ``--help`` text, argparse group, type, choices and range."""
+    meta = {"help": help, "group": group, "kind": kind or type(default), "choices": tuple(choices), "range": range}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+AT_LEAST_1, AT_LEAST_0, POSITIVE = Range(1), Range(0), Range(0, lo_open=True)
+UNIT, UNIT_OPEN = Range(0, 1), Range(0, 1, hi_open=True)
+
+_run = partial(flag, group="run")
+_model = partial(flag, group="teacher and student")
+_cd = partial(flag, group="consistency distillation")
+_adv = partial(flag, group="frame discriminator (adversarial loss on a few decoded frames)")
+_data = partial(flag, group="data")
+_opt = partial(flag, group="optimisation")
+_out = partial(flag, group="outputs")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every flag of ``training/distill.py``; the field name is the flag with ``_`` for ``-``."""
+
+    config: str | None = _run(None, "YAML file of flag values (keys as the flags, with _ or -); the command line overrides it", kind=str)
+    output_dir: str = _run("runs", "parent folder; each run gets a new subfolder")
+    run_name: str | None = _run(None, "subfolder name (default: date-time); an existing one is never reused", kind=str)
+    resume: str | None = _run(None, "continue a run exactly: a run folder (its newest checkpoint), a checkpoint folder, or 'latest' "
+                             "(the newest checkpoint of --output-dir/--run-name, or of the newest run in --output-dir); "
+                             "values that would change the training (seed, batch layout, LoRA, loss, data, teacher) must "
+                             "match the checkpoint's (default: a new run)", kind=str)  # fmt: skip
+    seed: int = _run(0, "random seed (data order, timesteps, guidance, noise)", range=Range(0, 2**32 - 1))
+    dry_run: bool = _run(False, "build everything, run one step, report time per part and peak memory")
+    plan: bool = _run(False, "print what the run will do and exit")
+
+    teacher: str | None = _model(None, "diffusers folder or hub id, or tiny-animatediff / tiny-modelscope (default: the toy "
+                                "teacher when --data is left out too)", kind=str)  # fmt: skip
+    teacher_kind: str = _model("animatediff", "teacher family", choices=("animatediff", "modelscope"))
+    motion_adapter: str | None = _model(None, "AnimateDiff MotionAdapter folder (default: <teacher>/motion_adapter)", kind=str)
+    unet_checkpoint: str | None = _model(None, "single-file SD1.5 checkpoint (original or diffusers layout) whose UNet replaces the "
+                                        "teacher folder's, e.g. a fine-tune; VAE and text encoder stay the folder's "
+                                        "(default: none)", kind=str)  # fmt: skip
+    motion_module_version: str = _model("v2", "recorded in the adapter metadata (official: v2, mm v1-5-2)")
+    lora_rank: int = _model(64, "LoRA rank (official 64)", range=AT_LEAST_1)
+    lora_alpha: float = _model(64.0, "LoRA alpha (official 64; scale alpha/rank = 1)", range=POSITIVE)
+    gradient_checkpointing: bool = _model(False, "trade compute for memory in the student's UNet")
+    frozen_dtype: str = _model("auto", "storage dtype of the frozen teacher UNet, VAE and text encoder (auto: the --mixed-precision "
+                              "dtype); the LoRA and the motion head stay fp32", choices=("auto", "fp32", "fp16", "bf16"))  # fmt: skip
+    offload_frozen: bool = _model(False, "keep VAE and text encoder on the CPU; move them to the GPU per call")
+    teacher_cfg_batch: bool = _model(False, "one teacher call on [cond; uncond] (faster on a GPU, more memory) instead of two")
+
+    beta_schedule: str = _cd("scaled_linear", "training betas, diffusers names (official training: scaled_linear; recorded in the "
+                            "adapter)", choices=("scaled_linear", "linear"))  # fmt: skip
+    num_ddim_timesteps: int = _cd(NUM_DDIM_TIMESTEPS, "DDIM solver grid size", range=Range(1, NUM_TRAIN_TIMESTEPS))
+    timestep_scaling: float = _cd(MCM_TIMESTEP_SCALING, "boundary timestep scaling (MCM 4)", range=POSITIVE)
+    w_min: float = _cd(5.0, "teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)", range=AT_LEAST_0)
+    w_max: float = _cd(15.0, "see --w-min (paper: [7, 8] for AnimateDiff; scripts 15)", range=AT_LEAST_0)
+    loss_type: str = _cd("huber", "consistency distance", choices=("huber", "l2"))
+    huber_c: float = _cd(0.001, "pseudo-Huber c", range=POSITIVE)
+    motion_repr: str = _cd("learn", "motion representation of the loss: " + "; ".join(f"{k}: {v}" for k, v in MOTION_REPRESENTATIONS.items()),
+                          choices=tuple(sorted(MOTION_REPRESENTATIONS)))  # fmt: skip
+    ema_decay: float = _cd(0.95, "EMA of the motion head used on the target side", range=UNIT_OPEN)
+    lambda_real: float = _cd(0.5, "mixed trajectories: fraction of micro-batches on real latents; the rest start from the student's "
+                            "own one-step sample (0 collapses ~5% of samples to black, paper App. B.1)", range=UNIT)  # fmt: skip
+    mixed_start_step: int = _cd(0, "optimizer step from which mixed trajectories start", range=AT_LEAST_0)
+    ema_target: bool = _cd(False, "paper: EMA student as target (official code: the student itself)")
+    ema_target_decay: float = _cd(0.95, "decay of the EMA target (with --ema-target)", range=UNIT_OPEN)
+
+    disc: bool = _adv(True, "use the frame discriminator (MCM's appearance loss)")
+    disc_backbone: str = _adv("facebook/dinov2-small", "DINOv2 folder or hub id (ViT-S/14); 'tiny' = random, for CPU toys ('tiny:7': "
+                             "with 7-px patches)")  # fmt: skip
+    disc_layers: str = _adv("2,5,8,11", "backbone layers whose patch tokens the heads judge (comma-separated integers)")
+    disc_loss: str = _adv("wgan", "official scripts: wgan; paper: hinge", choices=("wgan", "hinge", "bce"))
+    disc_weight: float = _adv(1.0, "λ_adv, weight of the generator's adversarial loss", range=AT_LEAST_0)
+    disc_lr: float = _adv(5e-5, "discriminator lr (scaled by total batch × frames / 128: official 1e-4)", range=POSITIVE)
+    disc_start_step: int = _adv(0, "optimizer step from which the adversarial loss is on", range=AT_LEAST_0)
+    disc_update_every: int = _adv(1, "discriminator update every N micro-batches (update ratio)", range=AT_LEAST_1)
+    disc_augment: bool = _adv(True, "differentiable colour/translation/cutout augmentation of real and fake frames (official: on)")
+    disc_frames: int = _adv(2, "frames per clip decoded and judged (official 2; at most --num-frames)", range=AT_LEAST_1)
+    disc_gp: float = _adv(1e-5, "weight of the official 'r1': a gradient penalty on interpolates in DINO-feature space (×5 when it "
+                         "stays ≥ 100)", range=AT_LEAST_0)  # fmt: skip
+    disc_r1: float = _adv(0.0, "weight of a true R1 penalty on real images (needs eager attention)", range=AT_LEAST_0)
+    disc_real: str = _adv("video", "real side: frames of the same video batch (official distillation) or a high-quality image set",
+                         choices=("video", "images"))  # fmt: skip
+    disc_images: str | None = _adv(None, "image set for --disc-real images: *.tar shards or a folder (+ captions); 'toy' "
+                                  "(default: none)", kind=str)  # fmt: skip
+
+    data: str | None = _data(None, "*.tar shards (mp4 + json caption) or a folder of videos with captions; 'toy' = synthetic "
+                            "(default: the toy set when --teacher is left out too)", kind=str)  # fmt: skip
+    num_frames: int = _data(16, "frames per clip", range=Range(2))
+    frame_interval: int | None = _data(None, "frame stride in the source video (default: 8, the official; 1 for --data toy, whose "
+                                       "clips are 16 frames long)", kind=int, range=AT_LEAST_1)  # fmt: skip
+    resolution: int = _data(512, "square crop size in pixels (AnimateDiff 512, ModelScope 256)", range=AT_LEAST_1)
+    crop: str = _data("random", "random-resized (official) or centre crop", choices=("random", "center"))
+    num_workers: int = _data(4, "decoding worker processes (0: decode in the training process)", range=AT_LEAST_0)
+
+    train_batch_size: int = _opt(1, "videos per process per micro-batch", range=AT_LEAST_1)
+    gradient_accumulation_steps: int = _opt(16, "micro-batches per optimizer step", range=AT_LEAST_1)
+    max_train_steps: int = _opt(30000, "optimizer steps (paper 30k)", range=AT_LEAST_1)
+    learning_rate: float = _opt(5e-6, "LoRA + motion-head learning rate", range=POSITIVE)
+    scale_lr: bool = _opt(True, "multiply the lr by total batch / 128 (official; 1.0 at the official batch of 128)")
+    lr_scheduler: str = _opt("cosine", "diffusers scheduler name", choices=LR_SCHEDULERS)
+    lr_warmup_steps: int = _opt(500, "warm-up steps", range=AT_LEAST_0)
+    adam_weight_decay: float = _opt(0.0, "AdamW weight decay (scripts 0)", range=AT_LEAST_0)
+    use_8bit_adam: bool | None = _opt(None, "bitsandbytes AdamW8bit (default: when bitsandbytes is installed and on a GPU)", kind=bool)
+    max_grad_norm: float = _opt(10.0, "gradient-norm clip of the LoRA parameters (0: no clip)", range=AT_LEAST_0)
+    mixed_precision: str | None = _opt(None, "default: fp16 on a GPU, no on a CPU", choices=("no", "fp16", "bf16"), kind=str)
+
+    checkpointing_steps: int = _out(500, "checkpoint every N optimizer steps (and at the end)", range=AT_LEAST_1)
+    checkpoints_total_limit: int | None = _out(None, "keep only the newest N checkpoints (default: all)", kind=int, range=AT_LEAST_1)
+    on_save_error: str = _out("continue", "a checkpoint that cannot be written (disk full): warn and train on, or stop (earlier "
+                             "checkpoints stay intact)", choices=("continue", "stop"))  # fmt: skip
+    max_nonfinite_steps: int = _out(5, "a step with a non-finite loss or gradient is skipped; after N in a row the run stops with a "
+                                   "checkpoint", range=AT_LEAST_1)  # fmt: skip
+    style: str = _out("custom", "style label recorded in the adapter (webvid, laion, anime, …)")
+    adapter_name: str | None = _out(None, "display name recorded in the adapter (default: '<style> (step N)')", kind=str)
+    toy_eval: bool | None = _out(None, "after training, sample the teacher (50-step and 4-step CFG) and MCM (1/2/4 steps) on toy "
+                                "prompts, score motion and frame quality, time them, write preview/ and metrics.json "
+                                "(default: on for --data toy)", kind=bool)  # fmt: skip
+    eval_guidance: float | None = _out(None, "teacher CFG scale of the toy evaluation (default: 1 + mean of w)", kind=float, range=POSITIVE)
+    eval_seeds: int = _out(2, "samples per toy prompt in the evaluation", range=AT_LEAST_1)
+    eval_prompts: int = _out(8, "how many of the eight toy prompts to evaluate", range=Range(1, 8))
+    eval_teacher_steps: str = _out("4,50", "teacher DDIM step counts to compare with (50 = the reference; empty: none)")
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+class ConfigError(ValueError):
+    """A value the trainer refuses; the message names the flag (or the file and key) and what was expected."""
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+# --- the command line and the YAML file ---------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, built from :class:`TrainConfig`. Defaults are suppressed, so the namespace holds
+    only what was given (``--flag v``, ``--flag=v``, ``--[no-]flag``); abbreviations are refused (a prefix
+    that is unique today becomes ambiguous, or another flag, when a flag is added)."""
+    p = argparse.ArgumentParser(description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS, allow_abbrev=False)  # fmt: skip
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        meta = f.metadata
+        group = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        kwargs = {"action": argparse.BooleanOptionalAction} if meta["kind"] is bool else {"type": meta["kind"], "metavar": METAVARS[meta["kind"]]}
+        if meta["choices"]:
+            kwargs.update(choices=meta["choices"], metavar=None)
+        group.add_argument(flag_name(f.name), dest=f.name, help=help_text(f), **kwargs)
+    return p
+
+
+METAVARS = {int: "N", float: "X", str: "S"}
+
+
+def help_text(f: dataclasses.Field) -> str:
+    text = f.metadata["help"]
+    if f.default is not None or "default" not in text:
+        text += f" (default: {show(f.default)})"
+    if f.name in TOY_DEFAULTS and f.name not in ("teacher", "data"):
+        text += f" [toy preset: {show(TOY_DEFAULTS[f.name])}]"
+    return text.replace("%", "%%")
+
+
+def show(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def read_config_file(path: str) -> dict:
+    """The values of a YAML config file, converted with the flags' types; unknown keys are refused."""
+    import yaml
+
+    where = f"--config {path}"
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{where}: not a readable YAML file ({' '.join(str(exc).split())})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{where}: expected a mapping of flag names to values, got a YAML {type(loaded).__name__}")
+    values = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELDS or name == "config":
+            hint = "a config file cannot name another" if name == "config" else "the keys are the flag names, e.g. lora-rank"
+            raise ConfigError(f"{where}: unknown key {key!r} ({hint})")
+        if name in values:
+            raise ConfigError(f"{where}: key {key!r} is given twice (as {name.replace('_', '-')} and {name})")
+        values[name] = convert(FIELDS[name], value, f"{where}: key {key!r}")
+    return values
+
+
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def convert(f: dataclasses.Field, value, where: str):
+    """``value`` from a YAML file as the flag's type (strings parsed as on the command line)."""
+    kind, expected = f.metadata["kind"], KIND_NAMES[f.metadata["kind"]]
+    if value is None and f.default is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        hint = " (YAML reads yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) and kind is str else ""
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}{hint}")
+    if kind is int and isinstance(value, float):
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}")
+    try:
+        converted = kind(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {expected}, got {value!r}") from None
+    if f.metadata["choices"] and converted not in f.metadata["choices"]:
+        raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(f.metadata['choices'])}")
+    return converted
+
+
+def resolve(given: dict, from_file: dict) -> TrainConfig:
+    """defaults < toy preset < YAML < command line, in one place."""
+    values = {f.name: f.default for f in fields(TrainConfig)}
+    if not {"teacher", "data"} & (given.keys() | from_file.keys()):  # the embedded default
+        values.update(TOY_DEFAULTS)
+    values.update(from_file)
+    values.update(given)
+    toy_data = values["data"] == "toy"
+    if values["frame_interval"] is None:  # the derived defaults the help states
+        values["frame_interval"] = 1 if toy_data else OFFICIAL_FRAME_INTERVAL
+    if values["toy_eval"] is None:
+        values["toy_eval"] = toy_data
+    return TrainConfig(**values)
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """The configuration of this run; bad values end with ``error: ...`` and exit status 2."""
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
+    try:
+        cfg = resolve(given, read_config_file(given["config"]) if "config" in given else {})
+        validate(cfg)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return cfg
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Refuse a value the run cannot use, naming the flag; nothing is changed."""
+    for f in fields(cfg):
+        value, allowed = getattr(cfg, f.name), f.metadata["range"]
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_name(f.name)} {value}: must be a finite number")
+        if allowed is not None and value is not None and value not in allowed:
+            raise ConfigError(f"{flag_name(f.name)} {value}: {allowed}")
+    if cfg.teacher is None or cfg.data is None:
+        raise ConfigError("--teacher and --data go together (leave both out for the toy default)")
+    if cfg.teacher == str(TOY_TEACHER) and not (TOY_TEACHER / "toy_teacher.json").exists():
+        raise ConfigError(f"the toy teacher is missing from {TOY_TEACHER}; rebuild it with: python training/toy_teacher.py")
+    if cfg.w_min > cfg.w_max:
+        raise ConfigError(f"--w-min {cfg.w_min:g} is above --w-max {cfg.w_max:g}")
+    integers("--disc-layers", cfg.disc_layers, low=0, empty=False)
+    integers("--eval-teacher-steps", cfg.eval_teacher_steps, low=1, empty=True)
+    if cfg.disc and cfg.disc_frames > cfg.num_frames:
+        raise ConfigError(f"--disc-frames {cfg.disc_frames}: at most --num-frames ({cfg.num_frames})")
+    if cfg.disc and cfg.disc_real == "images" and cfg.disc_images is None:
+        raise ConfigError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images, or 'toy')")
+    span = (cfg.num_frames - 1) * cfg.frame_interval + 1
+    if cfg.data == "toy" and span > toy_clip_frames(cfg.num_frames):
+        raise ConfigError(f"--frame-interval {cfg.frame_interval}: {cfg.num_frames} frames at this stride span {span} frames; the "
+                          f"toy clips have {toy_clip_frames(cfg.num_frames)} (use --frame-interval 1, the toy preset's)")  # fmt: skip
+    existing = next(p for p in (Path(cfg.output_dir).absolute(), *Path(cfg.output_dir).absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--output-dir {cfg.output_dir}: {existing} is a file, not a folder")
+
+
+def integers(name: str, text: str, low: int, empty: bool) -> list[int]:
+    parts = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not all(t.lstrip("-").isdigit() for t in parts) or any(int(t) < low for t in parts) or not (parts or empty):
+        raise ConfigError(f"{name} {text!r}: expected comma-separated integers of at least {low}, e.g. 2,5,8,11")
+    return [int(t) for t in parts]
+
+
+def toy_clip_frames(num_frames: int) -> int:
+    """Frames per clip of the synthetic toy set written for a run of ``num_frames`` frames."""
+    return max(16, num_frames)
+
+
+# --- config.yaml and resume -------------------------------------------------------------------------------
+
+NOT_RECORDED = ("config", "resume", "plan")  # how the run was started, not what it trains
+#: values a resume may change: where and how often things are written, workers, memory-only switches, evaluation
+RESUME_MAY_CHANGE = frozenset(NOT_RECORDED) | {
+    "output_dir", "run_name", "dry_run", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "on_save_error",
+    "max_nonfinite_steps", "num_workers", "gradient_checkpointing", "offload_frozen", "style", "adapter_name",
+    "motion_module_version", "toy_eval", "eval_guidance", "eval_seeds", "eval_prompts", "eval_teacher_steps",
+}  # fmt: skip
+
+
+def write_config(cfg: TrainConfig, run_dir: Path, resumed_at: int | None = None) -> Path:
+    """Every resolved value as YAML (keys as the flags): ``--config`` on it repeats the run. A resumed run
+    keeps the folder's ``config.yaml`` and writes ``config-resume-<step>.yaml`` beside it."""
+    import yaml
+
+    name = "config.yaml" if resumed_at is None else f"config-resume-{resumed_at}.yaml"
+    values = {k.replace("_", "-"): v for k, v in vars(cfg).items() if k not in NOT_RECORDED}
+    header = "# every value of this run (defaults included); repeat it with: python training/distill.py --config <this file>\n"
+    tmp = run_dir / f".{name}.tmp"
+    tmp.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    os.replace(tmp, run_dir / name)
+    return run_dir / name
+
+
+def recorded_config(checkpoint: Path, state: dict) -> tuple[dict, str]:
+    """The values the checkpoint's run was started with: its run folder's ``config.yaml``, or (older runs)
+    the flags stored in ``trainer_state.json``; and where they were read."""
+    path = checkpoint.parent / "config.yaml"
+    if path.is_file():
+        try:
+            return read_config_file(str(path)), str(path)
+        except ConfigError as exc:
+            raise ConfigError(f"--resume {checkpoint}: {exc}") from None
+    return dict(state.get("args") or {}), str(checkpoint / "trainer_state.json")
+
+
+def check_resume(cfg: TrainConfig, checkpoint: Path, state: dict) -> None:
+    """Refuse a resume that changes a value an exact continuation depends on, naming the flag and both values."""
+    saved, source = recorded_config(checkpoint, state)
+    changed = [f"{flag_name(k)} {show(v)} (the checkpoint's run: {show(saved[k])})" for k, v in vars(cfg).items()
+               if k not in RESUME_MAY_CHANGE and k in saved and saved[k] != v]  # fmt: skip
+    if changed:
+        raise ConfigError(f"--resume {checkpoint}: this run changes what the checkpoint was trained with: {'; '.join(changed)}; an "
+                          f"exact resume needs the values recorded in {source} (e.g. --config that file, or start a new run)")  # fmt: skip
+
+
+# --- the entry point ----------------------------------------------------------------------------------------
+
+
+def describe_plan(cfg: TrainConfig) -> str:
+    steps = ", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))
+    return (
+        f"MCM distillation (arXiv 2406.06890)\n"
+        f"  teacher {cfg.teacher} ({cfg.teacher_kind}); data {cfg.data}; {cfg.num_frames} frames at {cfg.resolution}px\n"
+        f"  consistency distillation on the {cfg.num_ddim_timesteps}-point DDIM grid, betas {cfg.beta_schedule}, "
+        f"timestep scaling {cfg.timestep_scaling:g}, teacher w ~ U[{cfg.w_min:g}, {cfg.w_max:g}]\n"
+        f"  motion loss on '{cfg.motion_repr}' ({cfg.loss_type}), mixed trajectories λ_real = {cfg.lambda_real:g}\n"
+        f"  LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}; {cfg.max_train_steps} steps\n"
+        f"  the adapter samples with the MCM nodes at {steps}\n"
+        + (f"  frame discriminator: DINOv2 {cfg.disc_backbone}, {cfg.disc_loss}, λ_adv {cfg.disc_weight:g}, "
+           f"{cfg.disc_frames} frames per clip, real = {cfg.disc_images if cfg.disc_real == 'images' else 'video frames'}"
+           if cfg.disc else "  frame discriminator: off (--no-disc)")
+    )  # fmt: skip
+
+
+def main(argv=None) -> int:
+    """``python training/distill.py``: exit 0 when done, 2 on bad input, 3 when a run stopped with a checkpoint
+    (non-finite losses, a checkpoint that could not be written), 130 on Ctrl-C."""
+    from training.checkpoints import CheckpointError
+    from training.distill import NonFiniteLoss, train
+
+    cfg = parse_args(argv)
+    if cfg.plan:
+        print(describe_plan(cfg))
+        return 0
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (NonFiniteLoss, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
