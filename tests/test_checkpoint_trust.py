@@ -109,6 +109,20 @@ def test_resume_latest_with_no_checkpoint_that_verifies_names_each_and_moves_not
     assert tree(run) == before
 
 
+def test_a_well_formed_file_of_the_wrong_content_is_named(run):
+    torch.save([torch.zeros(3)], run / "checkpoint-2" / "optimizer.pt")  # tensors only, but not an optimizer state
+    checkpoints.write_manifest(run / "checkpoint-2")
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="checkpoint-2/optimizer.pt is not an object with the 'optimizer'"):
+        checkpoints.verify_checkpoint(run / "checkpoint-2")
+    (run / "checkpoint-3" / "trainer_state.json").write_text("[]")
+    checkpoints.write_manifest(run / "checkpoint-3")
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="checkpoint-3/trainer_state.json is not an object with an integer"):
+        checkpoints.verify_checkpoint(run / "checkpoint-3")
+    (run / "checkpoint-1" / checkpoints.MANIFEST).write_text(json.dumps({"files": {"../../secret": {"size": 1, "sha256": ""}}}))
+    with pytest.raises(checkpoints.CorruptCheckpoint, match="'../../secret' is not a path inside the checkpoint"):
+        checkpoints.verify_checkpoint(run / "checkpoint-1")
+
+
 def test_a_checkpoint_of_another_configuration_is_refused_before_anything_moves(run, toy_run, capsys):
     before = tree(run)
     code, out = resume(run, toy_run[1], str(run / "checkpoint-2"), capsys, "--lora-rank", "8")

@@ -309,6 +309,10 @@ def _parse(path: Path, name: str) -> None:
             pass
     elif path.name == RNG_FILE:
         decode_rng(load_pickle_free(path, name))
+    elif path.name == "optimizer.pt":
+        value = load_pickle_free(path, name)
+        if not (isinstance(value, dict) and isinstance(value.get("optimizer"), dict) and isinstance(value.get("scheduler"), dict)):
+            raise CorruptCheckpoint(f"{name} is not an object with the 'optimizer' and 'scheduler' states")
     elif path.suffix == ".pt":
         load_pickle_free(path, name)
 
