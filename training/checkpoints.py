@@ -8,26 +8,41 @@ micro-batch are a function of the seed and the micro-batch's global index (``slo
 a resumed run draws what the uninterrupted run would have drawn.
 
 A checkpoint is built in a temporary sibling folder and renamed into place; a failed write (disk
-full, …) removes the temporary folder and leaves every earlier checkpoint as it was.
+full, …) removes the temporary folder and leaves every earlier checkpoint as it was. The last file
+written is ``manifest.json`` (size and SHA-256 of every other file): :func:`verify_checkpoint` checks it
+and parses every file before a run resumes, so a damaged checkpoint is named, file by file, before
+anything is moved. Nothing is unpickled beyond tensors and plain values (``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 
 from mcm.weights.io import atomic_dir
 
 
+MANIFEST = "manifest.json"
+RNG_FILE = "rng_state.pt"
+RNG_FORMAT = "comfyui-mcm rng states 2"  # tensors and plain values only: loads with weights_only=True
+REQUIRED = ("trainer_state.json", "optimizer.pt", "peft/adapter_model.safetensors")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written (the earlier ones are intact)."""
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the file and what is wrong with it."""
 
 
 def slot_generator(seed: int, slot: int) -> torch.Generator:
@@ -70,31 +85,57 @@ def set_aside_newer(checkpoint: Path, log) -> Path | None:
     return aside
 
 
-def latest_checkpoint(path: Path) -> Path:
-    """``path`` itself when it is a checkpoint, else the run's newest complete checkpoint."""
-    if (path / "trainer_state.json").exists():
-        return path
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume {path}: no such run folder")
-    found = checkpoints(path)
+def is_checkpoint_folder(path: Path) -> bool:
+    return step_of(path) >= 0 or (path / "trainer_state.json").exists()
+
+
+def newest_verified(run: Path, label: str, log) -> Path:
+    """The newest checkpoint of ``run`` that :func:`verify_checkpoint` accepts; the newer ones it skips are
+    logged with the reason (resuming then sets them aside with :func:`set_aside_newer`)."""
+    if not run.is_dir():
+        raise FileNotFoundError(f"--resume {label}: no such run folder")
+    found = checkpoints(run)
     if not found:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint-N folder with trainer_state.json")
-    return found[-1]
+        raise FileNotFoundError(f"--resume {label}: no checkpoint-N folder with trainer_state.json in {run}")
+    skipped = []
+    for candidate in reversed(found):
+        try:
+            verify_checkpoint(candidate)
+        except CorruptCheckpoint as exc:
+            skipped.append(f"{candidate.name} ({exc})")
+            continue
+        for reason in skipped:
+            log(f"--resume {label}: skipped {reason}")
+        if skipped:
+            log(f"--resume {label}: resuming from {candidate.name}, the newest checkpoint that verifies")
+        return candidate
+    raise CorruptCheckpoint(f"--resume {label}: no checkpoint of {run} verifies: {'; '.join(skipped)}")
 
 
-def resolve_resume(resume: str, output_dir: str, run_name: str | None) -> Path:
-    """``--resume latest`` is the newest checkpoint of ``--output-dir/--run-name`` (or of the newest run
-    in ``--output-dir``); anything else is a run or checkpoint folder."""
+def resolve_resume(resume: str, output_dir: str, run_name: str | None, log=print) -> Path:
+    """The verified checkpoint to resume from. ``--resume latest`` is the newest checkpoint that verifies of
+    ``--output-dir/--run-name`` (or of the run in ``--output-dir`` with the newest checkpoint), and so is a run
+    folder; a named checkpoint folder that does not verify is refused. Nothing is moved here."""
     if resume != "latest":
-        return latest_checkpoint(Path(resume))
+        path = Path(resume)
+        if not is_checkpoint_folder(path):
+            return newest_verified(path, resume, log)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint folder")
+        try:
+            verify_checkpoint(path)
+        except CorruptCheckpoint as exc:
+            raise CorruptCheckpoint(f"--resume {resume}: {exc}; nothing was moved (resume from an earlier checkpoint, "
+                                    f"or --resume latest for the newest one that verifies)") from None  # fmt: skip
+        return path
     parent = Path(output_dir)
     if run_name:
-        return latest_checkpoint(parent / run_name)
+        return newest_verified(parent / run_name, "latest", log)
     runs = [c.parent for c in parent.glob("*/checkpoint-*") if (c / "trainer_state.json").exists()]
     if not runs:
         raise FileNotFoundError(f"--resume latest: no run with a checkpoint in {parent}")
     newest = max(set(runs), key=lambda r: max(c.stat().st_mtime for c in checkpoints(r)))
-    return latest_checkpoint(newest)
+    return newest_verified(newest, "latest", log)
 
 
 def prune(run_dir: Path, keep: int | None, log) -> None:
@@ -123,6 +164,39 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def encode_rng(states: list[dict]) -> dict:
+    """The RNG states of every process as tensors and plain values (no numpy arrays, no tuples of objects)."""
+
+    def one(s):
+        name, keys, pos, has_gauss, cached = s["numpy"]
+        version, internal, gauss_next = s["python"]
+        return {"torch": s["torch"], "cuda": list(s["cuda"]) if s.get("cuda") is not None else None,
+                "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+                "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                           "gauss_next": gauss_next}}  # fmt: skip
+
+    return {"format": RNG_FORMAT, "processes": [one(s) for s in states]}
+
+
+def decode_rng(obj) -> list[dict]:
+    """The inverse of :func:`encode_rng`; ValueError when ``obj`` is not what it writes."""
+    if not isinstance(obj, dict) or obj.get("format") != RNG_FORMAT or not isinstance(obj.get("processes"), list):
+        raise ValueError(f"not a {RNG_FORMAT!r} file")
+    for p in obj["processes"]:
+        torch_state, keys = (p.get("torch"), p.get("numpy", {}).get("keys")) if isinstance(p, dict) else (None, None)
+        if not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8 and isinstance(keys, torch.Tensor)):
+            raise ValueError("an RNG state is not a uint8 torch state with numpy keys")
+    try:
+        return [{"torch": p["torch"], "cuda": p["cuda"],
+                 "numpy": (p["numpy"]["name"], p["numpy"]["keys"].numpy().astype(np.uint32), p["numpy"]["pos"],
+                           p["numpy"]["has_gauss"], p["numpy"]["cached_gaussian"]),
+                 "python": (p["python"]["version"], tuple(p["python"]["internal"].tolist()), p["python"]["gauss_next"])}
+                for p in obj["processes"]]  # fmt: skip
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"an RNG state lacks {exc}") from None
+
+
 def _fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -138,14 +212,15 @@ def _fsync(path: Path) -> None:
 
 def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -> None:
     """Build ``folder`` atomically: ``write_parts(tmp)`` writes the model files, then the RNG states of
-    every process and the trainer state; everything is flushed to the disk before the rename, so a
-    crash of the machine cannot leave a ``checkpoint-N`` whose ``trainer_state.json`` is there but
-    whose files are not. Raises :class:`CheckpointError` and leaves nothing behind on failure."""
+    every process, the trainer state and, last, the manifest of them all; everything is flushed to the disk
+    before the rename, so a crash of the machine cannot leave a ``checkpoint-N`` whose ``trainer_state.json``
+    is there but whose files are not. Raises :class:`CheckpointError` and leaves nothing behind on failure."""
     try:
         with atomic_dir(folder) as tmp:
             write_parts(tmp)
-            torch.save(rng_states, tmp / "rng_state.pt")
+            torch.save(encode_rng(rng_states), tmp / RNG_FILE)
             (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+            write_manifest(tmp)
             for path in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [tmp]:
                 _fsync(path)
         try:
@@ -156,11 +231,126 @@ def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -
         raise CheckpointError(f"could not write {folder.name} ({exc})") from exc
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """``manifest.json``: the size and SHA-256 of every other file of the checkpoint."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "files": entries}, indent=1))
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.split(". ")[0][:160]
+
+
+def load_pickle_free(path: Path, name: str | None = None):
+    """``torch.load`` of a file of tensors and plain values (``weights_only=True``): a pickle of any other
+    object (which could run code when loaded) is refused, naming the file."""
+    name = name or str(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    if path.name == RNG_FILE and unsafe and all(g.startswith("numpy.") for g in unsafe):
+        raise CorruptCheckpoint(f"{name} is in the format of earlier versions (numpy arrays in a pickle, which cannot be read "
+                                f"without letting the file run code); delete it to resume without the saved RNG states (the "
+                                f"resumed run is then not bit-exact), or resume from a checkpoint written by this version")  # fmt: skip
+    raise CorruptCheckpoint(f"{name} holds {', '.join(unsafe[:3]) or 'objects'} besides tensors and plain values "
+                            f"(a pickle that could run code when loaded); not loaded")  # fmt: skip
+
+
+def _check_listed(folder: Path, rel: str, entry) -> None:
+    path, name = folder / rel, f"{folder.name}/{rel}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+        raise CorruptCheckpoint(f"{folder.name}/{MANIFEST}: the entry of {rel} is not {{'size': int, 'sha256': str}}")
+    if not path.is_file():
+        raise CorruptCheckpoint(f"{name} is missing (listed in {MANIFEST})")
+    size = path.stat().st_size
+    if size != entry["size"]:
+        raise CorruptCheckpoint(f"{name} is {size} bytes; it was written with {entry['size']} (truncated or changed)")
+    if _sha256(path) != entry["sha256"]:
+        raise CorruptCheckpoint(f"{name} changed after it was written (its SHA-256 differs from {MANIFEST})")
+
+
+def _listed_files(folder: Path) -> list[str]:
+    """The files the manifest lists, each checked against its size and hash; without a manifest (a checkpoint
+    of an earlier version) every file of the folder."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptCheckpoint(f"{folder.name}/{MANIFEST} does not parse ({_short(exc)})") from None
+    if not isinstance(files, dict):
+        raise CorruptCheckpoint(f"{folder.name}/{MANIFEST}: 'files' is not an object")
+    for rel, entry in files.items():
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise CorruptCheckpoint(f"{folder.name}/{MANIFEST}: {rel!r} is not a path inside the checkpoint")
+        _check_listed(folder, rel, entry)
+    return sorted(files)
+
+
+def _parse(path: Path, name: str) -> None:
+    if path.suffix == ".json":
+        value = json.loads(path.read_text(encoding="utf-8"))
+        if path.name == "trainer_state.json" and not (isinstance(value, dict) and isinstance(value.get("global_step"), int)):
+            raise CorruptCheckpoint(f"{name} is not an object with an integer 'global_step'")
+    elif path.suffix == ".safetensors":
+        with safe_open(path, "pt"):  # checks the header and that the tensors cover the file exactly
+            pass
+    elif path.name == RNG_FILE:
+        decode_rng(load_pickle_free(path, name))
+    elif path.name == "optimizer.pt":
+        value = load_pickle_free(path, name)
+        if not (isinstance(value, dict) and isinstance(value.get("optimizer"), dict) and isinstance(value.get("scheduler"), dict)):
+            raise CorruptCheckpoint(f"{name} is not an object with the 'optimizer' and 'scheduler' states")
+    elif path.suffix == ".pt":
+        load_pickle_free(path, name)
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Raise :class:`CorruptCheckpoint` naming the first bad file of ``folder``: a file missing, of another size
+    or hash than ``manifest.json`` says, or that does not parse (JSON, safetensors header and coverage, pickle-free
+    torch files). Checkpoints of earlier versions (no manifest) are checked by parsing every file."""
+    names = _listed_files(folder)
+    for rel in REQUIRED:
+        if rel not in names or not (folder / rel).is_file():
+            raise CorruptCheckpoint(f"{folder.name}/{rel} is missing")
+    for rel in names:
+        name = f"{folder.name}/{rel}"
+        try:
+            _parse(folder / rel, name)
+        except CorruptCheckpoint:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises, the file is named
+            raise CorruptCheckpoint(f"{name} does not parse ({_short(exc)})") from None
+
+
 def read_state(folder: Path) -> tuple[dict, list | None]:
-    state = json.loads((folder / "trainer_state.json").read_text())
-    rng_path = folder / "rng_state.pt"
-    rngs = torch.load(rng_path, map_location="cpu", weights_only=False) if rng_path.exists() else None  # our own file
-    return state, rngs
+    """The trainer state and the RNG states of every process (None for a checkpoint without them)."""
+    path = folder / "trainer_state.json"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CorruptCheckpoint(f"{path}: {_short(exc)}") from None
+    rng_path = folder / RNG_FILE
+    if not rng_path.exists():
+        return state, None
+    try:
+        return state, decode_rng(load_pickle_free(rng_path))
+    except CorruptCheckpoint:
+        raise
+    except ValueError as exc:
+        raise CorruptCheckpoint(f"{rng_path}: {exc}") from None
 
 
 def check_layout(state: dict, folder: Path, num_processes: int, batch_size: int, accumulation: int, seed: int | None = None) -> None:

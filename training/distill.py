@@ -201,7 +201,7 @@ def train(args, teacher=None) -> Path:
     # where a resumed run continues: its checkpoint, the data positions and the RNG states of each process
     resume_from, state, rngs = None, {}, None
     if args.resume:
-        resume_from = resolve_resume(args.resume, args.output_dir, args.run_name)
+        resume_from = resolve_resume(args.resume, args.output_dir, args.run_name, log)  # verified; nothing moved yet
         state, rngs = read_state(resume_from)
         check_resume(args, resume_from, state)  # a value an exact resume depends on may not change
         check_layout(state, resume_from, world, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
@@ -219,9 +219,7 @@ def train(args, teacher=None) -> Path:
 
     # the run folder, once the inputs are known to be usable
     if resume_from is not None:
-        run_dir = resume_from.parent
-        if accelerator.is_main_process:
-            set_aside_newer(resume_from, log)
+        run_dir = resume_from.parent  # the newer checkpoints are set aside once the checkpoint has loaded
     else:
         run_dir = new_run_dir(args.output_dir, args.run_name) if accelerator.is_main_process else None
         run_dir = Path(gather_object([str(run_dir) if run_dir else ""])[0]) if world > 1 else run_dir
@@ -312,6 +310,8 @@ def train(args, teacher=None) -> Path:
     global_step, micro_done, skip_reasons, start_time = 0, 0, {}, time.time()
     if resume_from is not None:
         load_checkpoint(resume_from, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary)
+        if accelerator.is_main_process:
+            set_aside_newer(resume_from, log)
         global_step, micro_done, skip_reasons = state["global_step"], state.get("micro_batches", 0), state.get("skip_reasons", {})
         if rngs is not None:
             set_rng_state(rngs[rank])
@@ -559,27 +559,40 @@ def save_checkpoint(accelerator, student_p, head_p, target_head, ema_student, op
 
 
 def load_checkpoint(folder: Path, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary=None) -> None:
-    from peft import set_peft_model_state_dict
+    """Load a verified checkpoint into the prepared models; a checkpoint of another model or flags (other rank,
+    motion head, optimizer) is a ValueError naming the checkpoint, raised before anything of the run is moved."""
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(accelerator.unwrap_model(student_p), load_file(folder / "peft" / "adapter_model.safetensors"))
+    from training.checkpoints import load_pickle_free
+
     extra_path = folder / "trainable_extra.safetensors"
     extra = load_file(extra_path) if extra_path.exists() else {}
+    state = load_pickle_free(folder / "optimizer.pt")
+    if adversary is not None and state.get("adversary") is None:
+        raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
+    try:
+        _load_parts(folder, extra, state, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # shapes or keys of another configuration
+        raise ValueError(f"--resume {folder}: does not fit this run's model and flags (written with other --lora-rank, "
+                         f"--motion-repr, --ema-target or optimizer flags?): {str(exc).strip().splitlines()[0][:200]}") from None  # fmt: skip
+
+
+def _load_parts(folder, extra, state, accelerator, student_p, head_p, target_head, ema_student, optimizer, scheduler, adversary):
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
 
     def part(prefix):
         return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
 
+    set_peft_model_state_dict(accelerator.unwrap_model(student_p), load_file(folder / "peft" / "adapter_model.safetensors"))
     if isinstance(target_head, torch.nn.Module):
         accelerator.unwrap_model(head_p).load_state_dict(part("online."))
         target_head.load_state_dict(part("target."))
     if ema_student is not None:
         set_peft_model_state_dict(ema_student, part("ema_student."))
-    state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)  # our own file
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if adversary is not None:
-        if state.get("adversary") is None:
-            raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
         adversary.load_state_dict(state["adversary"])
 
 
