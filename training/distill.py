@@ -80,6 +80,7 @@ TOY_DEFAULTS = {
     # the discriminator's accuracy stayed at 0.57 and no frame metric moved; without it 0.68, and the watermark fell
     # from 0.19 (no discriminator) to 0.07 at 4 steps (training/ablations.md)
     "disc_augment": False,
+    "validation_steps": 0,  # the toy evaluation after training measures what validation would
 }
 
 
@@ -113,8 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-cfg-batch", action="store_true",
                    help="one teacher call on [cond; uncond] (faster on a GPU, more activation memory) instead of two")  # fmt: skip
     g = p.add_argument_group("consistency distillation")
-    g.add_argument("--beta-schedule", default="scaled_linear", choices=["scaled_linear", "linear"],
-                   help="training betas, diffusers names (official training: scaled_linear; recorded in the adapter)")  # fmt: skip
+    g.add_argument("--beta-schedule", default="auto", choices=["auto", "scaled_linear", "linear"],
+                   help="training betas, diffusers names (auto: the teacher's scheduler config, else scaled_linear; recorded in the adapter)")  # fmt: skip
+    g.add_argument("--prediction-type", default="auto", choices=["auto", "epsilon", "v_prediction"],
+                   help="the teacher's output (auto: its scheduler/scheduler_config.json, else epsilon); a contradiction is refused")  # fmt: skip
     g.add_argument("--num-ddim-timesteps", type=int, default=NUM_DDIM_TIMESTEPS, help="DDIM solver grid size (50)")
     g.add_argument("--timestep-scaling", type=float, default=MCM_TIMESTEP_SCALING, help="boundary timestep scaling (MCM 4)")
     g.add_argument("--w-min", type=float, default=5.0, help="teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)")
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint that cannot be written (disk full): warn and train on, or stop (earlier checkpoints stay intact)")  # fmt: skip
     g.add_argument("--max-nonfinite-steps", type=int, default=5,
                    help="a step with a non-finite loss or gradient is skipped; after N in a row the run stops with a checkpoint")  # fmt: skip
+    g.add_argument("--validation-steps", type=int, default=500, help="MCM 1/2/4-step samples and the held-out consistency error every N steps (0: off; toy default 0)")
+    g.add_argument("--validation-prompts", default=None, help="text file, one validation prompt per line (default: four general prompts; toy data: toy prompts)")
+    g.add_argument("--keep-best", action="store_true", help="keep the adapter with the lowest held-out consistency error as <run>/best/")
     g.add_argument("--style", default="custom", help="style label recorded in the adapter (webvid, laion, anime, …)")
     g.add_argument("--adapter-name", default=None, help="display name recorded in the adapter")
     g.add_argument("--toy-eval", action=argparse.BooleanOptionalAction, default=None,
@@ -266,7 +272,9 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
     from peft import get_peft_model_state_dict
 
     from mcm.weights import Adapter, AdapterMeta, export_peft, parse_lora_tensors, save_adapter
+    from training.models import noise_settings
 
+    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)  # the same resolution train() uses
     state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
     layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
     meta = AdapterMeta(
@@ -274,10 +282,10 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
         motion_module=args.motion_module_version if teacher.kind == "animatediff" else None,
         lora_rank=args.lora_rank,
         lora_alpha=float(args.lora_alpha),
-        beta_schedule=args.beta_schedule,
+        beta_schedule=noise.beta_schedule,
         timestep_scaling=float(args.timestep_scaling),
         num_ddim_timesteps=args.num_ddim_timesteps,
-        prediction_type=teacher.unet.config.get("prediction_type", "epsilon") if hasattr(teacher.unet.config, "get") else "epsilon",
+        prediction_type=noise.prediction_type,
         temporal_norm="frames",  # diffusers' motion modules normalise over all frames
         style=args.style,
         name=args.adapter_name or f"{args.style} (step {step})",
@@ -370,7 +378,7 @@ def train(args, teacher=None) -> Path:
     from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state, slot_generator
     from training.data import Batches, VideoClips, write_toy_shards
     from training.memory import PartTimer, frozen_dtype, visiting
-    from training.models import VideoUNet, call_unet, load_teacher, make_student
+    from training.models import VideoUNet, call_unet, load_teacher, make_student, noise_settings
 
     mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
     weight_dtype = frozen_dtype(args.frozen_dtype, mixed)
@@ -388,6 +396,7 @@ def train(args, teacher=None) -> Path:
     max_frames = teacher.max_frames
     if max_frames is not None and args.num_frames > max_frames:
         raise ValueError(f"--num-frames {args.num_frames}: this teacher's motion module takes at most {max_frames} frames")
+    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)  # one prediction type and one schedule for the run
 
     # where a resumed run continues: its checkpoint, the data positions and the RNG states of each process
     resume_from, state, rngs = None, {}, None
@@ -418,6 +427,7 @@ def train(args, teacher=None) -> Path:
         run_dir = Path(gather_object([str(run_dir) if run_dir else ""])[0]) if world > 1 else run_dir
     log(describe_plan(args))
     log(f"run folder: {run_dir}")
+    log(f"teacher output {noise.prediction_type}, betas {noise.beta_schedule} ({noise.source})")
 
     # models: the student is the teacher + LoRA; the teacher is the same UNet with the adapter disabled
     for m in (teacher.unet, teacher.vae, teacher.text_encoder):
@@ -468,9 +478,9 @@ def train(args, teacher=None) -> Path:
                                       start=state.get("image_positions", [0] * world)[rank])  # fmt: skip
             images = Batches(image_set, per_batch, min(args.num_workers, 2))
 
-    schedule = NoiseSchedule(args.beta_schedule)
+    schedule = NoiseSchedule(noise.beta_schedule)
     config = DistillConfig(args.num_ddim_timesteps, args.timestep_scaling, args.w_min, args.w_max, args.loss_type,
-                           args.huber_c, "epsilon", args.lambda_real, args.teacher_cfg_batch)  # fmt: skip
+                           args.huber_c, noise.prediction_type, args.lambda_real, args.teacher_cfg_batch)  # fmt: skip
     unwrapped = accelerator.unwrap_model(student_p)
 
     def student_fn(x, t, c):
@@ -557,7 +567,7 @@ def train(args, teacher=None) -> Path:
                 generated = global_step >= args.mixed_start_step and use_generated_trajectories(args.lambda_real, generator)
                 if generated:
                     with timer("student one-step sample"), accelerator.autocast():
-                        x0 = generated_x0(student_fn, torch.randn(x0.shape, generator=generator).to(device), cond, schedule).float()
+                        x0 = generated_x0(student_fn, torch.randn(x0.shape, generator=generator).to(device), cond, schedule, config.prediction_type).float()
                 index = sample_indices(b, args.num_ddim_timesteps, generator)
                 w = sample_guidance(b, args.w_min, args.w_max, generator)
                 noise = torch.randn(x0.shape, generator=generator).to(device)
@@ -683,13 +693,16 @@ def train(args, teacher=None) -> Path:
 
 def toy_evaluation(args, student, teacher, encode_text, run_dir: Path, log) -> Path:
     """Teacher vs MCM on the toy prompts: ``preview/`` (GIF + PNG strip) and ``metrics.json``."""
+    from training.models import noise_settings
     from training.toy_eval import ToySampler, evaluate, toy_prompts
 
     guidance = args.eval_guidance if args.eval_guidance is not None else 1.0 + (args.w_min + args.w_max) / 2
     student.eval()
+    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)
     sampler = ToySampler(student, teacher.vae, lambda captions: encode_text(captions)[0], teacher.scaling_factor,
-                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(args.beta_schedule), guidance,
-                         timestep_scaling=args.timestep_scaling, num_ddim_timesteps=args.num_ddim_timesteps)  # fmt: skip
+                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(noise.beta_schedule), guidance,
+                         timestep_scaling=args.timestep_scaling, prediction_type=noise.prediction_type,
+                         num_ddim_timesteps=args.num_ddim_timesteps)  # fmt: skip
     log(f"toy evaluation ({args.eval_seeds} samples per prompt, teacher cfg {guidance:g}):")
     report = evaluate(sampler, run_dir / "preview", toy_prompts()[: args.eval_prompts], seeds=args.eval_seeds,
                       teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()], log=log)  # fmt: skip
