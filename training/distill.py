@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 PROCESS_START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,17 +268,13 @@ def new_run_dir(output_dir: str, run_name: str | None) -> Path:
     return candidate
 
 
-def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
-    """The node-compatible MCM adapter (``adapter.safetensors``) and the PEFT folder (``peft/``)."""
-    from peft import get_peft_model_state_dict
-
-    from mcm.weights import Adapter, AdapterMeta, export_peft, parse_lora_tensors, save_adapter
+def adapter_meta(teacher, args, step: int, seconds: float):
+    """The adapter's metadata (:class:`mcm.weights.AdapterMeta`): what the nodes and validation sample with."""
+    from mcm.weights import AdapterMeta
     from training.models import noise_settings
 
     noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)  # the same resolution train() uses
-    state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
-    layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
-    meta = AdapterMeta(
+    return AdapterMeta(
         base=teacher.base,
         motion_module=args.motion_module_version if teacher.kind == "animatediff" else None,
         lora_rank=args.lora_rank,
@@ -296,7 +293,17 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
             "seed": args.seed, "seconds": round(seconds, 1), "comfyui_mcm": mcm.__version__,
         },
     )  # fmt: skip
-    adapter = Adapter(meta=meta, layers=layers, source=str(folder / "adapter.safetensors"))
+
+
+def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
+    """The node-compatible MCM adapter (``adapter.safetensors``) and the PEFT folder (``peft/``)."""
+    from peft import get_peft_model_state_dict
+
+    from mcm.weights import Adapter, export_peft, parse_lora_tensors, save_adapter
+
+    state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
+    layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
+    adapter = Adapter(meta=adapter_meta(teacher, args, step, seconds), layers=layers, source=str(folder / "adapter.safetensors"))
     save_adapter(adapter, folder / "adapter.safetensors")
     export_peft(adapter, folder / "peft")
 
@@ -321,13 +328,15 @@ def make_optimizer(params, args, lr: float, use_cuda: bool):
 
 
 ADVERSARIAL_COLUMNS = ("g_loss", "d_loss", "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight")
+VALIDATION_COLUMNS = ("val_consistency_error",)  # filled on --validation-steps steps (training/validation.py)
 
 
 class MetricsLog:
     """``metrics.csv``, one row per optimizer step (a resumed run first drops the rows logged after its
     checkpoint), and TensorBoard scalars where TensorBoard is installed; only the main process writes."""
 
-    COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS)
+    COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS,
+               *VALIDATION_COLUMNS)  # fmt: skip
 
     def __init__(self, run_dir: Path, resumed_step: int, enabled: bool = True):
         self.path, self.file, self.writer, self.tb = run_dir / "metrics.csv", None, None, None
@@ -345,12 +354,17 @@ class MetricsLog:
         except Exception:  # noqa: BLE001 - TensorBoard is optional
             self.tb = None
 
-    def write(self, step: int, loss: float, lr: float, generated: float, skipped: int, seconds: float, adversarial: dict) -> None:
+    def write(self, step: int, loss: float, lr: float, generated: float, skipped: int, seconds: float, adversarial: dict,
+              validation: dict | None = None) -> None:  # fmt: skip
+        validation = validation or {}
         if self.writer:
             self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", generated, skipped, round(seconds, 2)]
-                                 + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS])  # fmt: skip
+                                 + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS]
+                                 + [f"{validation[k]:.6g}" if k in validation else "" for k in VALIDATION_COLUMNS])  # fmt: skip
             self.file.flush()
         if self.tb:
+            for key, value in validation.items():
+                self.tb.add_scalar(f"validation/{key}", value, step)
             self.tb.add_scalar("loss/consistency", loss, step)
             for key, value in adversarial.items():
                 self.tb.add_scalar(f"adversarial/{key}", value, step)
@@ -379,6 +393,7 @@ def train(args, teacher=None) -> Path:
     from training.data import Batches, VideoClips, write_toy_shards
     from training.memory import PartTimer, frozen_dtype, visiting
     from training.models import VideoUNet, call_unet, load_teacher, make_student, noise_settings
+    from training.validation import Validation
 
     mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
     weight_dtype = frozen_dtype(args.frozen_dtype, mixed)
@@ -517,6 +532,9 @@ def train(args, teacher=None) -> Path:
         log(f"resumed from {resume_from} at step {global_step} (data position {state.get('data_positions')})")
 
     metrics = MetricsLog(run_dir, global_step, accelerator.is_main_process)
+    validation = Validation(SimpleNamespace(args=args, teacher=teacher, student=unwrapped, run_dir=run_dir, data_root=data_root,
+                                            device=device, encode_text=encode_text, encode_video=encode_video, log=log,
+                                            autocast=accelerator.autocast, tensorboard=metrics.tb, is_main=accelerator.is_main_process))  # fmt: skip
 
     def counts():
         """Skip reasons summed over processes (this process's local counts plus those at the resume point)."""
@@ -631,8 +649,9 @@ def train(args, teacher=None) -> Path:
             skipped_total = sum(counts().values())
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", skipped=skipped_total)
+            validated = validation(global_step, time.time() - start_time)  # every --validation-steps, main process only
             metrics.write(global_step, mean_loss, scheduler.get_last_lr()[0], gen_frac, skipped_total, time.time() - start_time,
-                          adversary.last if adversary is not None else {})  # fmt: skip
+                          adversary.last if adversary is not None else {}, validated)  # fmt: skip
             if args.dry_run:
                 break
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
