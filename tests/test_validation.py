@@ -132,10 +132,12 @@ def test_validation_leaves_training_unchanged_and_is_off_for_the_toy_default(tmp
     assert (runs[0] / "validation" / "step-2").is_dir() and not (runs[1] / "validation").exists()
 
 
-def test_unreadable_or_empty_prompt_files_are_refused(tmp_path, toy_data):
+def test_unreadable_or_empty_prompt_files_and_keep_best_without_validation_are_refused(tmp_path, toy_data):
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n  \n")
     for path, message in ((tmp_path / "missing.txt", "cannot read it"), (empty, "no prompts")):
         with pytest.raises((ValueError, FileNotFoundError), match=f"--validation-prompts {path}: {message}"):
             distill.train(args_for(tmp_path, toy_data, "--max-train-steps", "1", "--validation-steps", "1",
                                    "--validation-prompts", str(path)), teacher=tiny_teacher("animatediff"))  # fmt: skip
+    with pytest.raises(ValueError, match="--keep-best .* needs --validation-steps > 0"):
+        distill.train(args_for(tmp_path, toy_data, "--validation-steps", "0", "--keep-best"), teacher=tiny_teacher("animatediff"))

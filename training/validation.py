@@ -74,10 +74,14 @@ class Validation:
 
     def __init__(self, run):
         self.run, args = run, run.args
+        if args.validation_steps < 0:
+            raise ValueError(f"--validation-steps {args.validation_steps}: expected 0 (off) or a positive number of steps")
+        if args.keep_best and args.validation_steps == 0:
+            raise ValueError("--keep-best keeps the adapter of the lowest validation error: it needs --validation-steps > 0")
         self.every = args.validation_steps if run.is_main else 0
         self.prompts = read_prompts(args.validation_prompts, args.data == "toy") if self.every > 0 else []
         self.held_out = None
-        self.best = _read_best(run.run_dir) if args.keep_best else None
+        self.best = _read_best(run.run_dir) if args.keep_best and run.is_main else None
 
     def __call__(self, step: int, seconds: float = 0.0) -> dict:
         if self.every <= 0 or step % self.every:
