@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-from .boundary import MCM_TIMESTEP_SCALING, append_dims, consistency_output, predicted_eps, predicted_x0
+from .boundary import (
+    MCM_TIMESTEP_SCALING,
+    append_dims,
+    check_prediction_type,
+    consistency_output,
+    predicted_eps,
+    predicted_x0,
+)
 from .schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule
 from .solver import ddim_step, solver_timesteps
 
@@ -47,6 +54,7 @@ class DistillConfig:
     teacher_cfg_batch: bool = False  # one teacher call on [cond; uncond] instead of two (memory/speed trade, same result)
 
     def __post_init__(self):
+        check_prediction_type(self.prediction_type)
         if self.loss_type not in ("huber", "l2"):
             raise ValueError(f"loss_type must be 'huber' or 'l2', got {self.loss_type!r}")
         if not 0.0 <= self.lambda_real <= 1.0:

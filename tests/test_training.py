@@ -45,7 +45,7 @@ def test_official_defaults_and_toy_defaults():
     assert (official.learning_rate, official.lora_rank, official.lora_alpha) == (5e-6, 64, 64.0)
     assert (official.w_min, official.w_max, official.loss_type, official.huber_c) == (5.0, 15.0, "huber", 0.001)
     assert (official.motion_repr, official.lambda_real, official.ema_decay) == ("learn", 0.5, 0.95)
-    assert (official.beta_schedule, official.timestep_scaling, official.num_ddim_timesteps) == ("scaled_linear", 4.0, 50)
+    assert (official.beta_schedule, official.timestep_scaling, official.num_ddim_timesteps) == ("auto", 4.0, 50)  # auto: the teacher's
     assert (official.max_grad_norm, official.lr_warmup_steps, official.scale_lr) == (10.0, 500, True)
     toy = distill.parse_args([])
     assert toy.teacher == str(distill.TOY_TEACHER) and toy.data == "toy" and toy.toy_eval and toy.disc_real == "images"

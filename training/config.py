@@ -67,6 +67,7 @@ TOY_DEFAULTS = {
     # the discriminator's accuracy stayed at 0.57 and no frame metric moved; without it 0.68, and the watermark fell
     # from 0.19 (no discriminator) to 0.07 at 4 steps (training/ablations.md)
     "disc_augment": False,
+    "validation_steps": 0,  # the toy evaluation after training measures what validation would
 }
 OFFICIAL_FRAME_INTERVAL = 8  # the official scripts' stride in the source video
 #: diffusers' ``SchedulerType`` names (a test keeps them in step with the installed diffusers)
@@ -142,8 +143,10 @@ class TrainConfig:
     offload_frozen: bool = _model(False, "keep VAE and text encoder on the CPU; move them to the GPU per call")
     teacher_cfg_batch: bool = _model(False, "one teacher call on [cond; uncond] (faster on a GPU, more memory) instead of two")
 
-    beta_schedule: str = _cd("scaled_linear", "training betas, diffusers names (official training: scaled_linear; recorded in the "
-                            "adapter)", choices=("scaled_linear", "linear"))  # fmt: skip
+    beta_schedule: str = _cd("auto", "training betas, diffusers names (auto: the teacher's scheduler config, else scaled_linear, the "
+                            "official training's; recorded in the adapter)", choices=("auto", "scaled_linear", "linear"))  # fmt: skip
+    prediction_type: str = _cd("auto", "the teacher's output (auto: its scheduler/scheduler_config.json, else epsilon); a flag that "
+                              "contradicts the teacher's config is refused", choices=("auto", "epsilon", "v_prediction"))  # fmt: skip
     num_ddim_timesteps: int = _cd(NUM_DDIM_TIMESTEPS, "DDIM solver grid size", range=Range(1, NUM_TRAIN_TIMESTEPS))
     timestep_scaling: float = _cd(MCM_TIMESTEP_SCALING, "boundary timestep scaling (MCM 4)", range=POSITIVE)
     w_min: float = _cd(5.0, "teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)", range=AT_LEAST_0)
@@ -205,6 +208,12 @@ class TrainConfig:
                              "checkpoints stay intact)", choices=("continue", "stop"))  # fmt: skip
     max_nonfinite_steps: int = _out(5, "a step with a non-finite loss or gradient is skipped; after N in a row the run stops with a "
                                    "checkpoint", range=AT_LEAST_1)  # fmt: skip
+    validation_steps: int = _out(500, "MCM 1/2/4-step samples and the held-out consistency error every N optimizer steps (0: off)",
+                                range=AT_LEAST_0)  # fmt: skip
+    validation_prompts: str | None = _out(None, "text file, one validation prompt per line (default: four general prompts; toy data: "
+                                         "the toy prompts)", kind=str)  # fmt: skip
+    keep_best: bool = _out(False, "keep the adapter with the lowest held-out consistency error as <run>/best/ (needs "
+                                  "--validation-steps)")  # fmt: skip
     style: str = _out("custom", "style label recorded in the adapter (webvid, laion, anime, …)")
     adapter_name: str | None = _out(None, "display name recorded in the adapter (default: '<style> (step N)')", kind=str)
     toy_eval: bool | None = _out(None, "after training, sample the teacher (50-step and 4-step CFG) and MCM (1/2/4 steps) on toy "
@@ -366,6 +375,15 @@ def validate(cfg: TrainConfig) -> None:
     integers("--eval-teacher-steps", cfg.eval_teacher_steps, low=1, empty=True)
     if cfg.disc and cfg.disc_frames > cfg.num_frames:
         raise ConfigError(f"--disc-frames {cfg.disc_frames}: at most --num-frames ({cfg.num_frames})")
+    if cfg.validation_prompts is not None and cfg.validation_steps > 0:
+        from training.validation import read_prompts
+
+        try:
+            read_prompts(cfg.validation_prompts, toy=False)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
+    if cfg.keep_best and cfg.validation_steps == 0:
+        raise ConfigError("--keep-best needs --validation-steps N (it keeps the adapter with the lowest validation error)")
     if cfg.disc and cfg.disc_real == "images" and cfg.disc_images is None:
         raise ConfigError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images, or 'toy')")
     span = (cfg.num_frames - 1) * cfg.frame_interval + 1
@@ -397,6 +415,7 @@ RESUME_MAY_CHANGE = frozenset(NOT_RECORDED) | {
     "output_dir", "run_name", "dry_run", "max_train_steps", "checkpointing_steps", "checkpoints_total_limit", "on_save_error",
     "max_nonfinite_steps", "num_workers", "gradient_checkpointing", "offload_frozen", "style", "adapter_name",
     "motion_module_version", "toy_eval", "eval_guidance", "eval_seeds", "eval_prompts", "eval_teacher_steps",
+    "validation_steps", "validation_prompts", "keep_best",
 }  # fmt: skip
 
 

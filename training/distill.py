@@ -24,6 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 PROCESS_START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,23 +71,21 @@ def new_run_dir(output_dir: str, run_name: str | None) -> Path:
     return candidate
 
 
-def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
-    """The node-compatible MCM adapter (``adapter.safetensors``) and the PEFT folder (``peft/``)."""
-    from peft import get_peft_model_state_dict
+def adapter_meta(teacher, args, step: int, seconds: float):
+    """The adapter's metadata (:class:`mcm.weights.AdapterMeta`): what the nodes and validation sample with."""
+    from mcm.weights import AdapterMeta
+    from training.models import noise_settings
 
-    from mcm.weights import Adapter, AdapterMeta, export_peft, parse_lora_tensors, save_adapter
-
-    state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
-    layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
-    meta = AdapterMeta(
+    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)  # the same resolution train() uses
+    return AdapterMeta(
         base=teacher.base,
         motion_module=args.motion_module_version if teacher.kind == "animatediff" else None,
         lora_rank=args.lora_rank,
         lora_alpha=float(args.lora_alpha),
-        beta_schedule=args.beta_schedule,
+        beta_schedule=noise.beta_schedule,
         timestep_scaling=float(args.timestep_scaling),
         num_ddim_timesteps=args.num_ddim_timesteps,
-        prediction_type=teacher.unet.config.get("prediction_type", "epsilon") if hasattr(teacher.unet.config, "get") else "epsilon",
+        prediction_type=noise.prediction_type,
         temporal_norm="frames",  # diffusers' motion modules normalise over all frames
         style=args.style,
         name=args.adapter_name or f"{args.style} (step {step})",
@@ -97,7 +96,17 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
             "seed": args.seed, "seconds": round(seconds, 1), "comfyui_mcm": mcm.__version__,
         },
     )  # fmt: skip
-    adapter = Adapter(meta=meta, layers=layers, source=str(folder / "adapter.safetensors"))
+
+
+def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
+    """The node-compatible MCM adapter (``adapter.safetensors``) and the PEFT folder (``peft/``)."""
+    from peft import get_peft_model_state_dict
+
+    from mcm.weights import Adapter, export_peft, parse_lora_tensors, save_adapter
+
+    state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
+    layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
+    adapter = Adapter(meta=adapter_meta(teacher, args, step, seconds), layers=layers, source=str(folder / "adapter.safetensors"))
     save_adapter(adapter, folder / "adapter.safetensors")
     export_peft(adapter, folder / "peft")
 
@@ -122,13 +131,15 @@ def make_optimizer(params, args, lr: float, use_cuda: bool):
 
 
 ADVERSARIAL_COLUMNS = ("g_loss", "d_loss", "real_logit", "fake_logit", "d_accuracy", "gp", "gp_weight")
+VALIDATION_COLUMNS = ("val_consistency_error",)  # filled on --validation-steps steps (training/validation.py)
 
 
 class MetricsLog:
     """``metrics.csv``, one row per optimizer step (a resumed run first drops the rows logged after its
     checkpoint), and TensorBoard scalars where TensorBoard is installed; only the main process writes."""
 
-    COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS)
+    COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS,
+               *VALIDATION_COLUMNS)  # fmt: skip
 
     def __init__(self, run_dir: Path, resumed_step: int, enabled: bool = True):
         self.path, self.file, self.writer, self.tb = run_dir / "metrics.csv", None, None, None
@@ -146,12 +157,17 @@ class MetricsLog:
         except Exception:  # noqa: BLE001 - TensorBoard is optional
             self.tb = None
 
-    def write(self, step: int, loss: float, lr: float, generated: float, skipped: int, seconds: float, adversarial: dict) -> None:
+    def write(self, step: int, loss: float, lr: float, generated: float, skipped: int, seconds: float, adversarial: dict,
+              validation: dict | None = None) -> None:  # fmt: skip
+        validation = validation or {}
         if self.writer:
             self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", generated, skipped, round(seconds, 2)]
-                                 + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS])  # fmt: skip
+                                 + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS]
+                                 + [f"{validation[k]:.6g}" if k in validation else "" for k in VALIDATION_COLUMNS])  # fmt: skip
             self.file.flush()
         if self.tb:
+            for key, value in validation.items():
+                self.tb.add_scalar(f"validation/{key}", value, step)
             self.tb.add_scalar("loss/consistency", loss, step)
             for key, value in adversarial.items():
                 self.tb.add_scalar(f"adversarial/{key}", value, step)
@@ -179,7 +195,8 @@ def train(args, teacher=None) -> Path:
     from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state, slot_generator
     from training.data import Batches, VideoClips, write_toy_shards
     from training.memory import PartTimer, frozen_dtype, visiting
-    from training.models import VideoUNet, call_unet, load_teacher, make_student
+    from training.models import VideoUNet, call_unet, load_teacher, make_student, noise_settings
+    from training.validation import Validation
 
     mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
     weight_dtype = frozen_dtype(args.frozen_dtype, mixed)
@@ -197,6 +214,7 @@ def train(args, teacher=None) -> Path:
     max_frames = teacher.max_frames
     if max_frames is not None and args.num_frames > max_frames:
         raise ValueError(f"--num-frames {args.num_frames}: this teacher's motion module takes at most {max_frames} frames")
+    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)  # one prediction type and one schedule for the run
 
     # where a resumed run continues: its checkpoint, the data positions and the RNG states of each process
     resume_from, state, rngs = None, {}, None
@@ -227,6 +245,7 @@ def train(args, teacher=None) -> Path:
         write_config(args, run_dir, state["global_step"] if resume_from is not None else None)
     log(describe_plan(args))
     log(f"run folder: {run_dir}")
+    log(f"teacher output {noise.prediction_type}, betas {noise.beta_schedule} ({noise.source})")
 
     # models: the student is the teacher + LoRA; the teacher is the same UNet with the adapter disabled
     for m in (teacher.unet, teacher.vae, teacher.text_encoder):
@@ -277,9 +296,9 @@ def train(args, teacher=None) -> Path:
                                       start=state.get("image_positions", [0] * world)[rank])  # fmt: skip
             images = Batches(image_set, per_batch, min(args.num_workers, 2))
 
-    schedule = NoiseSchedule(args.beta_schedule)
+    schedule = NoiseSchedule(noise.beta_schedule)
     config = DistillConfig(args.num_ddim_timesteps, args.timestep_scaling, args.w_min, args.w_max, args.loss_type,
-                           args.huber_c, "epsilon", args.lambda_real, args.teacher_cfg_batch)  # fmt: skip
+                           args.huber_c, noise.prediction_type, args.lambda_real, args.teacher_cfg_batch)  # fmt: skip
     unwrapped = accelerator.unwrap_model(student_p)
 
     def student_fn(x, t, c):
@@ -318,6 +337,9 @@ def train(args, teacher=None) -> Path:
         log(f"resumed from {resume_from} at step {global_step} (data position {state.get('data_positions')})")
 
     metrics = MetricsLog(run_dir, global_step, accelerator.is_main_process)
+    validation = Validation(SimpleNamespace(args=args, teacher=teacher, student=unwrapped, run_dir=run_dir, data_root=data_root,
+                                            device=device, encode_text=encode_text, encode_video=encode_video, log=log,
+                                            autocast=accelerator.autocast, tensorboard=metrics.tb, is_main=accelerator.is_main_process))  # fmt: skip
 
     def counts():
         """Skip reasons summed over processes (this process's local counts plus those at the resume point)."""
@@ -368,7 +390,7 @@ def train(args, teacher=None) -> Path:
                 generated = global_step >= args.mixed_start_step and use_generated_trajectories(args.lambda_real, generator)
                 if generated:
                     with timer("student one-step sample"), accelerator.autocast():
-                        x0 = generated_x0(student_fn, torch.randn(x0.shape, generator=generator).to(device), cond, schedule).float()
+                        x0 = generated_x0(student_fn, torch.randn(x0.shape, generator=generator).to(device), cond, schedule, config.prediction_type).float()
                 index = sample_indices(b, args.num_ddim_timesteps, generator)
                 w = sample_guidance(b, args.w_min, args.w_max, generator)
                 noise = torch.randn(x0.shape, generator=generator).to(device)
@@ -432,8 +454,9 @@ def train(args, teacher=None) -> Path:
             skipped_total = sum(counts().values())
             progress.update(1)
             progress.set_postfix(loss=f"{mean_loss:.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", skipped=skipped_total)
+            validated = validation(global_step, time.time() - start_time)  # every --validation-steps, main process only
             metrics.write(global_step, mean_loss, scheduler.get_last_lr()[0], gen_frac, skipped_total, time.time() - start_time,
-                          adversary.last if adversary is not None else {})  # fmt: skip
+                          adversary.last if adversary is not None else {}, validated)  # fmt: skip
             if args.dry_run:
                 break
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
@@ -494,13 +517,16 @@ def train(args, teacher=None) -> Path:
 
 def toy_evaluation(args, student, teacher, encode_text, run_dir: Path, log) -> Path:
     """Teacher vs MCM on the toy prompts: ``preview/`` (GIF + PNG strip) and ``metrics.json``."""
+    from training.models import noise_settings
     from training.toy_eval import ToySampler, evaluate, toy_prompts
 
     guidance = args.eval_guidance if args.eval_guidance is not None else 1.0 + (args.w_min + args.w_max) / 2
     student.eval()
+    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)
     sampler = ToySampler(student, teacher.vae, lambda captions: encode_text(captions)[0], teacher.scaling_factor,
-                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(args.beta_schedule), guidance,
-                         timestep_scaling=args.timestep_scaling, num_ddim_timesteps=args.num_ddim_timesteps)  # fmt: skip
+                         args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(noise.beta_schedule), guidance,
+                         timestep_scaling=args.timestep_scaling, prediction_type=noise.prediction_type,
+                         num_ddim_timesteps=args.num_ddim_timesteps)  # fmt: skip
     log(f"toy evaluation ({args.eval_seeds} samples per prompt, teacher cfg {guidance:g}):")
     report = evaluate(sampler, run_dir / "preview", toy_prompts()[: args.eval_prompts], seeds=args.eval_seeds,
                       teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()], log=log)  # fmt: skip

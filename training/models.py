@@ -8,12 +8,14 @@ classes from configs, for tests and for runs on a CPU.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from mcm.schedule import BETA_END, BETA_SCHEDULES, BETA_START, NUM_TRAIN_TIMESTEPS
 from mcm.weights import OFFICIAL_TARGET_MODULES
 
 TINY_TEACHERS = ("tiny-animatediff", "tiny-modelscope")
@@ -56,6 +58,8 @@ class Teacher:
     text_encoder: torch.nn.Module
     tokenizer: object
     source: str
+    scheduler_config: dict | None = None  # the folder's scheduler/scheduler_config.json, read once by load_teacher
+    scheduler_config_path: str | None = None
 
     @property
     def base(self) -> str:
@@ -214,7 +218,71 @@ def load_teacher(teacher: str, kind: str = "animatediff", motion_adapter: str | 
             unet = UNet3DConditionModel.from_pretrained(root, subfolder="unet")
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"--teacher {teacher}: cannot load the {kind} teacher ({exc})") from None
-    return Teacher(kind, unet, vae, text_encoder, tokenizer, teacher)
+    scheduler_config, scheduler_path = read_scheduler_config(root)
+    return Teacher(kind, unet, vae, text_encoder, tokenizer, teacher, scheduler_config, scheduler_path)
+
+
+def read_scheduler_config(root: str) -> tuple[dict | None, str | None]:
+    """The teacher's ``scheduler/scheduler_config.json`` (a local folder's, or a hub id's when the hub is
+    reachable) and where it was read from; ``(None, None)`` when there is none."""
+    path = Path(root) / "scheduler" / "scheduler_config.json"
+    if not os.path.isdir(root):
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(root, "scheduler_config.json", subfolder="scheduler"))
+        except Exception:  # noqa: BLE001 - no hub, or no scheduler in the repository
+            return None, None
+    if not path.is_file():
+        return None, None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON scheduler config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    return config, str(path)
+
+
+@dataclass(frozen=True)
+class NoiseSettings:
+    """The teacher's parameterisation and betas: what the step, the trajectories, validation, the toy
+    evaluation and the adapter metadata all use."""
+
+    prediction_type: str  # "epsilon" | "v_prediction"
+    beta_schedule: str  # diffusers name
+    source: str  # where each came from, for the log
+
+
+def _setting(name: str, flag: str, config: dict, where: str, default: str, allowed) -> tuple[str, str]:
+    value = config.get(name)
+    if value is not None and value not in allowed:
+        raise ValueError(f"{where}: {name} {value!r} is not supported; expected one of {list(allowed)}")
+    option = f"--{name.replace('_', '-')}"
+    if flag != "auto":
+        if value is not None and value != flag:
+            raise ValueError(f"{option} {flag} contradicts {where} ({name}: {value!r}); leave {option} at auto "
+                             f"or give the teacher's own value")  # fmt: skip
+        return flag, option
+    return (value, where) if value is not None else (default, "default")
+
+
+def noise_settings(teacher: Teacher, prediction_type: str = "auto", beta_schedule: str = "auto") -> NoiseSettings:
+    """Resolve the prediction type and betas: a flag other than ``auto`` > the teacher's scheduler config >
+    the default (``epsilon``, ``scaled_linear``). A flag that contradicts the config is refused, and so is a
+    config whose betas the adapter format cannot record (other start/end/length, explicit betas)."""
+    config = teacher.scheduler_config or {}
+    where = teacher.scheduler_config_path or "the teacher's scheduler config"
+    if config.get("trained_betas") is not None:
+        raise ValueError(f"{where}: trained_betas (an explicit beta table) is not supported; expected a beta_schedule")
+    if config.get("rescale_betas_zero_snr"):
+        raise ValueError(f"{where}: rescale_betas_zero_snr true is not supported (MCM adapters record the plain betas)")
+    for key, expected in (("beta_start", BETA_START), ("beta_end", BETA_END), ("num_train_timesteps", NUM_TRAIN_TIMESTEPS)):
+        if key in config and abs(float(config[key]) - expected) > 1e-9:
+            raise ValueError(f"{where}: {key} {config[key]} is not supported; MCM adapters assume {expected}")
+    pt, pt_from = _setting("prediction_type", prediction_type, config, where, "epsilon", ("epsilon", "v_prediction"))
+    betas, betas_from = _setting("beta_schedule", beta_schedule, config, where, "scaled_linear", BETA_SCHEDULES)
+    return NoiseSettings(pt, betas, f"prediction type from {pt_from}, betas from {betas_from}")
 
 
 def make_student(teacher: Teacher, rank: int, alpha: float):

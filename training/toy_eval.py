@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcm.boundary import MCM_TIMESTEP_SCALING
+from mcm.boundary import MCM_TIMESTEP_SCALING, predicted_eps
 from mcm.metrics import frechet_distance_of
 from mcm.sampler import sample_consistency
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
@@ -256,13 +256,17 @@ class ToySampler:
                 tb = torch.full((len(prompts),), int(t), dtype=torch.long)
                 out = self._call(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([cond, uncond]))
                 c, u = out.chunk(2)
-                eps = u + guidance * (c - u)
+                eps = self._eps(u + guidance * (c - u), x, tb)  # guidance is linear, so it may act on v as on ε
                 if i + 1 < len(timesteps):
                     x = ddim_solver_step(eps, x, tb, torch.full_like(tb, int(timesteps[i + 1])), self.schedule)
                 else:
                     alpha, sigma = self.schedule.alpha_sigma(tb)
                     x = (x - sigma.view(-1, 1, 1, 1, 1).to(x) * eps) / alpha.view(-1, 1, 1, 1, 1).to(x)
         return x
+
+    def _eps(self, output, x, t):
+        alpha, sigma = self.schedule.alpha_sigma(t)
+        return predicted_eps(output, x, alpha.view(-1, 1, 1, 1, 1).to(x), sigma.view(-1, 1, 1, 1, 1).to(x), self.prediction_type)
 
     def _teacher_context(self):
         import contextlib
