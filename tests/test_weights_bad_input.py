@@ -317,3 +317,18 @@ def test_real_cli_prints_one_error_line_and_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "alpha_pattern key '['" in proc.stderr
+
+
+def test_a_peft_folder_with_a_pickled_adapter_suggests_converting_the_folder(tmp_path, capsys):
+    folder = _peft_folder(tmp_path, GOOD_CONFIG)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    (folder / "adapter_model.safetensors").unlink()
+    torch.save(tensors, folder / "adapter_model.bin")
+    code, out, _ = cli(capsys, "inspect", folder)
+    assert code == 1
+    suggested = re.search(r"`python -m mcm\.weights (.+?)`", out)[1].split()
+    assert suggested[1] == str(folder)
+    dst = tmp_path / "webvid.safetensors"
+    code, _, err = cli(capsys, *[str(dst) if a == "OUT.safetensors" else a for a in suggested])
+    assert code == 0, err
+    assert all(w.alpha == 4.0 for w in load_adapter(dst).layers.values())  # the config's lora_alpha was used

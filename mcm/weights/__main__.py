@@ -5,8 +5,9 @@
                                   [--set KEY=VALUE …] [--base-motion-module FILE] [--allow-pickle] [--force]
     python -m mcm.weights to-safetensors SRC.ckpt DST.safetensors [--force]
 
-Bad input is an ``error: …`` line naming the file, layer, field or flag, and exit status 2; nothing
-is written or changed then.
+Bad input is one ``error: …`` line naming the file, layer, field or flag, exit status 2, and nothing
+written or changed. ``inspect`` lists every adapter it can read, names each one it cannot with the
+reason, and then exits 1.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def cmd_convert(args) -> int:
     exporter = EXPORTERS[args.to]
     _check_convert_flags(args, exporter)
     dst = Path(args.dst)
+    if dst.exists() and not args.force:
+        raise FileExistsError(f"{dst}: already exists; choose another name or pass --force")
     if dst.exists() and (exporter.target == "folder") != dst.is_dir():
         kind = "folder" if dst.is_dir() else "file"
         raise AdapterError(f"{dst}: is a {kind}, but --to {args.to} writes a {exporter.target}; give another DST "

@@ -11,9 +11,9 @@ from .guess import check_consistent, default_meta, diffusers_alpha, style_from_n
 from .keys import SD15_LAYOUT, UNetLayout, is_motion
 from .layers import parse_lora_tensors
 from .peft import PEFT_CONFIG, PEFT_WEIGHTS, PEFT_WEIGHTS_PICKLE, is_peft_folder, read_peft_config
-from .read import read_safetensors_metadata, read_tensors
+from .read import read_safetensors_metadata, read_tensors, refuse_pickle
 
-__all__ = ["check_mcm_marker", "find_adapters", "is_mcm_file", "load_adapter"]
+__all__ = ["check_mcm_marker", "find_adapters", "is_mcm_file", "load_adapter", "spatial_and_motion_counts"]
 
 
 def find_adapters(root: str | os.PathLike) -> dict[str, Path]:
@@ -52,6 +52,8 @@ def _load_peft_folder(folder: Path, allow_pickle: bool, layout: UNetLayout) -> A
     if not weights.is_file():
         raise AdapterError(f"{folder}: {PEFT_CONFIG} is there but {PEFT_WEIGHTS} is missing")
     config = read_peft_config(config_path)
+    if weights.name == PEFT_WEIGHTS_PICKLE and not allow_pickle:
+        refuse_pickle(weights, "peft folder", folder)  # convert the folder, so that its config is used
     tensors, metadata = read_tensors(weights, allow_pickle)
     layers = parse_lora_tensors(tensors, str(weights), config.alpha_for, layout)
     config.check_ranks(layers, weights)

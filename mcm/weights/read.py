@@ -15,13 +15,23 @@ from safetensors import SafetensorError, safe_open
 
 from .format import AdapterError
 
-__all__ = ["PICKLE_SUFFIXES", "PickleRefusedError", "read_safetensors", "read_safetensors_metadata", "read_weights"]
+__all__ = [
+    "PICKLE_SUFFIXES",
+    "PickleRefusedError",
+    "read_safetensors",
+    "read_safetensors_metadata",
+    "read_tensors",
+    "read_weights",
+    "refuse_pickle",
+]
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl", ".pickle")
 #: How to get past a refused pickle, by what the file was given as (the commands work as printed).
 PICKLE_HINTS = {
     "adapter": "If you trust its source, convert it once with "
     "`python -m mcm.weights convert {path} OUT.safetensors --to mcm --allow-pickle` and use the result.",
+    "peft folder": "If you trust its source, convert the folder once with "
+    "`python -m mcm.weights convert {source} OUT.safetensors --to mcm --allow-pickle` and use the result.",
     "weights": "If you trust its source, convert it once with "
     "`python -m mcm.weights to-safetensors {path} OUT.safetensors` and use the result "
     "(or pass --allow-pickle where the command offers it).",
@@ -63,10 +73,12 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise AdapterError(f"{path}: cannot be read as a safetensors file ({exc})") from None
 
 
-def refuse_pickle(path: Path, given_as: str = "adapter") -> None:
+def refuse_pickle(path: Path, given_as: str = "adapter", source: Path | None = None) -> None:
+    """Refuse a pickle with a command that gets past it (``source``: what to convert, default ``path``)."""
+    hint = PICKLE_HINTS[given_as].format(path=path, source=source or path)
     raise PickleRefusedError(
         f"{path}: a pickle-based file ({path.suffix}). Pickles can run arbitrary code when loaded, so "
-        "comfyui-mcm reads .safetensors unless told otherwise. " + PICKLE_HINTS[given_as].format(path=path)
+        "comfyui-mcm reads .safetensors unless told otherwise. " + hint
     )
 
 
