@@ -110,6 +110,10 @@ class MCMStyleAdapter:
     def select(self, adapter, beta_schedule):
         installed = _installed()
         if adapter not in installed:
+            from .comfy_adapters import SKIPPED
+
+            if adapter in SKIPPED:
+                raise AdapterError(f"MCM Style Adapter: {adapter!r} cannot be used: {SKIPPED[adapter]}")
             raise AdapterError(
                 f"MCM Style Adapter: {adapter!r} is not installed. Put MCM adapters (a .safetensors file or a PEFT "
                 f"folder such as animatediff-webvid/) in models/mcm; found: {sorted(installed) or 'none'}"

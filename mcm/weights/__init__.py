@@ -14,24 +14,20 @@ from .format import (
     AdapterMeta,
     detect_base,
 )
-from .io import (
-    PICKLE_SUFFIXES,
-    PickleRefusedError,
+from .export import (
+    EXPORTERS,
     ade_motion_layers,
     comfy_spatial_layers,
     export_ade_motion_lora,
     export_comfy_lora,
     export_peft,
-    find_adapters,
-    is_mcm_file,
-    load_adapter,
     merge_motion_module,
-    parse_lora_tensors,
-    read_safetensors,
-    read_safetensors_metadata,
-    read_weights,
     save_adapter,
+    to_safetensors,
 )
+from .layers import parse_lora_tensors
+from .load import check_mcm_marker, find_adapters, is_mcm_file, load_adapter
+from .read import PICKLE_SUFFIXES, PickleRefusedError, read_safetensors, read_safetensors_metadata, read_weights
 from .keys import (
     SD15_LAYOUT,
     KeyMappingError,
@@ -48,6 +44,7 @@ from .lora import LoraWeights, merge_lora, unmerge_lora
 __all__ = [
     "ADAPTER_FORMAT",
     "BASES",
+    "EXPORTERS",
     "FORMAT_VERSION",
     "OFFICIAL_TARGET_MODULES",
     "PICKLE_SUFFIXES",
@@ -67,6 +64,7 @@ __all__ = [
     "export_ade_motion_lora",
     "export_comfy_lora",
     "export_peft",
+    "check_mcm_marker",
     "find_adapters",
     "is_mcm_file",
     "is_modelscope_temporal",
@@ -81,5 +79,6 @@ __all__ = [
     "read_safetensors_metadata",
     "read_weights",
     "save_adapter",
+    "to_safetensors",
     "unmerge_lora",
 ]

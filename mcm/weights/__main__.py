@@ -1,31 +1,29 @@
 """``python -m mcm.weights``: inspect and convert MCM adapters.
 
-    python -m mcm.weights inspect PATH [--json]
+    python -m mcm.weights inspect PATH [--json] [--allow-pickle]
     python -m mcm.weights convert SRC DST --to {mcm,comfy-lora,ade,peft} [--variant NAME]
                                   [--set KEY=VALUE …] [--base-motion-module FILE] [--allow-pickle] [--force]
+    python -m mcm.weights to-safetensors SRC.ckpt DST.safetensors [--force]
+
+Bad input is one ``error: …`` line naming the file, layer, field or flag, exit status 2, and nothing
+written or changed. ``inspect`` lists every adapter it can read, names each one it cannot with the
+reason, and then exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
 
+from .export import EXPORTERS, ExportOptions, to_safetensors
 from .format import AdapterError
-from .io import (
-    export_ade_motion_lora,
-    export_comfy_lora,
-    export_peft,
-    find_adapters,
-    load_adapter,
-    merge_motion_module,
-    save_adapter,
-    spatial_and_motion_counts,
-)
+from .load import find_adapters, load_adapter, spatial_and_motion_counts
 
-TARGETS = ("mcm", "comfy-lora", "ade", "peft")
+TARGETS = tuple(EXPORTERS)
 
 
 def describe(adapter) -> dict:
@@ -71,7 +69,7 @@ def cmd_inspect(args) -> int:
     for path in found.values():
         try:
             out.append(describe(load_adapter(path, allow_pickle=args.allow_pickle)))
-        except AdapterError as exc:
+        except (AdapterError, OSError) as exc:
             failed += 1
             out.append({"source": str(path), "error": str(exc)})
     if args.json:
@@ -82,6 +80,9 @@ def cmd_inspect(args) -> int:
                 print(f"{d['source']}\n  ERROR: {d['error']}")
             else:
                 _print_description(d)
+    if failed:
+        bad = [Path(d["source"]).name for d in out if "error" in d]
+        print(f"error: {failed} of {len(out)} adapters could not be read: {', '.join(bad)}", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -90,7 +91,7 @@ def _parse_set(items: list[str]) -> dict:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set style=anime")
+            raise AdapterError(f"--set {item!r}: expected KEY=VALUE, e.g. --set style=anime")
         try:
             changes[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -100,7 +101,23 @@ def _parse_set(items: list[str]) -> dict:
     return changes
 
 
+def _check_convert_flags(args, exporter) -> None:
+    if args.base_motion_module and exporter.name != "ade":
+        raise AdapterError(f"--base-motion-module goes with --to ade (merge the motion LoRA), not --to {exporter.name}")
+    if not math.isfinite(args.strength):
+        raise AdapterError(f"--strength {args.strength}: expected a finite number")
+
+
 def cmd_convert(args) -> int:
+    exporter = EXPORTERS[args.to]
+    _check_convert_flags(args, exporter)
+    dst = Path(args.dst)
+    if dst.exists() and not args.force:
+        raise FileExistsError(f"{dst}: already exists; choose another name or pass --force")
+    if dst.exists() and (exporter.target == "folder") != dst.is_dir():
+        kind = "folder" if dst.is_dir() else "file"
+        raise AdapterError(f"{dst}: is a {kind}, but --to {args.to} writes a {exporter.target}; give another DST "
+                           "(--force replaces only a DST of the same kind)")  # fmt: skip
     adapter = load_adapter(args.src, args.variant, allow_pickle=args.allow_pickle)
     if args.set:
         changes = _parse_set(args.set)
@@ -108,25 +125,18 @@ def cmd_convert(args) -> int:
         if unknown:
             raise AdapterError(f"--set: unknown metadata fields {sorted(unknown)}; known: {sorted(adapter.meta.__dict__)}")
         adapter.meta = adapter.meta.replace(**changes)
-    dst = Path(args.dst)
-    if args.to == "mcm":
-        written = save_adapter(adapter, dst, overwrite=args.force)
-    elif args.to == "peft":
-        written = export_peft(adapter, dst, overwrite=args.force)
-    elif args.to == "comfy-lora":
-        written = export_comfy_lora(adapter, dst, overwrite=args.force)
-        if adapter.motion_layers():
-            print(f"note: the {len(adapter.motion_layers())} motion-module layers are not in a ComfyUI LoRA; "
-                  "write them with --to ade", file=sys.stderr)  # fmt: skip
-    else:
-        if args.base_motion_module:
-            written = merge_motion_module(adapter, args.base_motion_module, dst, strength=args.strength, overwrite=args.force)
-        else:
-            written = export_ade_motion_lora(adapter, dst, overwrite=args.force)
-        if adapter.spatial_layers():
-            print(f"note: the {len(adapter.spatial_layers())} spatial layers are not in this file; "
-                  "write them with --to comfy-lora", file=sys.stderr)  # fmt: skip
+    options = ExportOptions(base_motion_module=args.base_motion_module, strength=args.strength,
+                            allow_pickle=args.allow_pickle)  # fmt: skip
+    written = exporter.write(adapter, dst, args.force, options)
+    note = exporter.leaves_out(adapter)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     print(f"wrote {written}")
+    return 0
+
+
+def cmd_to_safetensors(args) -> int:
+    print(f"wrote {to_safetensors(args.src, args.dst, overwrite=args.force)}")
     return 0
 
 
@@ -141,20 +151,28 @@ def main(argv=None) -> int:
     p = sub.add_parser("convert", help="write an adapter in another format")
     p.add_argument("src", help="an adapter file, a PEFT folder, or a folder of adapters (with --variant)")
     p.add_argument("dst", help="output file (mcm, comfy-lora, ade) or folder (peft)")
-    p.add_argument("--to", required=True, choices=TARGETS, help="output format")
+    p.add_argument("--to", required=True, choices=TARGETS,
+                   help="output format: " + "; ".join(f"{e.name}: {e.help} ({e.target})" for e in EXPORTERS.values()))  # fmt: skip
     p.add_argument("--variant", help="which adapter of a folder holding several (e.g. animatediff-webvid)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a metadata field, e.g. --set style=anime --set beta_schedule=scaled_linear")  # fmt: skip
-    p.add_argument("--base-motion-module", help="with --to ade: merge into this motion module instead of writing a LoRA")
+    p.add_argument("--base-motion-module", help="with --to ade: merge into this motion module instead of writing a LoRA "
+                   "(a .ckpt only with --allow-pickle)")  # fmt: skip
     p.add_argument("--strength", type=float, default=1.0, help="merge strength for --base-motion-module")
     p.add_argument("--allow-pickle", action="store_true",
-                   help="read a pickle-based SRC (.bin/.ckpt/.pt) with torch.load(weights_only=True); trusted files only")  # fmt: skip
+                   help="read a pickle-based SRC or --base-motion-module (.bin/.ckpt/.pt) with "
+                   "torch.load(weights_only=True), tensors only")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=cmd_convert)
+    p = sub.add_parser("to-safetensors", help="rewrite a tensors-only pickle (.ckpt/.bin/.pt) as .safetensors")
+    p.add_argument("src", help="a pickle-based weights file, read with torch.load(weights_only=True)")
+    p.add_argument("dst", help="the .safetensors file to write")
+    p.add_argument("--force", action="store_true", help="replace DST if it exists")
+    p.set_defaults(func=cmd_to_safetensors)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (AdapterError, FileExistsError) as exc:
+    except (AdapterError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

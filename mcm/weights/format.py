@@ -27,6 +27,7 @@ safetensors viewer shows them and the nodes can configure sampling without loadi
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -73,6 +74,15 @@ OFFICIAL_TARGET_MODULES = (
 )  # fmt: skip
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (JSON's NaN/Infinity and booleans are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 class AdapterError(ValueError):
     """An adapter file or folder that cannot be used; the message names it and says why."""
 
@@ -115,42 +125,42 @@ class AdapterMeta:
         def bad(name: str, value, expected: str):
             raise AdapterError(f"{where}: mcm.{name} = {value!r}; expected {expected}")
 
-        if self.format_version != FORMAT_VERSION:
-            if isinstance(self.format_version, int) and self.format_version > FORMAT_VERSION:
+        if self.format_version != FORMAT_VERSION or isinstance(self.format_version, bool):
+            if _is_int(self.format_version) and self.format_version > FORMAT_VERSION:
                 bad("format_version", self.format_version,
                     f"{FORMAT_VERSION}: this file was written by a newer comfyui-mcm, update the package")  # fmt: skip
             bad("format_version", self.format_version, str(FORMAT_VERSION))
-        if self.base not in BASES:
+        if not isinstance(self.base, str) or self.base not in BASES:
             bad("base", self.base, f"one of {sorted(BASES)}")
         if self.base.endswith("animatediff"):
             if not isinstance(self.motion_module, str) or not self.motion_module:
                 bad("motion_module", self.motion_module, "the AnimateDiff motion-module version, e.g. 'v2'")
         elif self.motion_module is not None:
             bad("motion_module", self.motion_module, f"null for base {self.base!r} (it has no motion module)")
-        if not isinstance(self.lora_rank, int) or self.lora_rank < 1:
+        if not _is_int(self.lora_rank) or self.lora_rank < 1:
             bad("lora_rank", self.lora_rank, "a positive integer")
-        if not isinstance(self.lora_alpha, (int, float)) or self.lora_alpha <= 0:
+        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
             bad("lora_alpha", self.lora_alpha, "a positive number")
-        if not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+        if not isinstance(self.target_modules, (tuple, list)) or not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
             bad("target_modules", self.target_modules, "a non-empty list of module-name suffixes")
-        if self.beta_schedule not in BETA_SCHEDULES:
+        if not isinstance(self.beta_schedule, str) or self.beta_schedule not in BETA_SCHEDULES:
             hint = " (ComfyUI names differ: diffusers 'scaled_linear' is ComfyUI 'linear')"
             bad("beta_schedule", self.beta_schedule, f"a diffusers name, one of {list(BETA_SCHEDULES)}{hint}")
-        if not isinstance(self.timestep_scaling, (int, float)) or self.timestep_scaling <= 0:
+        if not _is_number(self.timestep_scaling) or self.timestep_scaling <= 0:
             bad("timestep_scaling", self.timestep_scaling, "a positive number (MCM: 4)")
         n = self.num_ddim_timesteps
-        if not isinstance(n, int) or n < 1 or 1000 % n:
+        if not _is_int(n) or n < 1 or 1000 % n:
             bad("num_ddim_timesteps", n, "a divisor of 1000 (MCM: 50)")
-        if self.prediction_type not in PREDICTION_TYPES:
+        if not isinstance(self.prediction_type, str) or self.prediction_type not in PREDICTION_TYPES:
             bad("prediction_type", self.prediction_type, f"one of {list(PREDICTION_TYPES)}")
         steps = self.recommended_steps
-        if not steps or not all(isinstance(s, int) and 1 <= s <= n for s in steps):
+        if not isinstance(steps, (tuple, list)) or not steps or not all(_is_int(s) and 1 <= s <= n for s in steps):
             bad("recommended_steps", steps, f"a non-empty list of step counts in 1..{n}")
-        if not isinstance(self.default_steps, int) or not 1 <= self.default_steps <= n:
+        if not _is_int(self.default_steps) or not 1 <= self.default_steps <= n:
             bad("default_steps", self.default_steps, f"a step count in 1..{n}")
-        if not isinstance(self.recommended_cfg, (int, float)) or self.recommended_cfg < 0:
+        if not _is_number(self.recommended_cfg) or self.recommended_cfg < 0:
             bad("recommended_cfg", self.recommended_cfg, "a non-negative number (MCM: 1.0)")
-        if self.temporal_norm not in TEMPORAL_NORMS:
+        if not isinstance(self.temporal_norm, str) or self.temporal_norm not in TEMPORAL_NORMS:
             bad("temporal_norm", self.temporal_norm, f"one of {list(TEMPORAL_NORMS)}")
         for name in ("style", "name", "description"):
             if not isinstance(getattr(self, name), str):

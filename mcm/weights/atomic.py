@@ -1,0 +1,126 @@
+"""Writing without losing anything: temp file/folder beside the destination, renamed into place.
+
+A crash or error leaves the destination as it was and no temp behind. An existing destination is
+replaced only when asked (``overwrite``), must be of the kind written (file or folder), and keeps its
+permission bits; a new one gets the usual ``0o666``/``0o777`` less the umask (not ``mkstemp``'s 0600).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+from .format import AdapterError
+
+__all__ = ["atomic_dir", "atomic_file", "prepare_destination", "replace_files_in"]
+
+FILE, FOLDER = "file", "folder"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(dst: Path, kind: str) -> int:
+    """The permission bits ``dst`` has (when it exists) or a new one of ``kind`` would get."""
+    try:
+        return stat.S_IMODE(dst.stat().st_mode)
+    except OSError:
+        return (0o777 if kind == FOLDER else 0o666) & ~_umask()
+
+
+def prepare_destination(dst: Path, overwrite: bool, kind: str = FILE) -> None:
+    """Refuse an existing ``dst`` (unless ``overwrite``) or one of the other kind; make its parent."""
+    dst = Path(dst)
+    if dst.exists():
+        if (kind == FOLDER) != dst.is_dir():
+            have, other = (FOLDER, FILE) if dst.is_dir() else (FILE, FOLDER)
+            raise AdapterError(
+                f"{dst}: is a {have}, but a {other} is written here; give a new path "
+                f"(nothing was changed, also not with --force)"
+            )
+        if not overwrite:
+            raise FileExistsError(f"{dst}: already exists; choose another name or pass overwrite=True (--force)")
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise AdapterError(f"{dst}: cannot create the folder {dst.parent} ({exc.strerror or exc})") from None
+
+
+def _write_temp(dst: Path, write: Callable[[Path], None], mode: int) -> Path:
+    """A complete, synced temp file beside ``dst`` (removed again on failure)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_file(dst: Path, write: Callable[[Path], None], overwrite: bool) -> Path:
+    """``write(tmp)`` then rename ``tmp`` to ``dst``."""
+    dst = Path(dst)
+    prepare_destination(dst, overwrite, FILE)
+    tmp = _write_temp(dst, write, _mode_for(dst, FILE))
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def replace_files_in(folder: Path, writes: dict[str, Callable[[Path], None]]) -> Path:
+    """Replace (or add) the named files of an existing folder; every other file in it stays.
+
+    All new files are written completely first, then each is renamed over its old one, so a failure
+    while writing changes nothing, and each file is always whole.
+    """
+    folder = Path(folder)
+    temps: dict[str, Path] = {}
+    try:
+        for name, write in writes.items():
+            temps[name] = _write_temp(folder / name, write, _mode_for(folder / name, FILE))
+        for name, tmp in temps.items():
+            os.replace(tmp, folder / name)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return folder
+
+
+@contextmanager
+def atomic_dir(final: Path, overwrite: bool = False):
+    """Yield a temporary sibling folder to write into; on success it is renamed to ``final``.
+
+    A failure leaves ``final`` as it was. An existing ``final`` is an error unless ``overwrite``
+    (then it is replaced as a whole; the new folder keeps the old one's permission bits).
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final}: is a file, but a folder is written here; give a new path")
+    mode = _mode_for(final, FOLDER)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, mode)
+        if final.exists():
+            if not overwrite:
+                raise FileExistsError(f"{final}: already exists; not overwritten")
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

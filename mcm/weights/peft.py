@@ -1,0 +1,155 @@
+"""PEFT adapter folders: ``adapter_config.json`` read and checked field by field.
+
+A PEFT LoRA folder (what ``PeftModel.save_pretrained`` writes, and how the official MCM adapters are
+released) holds ``adapter_config.json`` next to ``adapter_model.safetensors``. PEFT scales each layer
+by ``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``), where ``alpha_pattern`` / ``rank_pattern``
+override both per layer: a key matches a module path ``p`` when ``(.*\\.)?(key)$`` matches ``p``.
+Every problem is an :class:`AdapterError` naming the config file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .format import AdapterError
+from .lora import LoraWeights
+
+__all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "PEFT_WEIGHTS_PICKLE", "PeftConfig", "is_peft_folder", "read_peft_config"]
+
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_WEIGHTS_PICKLE = "adapter_model.bin"
+PEFT_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, PEFT_WEIGHTS_PICKLE)
+
+
+def is_peft_folder(path: Path) -> bool:
+    return path.is_dir() and any((path / n).exists() for n in PEFT_FILES)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_rank(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    """The fields of ``adapter_config.json`` that decide what the LoRA does, checked."""
+
+    path: Path
+    r: int
+    lora_alpha: float
+    alpha_pattern: dict[str, float]
+    rank_pattern: dict[str, int]
+    use_rslora: bool
+    base_model_name_or_path: str | None
+
+    def _match(self, pattern: dict, path: str):
+        for key, value in pattern.items():
+            if re.match(rf"(.*\.)?({key})$", path):
+                return key, value
+        return None, None
+
+    def alpha_for(self, path: str, rank: int) -> float:
+        """The alpha that gives PEFT's scale with ``scale = alpha / rank`` (rsLoRA folded in)."""
+        _, alpha = self._match(self.alpha_pattern, path)
+        alpha = self.lora_alpha if alpha is None else float(alpha)
+        return alpha * math.sqrt(rank) if self.use_rslora else alpha  # rsLoRA: alpha/sqrt(r) = alpha'/r
+
+    def check_ranks(self, layers: dict[str, LoraWeights], weights: Path) -> None:
+        """PEFT builds each layer with the config's rank; the tensors must have it."""
+        for path, w in layers.items():
+            key, rank = self._match(self.rank_pattern, path)
+            field, rank = (f"rank_pattern[{key!r}]", rank) if key is not None else ("r", self.r)
+            if rank != w.rank:
+                raise AdapterError(
+                    f"{self.path}: {field} = {rank} but layer {path!r} in {weights.name} has rank {w.rank}; "
+                    "the config does not belong to these weights"
+                )
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AdapterError(f"{path}: not UTF-8 text (byte {exc.start}); expected a JSON object") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: holds a JSON {type(config).__name__}; expected a JSON object of LoraConfig fields")
+    return config
+
+
+def _pattern(config: dict, field: str, valid: Callable, expected: str, path: Path) -> dict:
+    raw = config.get(field) or {}
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path}: {field} = {raw!r}; expected an object mapping module-name patterns to {expected}")
+    for key, value in raw.items():
+        try:
+            re.compile(key)
+        except re.error as exc:
+            raise AdapterError(f"{path}: {field} key {key!r} is not a valid regular expression ({exc})") from None
+        if not valid(value):
+            raise AdapterError(f"{path}: {field}[{key!r}] = {value!r}; expected {expected}")
+    return dict(raw)
+
+
+def _refuse_unsupported(config: dict, path: Path) -> None:
+    """The LoRA variants an MCM adapter cannot be."""
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"{path}: peft_type {config.get('peft_type')!r}; only LORA adapters are MCM adapters")
+    if config.get("use_dora"):
+        raise AdapterError(f"{path}: use_dora is set; DoRA adapters are not supported")
+    if config.get("modules_to_save"):
+        raise AdapterError(f"{path}: modules_to_save {config['modules_to_save']!r} (full layers) are not supported")
+    if config.get("lora_bias"):
+        raise AdapterError(f"{path}: lora_bias is set; LoRA with bias terms is not supported")
+    if config.get("bias", "none") not in ("none", None):
+        raise AdapterError(f"{path}: bias {config['bias']!r}; only bias 'none' LoRA is supported")
+
+
+def _check_types(config: dict, path: Path) -> None:
+    targets = config.get("target_modules")
+    if targets is not None and not isinstance(targets, str) and not (
+        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    ):
+        raise AdapterError(f"{path}: target_modules = {targets!r}; expected a module-name string or a list of them")
+    for field in ("use_rslora", "use_dora", "lora_bias", "fan_in_fan_out", "inference_mode"):
+        if config.get(field) is not None and not isinstance(config[field], bool):
+            raise AdapterError(f"{path}: {field} = {config[field]!r}; expected true or false")
+    base = config.get("base_model_name_or_path")
+    if base is not None and not isinstance(base, str):
+        raise AdapterError(f"{path}: base_model_name_or_path = {base!r}; expected a string or null")
+
+
+def read_peft_config(path: Path) -> PeftConfig:
+    """``adapter_config.json`` checked: a JSON object with a LoRA's fields of the right types."""
+    config = _load_json(path)
+    _check_types(config, path)
+    _refuse_unsupported(config, path)
+    r = config.get("r", 8)
+    if not _is_rank(r):
+        raise AdapterError(f"{path}: r = {r!r}; expected a positive whole number (the LoRA rank)")
+    alpha = config.get("lora_alpha", r)
+    if not _is_number(alpha) or alpha <= 0:
+        raise AdapterError(f"{path}: lora_alpha = {alpha!r}; expected a finite positive number")
+    return PeftConfig(
+        path=path,
+        r=r,
+        lora_alpha=float(alpha),
+        alpha_pattern=_pattern(config, "alpha_pattern", lambda v: _is_number(v) and v > 0, "a finite positive number", path),
+        rank_pattern=_pattern(config, "rank_pattern", _is_rank, "a positive whole number", path),
+        use_rslora=bool(config.get("use_rslora", False)),
+        base_model_name_or_path=config.get("base_model_name_or_path"),
+    )

@@ -1,0 +1,334 @@
+"""What a user sees when the weights CLI gets bad input: exit 2, one ``error:`` line naming the file and
+the layer or field, no traceback, and nothing written or changed (files hashed before and after)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mcm.weights import Adapter, AdapterMeta, LoraWeights, load_adapter, save_adapter
+from mcm.weights.__main__ import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SPATIAL = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+MOTION = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q"
+ADE_MOTION = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.to_q"
+
+
+def tree_hash(path: Path) -> str:
+    """Names, bytes and permission bits of a file or of everything in a folder."""
+    h = hashlib.sha256()
+    items = [path] + (sorted(path.rglob("*")) if path.is_dir() else [])
+    for p in items:
+        h.update(f"{p.relative_to(path.parent)}:{stat.S_IMODE(p.stat().st_mode):o}".encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def factors(rank: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for path in (SPATIAL, MOTION):
+        out[f"{path}.lora_A.weight"] = torch.randn(rank, 8, generator=g)
+        out[f"{path}.lora_B.weight"] = torch.randn(8, rank, generator=g)
+    return out
+
+
+def adapter(seed: int = 0) -> Adapter:
+    t = factors(seed=seed)
+    layers = {p: LoraWeights(t[f"{p}.lora_A.weight"], t[f"{p}.lora_B.weight"], 2.0) for p in (SPATIAL, MOTION)}
+    return Adapter(AdapterMeta(lora_rank=2, lora_alpha=2.0, style="test"), layers)
+
+
+# --- class 6: tensors that are not LoRA factors ----------------------------------------------------------
+
+
+def _spoil(kind: str) -> dict[str, torch.Tensor]:
+    t = factors()
+    down, up = f"{MOTION}.lora_A.weight", f"{MOTION}.lora_B.weight"
+    if kind == "int":
+        t[down] = torch.ones(2, 8, dtype=torch.int64)
+    elif kind == "bool":
+        t[up] = torch.ones(8, 2, dtype=torch.bool)
+    elif kind == "nan":
+        t[down][0, 3] = float("nan")
+    elif kind == "inf":
+        t[up][1, 1] = float("inf")
+    elif kind == "rank0":
+        t[down], t[up] = torch.zeros(0, 8), torch.zeros(8, 0)
+    elif kind == "rank-mismatch":
+        t[up] = torch.randn(8, 3)
+    else:  # an .alpha entry
+        t[f"{MOTION}.alpha"] = {"alpha-vector": torch.ones(2), "alpha-zero": torch.tensor(0.0),
+                                "alpha-nan": torch.tensor(float("nan")), "alpha-negative": torch.tensor(-4.0),
+                                "alpha-bool": torch.tensor(True)}[kind]  # fmt: skip
+    return t
+
+
+BAD_FACTORS = {
+    "int": "dtype int64; expected a floating-point",
+    "bool": "dtype bool; expected a floating-point",
+    "nan": "1 NaN/inf values",
+    "inf": "1 NaN/inf values",
+    "rank0": r"shape \(0, 8\)",
+    "rank-mismatch": "rank mismatch",
+    "alpha-vector": r"shape \(2,\); expected one number",
+    "alpha-zero": "expected a finite positive number",
+    "alpha-nan": "expected a finite positive number",
+    "alpha-negative": "expected a finite positive number",
+    "alpha-bool": "bool tensor",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FACTORS))
+def test_bad_factors_are_refused_at_read_time_naming_file_and_layer(tmp_path, capsys, kind):
+    src = tmp_path / "lora.safetensors"
+    save_file(_spoil(kind), src)
+    before = tree_hash(tmp_path)
+    code, out, err = cli(capsys, "convert", src, tmp_path / "out.safetensors", "--to", "ade")
+    assert code == 2 and out == ""
+    assert re.search(rf"^error: {re.escape(str(src))}: layer '{re.escape(MOTION)}': .*{BAD_FACTORS[kind]}", err), err
+    assert tree_hash(tmp_path) == before  # no output, no temp file, the source untouched
+
+
+def test_a_good_file_still_converts(tmp_path, capsys):
+    src = tmp_path / "lora.safetensors"
+    save_file(factors(), src)
+    code, _, err = cli(capsys, "convert", src, tmp_path / "out.safetensors", "--to", "ade")
+    assert code == 0, err
+    assert set(load_file(tmp_path / "out.safetensors")) == {f"{ADE_MOTION}_lora.down.weight", f"{ADE_MOTION}_lora.up.weight"}
+
+
+# --- class 7: PEFT configs and our own metadata ------------------------------------------------------------
+
+
+def _peft_folder(tmp_path: Path, config) -> Path:
+    folder = tmp_path / "animatediff-webvid"
+    folder.mkdir()
+    save_file({f"base_model.model.{k}": v for k, v in factors().items()}, folder / "adapter_model.safetensors")
+    data = config if isinstance(config, bytes) else json.dumps(config).encode()
+    (folder / "adapter_config.json").write_bytes(data)
+    return folder
+
+
+GOOD_CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["to_q"]}
+BAD_CONFIGS = {
+    "list": ([GOOD_CONFIG], "holds a JSON list; expected a JSON object"),
+    "string-r": ({**GOOD_CONFIG, "r": "2"}, "r = '2'; expected a positive whole number"),
+    "negative-r": ({**GOOD_CONFIG, "r": -2}, "r = -2"),
+    "bool-r": ({**GOOD_CONFIG, "r": True}, "r = True"),
+    "string-alpha": ({**GOOD_CONFIG, "lora_alpha": "4"}, "lora_alpha = '4'; expected a finite positive number"),
+    "not-utf8": (b'{"r": 2, "lora_alpha": "\xff\xfe"}', "not UTF-8 text"),
+    "alpha-regex": ({**GOOD_CONFIG, "alpha_pattern": {"to_q[": 2}}, r"alpha_pattern key 'to_q\[' is not a valid regular"),
+    "rank-regex": ({**GOOD_CONFIG, "rank_pattern": {"(to_q": 2}}, r"rank_pattern key '\(to_q' is not a valid regular"),
+    "alpha-pattern-list": ({**GOOD_CONFIG, "alpha_pattern": [1]}, "alpha_pattern = \\[1\\]; expected an object"),
+    "alpha-pattern-value": ({**GOOD_CONFIG, "alpha_pattern": {"to_q": "x"}}, r"alpha_pattern\['to_q'\] = 'x'"),
+    "targets-int": ({**GOOD_CONFIG, "target_modules": 5}, "target_modules = 5; expected a module-name string"),
+    "rslora-string": ({**GOOD_CONFIG, "use_rslora": "yes"}, "use_rslora = 'yes'; expected true or false"),
+    "rank-disagrees": ({**GOOD_CONFIG, "r": 8}, "r = 8 but layer .* has rank 2"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_peft_configs_name_the_config_file_and_the_field(tmp_path, capsys, case):
+    config, message = BAD_CONFIGS[case]
+    folder = _peft_folder(tmp_path, config)
+    before = tree_hash(tmp_path)
+    code, _, err = cli(capsys, "convert", folder, tmp_path / "out.safetensors", "--to", "mcm")
+    assert code == 2
+    assert re.search(rf"^error: {re.escape(str(folder / 'adapter_config.json'))}: .*{message}", err), err
+    assert tree_hash(tmp_path) == before
+
+
+def test_peft_folder_without_weights_is_named(tmp_path, capsys):
+    folder = _peft_folder(tmp_path, GOOD_CONFIG)
+    (folder / "adapter_model.safetensors").unlink()
+    code, out, _ = cli(capsys, "inspect", folder)
+    assert code == 1 and f"{folder}: adapter_config.json is there but adapter_model.safetensors is missing" in out
+
+
+BAD_METADATA = {
+    "base": ("[]", "mcm.base = \\[\\]"),
+    "recommended_steps": ("4", "mcm.recommended_steps = 4"),
+    "lora_alpha": ("NaN", "mcm.lora_alpha = nan"),
+    "lora_rank": ("true", "mcm.lora_rank = True"),
+    "target_modules": ('"to_q"', "mcm.target_modules = 'to_q'"),
+    "temporal_norm": ("[]", "mcm.temporal_norm = \\[\\]"),
+    "recommended_cfg": ("Infinity", "mcm.recommended_cfg = inf"),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(BAD_METADATA))
+def test_mcm_metadata_of_the_wrong_type_names_the_entry(tmp_path, capsys, entry):
+    good = save_adapter(adapter(), tmp_path / "good.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(good), "pt") as f:
+        metadata = dict(f.metadata())
+    raw, message = BAD_METADATA[entry]
+    metadata[f"mcm.{entry}"] = raw
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(good), bad, metadata=metadata)
+    code, _, err = cli(capsys, "convert", bad, tmp_path / "out.safetensors", "--to", "peft")
+    assert code == 2 and re.search(rf"^error: {re.escape(str(bad))}: {message}; expected", err), err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+# --- class 8: output paths ---------------------------------------------------------------------------------
+
+
+def test_force_onto_a_path_of_the_other_kind_changes_nothing(tmp_path, capsys):
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    a_file, a_folder = tmp_path / "existing.safetensors", tmp_path / "existing_peft"
+    a_file.write_bytes(b"keep me")
+    a_folder.mkdir()
+    (a_folder / "notes.txt").write_text("keep me too")
+    before = tree_hash(tmp_path)
+    code, _, err = cli(capsys, "convert", src, a_file, "--to", "peft", "--force")
+    assert code == 2 and f"error: {a_file}: is a file, but --to peft writes a folder" in err
+    code, _, err = cli(capsys, "convert", src, a_folder, "--to", "mcm", "--force")
+    assert code == 2 and f"error: {a_folder}: is a folder, but --to mcm writes a file" in err
+    assert tree_hash(tmp_path) == before
+
+
+def test_replacing_a_peft_folder_keeps_its_mode_and_other_files(tmp_path, capsys):
+    old = save_adapter(adapter(seed=0), tmp_path / "old.safetensors")
+    new = save_adapter(adapter(seed=1), tmp_path / "new.safetensors")
+    peft = tmp_path / "peft"
+    assert cli(capsys, "convert", old, peft, "--to", "peft")[0] == 0
+    os.chmod(peft, 0o750)
+    (peft / "README.md").write_text("my notes")
+    (peft / "samples").mkdir()
+    (peft / "samples" / "a.txt").write_text("sample")
+    code, _, err = cli(capsys, "convert", new, peft, "--to", "peft", "--force")
+    assert code == 0, err
+    assert stat.S_IMODE(peft.stat().st_mode) == 0o750
+    assert (peft / "README.md").read_text() == "my notes" and (peft / "samples" / "a.txt").read_text() == "sample"
+    assert sorted(p.name for p in peft.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "samples"]
+    assert torch.equal(load_adapter(peft).layers[MOTION].down, load_adapter(new).layers[MOTION].down)
+
+
+def test_new_files_and_folders_get_the_usual_permissions(tmp_path, capsys):
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    assert cli(capsys, "convert", src, tmp_path / "p", "--to", "peft")[0] == 0
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "p").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE(src.stat().st_mode) == 0o666 & ~mask
+
+
+def test_inspect_lists_the_good_adapters_and_names_each_bad_one(tmp_path, capsys):
+    save_adapter(adapter(), tmp_path / "a_good.safetensors")
+    (tmp_path / "b_cut.safetensors").write_bytes((tmp_path / "a_good.safetensors").read_bytes()[:100])
+    save_file(_spoil("nan"), tmp_path / "c_nan.safetensors")
+    _peft_folder(tmp_path, [GOOD_CONFIG])
+    save_adapter(adapter(seed=2), tmp_path / "z_good.safetensors")
+    before = tree_hash(tmp_path)
+    code, out, err = cli(capsys, "inspect", tmp_path)
+    assert code == 1 and "Traceback" not in out + err
+    assert out.count("test [sd15-animatediff v2]") == 2  # both good ones, also the one after the bad ones
+    for name, reason in (("b_cut", "truncated"), ("c_nan", "NaN/inf"), ("animatediff-webvid", "JSON list")):
+        assert re.search(rf"{name}.*\n  ERROR: .*{reason}", out), name
+    assert "error: 3 of 5 adapters could not be read" in err
+    code, out, _ = cli(capsys, "inspect", tmp_path, "--json")
+    assert code == 1 and sum("error" in d for d in json.loads(out)) == 3
+    assert tree_hash(tmp_path) == before
+
+
+def _motion_module() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return {f"{ADE_MOTION}.weight": torch.randn(8, 8, generator=g), f"{ADE_MOTION}.bias": torch.zeros(8)}
+
+
+def test_official_ckpt_motion_module_merges_with_allow_pickle(tmp_path, capsys):
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    ckpt = tmp_path / "mm_sd_v15_v2.ckpt"
+    torch.save(_motion_module(), ckpt)
+    out = tmp_path / "merged.safetensors"
+    code, _, err = cli(capsys, "convert", src, out, "--to", "ade", "--base-motion-module", ckpt)
+    assert code == 2 and not out.exists()
+    suggested = re.search(r"`python -m mcm\.weights (.+?)`", err)[1].split()
+    assert suggested[:2] == ["to-safetensors", str(ckpt)]
+    converted = tmp_path / "mm_sd_v15_v2.safetensors"
+    code, _, err2 = cli(capsys, *[str(converted) if a == "OUT.safetensors" else a for a in suggested])
+    assert code == 0, err2
+    assert torch.equal(load_file(converted)[f"{ADE_MOTION}.weight"], _motion_module()[f"{ADE_MOTION}.weight"])
+    for base in (ckpt, converted):  # the flag the message names works, and so does the converted file
+        extra = ["--allow-pickle"] if base == ckpt else []
+        code, _, err = cli(capsys, "convert", src, out, "--to", "ade", "--base-motion-module", base, "--force", *extra)
+        assert code == 0, err
+        merged = load_file(out)[f"{ADE_MOTION}.weight"]
+        w = adapter().layers[MOTION]
+        assert torch.allclose(merged, _motion_module()[f"{ADE_MOTION}.weight"] + w.delta(), atol=1e-6)
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_ckpt_runs_no_code_even_with_allow_pickle(tmp_path, capsys):
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "mm.ckpt"
+    torch.save({"x": _Marker(str(marker))}, ckpt)
+    code, _, err = cli(capsys, "convert", src, tmp_path / "o.safetensors", "--to", "ade", "--base-motion-module", ckpt,
+                       "--allow-pickle")  # fmt: skip
+    assert code == 2 and f"{ckpt}: cannot be read as a tensors-only pickle" in err
+    code, _, err = cli(capsys, "to-safetensors", ckpt, tmp_path / "o.safetensors")
+    assert code == 2 and not marker.exists() and not (tmp_path / "o.safetensors").exists()
+
+
+def test_the_suggested_command_for_a_pickled_adapter_works(tmp_path, capsys):
+    lora = tmp_path / "lora.bin"
+    torch.save(factors(), lora)
+    code, out, _ = cli(capsys, "inspect", lora)
+    assert code == 1
+    suggested = re.search(r"`python -m mcm\.weights (.+?)`", out)[1].split()
+    out = tmp_path / "lora.safetensors"
+    code, _, err = cli(capsys, *[str(out) if a == "OUT.safetensors" else a for a in suggested])
+    assert code == 0, err
+    assert set(load_adapter(out).layers) == {SPATIAL, MOTION}
+
+
+def test_real_cli_prints_one_error_line_and_no_traceback(tmp_path):
+    folder = _peft_folder(tmp_path, {**GOOD_CONFIG, "alpha_pattern": {"[": 1}})
+    proc = subprocess.run([sys.executable, "-m", "mcm.weights", "convert", str(folder), str(tmp_path / "o"), "--to", "peft"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "alpha_pattern key '['" in proc.stderr
+
+
+def test_a_peft_folder_with_a_pickled_adapter_suggests_converting_the_folder(tmp_path, capsys):
+    folder = _peft_folder(tmp_path, GOOD_CONFIG)
+    tensors = load_file(folder / "adapter_model.safetensors")
+    (folder / "adapter_model.safetensors").unlink()
+    torch.save(tensors, folder / "adapter_model.bin")
+    code, out, _ = cli(capsys, "inspect", folder)
+    assert code == 1
+    suggested = re.search(r"`python -m mcm\.weights (.+?)`", out)[1].split()
+    assert suggested[1] == str(folder)
+    dst = tmp_path / "webvid.safetensors"
+    code, _, err = cli(capsys, *[str(dst) if a == "OUT.safetensors" else a for a in suggested])
+    assert code == 0, err
+    assert all(w.alpha == 4.0 for w in load_adapter(dst).layers.values())  # the config's lora_alpha was used
