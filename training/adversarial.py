@@ -92,6 +92,8 @@ class Adversary:
         self.penalty = AdaptivePenaltyWeight(args.disc_gp)
         self.updates, self.skipped, self.window = 0, 0, []
         self.last: dict[str, float] = {}
+        self._power = [b for n, b in self.disc.heads.named_buffers() if n.endswith(("weight_u", "weight_v"))]
+        self._power_start = [b.clone() for b in self._power]
 
     @property
     def processes(self) -> int:
@@ -110,6 +112,7 @@ class Adversary:
 
     def generator_term(self, model_pred: torch.Tensor, c_video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """λ_adv · L_G on ``disc_frames`` decoded frames; returns (term, fake frames, their text embeddings)."""
+        self._restart_power_iteration()
         index = sparse_frame_indices(model_pred.shape[2], self.args.disc_frames, self.generator)
         fake = self.decode_frames(model_pred, index)
         c = c_video.repeat_interleave(len(index), dim=0)
@@ -174,10 +177,22 @@ class Adversary:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         stats = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[0]}
+        if self.processes > 1:  # means over all processes' micro-batches: every process adapts the penalty alike
+            values = self.accelerator.reduce(torch.tensor(list(stats.values()), device=self.params[0].device), reduction="mean")
+            stats = dict(zip(stats, values.tolist()))
         self.window = []
+        self._power_start = [b.clone() for b in self._power]
         stats["gp_weight"] = self.penalty.update(stats["gp"], step)
         self.last.update(stats, d_lr=lr)
         return finite
+
+    def _restart_power_iteration(self) -> None:
+        """Every micro-batch between two D updates starts the spectral norms' power iteration (one iteration
+        per forward in training mode) from the same vectors: the weights do not change in between, so each
+        micro-batch sees the same normalisation whichever process or accumulation slot runs it (N processes
+        = N x accumulation), and a window of one micro-batch is unchanged."""
+        for buffer, start in zip(self._power, self._power_start, strict=True):
+            buffer.copy_(start)
 
     def discriminator_step(self, real: torch.Tensor, c_real: torch.Tensor, fake: torch.Tensor, c_fake: torch.Tensor, step: int):
         """One micro-batch and one update (a window of one)."""
