@@ -213,6 +213,7 @@ class Adversary:
         if state.get("scaler"):  # checkpoints written before the scaler have none
             self.scaler.load_state_dict(state["scaler"])
         self.updates, self.skipped = int(state.get("updates", 0)), int(state.get("skipped", 0))
+        self._power_start = [b.clone() for b in self._power]  # the loaded vectors start the next window
 
 
 def clamped_scheduler(name: str, optimizer, warmup: int, total: int):
