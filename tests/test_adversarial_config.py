@@ -167,7 +167,7 @@ def _rows(args, kwargs) -> int:
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, monkeypatch, precision):
     """The 1e-5-weighted feature penalty alone (the D loss zeroed), under CPU autocast: the heads' gradient is finite,
-    non-zero, and as dense as in fp32 (fp16 through D's loss scaler; without it ~5% of the entries underflow to 0)."""
+    non-zero, and as dense as in fp32 (fp16 through D's loss scaler; in a probe, unscaled fp16 left 5.4% of the entries at 0, fp32 0.3%)."""
     import training.adversarial
     from training.adversarial import Adversary
     from training.models import tiny_teacher

@@ -3,7 +3,8 @@
 Levers (flags of ``training/distill.py``): ``--mixed-precision`` (autocast), ``--frozen-dtype`` (the
 frozen teacher UNet weights, VAE and text encoder stored in half precision; the LoRA and heads stay
 fp32), ``--gradient-checkpointing`` (the student's UNet), ``--use-8bit-adam`` (bitsandbytes),
-``--offload-frozen`` (VAE and text encoder live on the CPU and visit the accelerator per call),
+``--offload-frozen`` (VAE and text encoder live on the CPU and visit the accelerator per call, through
+:class:`FrozenParts`),
 ``--teacher-cfg-batch`` (one teacher call on [cond; uncond]), and the adversarial branch's sparse
 decoding (only ``--disc-frames`` frames are decoded, always on).
 
