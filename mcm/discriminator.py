@@ -22,6 +22,7 @@ from torch.nn.utils import spectral_norm
 __all__ = [
     "AdaptivePenaltyWeight",
     "BatchNormLocal",
+    "DINO_INPUT_SIZE",
     "DiscHead",
     "Dinov2Features",
     "FrameDiscriminator",
@@ -32,10 +33,12 @@ __all__ = [
     "feature_gradient_penalty",
     "generator_loss",
     "r1_penalty",
+    "random_crop",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DINO_INPUT_SIZE = 224  # the official discriminator's input side, whatever DINOv2 size (16 x 16 patches of 14 px)
 LOSSES = ("wgan", "hinge", "bce")
 
 
@@ -73,15 +76,20 @@ def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, cuto
     return x * mask
 
 
-def dino_preprocess(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """[-1, 1] images → DINO input: [0, 1], a random ``size`` crop half of the time when larger,
-    area resize to ``size``², ImageNet normalisation."""
-    x = (x + 1) / 2
+def random_crop(x: torch.Tensor, size: int, generator: torch.Generator | None = None, p: float = 0.5) -> torch.Tensor:
+    """With probability ``p``, one random ``size`` × ``size`` crop for the whole batch, when the images are larger."""
     _, _, h, w = x.shape
-    if min(h, w) > size and torch.rand((), generator=generator).item() < 0.5:
+    if min(h, w) > size and torch.rand((), generator=generator).item() < p:
         top = int(torch.randint(0, h - size + 1, (), generator=generator))
         left = int(torch.randint(0, w - size + 1, (), generator=generator))
         x = x[:, :, top : top + size, left : left + size]
+    return x
+
+
+def dino_preprocess(x: torch.Tensor, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[-1, 1] images → DINO input: [0, 1], a random ``size`` crop half of the time when larger,
+    area resize to ``size``², ImageNet normalisation."""
+    x = random_crop((x + 1) / 2, size, generator)
     x = F.interpolate(x, size=(size, size), mode="area")
     mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
@@ -93,24 +101,32 @@ def dino_preprocess(x: torch.Tensor, size: int, generator: torch.Generator | Non
 
 class Dinov2Features(nn.Module):
     """Patch tokens of chosen layers of a transformers ``Dinov2Model``, layer-normed, CLS/registers
-    dropped: a list of ``(B, C, N)``. Frozen (gradients still flow to the input)."""
+    dropped: a list of ``(B, C, N)``. Frozen (gradients still flow to the input).
 
-    def __init__(self, model, layers: tuple[int, ...] = (2, 5, 8, 11)):
+    ``input_size`` is the side of the images the backbone sees: 224 by default for any DINOv2 (the
+    official discriminator's; 256 patch tokens per layer at 14-px patches), not the config's
+    ``image_size`` (518 for the hub's models, the side of their last pretraining stage, 1,369 tokens);
+    the position embeddings are interpolated to the input."""
+
+    def __init__(self, model, layers: tuple[int, ...] = (2, 5, 8, 11), input_size: int = DINO_INPUT_SIZE):
         super().__init__()
         n = model.config.num_hidden_layers
         if any(not 0 <= i < n for i in layers):
             raise ValueError(f"feature layers {layers} outside the backbone's {n} layers")
         self.model = model.eval().requires_grad_(False)
         self.layers = tuple(layers)
-        self.image_size = int(model.config.image_size)
+        if input_size % model.config.patch_size:
+            raise ValueError(f"DINOv2 input side {input_size} is not a multiple of its {model.config.patch_size}-px patches")
+        self.image_size = int(input_size)
         self.channels = int(model.config.hidden_size)
         self.skip = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "facebook/dinov2-small", layers=(2, 5, 8, 11)) -> Dinov2Features:
+    def from_pretrained(cls, name_or_path: str = "facebook/dinov2-small", layers=(2, 5, 8, 11),
+                        input_size: int = DINO_INPUT_SIZE) -> Dinov2Features:  # fmt: skip
         from transformers import Dinov2Model
 
-        return cls(Dinov2Model.from_pretrained(name_or_path), layers)
+        return cls(Dinov2Model.from_pretrained(name_or_path), layers, input_size)
 
     def train(self, mode: bool = True):  # the backbone always stays in eval mode
         super().train(mode)

@@ -17,6 +17,7 @@ from mcm.discriminator import (
     feature_gradient_penalty,
     generator_loss,
     r1_penalty,
+    random_crop,
     sparse_frame_indices,
 )
 
@@ -27,7 +28,7 @@ def tiny_disc(seed=0, c_dim=8, dtype=torch.float32, attention="sdpa", image_size
     torch.manual_seed(seed)
     config = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
                           image_size=image_size, patch_size=14, attn_implementation=attention)  # fmt: skip
-    backbone = Dinov2Features(Dinov2Model(config), layers=(0, 1, 2, 3))
+    backbone = Dinov2Features(Dinov2Model(config), layers=(0, 1, 2, 3), input_size=image_size)
     return FrameDiscriminator(backbone, c_dim=c_dim).to(dtype)
 
 
@@ -43,6 +44,34 @@ def test_the_tiny_backbone_takes_a_patch_size():
         assert [f.shape for f in features] == [(1, 32, tokens)] * 2
     with pytest.raises(ValueError, match="--disc-backbone tiny:5: the tiny backbone's patch size must divide"):
         build_backbone("tiny:5", (2,))
+
+
+def test_a_real_size_dinov2_sees_224_px_frames_and_the_tiny_one_its_own_56():
+    """A DINOv2 whose config says 518 px (as facebook/dinov2-small) is fed 224 x 224 (16 x 16 = 256 tokens of 14 px),
+    as the official discriminator does; the tiny toy backbone keeps 56."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    from training.adversarial import build_backbone
+
+    torch.manual_seed(0)
+    config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=518, patch_size=14)
+    disc = FrameDiscriminator(Dinov2Features(Dinov2Model(config), layers=(0, 1)), c_dim=8)
+    seen = []
+    disc.backbone.model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["pixel_values"].shape)), with_kwargs=True)
+    for side in (512, 64):  # larger frames are resized (or cropped) down, smaller ones up
+        logits = disc(images(side, n=2, size=side), torch.randn(2, 8), torch.Generator().manual_seed(side))
+        assert logits.shape == (2, 2 * 256)
+    assert seen == [(2, 3, 224, 224)] * 2
+    assert build_backbone("tiny", (2,)).image_size == 56
+
+
+def test_larger_frames_are_cropped_to_224_half_of_the_time():
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(2, 3, 256, 256)
+    sides = [random_crop(x, 224, g).shape[-1] for _ in range(400)]
+    assert set(sides) == {224, 256} and 0.43 <= sides.count(224) / 400 <= 0.57
+    state = g.get_state()
+    assert random_crop(torch.zeros(2, 3, 224, 224), 224, g).shape[-1] == 224 and torch.equal(g.get_state(), state)  # no draw
 
 
 def test_only_the_heads_train():

@@ -163,14 +163,18 @@ class TrainConfig:
     ema_target_decay: float = _cd(0.95, "decay of the EMA target (with --ema-target)", range=UNIT_OPEN)
 
     disc: bool = _adv(True, "use the frame discriminator (MCM's appearance loss)")
-    disc_backbone: str = _adv("facebook/dinov2-small", "DINOv2 folder or hub id (ViT-S/14); 'tiny' = random, for CPU toys ('tiny:7': "
-                             "with 7-px patches)")  # fmt: skip
+    disc_backbone: str = _adv("facebook/dinov2-small", "DINOv2 folder or hub id (ViT-S/14); it sees frames area-resized to 224 px (a "
+                             "random 224 crop half the time when larger): 16 x 16 patch tokens of 14 px, whatever its size; "
+                             "'tiny' = random, 56 px, for CPU toys ('tiny:7': with 7-px patches)")  # fmt: skip
     disc_layers: str = _adv("2,5,8,11", "backbone layers whose patch tokens the heads judge (comma-separated integers)")
     disc_loss: str = _adv("wgan", "official scripts: wgan; paper: hinge", choices=("wgan", "hinge", "bce"))
     disc_weight: float = _adv(1.0, "λ_adv, weight of the generator's adversarial loss", range=AT_LEAST_0)
-    disc_lr: float = _adv(5e-5, "discriminator lr (scaled by total batch × frames / 128: official 1e-4)", range=POSITIVE)
+    disc_lr: float = _adv(5e-5, "discriminator lr (scaled by total batch × frames / 128: official 1e-4); its schedule "
+                         "(--lr-scheduler) counts discriminator updates: warm-up and length divided by --disc-update-every",
+                         range=POSITIVE)  # fmt: skip
     disc_start_step: int = _adv(0, "optimizer step from which the adversarial loss is on", range=AT_LEAST_0)
-    disc_update_every: int = _adv(1, "discriminator update every N micro-batches (update ratio)", range=AT_LEAST_1)
+    disc_update_every: int = _adv(1, "one discriminator update every N optimizer steps (official 1), from the gradient of all "
+                                 "micro-batches of that step's window, averaged across processes", range=AT_LEAST_1)  # fmt: skip
     disc_augment: bool = _adv(True, "differentiable colour/translation/cutout augmentation of real and fake frames (official: on)")
     disc_frames: int = _adv(2, "frames per clip decoded and judged (official 2; at most --num-frames)", range=AT_LEAST_1)
     disc_gp: float = _adv(1e-5, "weight of the official 'r1': a gradient penalty on interpolates in DINO-feature space (×5 when it "
@@ -200,7 +204,9 @@ class TrainConfig:
     adam_weight_decay: float = _opt(0.0, "AdamW weight decay (scripts 0)", range=AT_LEAST_0)
     use_8bit_adam: bool | None = _opt(None, "bitsandbytes AdamW8bit (default: when bitsandbytes is installed and on a GPU)", kind=bool)
     max_grad_norm: float = _opt(10.0, "gradient-norm clip of the LoRA parameters (0: no clip)", range=AT_LEAST_0)
-    mixed_precision: str | None = _opt(None, "default: fp16 on a GPU, no on a CPU", choices=("no", "fp16", "bf16"), kind=str)
+    mixed_precision: str | None = _opt(None, "default: fp16 on a GPU, no on a CPU; bf16 is recommended where the GPU has it (no "
+                                      "loss scaling; under fp16 the discriminator's loss goes through a loss scaler of its own)",
+                                      choices=("no", "fp16", "bf16"), kind=str)  # fmt: skip
 
     checkpointing_steps: int = _out(500, "checkpoint every N optimizer steps (and at the end)", range=AT_LEAST_1)
     checkpoints_total_limit: int | None = _out(None, "keep only the newest N checkpoints (default: all)", kind=int, range=AT_LEAST_1)

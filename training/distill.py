@@ -194,7 +194,7 @@ def train(args, teacher=None) -> Path:
 
     from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state, slot_generator
     from training.data import Batches, VideoClips, write_toy_shards
-    from training.memory import PartTimer, frozen_dtype, visiting
+    from training.memory import FrozenParts, PartTimer, frozen_dtype
     from training.models import VideoUNet, call_unet, load_teacher, make_student, noise_settings
     from training.validation import Validation
 
@@ -278,13 +278,15 @@ def train(args, teacher=None) -> Path:
     if args.ema_target:
         ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False)
 
+    frozen = FrozenParts(teacher, device, args.offload_frozen)  # VAE and text encoder, placed per call
+    encode_text, encode_video = frozen.encode_text, frozen.encode_video
     adversary, images = None, None
     if args.disc:
         from training.adversarial import Adversary
         from training.data import ImageCaptions, write_toy_image_shards
 
         disc_lr = args.disc_lr * (total_batch * args.disc_frames / 128 if args.scale_lr else 1.0)
-        adversary = Adversary(args, teacher, device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank))
+        adversary = Adversary(args, frozen, device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank))
         if args.disc_real == "images":
             root = args.disc_images
             if root is None:
@@ -309,22 +311,6 @@ def train(args, teacher=None) -> Path:
             return call_unet(unwrapped, x, t, c)
 
     target_fn = VideoUNet(ema_student) if ema_student is not None else student_fn
-
-    @torch.no_grad()
-    def encode_text(captions):
-        """Per-token embeddings (the UNet's conditioning) and the pooled one (the discriminator's)."""
-        with visiting(teacher.text_encoder, device, args.offload_frozen) as text_encoder:
-            out = text_encoder(teacher.tokenizer(captions).to(device))
-        return out[0], out.pooler_output.float()
-
-    @torch.no_grad()
-    def encode_video(video, generator):
-        b, c, f, h, w = video.shape
-        frames = video.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).to(device, teacher.vae.dtype)
-        with visiting(teacher.vae, device, args.offload_frozen) as vae:
-            latents = torch.cat([vae.encode(chunk).latent_dist.sample(generator) for chunk in frames.split(32)])
-        latents = latents * teacher.scaling_factor
-        return latents.reshape(b, f, *latents.shape[1:]).permute(0, 2, 1, 3, 4).float()
 
     global_step, micro_done, skip_reasons, start_time = 0, 0, {}, time.time()
     if resume_from is not None:
@@ -372,6 +358,7 @@ def train(args, teacher=None) -> Path:
     progress = tqdm(total=args.max_train_steps, initial=global_step, disable=not accelerator.is_main_process,
                     desc="distilling", dynamic_ncols=True)  # fmt: skip
     window_losses, window_generated, window_finite, nonfinite_run = [], [], True, 0
+    lr_marks, lr_seen = {1: "start", (args.max_train_steps + 1) // 2: "middle", args.max_train_steps: "end"}, {}
     try:
         while global_step < args.max_train_steps:
             generator = slot_generator(args.seed, micro_done * world + rank)
@@ -409,23 +396,28 @@ def train(args, teacher=None) -> Path:
                 if finite:
                     with timer("backward"):
                         accelerator.backward(loss)
+                frozen.release()  # the VAE kept placed for the adversarial term's backward
                 if accelerator.sync_gradients:
                     with timer("optimizer"):
                         norm = accelerator.clip_grad_norm_(lora_params, args.max_grad_norm) if args.max_grad_norm > 0 else None
+                        g_lr = optimizer.param_groups[0]["lr"]  # the lr this step uses
                         if window_finite and (norm is None or torch.isfinite(torch.as_tensor(norm)).item()):
                             optimizer.step()
                             scheduler.step()
                         else:
                             window_finite = False
                         optimizer.zero_grad(set_to_none=True)
-                if finite and adversarial and micro_done % args.disc_update_every == 0:
+                if finite and adversarial and adversary.due(global_step):  # D's loss joins this window's D gradient
                     with timer("discriminator step"), accelerator.autocast():
                         if images is not None:
                             real_batch = next(images)
-                            real, c_real = real_batch["image"].to(device), adversary.text(real_batch["caption"], device)
+                            real, c_real = real_batch["image"].to(device), adversary.text(real_batch["caption"])
                         else:
                             real, c_real = adversary.real_from_video(batch["video"].to(device)), c_fake
-                        adversary.discriminator_step(real, c_real, fake_frames, c_fake, global_step)
+                        adversary.accumulate(real, c_real, fake_frames, c_fake)
+                if adversary is not None and accelerator.sync_gradients:
+                    with timer("discriminator step"):
+                        adversary.update(global_step)  # one D update per optimizer step (a no-op outside its windows)
                 micro_done += 1
                 if finite:
                     window_losses.append(out["loss"].detach().float().item())  # the consistency loss alone
@@ -448,6 +440,9 @@ def train(args, teacher=None) -> Path:
             if ema_student is not None:
                 ema_update(ema_student, accelerator.unwrap_model(student_p), args.ema_target_decay)
             global_step += 1
+            if global_step in lr_marks:  # the learning rates in effect at the start, middle and end (summary.json)
+                lr_seen[lr_marks[global_step]] = {"step": global_step, "generator": g_lr,
+                                                  "discriminator": adversary.last.get("d_lr") if adversary else None}  # fmt: skip
             mean_loss = accelerator.reduce(torch.tensor([sum(window_losses) / len(window_losses)], device=device), "mean").item()
             gen_frac = sum(window_generated) / len(window_generated)
             window_losses, window_generated = [], []
@@ -498,7 +493,9 @@ def train(args, teacher=None) -> Path:
             adapter_path = run_dir / "adapter.safetensors"
         summary = {"steps": global_step, "skipped_samples": sum(reasons.values()), "skipped_by_reason": reasons,
                    "seconds": round(time.time() - start_time, 1), "num_processes": world, "processes_in_sync": in_sync,
-                   "adapter": str(adapter_path), "peft": str(final / "peft")}  # fmt: skip
+                   "adapter": str(adapter_path), "peft": str(final / "peft"), "optimizer_steps": global_step,
+                   "micro_batches": micro_done, "discriminator_updates": adversary.updates if adversary else 0,
+                   "discriminator_updates_skipped": adversary.skipped if adversary else 0, "learning_rates": lr_seen}  # fmt: skip
         if adversary is not None:
             from training.adversarial import adversarial_summary
 
