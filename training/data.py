@@ -61,6 +61,8 @@ def tar_groups(shard: Path, read: bool = True):
 
     With ``read=False`` the values are callables that read the bytes, so samples that are passed over
     cost only their tar headers (the file is seeked past their data); call them before the next sample.
+    A shard cut short raises ``tarfile.ReadError`` where the cut is seen: in a file's data, or (a cut in a
+    header, which ``tarfile`` takes for the end) after the last sample, for want of the end-of-archive block.
     """
     key, parts = None, {}
     with tarfile.open(shard) as tar:
@@ -77,6 +79,9 @@ def tar_groups(shard: Path, read: bool = True):
             parts[suffix] = tar.extractfile(member).read() if read else (lambda m=member: tar.extractfile(m).read())
         if parts:
             yield key, parts
+        tar.fileobj.seek(tar.offset)  # where the end-of-archive block (512 zero bytes) must be
+        if len(tar.fileobj.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE:
+            raise tarfile.ReadError("cut short (no end-of-archive block)")
 
 
 class _CaptionedStream(IterableDataset):
