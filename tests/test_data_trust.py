@@ -99,6 +99,45 @@ def test_a_decoder_error_in_a_worker_process_is_skipped_and_counted(good, monkey
     assert list(reasons) == ["RuntimeError"] and reasons["RuntimeError"] >= 1
 
 
+def test_a_worker_killed_by_a_decoder_crash_stops_the_run_with_one_line(tmp_path, good, monkeypatch, capsys):
+    import os
+
+    from training import data
+
+    real, third = data.decode_video, list(data.tar_groups(good / "toy-00000.tar"))[2][1][".mp4"]
+
+    def crashing(raw):  # what a segfault in the decoder does to the worker process
+        if raw == third:
+            os._exit(1)
+        return real(raw)
+
+    monkeypatch.setattr(data, "decode_video", crashing)
+    argv = flags(tmp_path, good, "--max-train-steps", "6", "--train-batch-size", "1", "--no-disc", "--num-workers", "2")
+    assert distill.main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and last.startswith(f"error: {good}: a data loader worker died (DataLoader worker (pid"), err
+
+
+def test_a_loader_that_dies_while_a_batch_is_fetched_leaves_a_checkpoint_of_the_steps_done(tmp_path, good, monkeypatch):
+    import torch.utils.data
+
+    real = torch.utils.data.DataLoader
+
+    class DiesAfterThree(real):  # as torch reports a dead worker when the main process waits for its batch
+        def __iter__(self):
+            for item, _ in zip(super().__iter__(), range(3)):
+                yield item
+            raise RuntimeError("DataLoader worker (pid 123) exited unexpectedly with exit code 1. Details are lost due to multiprocessing.")
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", DiesAfterThree)
+    args = distill.parse_args(flags(tmp_path, good, "--max-train-steps", "6", "--checkpointing-steps", "10", "--train-batch-size", "1",
+                                    "--no-disc", "--run-name", "died"))  # fmt: skip
+    with pytest.raises(DataError, match="a data loader worker died"):
+        distill.train(args)
+    assert json.loads((tmp_path / "died" / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
+
+
 def test_an_unreadable_image_shard_is_skipped_and_counted_by_name(tmp_path):
     root = write_toy_image_shards(tmp_path / "images", num_images=4, size=16)
     (root / "images-00001.tar").write_bytes(b"not a tar" * 50)

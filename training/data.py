@@ -20,6 +20,7 @@ import math
 import random
 import sys
 import tarfile
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -222,7 +223,7 @@ class Batches:
         from torch.utils.data import DataLoader
 
         self.name, self.size, self.root = dataset.name, size, dataset.root
-        self.items = iter(DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False))
+        self.loader, self.items = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False), None
         self.position = dataset.start
         self.good, self.reasons, self.first_epoch = 0, Counter(), None  # a whole pass with nothing usable stops the run
 
@@ -232,6 +233,7 @@ class Batches:
     def __next__(self) -> dict:
         good, reasons = [], Counter()
         while len(good) < self.size:
+            self.items = self.items if self.items is not None else iter(self.loader)  # workers start with the first batch
             item = next(self.items)
             if "error" in item:
                 raise DataError(item["error"])
@@ -247,6 +249,22 @@ class Batches:
                 self.good += 1
         return {self.name: torch.stack([g[self.name] for g in good]), "caption": [g["caption"] for g in good],
                 "skipped": sum(reasons.values()), "skip_reasons": dict(reasons), "position": self.position}  # fmt: skip
+
+
+def data_stopped(exc: BaseException, root) -> tuple[DataError | None, bool]:
+    """Whether ``exc`` means the data cannot go on, as a :class:`DataError` (a DataError, or a DataLoader
+    worker process that died, e.g. of a crash in a decoder: torch raises that from its SIGCHLD handler
+    wherever the main process is), and whether it was raised while a batch was fetched (so the training
+    state between steps is consistent); ``(None, False)`` for any other error."""
+    if isinstance(exc, DataError):
+        error = exc
+    elif isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker"):
+        error = DataError(f"{root}: a data loader worker died ({str(exc).splitlines()[0].split('. ')[0]}): a crash in a decoder "
+                          "(Python errors are skipped and counted); --num-workers 0 shows the sample that crashes")  # fmt: skip
+    else:
+        return None, False
+    fetching = any(frame.f_code is Batches.__next__.__code__ for frame, _ in traceback.walk_tb(exc.__traceback__))
+    return error, fetching
 
 
 def _collate(items: list[dict], name: str) -> dict:
