@@ -9,7 +9,10 @@
   by :func:`write_toy_shards` so that the real reading path is what the toy run exercises.
 
 Clips are ``[3, frames, size, size]`` in [-1, 1]. A sample that cannot be decoded, is empty or too
-short, or has no caption is skipped and counted by reason (``stats``, and per batch), never a crash.
+short, or whose caption is missing, not UTF-8 or not text is skipped and counted by reason (``stats``,
+and per batch), never a crash; so is a shard that cannot be read (``unreadable shard <name>``). What
+stops a run: a ``captions.jsonl`` line naming no file (at start, naming file and line), a whole pass
+with nothing usable, a loader worker that died (:func:`data_stopped`).
 """
 
 from __future__ import annotations

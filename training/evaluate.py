@@ -7,7 +7,10 @@
 
 Rows are methods with their step counts; columns per step count FVD ↓, FID ↓, CLIPSIM ↑ (a metric whose
 inputs are not given is left out). ``results.json`` holds every number and the settings; ``results.md`` the
-table.
+table. Bad input: a video or image that cannot be used (undecodable, empty, too few frames for FVD, no
+usable caption for CLIPSIM) is skipped and listed by file under the row's ``skipped`` (or
+``reference_skipped``); a missing or wrong detector file, a folder with nothing usable or a bad flag is
+one ``error:`` line naming it, exit status 2.
 
 * **FVD**: Fréchet distance (``mcm.metrics``) between I3D features of generated and real videos. Detector:
   the TorchScript I3D of StyleGAN-V (``i3d_torchscript.pt``, Kinetics-400, a port of the TF-Hub I3D of the
