@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_evaluate import TinyI3D, TinyInception
+from tests.test_evaluate import save_detectors
 from tests.test_faults import ENV, ROOT, _shard, flags
 from training import distill
 from training import evaluate as ev
@@ -223,10 +223,8 @@ def test_the_trainer_reports_a_broken_captions_index_in_one_line(tmp_path, mp4s,
 
 @pytest.fixture(scope="module")
 def detectors(tmp_path_factory):
-    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("detectors")
-    torch.jit.save(torch.jit.script(TinyI3D()), str(root / "i3d.pt"))
-    torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception.pt"))
+    save_detectors(root)
     torch.save({"weight": torch.zeros(2)}, root / "state_dict.pt")  # a checkpoint, not TorchScript
     (root / "random.pt").write_bytes(bytes(range(256)) * 8)
     return root

@@ -44,13 +44,17 @@ class TinyInception(torch.nn.Module):
         return self.proj(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
 
 
-@pytest.fixture(scope="module")
-def detectors(tmp_path_factory):
+def save_detectors(root):
+    """``root/i3d.pt`` and ``root/inception.pt``: the tiny stand-ins as TorchScript files."""
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("detectors")
     torch.jit.save(torch.jit.script(TinyI3D()), str(root / "i3d.pt"))
     torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception.pt"))
     return root / "i3d.pt", root / "inception.pt"
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    return save_detectors(tmp_path_factory.mktemp("detectors"))
 
 
 def _videos(n, degraded, frames=8, seed=0):

@@ -42,7 +42,11 @@ def decode_video(data: bytes | str | Path) -> np.ndarray:
     import av
 
     in_memory = isinstance(data, (bytes, bytearray))
-    if (len(data) if in_memory else os.path.getsize(data)) == 0:
+    try:
+        size = len(data) if in_memory else os.path.getsize(data)
+    except OSError as exc:
+        raise SkipSample("unreadable", exc.strerror or str(exc)) from None
+    if size == 0:
         raise SkipSample("empty file", "0 bytes")
     source = io.BytesIO(data) if in_memory else str(data)
     try:
