@@ -36,6 +36,8 @@ from .samples import (CAPTION_SUFFIXES, DataError, SkipSample, caption_from_byte
                       decode_image, decode_video, folder_captions)  # fmt: skip
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
+
+
 def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, crop: str, rng: random.Random) -> torch.Tensor:
     """``num_frames`` frames ``interval`` apart, cropped and resized to ``size``², in [-1, 1]."""
     span = (num_frames - 1) * interval + 1
@@ -102,8 +104,9 @@ class _CaptionedStream(IterableDataset):
     Every owned sample yields one item carrying ``position`` (the process's samples consumed so far): the
     sample, or ``{"skipped": 1, "reason": …}`` when it cannot be used (counted in ``stats`` per worker
     as ``skipped`` and ``skipped:<reason>``). A shard that cannot be read is one such item, counted as
-    ``unreadable shard <name>`` each time an epoch reaches it (the samples before a cut are used). A
-    worker that finishes an epoch with nothing usable raises :class:`DataError`.
+    ``unreadable shard <name>`` each time an epoch reaches it (the samples before a cut are used). An
+    epoch with nothing usable is a :class:`DataError`: raised here when iterated in-process; in a
+    DataLoader worker, which sees only its share, :class:`Batches` judges the whole stream instead.
     """
 
     suffixes: tuple[str, ...] = ()
