@@ -193,7 +193,7 @@ def train(args, teacher=None) -> Path:
     from tqdm.auto import tqdm
 
     from training.checkpoints import CheckpointError, check_layout, read_state, resolve_resume, set_aside_newer, set_rng_state, slot_generator
-    from training.data import Batches, VideoClips, write_toy_shards
+    from training.data import Batches, DataError, VideoClips, data_stopped, write_toy_shards
     from training.memory import FrozenParts, PartTimer, frozen_dtype
     from training.models import VideoUNet, call_unet, load_teacher, make_student, noise_settings
     from training.validation import Validation
@@ -460,6 +460,13 @@ def train(args, teacher=None) -> Path:
         log(f"\ninterrupted at step {global_step}; saving a checkpoint")
         checkpoint(global_step)
         raise
+    except (DataError, RuntimeError) as exc:  # the data cannot go on (e.g. a loader worker died): keep what was trained
+        stopped, between_steps = data_stopped(exc, data_root)
+        if stopped is None:
+            raise
+        if between_steps and global_step and not (run_dir / f"checkpoint-{global_step}").exists():
+            checkpoint(global_step)
+        raise stopped from None
     finally:
         progress.close()
         metrics.close()
