@@ -44,13 +44,17 @@ class TinyInception(torch.nn.Module):
         return self.proj(torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1))
 
 
-@pytest.fixture(scope="module")
-def detectors(tmp_path_factory):
+def save_detectors(root):
+    """``root/i3d.pt`` and ``root/inception.pt``: the tiny stand-ins as TorchScript files."""
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("detectors")
     torch.jit.save(torch.jit.script(TinyI3D()), str(root / "i3d.pt"))
     torch.jit.save(torch.jit.script(TinyInception()), str(root / "inception.pt"))
     return root / "i3d.pt", root / "inception.pt"
+
+
+@pytest.fixture(scope="module")
+def detectors(tmp_path_factory):
+    return save_detectors(tmp_path_factory.mktemp("detectors"))
 
 
 def _videos(n, degraded, frames=8, seed=0):
@@ -119,7 +123,8 @@ def test_read_videos_from_mp4_gif_and_frame_folders(tmp_path):
     for i, f in enumerate(frames):
         f.save(tmp_path / "c" / f"{i:03d}.png")
     (tmp_path / "c.txt").write_text("frames caption")
-    videos, captions = ev.read_videos(tmp_path)
+    videos, captions, skipped = ev.read_videos(tmp_path)
+    assert skipped == {}
     assert [v.shape for v in videos] == [(8, 32, 32, 3)] * 3
     assert captions == [caption, None, "frames caption"]
     assert np.array_equal(videos[2], clip)  # PNG frames are lossless
@@ -151,7 +156,7 @@ def test_command_line_scores_folders_and_generated_videos(tmp_path, detectors):
     (tmp_path / "prompts.txt").write_text("a red square moving left slowly\n# comment\na blue circle moving up quickly\n")
     i3d, inception = detectors
     out = tmp_path / "eval"
-    report = ev.main(["--videos", f"degraded:1={fake}", "--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"),
+    report = ev.evaluate(["--videos", f"degraded:1={fake}", "--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"),
                       "--methods", "teacher:2", "--frames", "4", "--resolution", "16", "--i3d", str(i3d), "--real-videos", str(real),
                       "--fvd-frames", "4", "--inception", str(inception), "--real-images", str(images), "--device", "cpu", "--out", str(out)])  # fmt: skip
     rows = report["rows"]
@@ -160,9 +165,9 @@ def test_command_line_scores_folders_and_generated_videos(tmp_path, detectors):
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert (out / "results.md").read_text().startswith("| method | FVD ↓ 1-step | FVD ↓ 2-step | FID ↓ 1-step")
     with pytest.raises(ev.DetectorError, match="missing.pt"):
-        ev.main(["--videos", f"x:1={fake}", "--i3d", str(tmp_path / "missing.pt"), "--real-videos", str(real), "--out", str(out)])
+        ev.evaluate(["--videos", f"x:1={fake}", "--i3d", str(tmp_path / "missing.pt"), "--real-videos", str(real), "--out", str(out)])
     with pytest.raises(ValueError, match="mcm rows need --adapter"):
-        ev.main(["--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"), "--methods", "mcm:1", "--frames", "4",
+        ev.evaluate(["--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"), "--methods", "mcm:1", "--frames", "4",
                  "--resolution", "16", "--device", "cpu", "--out", str(out)])  # fmt: skip
 
 
@@ -222,7 +227,7 @@ def test_mcm_rows_apply_the_adapter_with_its_metadata(tmp_path, detectors, monke
         (real / f"{i}.mp4").write_bytes(encode_mp4(v))
     path, student = _trainer_adapter(tmp_path / "trained", "--timestep-scaling", "10", "--beta-schedule", "linear")
     videos, calls = _spy_generate(monkeypatch)
-    report = ev.main([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "teacher:4,mcm:1,mcm:2",
+    report = ev.evaluate([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "teacher:4,mcm:1,mcm:2",
                       "--i3d", str(detectors[0]), "--real-videos", str(real), "--fvd-frames", "4", "--out", str(tmp_path / "eval")])  # fmt: skip
     rows = {(r["method"], r["steps"]): r for r in report["rows"]}
     assert list(rows) == [("teacher (DDIM, CFG 7.5)", 4), ("MCM", 1), ("MCM", 2)]
@@ -243,7 +248,7 @@ def test_a_zero_adapter_samples_as_the_plain_teacher(tmp_path, monkeypatch):
     prompts.write_text("a red square moving left slowly\na blue circle moving up quickly\n")
     path, _ = _trainer_adapter(tmp_path / "zero", lora_scale=0.0)
     videos, calls = _spy_generate(monkeypatch)
-    ev.main([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "mcm:2", "--out", str(tmp_path / "eval")])
+    ev.evaluate([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "mcm:2", "--out", str(tmp_path / "eval")])
     assert calls[0]["timestep_scaling"] == 4.0
     plain = ev.load_generator(ev.build_parser().parse_args(GENERATE))  # no adapter: the teacher's UNet alone
     assert not hasattr(plain.unet, "disable_adapter")

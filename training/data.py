@@ -9,7 +9,10 @@
   by :func:`write_toy_shards` so that the real reading path is what the toy run exercises.
 
 Clips are ``[3, frames, size, size]`` in [-1, 1]. A sample that cannot be decoded, is empty or too
-short, or has no caption is skipped and counted by reason (``stats``, and per batch), never a crash.
+short, or whose caption is missing, not UTF-8 or not text is skipped and counted by reason (``stats``,
+and per batch), never a crash; so is a shard that cannot be read (``unreadable shard <name>``). What
+stops a run: a ``captions.jsonl`` line naming no file (at start, naming file and line), a whole pass
+with nothing usable, a loader worker that died (:func:`data_stopped`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import io
 import json
 import math
 import random
+import sys
 import tarfile
+import traceback
 from collections import Counter
 from pathlib import Path
 
@@ -27,39 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .samples import (CAPTION_SUFFIXES, DataError, SkipSample, caption_from_bytes, caption_reader,  # noqa: F401 - re-exported
+                      decode_image, decode_video, folder_captions)  # fmt: skip
+
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used at all (missing, empty); single bad samples are skipped instead."""
-
-
-# --- decoding and clip selection -------------------------------------------------------------------
-
-
-class SkipSample(ValueError):
-    """One sample that cannot be used; ``reason`` is the short name it is counted under."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
-def decode_video(data: bytes | str | Path) -> np.ndarray:
-    """All frames of a video as ``uint8 [n, h, w, 3]`` (PyAV); :class:`SkipSample` if it cannot be read."""
-    import av
-
-    if isinstance(data, (bytes, bytearray)) and len(data) == 0:
-        raise SkipSample("empty file", "0 bytes")
-    source = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else str(data)
-    try:
-        with av.open(source) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError, OSError) as exc:  # IndexError: no video stream
-        raise SkipSample("undecodable", str(exc)) from None
-    if not frames:
-        raise SkipSample("no frames")
-    return np.stack(frames)
 
 
 def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, crop: str, rng: random.Random) -> torch.Tensor:
@@ -83,24 +59,6 @@ def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, c
     return clip.permute(1, 0, 2, 3).clamp(-1, 1).contiguous()
 
 
-def _caption_from(raw: bytes, suffix: str) -> str:
-    text = raw.decode("utf-8", errors="replace")
-    if suffix == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SkipSample("bad caption", f"json: {exc}") from None
-        if not isinstance(obj, dict):
-            raise SkipSample("bad caption", "json is not an object")
-        for key in ("caption", "text", "name"):
-            if isinstance(obj.get(key), str):
-                return obj[key]
-        raise SkipSample("no caption", "json has no 'caption'")
-    if not text.strip():
-        raise SkipSample("no caption", "empty caption file")
-    return text.strip()
-
-
 # --- datasets --------------------------------------------------------------------------------------
 
 
@@ -109,6 +67,8 @@ def tar_groups(shard: Path, read: bool = True):
 
     With ``read=False`` the values are callables that read the bytes, so samples that are passed over
     cost only their tar headers (the file is seeked past their data); call them before the next sample.
+    A shard cut short raises ``tarfile.ReadError`` where the cut is seen: in a file's data, or (a cut in a
+    header, which ``tarfile`` takes for the end) after the last sample, for want of the end-of-archive block.
     """
     key, parts = None, {}
     with tarfile.open(shard) as tar:
@@ -125,21 +85,9 @@ def tar_groups(shard: Path, read: bool = True):
             parts[suffix] = tar.extractfile(member).read() if read else (lambda m=member: tar.extractfile(m).read())
         if parts:
             yield key, parts
-
-
-def folder_captions(root: Path) -> dict[str, str]:
-    """``captions.jsonl`` of a folder dataset: ``{relative path: caption}``."""
-    captions = {}
-    index = root / "captions.jsonl"
-    if index.exists():
-        for n, line in enumerate(index.read_text().splitlines(), 1):
-            if line.strip():
-                try:
-                    item = json.loads(line)
-                    captions[item["file"]] = item["caption"]
-                except (json.JSONDecodeError, KeyError) as exc:
-                    raise DataError(f"{index}:{n}: expected {{\"file\": ..., \"caption\": ...}} ({exc})") from None
-    return captions
+        tar.fileobj.seek(tar.offset)  # where the end-of-archive block (512 zero bytes) must be
+        if len(tar.fileobj.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE:
+            raise tarfile.ReadError("cut short (no end-of-archive block)")
 
 
 class _CaptionedStream(IterableDataset):
@@ -155,8 +103,10 @@ class _CaptionedStream(IterableDataset):
 
     Every owned sample yields one item carrying ``position`` (the process's samples consumed so far): the
     sample, or ``{"skipped": 1, "reason": …}`` when it cannot be used (counted in ``stats`` per worker
-    as ``skipped`` and ``skipped:<reason>``). A worker that finishes an epoch with nothing usable
-    raises :class:`DataError`.
+    as ``skipped`` and ``skipped:<reason>``). A shard that cannot be read is one such item, counted as
+    ``unreadable shard <name>`` each time an epoch reaches it (the samples before a cut are used). An
+    epoch with nothing usable is a :class:`DataError`: raised here when iterated in-process; in a
+    DataLoader worker, which sees only its share, :class:`Batches` judges the whole stream instead.
     """
 
     suffixes: tuple[str, ...] = ()
@@ -175,18 +125,21 @@ class _CaptionedStream(IterableDataset):
         self.captions = {} if self.shards else folder_captions(self.root)
 
     def _items(self, source):
-        """``(key, read media or None, (caption bytes, suffix) reader or None)``; nothing read yet."""
-        if self.shards:
+        """``(key, read media or None, read caption or None)``; nothing read yet. A shard that cannot be
+        read (not a tar, cut short) ends with one item whose readers raise ``unreadable shard <name>``."""
+        if not self.shards:
+            rel = source.relative_to(self.root).as_posix()
+            yield rel, (lambda: source), caption_reader(self.captions, rel, source.with_suffix(".txt"))
+            return
+        try:
             for key, parts in tar_groups(source, read=False):
                 media = next((parts[s] for s in parts if s in self.suffixes), None)
-                text = next(((parts[s], s) for s in parts if s in (".json", ".txt", ".caption")), None)
-                yield key, media, (lambda t=text: (t[0](), t[1])) if text else None
-            return
-        rel = source.relative_to(self.root).as_posix()
-        caption = self.captions.get(rel)
-        if caption is None and source.with_suffix(".txt").exists():
-            caption = source.with_suffix(".txt").read_text().strip()
-        yield rel, (lambda: source), (lambda: (caption.encode(), ".txt")) if caption is not None else None
+                text = next(((parts[s], s) for s in parts if s in CAPTION_SUFFIXES), None)
+                yield key, media, (lambda t=text: caption_from_bytes(t[0](), t[1])) if text else None
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            detail = "not a tar file" if "could not be opened" in str(exc) else str(exc).splitlines()[0]
+            fail = SkipSample(f"unreadable shard {source.name}", detail)
+            yield source.name, _raiser(fail), _raiser(fail)
 
     def _decode(self, media, rng: random.Random) -> torch.Tensor:
         raise NotImplementedError
@@ -197,10 +150,12 @@ class _CaptionedStream(IterableDataset):
                 raise SkipSample(f"no {self.name} file")
             if text is None:
                 raise SkipSample("no caption")
-            caption = _caption_from(*text())
+            caption = text()
             value = self._decode(media(), random.Random(self.seed * 1000003 + i))
         except SkipSample as exc:
-            return {"skipped": 1, "reason": exc.reason, "key": key}
+            return {"skipped": 1, "reason": exc.reason, "key": key, "detail": str(exc)}
+        except tarfile.TarError as exc:  # a sample's bytes cut off by the end of its shard
+            return {"skipped": 1, "reason": "cut off by the end of its shard", "key": key, "detail": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any other failure of one sample is skipped and counted by its type
             return {"skipped": 1, "reason": type(exc).__name__, "key": key}
         return {self.name: value, "caption": caption, "key": key}
@@ -228,19 +183,38 @@ class _CaptionedStream(IterableDataset):
                     decoded_now += 1
                     item = self._sample(i - 1, key, media, text)
                     if "skipped" in item:
+                        if item["reason"].startswith("unreadable shard ") and f"skipped:{item['reason']}" not in self.stats:
+                            print(f"warning: {self.root}: {item['detail']}; skipped and counted", file=sys.stderr)
                         self.stats["skipped"] += 1
                         self.stats[f"skipped:{item['reason']}"] += 1
                     else:
                         self.stats["ok"] += 1
                         good_now += 1
-                    yield {**item, "position": j}
+                    yield {**item, "position": j, "epoch": epoch}
             epoch += 1
-            if decoded_now and not good_now and not self.stats["ok"]:
-                reasons = {k: v for k, v in self.stats.items() if k.startswith("skipped:")}
-                raise DataError(f"{self.root}: no usable {self.name} (skipped {self.stats['skipped']}; reasons {reasons})")
+            problem = None
+            if worker is None and decoded_now and not good_now and not self.stats["ok"]:  # workers: Batches judges them all
+                problem = no_usable(self.root, self.name, {k[len("skipped:") :]: v for k, v in self.stats.items() if k.startswith("skipped:")})
             idle_epochs = 0 if owned_now else idle_epochs + 1
             if idle_epochs > self.block * self.world_size:
-                raise DataError(f"{self.root}: {i // epoch} samples per epoch, too few for {self.world_size} processes × {self.block}")
+                problem = f"{self.root}: {i // epoch} samples per epoch, too few for {self.world_size} processes × {self.block}"
+            if problem and worker is None:
+                raise DataError(problem)
+            if problem:  # a worker hands it on as an item: torch re-raises a worker's error with its traceback in the message
+                yield {"error": problem}
+                return
+
+
+def no_usable(root: Path, name: str, reasons: dict[str, int]) -> str:
+    listed = ", ".join(f"{reason} × {n}" for reason, n in reasons.items())
+    return f"{root}: no usable {name} in a whole pass over the data (skipped {sum(reasons.values())}: {listed})"
+
+
+def _raiser(exc: Exception):
+    def read():
+        raise exc
+
+    return read
 
 
 class Batches:
@@ -254,9 +228,10 @@ class Batches:
     def __init__(self, dataset: _CaptionedStream, size: int, num_workers: int = 0):
         from torch.utils.data import DataLoader
 
-        self.name, self.size = dataset.name, size
-        self.items = iter(DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False))
+        self.name, self.size, self.root = dataset.name, size, dataset.root
+        self.loader, self.items = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False), None
         self.position = dataset.start
+        self.good, self.reasons, self.first_epoch = 0, Counter(), None  # a whole pass with nothing usable stops the run
 
     def __iter__(self):
         return self
@@ -264,14 +239,38 @@ class Batches:
     def __next__(self) -> dict:
         good, reasons = [], Counter()
         while len(good) < self.size:
+            self.items = self.items if self.items is not None else iter(self.loader)  # workers start with the first batch
             item = next(self.items)
+            if "error" in item:
+                raise DataError(item["error"])
+            self.first_epoch = item["epoch"] if self.first_epoch is None else self.first_epoch
+            if item["epoch"] > self.first_epoch + 1 and not self.good:  # items come in stream order: a whole pass is over
+                raise DataError(no_usable(self.root, self.name, dict(self.reasons)))
             self.position = int(item["position"])
             if "skipped" in item:
                 reasons[item["reason"]] += 1
+                self.reasons[item["reason"]] += 1
             else:
                 good.append(item)
+                self.good += 1
         return {self.name: torch.stack([g[self.name] for g in good]), "caption": [g["caption"] for g in good],
                 "skipped": sum(reasons.values()), "skip_reasons": dict(reasons), "position": self.position}  # fmt: skip
+
+
+def data_stopped(exc: BaseException, root) -> tuple[DataError | None, bool]:
+    """Whether ``exc`` means the data cannot go on, as a :class:`DataError` (a DataError, or a DataLoader
+    worker process that died, e.g. of a crash in a decoder: torch raises that from its SIGCHLD handler
+    wherever the main process is), and whether it was raised while a batch was fetched (so the training
+    state between steps is consistent); ``(None, False)`` for any other error."""
+    if isinstance(exc, DataError):
+        error = exc
+    elif isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker"):
+        error = DataError(f"{root}: a data loader worker died ({str(exc).splitlines()[0].split('. ')[0]}): a crash in a decoder "
+                          "(Python errors are skipped and counted); --num-workers 0 shows the sample that crashes")  # fmt: skip
+    else:
+        return None, False
+    fetching = any(frame.f_code is Batches.__next__.__code__ for frame, _ in traceback.walk_tb(exc.__traceback__))
+    return error, fetching
 
 
 def _collate(items: list[dict], name: str) -> dict:
@@ -394,16 +393,6 @@ def write_toy_shards(root: str | Path, num_clips: int = 64, per_shard: int = 32,
 # --- high-quality images for the discriminator --------------------------------------------------------
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-
-
-def decode_image(data: bytes | str | Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SkipSample("undecodable", str(exc)) from None
 
 
 def crop_image(image: np.ndarray, size: int, rng: random.Random, scale=(0.5, 1.0)) -> torch.Tensor:

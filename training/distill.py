@@ -257,6 +257,7 @@ def train(args, teacher=None) -> Path:
     from tqdm.auto import tqdm
 
     from training.checkpoints import slot_generator
+    from training.data import DataError, data_stopped
     from training.memory import FrozenParts, PartTimer
     from training.models import load_teacher
     from training.state import build_state, freeze_teacher
@@ -315,6 +316,13 @@ def train(args, teacher=None) -> Path:
         log(f"\ninterrupted at step {state.global_step}; saving a checkpoint")
         state.checkpoint(log)
         raise
+    except (DataError, RuntimeError) as exc:  # the data cannot go on (e.g. a loader worker died): keep what was trained
+        stopped, between_steps = data_stopped(exc, data_root)
+        if stopped is None:
+            raise
+        if between_steps and state.global_step and not (run_dir / f"checkpoint-{state.global_step}").exists():
+            state.checkpoint(log)
+        raise stopped from None
     finally:
         reports.close()
     # 7. export (final/ and the run folder's adapter.safetensors) and summary.json, or the dry run's report

@@ -7,7 +7,10 @@
 
 Rows are methods with their step counts; columns per step count FVD ↓, FID ↓, CLIPSIM ↑ (a metric whose
 inputs are not given is left out). ``results.json`` holds every number and the settings; ``results.md`` the
-table.
+table. Bad input: a video or image that cannot be used (undecodable, empty, too few frames for FVD, no
+usable caption for CLIPSIM) is skipped and listed by file under the row's ``skipped`` (or
+``reference_skipped``); a missing or wrong detector file, a folder with nothing usable or a bad flag is
+one ``error:`` line naming it, exit status 2.
 
 * **FVD**: Fréchet distance (``mcm.metrics``) between I3D features of generated and real videos. Detector:
   the TorchScript I3D of StyleGAN-V (``i3d_torchscript.pt``, Kinetics-400, a port of the TF-Hub I3D of the
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcm.metrics import frechet_distance_of  # noqa: E402
-from training.data import IMAGE_SUFFIXES  # noqa: E402
+from training.eval_inputs import read_images, read_prompts, read_videos  # noqa: E402
 
 I3D_SOURCE = ("i3d_torchscript.pt", "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's FVD detector)")
 INCEPTION_SOURCE = ("inception-2015-12-05.pt",
@@ -51,23 +54,65 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 METRICS = (("fvd", "FVD ↓"), ("fid", "FID ↓"), ("clipsim", "CLIPSIM ↑"))
 
 
+#: Keyword arguments each detector's ``forward`` must take (its TorchScript schema is checked at load).
+DETECTOR_KEYWORDS = {I3D_SOURCE[0]: ("rescale", "resize", "return_features"), INCEPTION_SOURCE[0]: ("return_features",)}
+
+
 class DetectorError(FileNotFoundError):
-    """A feature detector file that is missing or not a TorchScript module."""
+    """A feature detector file that is missing, not a TorchScript module, or not the detector expected."""
 
 
 # --- feature extractors -----------------------------------------------------------------------------
 
 
-def load_detector(path: str | Path, source: tuple[str, str]) -> torch.jit.ScriptModule:
-    """A TorchScript detector from a local file; clear errors naming the file and where to get it."""
+def _last_line(exc: Exception) -> str:
+    """The last line of an error (TorchScript errors carry their script's traceback before it), shortened."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+class Detector:
+    """A TorchScript detector that names its file when it does not behave as the expected one."""
+
+    def __init__(self, module, path: Path, source: tuple[str, str]):
+        self.module, self.path, (self.expected, self.where) = module, path, source
+
+    def _error(self, what: str) -> DetectorError:
+        return DetectorError(f"{self.path}: {what}; expected {self.expected}, from {self.where}")
+
+    def __call__(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        try:
+            out = self.module(x, **kwargs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError as exc:
+            raise self._error(f"the detector failed on a {str(x.dtype).replace('torch.', '')} {list(x.shape)} batch ({_last_line(exc)})") from None
+        if not torch.is_tensor(out) or out.ndim != 2 or len(out) != len(x):
+            got = f"a tensor of shape {list(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
+            raise self._error(f"the detector returned {got} for {len(x)} inputs, not features [batch, d]")
+        return out
+
+
+def load_detector(path: str | Path, source: tuple[str, str], device="cpu") -> Detector:
+    """A TorchScript detector from a local file; clear errors naming the file, what was expected and where
+    to get it (missing, not TorchScript, or a ``forward`` without the detector's keywords)."""
     name, where = source
     path = Path(path)
     if not path.is_file():
         raise DetectorError(f"{path}: no such detector file; expected {name}, from {where}")
     try:
-        return torch.jit.load(str(path), map_location="cpu").eval()
-    except (RuntimeError, ValueError) as exc:
-        raise DetectorError(f"{path}: not a TorchScript module ({str(exc).splitlines()[0]}); expected {name}, from {where}") from None
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError, OSError, EOFError) as exc:
+        raise DetectorError(f"{path}: not a TorchScript module ({_last_line(exc)}); expected {name}, from {where}") from None
+    try:
+        takes = [a.name for a in module.forward.schema.arguments]
+    except (AttributeError, RuntimeError):
+        takes = []
+    missing = [k for k in DETECTOR_KEYWORDS.get(name, ()) if k not in takes]
+    if missing:
+        raise DetectorError(f"{path}: a TorchScript module whose forward takes {takes[1:]}, without {missing}: "
+                            f"not the detector expected here ({name}, from {where})")  # fmt: skip
+    return Detector(module.to(device), path, source)
 
 
 @torch.no_grad()
@@ -151,54 +196,6 @@ class ClipScorer:
             image = F.normalize(_as_tensor(self.model.get_image_features(pixel_values=self.preprocess(video))).float(), dim=-1)
             scores.append(float((image @ t).mean()) * self.scale)
         return float(np.mean(scores))
-
-
-# --- reading videos and images ----------------------------------------------------------------------
-
-
-def read_videos(folder: str | Path) -> tuple[list[np.ndarray], list[str | None]]:
-    """Videos (mp4/gif/webm/…) and folders of frame images under ``folder``, sorted by path, with their
-    captions (``captions.jsonl`` or ``<name>.txt`` sidecars, as the training data; ``None`` if absent)."""
-    from training.data import VIDEO_SUFFIXES, decode_image, decode_video, folder_captions
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder of videos")
-    captions = folder_captions(root)
-    items = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
-            video = decode_video(path)
-        elif path.is_dir() and (frames := sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)):
-            video = np.stack([decode_image(p) for p in frames])
-        else:
-            continue
-        sidecar = path.with_suffix(".txt") if path.is_file() else path.parent / f"{path.name}.txt"
-        caption = captions.get(rel) or (sidecar.read_text().strip() if sidecar.exists() else None)
-        items.append((video, caption))
-    if not items:
-        raise FileNotFoundError(f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(IMAGE_SUFFIXES)} frames)")
-    return [v for v, _ in items], [c for _, c in items]
-
-
-def read_images(folder: str | Path, limit: int | None = None) -> list[np.ndarray]:
-    """``uint8 [h, w, 3]`` images under ``folder`` (sorted; at most ``limit``)."""
-    from training.data import decode_image
-
-    root = Path(folder)
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if root.is_dir() else []
-    if not paths:
-        raise FileNotFoundError(f"{root}: no images (expected a folder of {', '.join(IMAGE_SUFFIXES)} files)")
-    return [decode_image(p) for p in paths[:limit]]
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts (one per line)")
-    return prompts
 
 
 # --- generating videos --------------------------------------------------------------------------------
@@ -304,15 +301,21 @@ class Scorer:
 
     def __init__(self, args):
         self.args = args
-        self.i3d = load_detector(args.i3d, I3D_SOURCE) if args.i3d else None
-        self.inception = load_detector(args.inception, INCEPTION_SOURCE) if args.inception else None
+        self.i3d = load_detector(args.i3d, I3D_SOURCE, args.device) if args.i3d else None
+        self.inception = load_detector(args.inception, INCEPTION_SOURCE, args.device) if args.inception else None
         self.clip = ClipScorer.from_pretrained(args.clip, args.clipsim_scale, args.device) if args.clip else None
         if bool(self.i3d) != bool(args.real_videos):
             raise ValueError("FVD needs both --i3d and --real-videos")
         if bool(self.inception) != bool(args.real_images):
             raise ValueError("FID needs both --inception and --real-images")
-        self.real_video_feats = i3d_features(read_videos(args.real_videos)[0], self.i3d, args.fvd_frames, device=args.device) if self.i3d else None
-        self.real_image_feats = inception_features(read_images(args.real_images, args.max_real_images), self.inception, device=args.device) if self.inception else None
+        self.skipped = {}  # {"real_videos" / "real_images": {relative path: reason}}
+        self.real_video_feats = self.real_image_feats = None
+        if self.i3d:
+            real, _, self.skipped["real_videos"] = read_videos(args.real_videos, args.fvd_frames)
+            self.real_video_feats = i3d_features(real, self.i3d, args.fvd_frames, device=args.device)
+        if self.inception:
+            images, self.skipped["real_images"] = read_images(args.real_images, args.max_real_images)
+            self.real_image_feats = inception_features(images, self.inception, device=args.device)
 
     def __call__(self, videos: list[np.ndarray], prompts: list[str | None]) -> dict:
         out = {"videos": len(videos)}
@@ -378,18 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> dict:
+def evaluate(argv=None) -> dict:
+    """Generate and/or read the rows' videos, score them, write ``results.json`` and ``results.md``."""
     args = build_parser().parse_args(argv)
     rows_in: list[tuple[str, int, list[np.ndarray], list]] = []
+    skipped: dict[tuple[str, int], dict[str, str]] = {}  # per --videos row: {relative path: reason}
+    scorer = Scorer(args)  # detectors and references first: a bad file fails before any folder is read or sampled
     for spec in args.videos:
         head, sep, folder = spec.partition("=")
         method, _, steps = head.rpartition(":")
         if not sep or not method or not steps.isdigit():
             raise ValueError(f"--videos {spec!r}: expected METHOD:STEPS=FOLDER, e.g. 'MCM:4=samples/mcm4'")
-        videos, captions = read_videos(folder)
+        videos, captions, skipped[(method, int(steps))] = read_videos(folder, args.fvd_frames if args.i3d else 1, bool(args.clip))
         rows_in.append((method, int(steps), videos, captions))
     sampling = None  # the settings the rows were generated with (the adapter's metadata)
-    scorer = Scorer(args)  # detectors first: a missing file fails before any sampling
     if args.teacher:
         if not args.prompts:
             raise ValueError("generating needs --prompts (a text file, one prompt per line)")
@@ -402,8 +407,10 @@ def main(argv=None) -> dict:
             rows_in.append((name, steps, generate(sampler, prompts, kind, steps, args.seed, args.batch), prompts))
     if not rows_in:
         raise ValueError("nothing to score: give --teacher (+ --prompts) to generate, or --videos METHOD:STEPS=FOLDER")
-    rows = [{"method": m, "steps": n, **scorer(v, c)} for m, n, v, c in rows_in]
+    rows = [{"method": m, "steps": n, **scorer(v, c), **({"skipped": skipped[(m, n)]} if skipped.get((m, n)) else {})}
+            for m, n, v, c in rows_in]  # fmt: skip
     report = {"rows": rows, "settings": {k: v for k, v in vars(args).items()}, "sampling": sampling,
+              "reference_skipped": scorer.skipped,
               "conventions": {"clipsim": f"{args.clipsim_scale:g} x mean cosine(frame, prompt), CLIP {args.clip}",
                               "fvd": f"I3D (StyleGAN-V TorchScript) logits, first {args.fvd_frames} frames, rescale+resize in the detector",
                               "fid": "Inception-v3 pool3 (NVlabs TorchScript), every generated frame vs --real-images"}}  # fmt: skip
@@ -416,5 +423,15 @@ def main(argv=None) -> dict:
     return report
 
 
+def main(argv=None) -> int:
+    """The command line: bad input (a file, folder, flag or detector) is one ``error:`` line and exit 2."""
+    try:
+        evaluate(argv)
+    except (OSError, ValueError) as exc:  # DetectorError, DataError, AdapterError are among them
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
