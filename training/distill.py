@@ -11,6 +11,10 @@ ComfyUI nodes sample with, and every checkpoint holds an adapter file the nodes 
     python training/distill.py --config run.yaml       # values from a YAML file (the command line wins)
 
 The flags, their defaults, the toy preset and their precedence are in ``training/config.py``.
+:func:`train` runs in seven numbered stages; its loop is :func:`micro_step` (encode, trajectory start,
+consistency-distillation step, adversarial term, backward) and :func:`optimizer_step` at each gradient
+sync, on a :class:`training.state.TrainState` (what a checkpoint saves); the stages around the loop are
+in ``training/stages.py``.
 """
 
 from __future__ import annotations
