@@ -4,6 +4,7 @@ precision, and offloaded VAE / text-encoder calls that always run placed."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -80,6 +81,50 @@ def test_official_settings_update_the_discriminator_once_per_optimizer_step(tmp_
         assert seen["discriminator"] == pytest.approx(d_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
     state = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"]
     assert state["scheduler"]["last_epoch"] == steps and state["updates"] == steps
+
+
+def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_was_given(tmp_path, toy_data, fresh_accelerate):
+    """The official scripts' settings at tiny size through the command line (``distill.main``): a ``--config`` YAML
+    (accumulation 4, discriminator on, bf16 autocast, --scale-lr, cosine with warm-up) and ``--flag=value`` overrides of
+    some of its values. The run folder's config.yaml holds every value given (the command line's where both set one);
+    D updates = optimizer steps; both learning rates follow their schedules at every step; the adapter is the one asked for."""
+    import yaml
+
+    from mcm.weights import load_adapter
+
+    steps, warmup, accumulation = 4, 2, 4
+    from_yaml = {"teacher": "tiny-animatediff", "data": str(toy_data), "output-dir": str(tmp_path), "run-name": "official",
+                 "resolution": 16, "num-frames": 4, "frame-interval": 1, "num-workers": 0, "train-batch-size": 1,
+                 "gradient-accumulation-steps": accumulation, "mixed-precision": "bf16", "scale-lr": True, "learning-rate": 1e-3,
+                 "lr-scheduler": "cosine", "lr-warmup-steps": warmup, "max-train-steps": 7, "checkpointing-steps": 10,
+                 "disc": True, "disc-backbone": "tiny", "disc-lr": 2e-3, "lora-rank": 8, "lora-alpha": 2.0,
+                 "beta-schedule": "linear", "timestep-scaling": 5.0, "toy-eval": False}  # fmt: skip
+    overrides = {"max-train-steps": steps, "lora-rank": 4, "disc-lr": 1e-3, "prediction-type": "v_prediction"}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(from_yaml))
+    assert distill.main(["--config", str(tmp_path / "run.yaml"), *(f"--{k}={v}" for k, v in overrides.items())]) == 0
+
+    run = tmp_path / "official"
+    used = yaml.safe_load((run / "config.yaml").read_text())
+    given = {**from_yaml, **overrides}
+    assert {k: used[k] for k in given} == given
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (steps, steps * accumulation, steps)
+    g_lr, d_lr = 1e-3 * accumulation / 128, 1e-3 * accumulation * 2 / 128  # scaled by total batch (x 2 frames for D) / 128
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))
+    for r in rows:  # the lr after each step: the schedule's next value, no restart
+        assert float(r["lr"]) == pytest.approx(g_lr * cosine_factor(int(r["step"]), warmup, steps), rel=1e-5, abs=1e-12)
+    for mark, step in (("start", 1), ("middle", 2), ("end", 4)):  # the lrs each step used
+        seen = summary["learning_rates"][mark]
+        assert seen["generator"] == pytest.approx(g_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
+        assert seen["discriminator"] == pytest.approx(d_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
+    adversary = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"]
+    assert adversary["scheduler"]["last_epoch"] == steps and adversary["updates"] == steps
+    adapter = load_adapter(run / "adapter.safetensors")
+    meta = adapter.meta
+    assert (meta.lora_rank, meta.lora_alpha, meta.beta_schedule, meta.prediction_type, meta.timestep_scaling) == (4, 2.0, "linear", "v_prediction", 5.0)
+    assert adapter.layers and {w.down.shape[0] for w in adapter.layers.values()} == {4}
 
 
 def test_the_discriminator_schedule_is_sized_in_updates_and_stays_at_its_end(tmp_path, toy_data):

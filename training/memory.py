@@ -167,6 +167,13 @@ class FrozenParts:
             picked = latents[:, :, index].permute(0, 2, 1, 3, 4).flatten(0, 1)
             return vae.decode((picked / self.teacher.scaling_factor).to(vae.dtype)).sample.float()
 
+    @contextmanager
+    def placed(self):
+        """The VAE and the text encoder, both placed for compute for the block (for code that calls them directly)."""
+        with visiting(self.teacher.vae, self.device, self.offload) as vae:
+            with visiting(self.teacher.text_encoder, self.device, self.offload) as text_encoder:
+                yield vae, text_encoder
+
     def release(self) -> None:
         """Undo the placements :meth:`decode_frames` kept for the backward pass."""
         self._held.close()

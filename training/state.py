@@ -1,0 +1,280 @@
+"""The trainer's state: what one run trains and counts, and how a checkpoint saves and restores it.
+
+:class:`TrainState` holds the LoRA student, the motion head and its EMA target head, the EMA student
+(``--ema-target``), the optimizer and its scheduler, the adversary (discriminator heads, their optimizer,
+scheduler and loss scaler), the counters (optimizer steps, micro-batches, skipped samples by reason) and
+the data streams whose positions a checkpoint records with every process's RNG state.
+
+``checkpoint-<step>/`` holds ``adapter.safetensors`` and ``peft/`` (the student, loadable by the nodes),
+``trainable_extra.safetensors`` (motion heads, EMA student), ``optimizer.pt`` (optimizer, scheduler,
+adversary; pickle-free), ``rng_state.pt``, ``trainer_state.json`` and the manifest
+(:func:`training.checkpoints.write_checkpoint`), built in a temporary folder and renamed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def make_optimizer(params, args, lr: float, use_cuda: bool):
+    use_8bit = args.use_8bit_adam
+    if use_8bit is None:
+        try:
+            import bitsandbytes  # noqa: F401
+
+            use_8bit = use_cuda
+        except ImportError:
+            use_8bit = False
+    if use_8bit:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
+
+
+@dataclass
+class TrainState:
+    """Everything a run trains and counts; :meth:`save` and :meth:`load` are its checkpoints."""
+
+    accelerator: Any
+    args: Any
+    teacher: Any  # training.models.Teacher (frozen; only its adapter metadata is saved)
+    student: Any  # the LoRA student as prepared by accelerate (wrapped on several processes)
+    head: Any  # the motion head (prepared) or a fixed motion representation
+    target_head: Any  # the head's EMA copy, the target's motion representation
+    ema_student: Any  # the EMA student (--ema-target) or None
+    optimizer: Any
+    scheduler: Any
+    lora_params: list
+    modules: list  # what accelerator.accumulate wraps
+    loader: Any  # the video batches (training.data.Batches)
+    run_dir: Path
+    adversary: Any = None  # training.adversarial.Adversary (--disc) or None
+    images: Any = None  # the discriminator's real images (--disc-real images) or None
+    global_step: int = 0  # optimizer steps taken
+    micro_batches: int = 0  # micro-batches run by this process (skipped windows included)
+    skip_reasons: dict = field(default_factory=dict)  # skipped samples at the resume point, all processes
+    skip_local: dict = field(default_factory=dict)  # skipped samples this process has read since it started
+    nonfinite_run: int = 0  # optimizer steps in a row skipped for a non-finite loss or gradient
+    lr_seen: dict = field(default_factory=dict)  # the learning rates at the start, middle and end (summary.json)
+    start_time: float = field(default_factory=time.time)
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.student)
+
+    def seconds(self) -> float:
+        return time.time() - self.start_time
+
+    # --- skipped samples: counted here only ----------------------------------------------------------
+
+    def count_skips(self, batch: dict) -> None:
+        """Add a batch's skipped samples (``batch["skip_reasons"]``, by reason) to this process's counts."""
+        for reason, n in batch["skip_reasons"].items():
+            self.skip_local[reason] = self.skip_local.get(reason, 0) + n
+
+    def skip_counts(self) -> dict:
+        """Skip reasons summed over processes (the local counts plus those at the resume point); every process calls it."""
+        from accelerate.utils import gather_object
+
+        local = dict(self.skip_local)
+        merged = dict(self.skip_reasons)
+        for part in gather_object([local]) if self.accelerator.num_processes > 1 else [local]:
+            for k, v in part.items():
+                merged[k] = merged.get(k, 0) + v
+        return merged
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+
+    def checkpoint(self, log) -> None:
+        """:meth:`save` at the current step; a failed write stops the run or, by default, warns (``--on-save-error``)."""
+        from training.checkpoints import CheckpointError
+
+        try:
+            self.save(log)
+        except CheckpointError as exc:
+            if self.args.on_save_error == "stop":
+                raise
+            log(f"warning: {exc}; the earlier checkpoints are intact; training goes on (--on-save-error stop to stop)")
+
+    def save(self, log=print) -> None:
+        """``checkpoint-<global_step>/`` (only trainable state: the frozen teacher would be gigabytes per
+        checkpoint). A failed write raises :class:`training.checkpoints.CheckpointError` on every process."""
+        from accelerate.utils import broadcast_object_list, gather_object
+
+        from training.checkpoints import CheckpointError, prune, rng_state, write_checkpoint
+
+        accelerator, args, world = self.accelerator, self.args, self.accelerator.num_processes
+        mine = (self.loader.position, self.images.position if self.images else 0, rng_state())
+        parts = gather_object([mine]) if world > 1 else [mine]
+        extra = {"micro_batches": self.micro_batches, "skip_reasons": self.skip_counts(), "data_positions": [p[0] for p in parts],
+                 "image_positions": [p[1] for p in parts], "num_processes": world, "train_batch_size": args.train_batch_size,
+                 "gradient_accumulation_steps": args.gradient_accumulation_steps}  # fmt: skip
+        step, seconds = self.global_step, self.seconds()
+        accelerator.wait_for_everyone()
+        final = self.run_dir / f"checkpoint-{step}"
+        error = ""
+        if accelerator.is_main_process and not final.exists():
+            state = {"global_step": step, "skipped": sum(extra["skip_reasons"].values()), **extra, "args": vars(args)}
+            try:
+                write_checkpoint(final, lambda tmp: self._write_parts(tmp, seconds), state, [p[2] for p in parts])
+                prune(self.run_dir, args.checkpoints_total_limit, log)
+            except CheckpointError as exc:
+                error = str(exc)
+        if world > 1:
+            error = broadcast_object_list([error])[0]
+        accelerator.wait_for_everyone()
+        if error:
+            raise CheckpointError(error)
+
+    def _write_parts(self, tmp: Path, seconds: float) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        from training.stages import export_adapter
+
+        export_adapter(self.unwrapped, self.teacher, self.args, self.global_step, tmp, seconds)
+        heads = {}
+        if isinstance(self.target_head, torch.nn.Module):
+            heads.update({f"online.{k}": v for k, v in self.accelerator.unwrap_model(self.head).state_dict().items()})
+            heads.update({f"target.{k}": v for k, v in self.target_head.state_dict().items()})
+        if self.ema_student is not None:
+            heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(self.ema_student).items()})
+        if heads:
+            save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
+        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "adversary": self.adversary.state_dict() if self.adversary is not None else None}, tmp / "optimizer.pt")  # fmt: skip
+
+    def load(self, folder: Path, trainer_state: dict, rngs: list | None, log=print) -> None:
+        """Continue from a verified checkpoint (``trainer_state``, ``rngs``: :func:`training.checkpoints.read_state`):
+        the models, optimizers and counters, then this process's RNG state; the newer checkpoints are set aside.
+        A checkpoint of another model or flags is a ValueError naming it, raised before anything is moved."""
+        from training.checkpoints import set_aside_newer, set_rng_state
+
+        self._load_models(folder)
+        if self.accelerator.is_main_process:
+            set_aside_newer(folder, log)
+        self.global_step = trainer_state["global_step"]
+        self.micro_batches = trainer_state.get("micro_batches", 0)
+        self.skip_reasons = trainer_state.get("skip_reasons", {})
+        if rngs is not None:
+            set_rng_state(rngs[self.accelerator.process_index])
+        log(f"resumed from {folder} at step {self.global_step} (data position {trainer_state.get('data_positions')})")
+
+    def _load_models(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        from training.checkpoints import load_pickle_free
+
+        extra_path = folder / "trainable_extra.safetensors"
+        extra = load_file(extra_path) if extra_path.exists() else {}
+        state = load_pickle_free(folder / "optimizer.pt")
+        if self.adversary is not None and state.get("adversary") is None:
+            raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
+        try:
+            self._load_parts(folder, extra, state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # shapes or keys of another configuration
+            raise ValueError(f"--resume {folder}: does not fit this run's model and flags (written with other --lora-rank, "
+                             f"--motion-repr, --ema-target or optimizer flags?): {str(exc).strip().splitlines()[0][:200]}") from None  # fmt: skip
+
+    def _load_parts(self, folder: Path, extra: dict, state: dict) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        def part(prefix):
+            return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
+
+        set_peft_model_state_dict(self.unwrapped, load_file(folder / "peft" / "adapter_model.safetensors"))
+        if isinstance(self.target_head, torch.nn.Module):
+            self.accelerator.unwrap_model(self.head).load_state_dict(part("online."))
+            self.target_head.load_state_dict(part("target."))
+        if self.ema_student is not None:
+            set_peft_model_state_dict(self.ema_student, part("ema_student."))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state["adversary"])
+
+
+# --- building the state ------------------------------------------------------------------------------
+
+
+def freeze_teacher(teacher, weight_dtype: torch.dtype, gradient_checkpointing: bool) -> None:
+    """The teacher's UNet, VAE and text encoder frozen (and stored in ``weight_dtype``)."""
+    for m in (teacher.unet, teacher.vae, teacher.text_encoder):
+        m.requires_grad_(False)
+        if weight_dtype != torch.float32:
+            m.to(dtype=weight_dtype)
+    if gradient_checkpointing:
+        teacher.unet.enable_gradient_checkpointing()
+
+
+def build_state(args, accelerator, teacher, frozen, loader, run_dir: Path, resumed: dict) -> TrainState:
+    """The student (the teacher + LoRA; the teacher is the same UNet with the adapter disabled), motion heads,
+    optimizer and scheduler prepared by accelerate, the EMA student and the adversary; ``resumed``: the
+    checkpoint's trainer state ({} for a new run), for the image stream's position."""
+    from diffusers.optimization import get_scheduler
+
+    from mcm.motion import make_motion_representation
+    from training.models import make_student
+
+    world, device = accelerator.num_processes, accelerator.device
+    student = make_student(teacher, args.lora_rank, args.lora_alpha)
+    lora_params = [p for p in student.parameters() if p.requires_grad]
+    for p in lora_params:  # trainable weights stay fp32 whatever the frozen dtype
+        p.data = p.data.float()
+    head, target_head = make_motion_representation(args.motion_repr, teacher.latent_channels)
+    head_params = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
+    optimizer = make_optimizer([{"params": lora_params}, {"params": head_params}], args, scaled_lr(args, world), torch.cuda.is_available())
+    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * world,
+                              num_training_steps=args.max_train_steps * world)  # fmt: skip
+    modules = [student] + ([head] if head_params else [])
+    prepared = accelerator.prepare(*modules, optimizer, scheduler)
+    student_p, head_p = prepared[0], (prepared[1] if head_params else head)
+    if not args.offload_frozen:
+        for m in (teacher.vae, teacher.text_encoder):
+            m.to(device)
+    if isinstance(target_head, torch.nn.Module):
+        target_head.to(device)
+    ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False) if args.ema_target else None
+    state = TrainState(accelerator, args, teacher, student_p, head_p, target_head, ema_student, prepared[-2], prepared[-1],
+                       lora_params, modules, loader, run_dir)  # fmt: skip
+    if args.disc:
+        state.adversary, state.images = build_adversary(args, accelerator, frozen, resumed)
+    return state
+
+
+def scaled_lr(args, world: int) -> float:
+    """``--learning-rate``, times the total batch / 128 with ``--scale-lr``."""
+    total_batch = args.train_batch_size * world * args.gradient_accumulation_steps
+    return args.learning_rate * (total_batch / 128 if args.scale_lr else 1.0)
+
+
+def build_adversary(args, accelerator, frozen, resumed: dict):
+    """The adversary and, with ``--disc-real images``, the stream of real captioned images."""
+    from training.adversarial import Adversary
+    from training.checkpoints import slot_generator
+    from training.data import Batches, ImageCaptions, write_toy_image_shards
+    from training.stages import toy_cache
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    total_batch = args.train_batch_size * world * args.gradient_accumulation_steps
+    disc_lr = args.disc_lr * (total_batch * args.disc_frames / 128 if args.scale_lr else 1.0)
+    adversary = Adversary(args, frozen, accelerator.device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank))
+    if args.disc_real != "images":
+        return adversary, None
+    root = args.disc_images
+    if root is None:
+        raise ValueError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images)")
+    if root == "toy":
+        root = write_toy_image_shards(toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
+    per_batch = args.train_batch_size * args.disc_frames
+    image_set = ImageCaptions(root, args.resolution, args.seed, rank, world, block=per_batch,
+                              start=resumed.get("image_positions", [0] * world)[rank])  # fmt: skip
+    return adversary, Batches(image_set, per_batch, min(args.num_workers, 2))
