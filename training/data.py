@@ -229,7 +229,11 @@ class Batches:
         from torch.utils.data import DataLoader
 
         self.name, self.size, self.root = dataset.name, size, dataset.root
-        self.loader, self.items = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False), None
+        self.loader = DataLoader(dataset, batch_size=None, num_workers=num_workers, persistent_workers=False)
+        # worker processes start with the first batch, so that a worker dying during model setup surfaces in the
+        # loop; in-process loading starts here, where creating the iterator draws its base seed from the global
+        # torch RNG, before the models are built (moving that draw changed the toy run's numbers)
+        self.items = iter(self.loader) if num_workers == 0 else None
         self.position = dataset.start
         self.good, self.reasons, self.first_epoch = 0, Counter(), None  # a whole pass with nothing usable stops the run
 
