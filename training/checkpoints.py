@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from mcm.weights.io import atomic_dir
+from mcm.weights.atomic import atomic_dir
 
 
 MANIFEST = "manifest.json"

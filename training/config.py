@@ -13,14 +13,13 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
 from mcm.boundary import MCM_TIMESTEP_SCALING
 from mcm.motion import MOTION_REPRESENTATIONS
-from mcm.schedule import NUM_DDIM_TIMESTEPS, NUM_TRAIN_TIMESTEPS, lcm_timesteps
+from mcm.schedule import NUM_DDIM_TIMESTEPS, NUM_TRAIN_TIMESTEPS
 
 USAGE = """MCM distillation (Motion Consistency Model) of a video teacher into a LoRA student.
 
@@ -459,45 +458,3 @@ def check_resume(cfg: TrainConfig, checkpoint: Path, state: dict) -> None:
     if changed:
         raise ConfigError(f"--resume {checkpoint}: this run changes what the checkpoint was trained with: {'; '.join(changed)}; an "
                           f"exact resume needs the values recorded in {source} (e.g. --config that file, or start a new run)")  # fmt: skip
-
-
-# --- the entry point ----------------------------------------------------------------------------------------
-
-
-def describe_plan(cfg: TrainConfig) -> str:
-    steps = ", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))
-    return (
-        f"MCM distillation (arXiv 2406.06890)\n"
-        f"  teacher {cfg.teacher} ({cfg.teacher_kind}); data {cfg.data}; {cfg.num_frames} frames at {cfg.resolution}px\n"
-        f"  consistency distillation on the {cfg.num_ddim_timesteps}-point DDIM grid, betas {cfg.beta_schedule}, "
-        f"timestep scaling {cfg.timestep_scaling:g}, teacher w ~ U[{cfg.w_min:g}, {cfg.w_max:g}]\n"
-        f"  motion loss on '{cfg.motion_repr}' ({cfg.loss_type}), mixed trajectories λ_real = {cfg.lambda_real:g}\n"
-        f"  LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}; {cfg.max_train_steps} steps\n"
-        f"  the adapter samples with the MCM nodes at {steps}\n"
-        + (f"  frame discriminator: DINOv2 {cfg.disc_backbone}, {cfg.disc_loss}, λ_adv {cfg.disc_weight:g}, "
-           f"{cfg.disc_frames} frames per clip, real = {cfg.disc_images if cfg.disc_real == 'images' else 'video frames'}"
-           if cfg.disc else "  frame discriminator: off (--no-disc)")
-    )  # fmt: skip
-
-
-def main(argv=None) -> int:
-    """``python training/distill.py``: exit 0 when done, 2 on bad input, 3 when a run stopped with a checkpoint
-    (non-finite losses, a checkpoint that could not be written), 130 on Ctrl-C."""
-    from training.checkpoints import CheckpointError
-    from training.distill import NonFiniteLoss, train
-
-    cfg = parse_args(argv)
-    if cfg.plan:
-        print(describe_plan(cfg))
-        return 0
-    try:
-        train(cfg)
-    except KeyboardInterrupt:
-        return 130
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (NonFiniteLoss, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    return 0

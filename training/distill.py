@@ -33,7 +33,7 @@ PROCESS_START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
-if __name__ == "__main__":  # run as a script: training.config.main imports this module by name; let it find this one
+if __name__ == "__main__":  # run as a script: modules that import training.distill by name must find this one
     sys.modules.setdefault("training.distill", sys.modules[__name__])
 
 import torch  # noqa: E402
@@ -48,12 +48,14 @@ from mcm.distill import (  # noqa: E402
 )
 from mcm.motion import ema_update  # noqa: E402
 from mcm.schedule import NoiseSchedule  # noqa: E402
-from mcm.weights.io import atomic_dir  # noqa: E402
-from training.config import TOY_DEFAULTS, TOY_TEACHER, build_parser, check_resume, describe_plan, main, parse_args  # noqa: E402,F401
+from mcm.weights.atomic import atomic_dir  # noqa: E402
+from training.checkpoints import CheckpointError  # noqa: E402
+from training.config import TOY_DEFAULTS, TOY_TEACHER, build_parser, check_resume, parse_args  # noqa: E402,F401
 from training.stages import (  # noqa: E402,F401  (adapter_meta, export_adapter, new_run_dir, toy_cache: used by name from here)
     MetricsLog,
     adapter_meta,
     check_teacher,
+    describe_plan,
     export_adapter,
     make_accelerator,
     new_run_dir,
@@ -394,6 +396,26 @@ def toy_evaluation(args, student, frozen, run_dir: Path, log) -> Path:
     os.replace(tmp, path)
     log(f"previews: {report['previews']['gif']} and {report['previews']['png']}; metrics: {path}")
     return path
+
+
+def main(argv=None) -> int:
+    """``python training/distill.py``: exit 0 when done, 2 on bad input, 3 when a run stopped with a checkpoint
+    (non-finite losses, a checkpoint that could not be written), 130 on Ctrl-C."""
+    cfg = parse_args(argv)
+    if cfg.plan:
+        print(describe_plan(cfg))
+        return 0
+    try:
+        train(cfg)
+    except KeyboardInterrupt:
+        return 130
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (NonFiniteLoss, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return 0
 
 
 if __name__ == "__main__":

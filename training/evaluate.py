@@ -226,7 +226,7 @@ def adapter_sampling(path: str | Path, log=print):
     ``mcm.temporal_norm = "per_frame"`` (made for stock AnimateDiff-Evolved) is refused.
     """
     from mcm.weights import AdapterError, load_adapter, read_safetensors_metadata
-    from mcm.weights.io import PEFT_WEIGHTS
+    from mcm.weights.peft import PEFT_WEIGHTS
 
     adapter = load_adapter(path)
     source = Path(adapter.source)
@@ -259,7 +259,7 @@ def load_generator(args):
     if args.adapter:
         from peft import PeftModel
 
-        from mcm.weights.io import export_peft
+        from mcm.weights.export import export_peft
 
         adapter, settings = adapter_sampling(args.adapter)
         with tempfile.TemporaryDirectory(prefix="mcm-eval-") as tmp:  # PEFT reads the folder once, here

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import mcm
+from mcm.schedule import lcm_timesteps
 from training.checkpoints import truncate_metrics
 from training.config import check_resume, toy_clip_frames, write_config
 
@@ -229,3 +230,21 @@ def write_dry_run(state, timer, loss, log) -> Path:
     if state.accelerator.is_main_process:
         (state.run_dir / "dry_run.json").write_text(json.dumps(report, indent=2))
     return state.run_dir
+
+
+def describe_plan(cfg) -> str:
+    """What the run will do, in a few lines (``--plan`` prints it and exits; every run logs it)."""
+    betas = cfg.beta_schedule + (" (the teacher's scheduler config, else scaled_linear)" if cfg.beta_schedule == "auto" else "")
+    steps = ", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))
+    return (
+        f"MCM distillation (arXiv 2406.06890)\n"
+        f"  teacher {cfg.teacher} ({cfg.teacher_kind}); data {cfg.data}; {cfg.num_frames} frames at {cfg.resolution}px\n"
+        f"  consistency distillation on the {cfg.num_ddim_timesteps}-point DDIM grid, betas {betas}, "
+        f"timestep scaling {cfg.timestep_scaling:g}, teacher w ~ U[{cfg.w_min:g}, {cfg.w_max:g}]\n"
+        f"  motion loss on '{cfg.motion_repr}' ({cfg.loss_type}), mixed trajectories λ_real = {cfg.lambda_real:g}\n"
+        f"  LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}; {cfg.max_train_steps} steps\n"
+        f"  the adapter samples with the MCM nodes at {steps}\n"
+        + (f"  frame discriminator: DINOv2 {cfg.disc_backbone}, {cfg.disc_loss}, λ_adv {cfg.disc_weight:g}, "
+           f"{cfg.disc_frames} frames per clip, real = {cfg.disc_images if cfg.disc_real == 'images' else 'video frames'}"
+           if cfg.disc else "  frame discriminator: off (--no-disc)")
+    )  # fmt: skip

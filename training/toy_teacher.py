@@ -470,7 +470,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.evaluate:
         if args.eval_guidance is None:
-            from training.distill import TOY_DEFAULTS
+            from training.config import TOY_DEFAULTS
 
             args.eval_guidance = 1.0 + (TOY_DEFAULTS["w_min"] + TOY_DEFAULTS["w_max"]) / 2
         return evaluate_teacher(Path(args.evaluate), args.eval_guidance, [int(n) for n in args.eval_steps.split(",") if n.strip()], args.seed)

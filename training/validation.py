@@ -32,7 +32,7 @@ import torch
 from mcm.distill import DistillConfig, distillation_step
 from mcm.sampler import sample_consistency
 from mcm.schedule import NoiseSchedule, lcm_timesteps
-from mcm.weights.io import atomic_dir
+from mcm.weights.atomic import atomic_dir
 
 DEFAULT_PROMPTS = (
     "a dog running along a beach at sunset",
@@ -83,7 +83,7 @@ class Validation:
     def __call__(self, step: int, seconds: float = 0.0) -> dict:
         if self.every <= 0 or step % self.every:
             return {}
-        from training.distill import adapter_meta
+        from training.stages import adapter_meta
 
         student, device = self.run.student, self.run.device
         meta = adapter_meta(self.run.teacher, self.run.args, step, seconds)
@@ -175,7 +175,7 @@ class Validation:
 
     def _keep_best(self, step: int, error: float, seconds: float) -> None:
         """Write the adapter next to ``best/`` and swap it in by renames (the old one stays until then)."""
-        from training.distill import export_adapter
+        from training.stages import export_adapter
 
         run_dir = self.run.run_dir
         new, best, old = run_dir / f".best-step-{step}", run_dir / "best", run_dir / ".best-old"
