@@ -7,10 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,20 +14,11 @@ import pytest
 import torch
 
 from training import distill
-from training.data import write_toy_shards
 from training.memory import is_placed
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process runs are compared with subprocess runs at ENV's one thread (another thread count sums in another order)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.test_faults import one_thread, toy_data  # noqa: F401 - fixtures shared with the fault tests
+from tests.test_faults import flags as fault_flags
+from tests.test_faults import one_and_two_processes
 
 
 @pytest.fixture
@@ -44,16 +31,8 @@ def fresh_accelerate():
     AcceleratorState._reset_state(True)
 
 
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
-
-
 def flags(out: Path, data: Path, *extra) -> list[str]:
-    return ["--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(out), "--resolution", "16",
-            "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
-            "--gradient-accumulation-steps", "1", "--no-scale-lr", "--learning-rate", "1e-3", "--lr-warmup-steps", "0",
-            "--disc-backbone", "tiny", "--no-toy-eval", *map(str, extra)]  # fmt: skip
+    return fault_flags(out, data, "--no-toy-eval", *extra)
 
 
 def cosine_factor(step: int, warmup: int, total: int) -> float:
@@ -145,19 +124,8 @@ def test_the_discriminator_schedule_is_sized_in_updates_and_stays_at_its_end(tmp
 
 
 def test_two_processes_train_the_discriminator_one_process_with_accumulation_trains(tmp_path, toy_data):
-    if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
-        pytest.skip("the accelerate launcher is not installed")
     steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--disc-lr", "1e-2"]
-    one = distill.train(distill.parse_args(flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29543"]  # fmt: skip
-    proc = subprocess.run([*launcher, "training/distill.py", *flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
-                                                                     "--run-name", "two")],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
-    if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "connect" in proc.stderr.lower():
-        pytest.skip(f"the accelerate launcher could not start two CPU processes: {proc.stderr[-500:]}")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    two = tmp_path / "two"
+    one, two = one_and_two_processes(tmp_path, toy_data, steps, 29543, flags_of=flags)
     summaries = [json.loads((run / "summary.json").read_text()) for run in (one, two)]
     assert [s["discriminator_updates"] for s in summaries] == [3, 3] and summaries[1]["num_processes"] == 2
 

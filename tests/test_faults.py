@@ -178,22 +178,29 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
 # --- several processes -------------------------------------------------------------------------------
 
 
-def test_two_accelerate_processes_train_what_one_process_with_accumulation_trains(tmp_path, toy_data):
+def one_and_two_processes(tmp_path, toy_data, steps: list, port: int, flags_of=None) -> tuple[Path, Path]:
+    """The same run as one process with accumulation 2 (in-process) and as 2 accelerate CPU processes with
+    accumulation 1: the run folders (``one``, ``two``). Skips where the launcher cannot start two processes."""
+    flags_of = flags_of or flags
     if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
         pytest.skip("the accelerate launcher is not installed")
-    steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--no-disc"]
-    one = distill.train(distill.parse_args(flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")))
+    one = distill.train(distill.parse_args(flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")))
     # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU the
     # trainer asks accelerate for CPU processes, which join over gloo on localhost
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29541"]  # fmt: skip
-    proc = subprocess.run([*launcher, "training/distill.py", *flags(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
-                                                                     "--run-name", "two")],
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]  # fmt: skip
+    proc = subprocess.run([*launcher, "training/distill.py", *flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
+                                                                        "--run-name", "two")],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
     if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "connect" in proc.stderr.lower():
         pytest.skip(f"the accelerate launcher could not start two CPU processes: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    two = tmp_path / "two"
+    return one, tmp_path / "two"
+
+
+def test_two_accelerate_processes_train_what_one_process_with_accumulation_trains(tmp_path, toy_data):
+    steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--no-disc"]
+    one, two = one_and_two_processes(tmp_path, toy_data, steps, 29541)
     summary = json.loads((two / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["processes_in_sync"] is True
     assert metrics(two) == pytest.approx(metrics(one), rel=1e-4)
