@@ -71,10 +71,20 @@ def test_ui_workflow_validates_against_object_info(report, name):
 @pytest.mark.parametrize(
     "case",
     ["missing_control_after_generate", "combo_value_not_in_list", "number_below_min", "widgets_out_of_order",
-     "unknown_node_type", "link_type_mismatch"],
+     "unknown_node_type", "link_type_mismatch", "output_type_changed"],
 )  # fmt: skip
 def test_the_validator_catches_broken_workflows(report, case):
     assert report["validator_catches"][case], f"{case}: no problem reported"
+
+
+def test_validator_accepts_outputs_a_newer_comfyui_appended(report):
+    assert report["validator_accepts_appended_output"] == []
+
+
+def test_template_browser_lists_each_workflow_once(report):
+    listing = report["workflow_templates"]
+    assert sorted(listing["names"]) == UI_NAMES, listing["names"]  # once each: a second folder would repeat them
+    assert all(listing["served_as_shipped"].values()) and sorted(listing["served_as_shipped"]) == UI_NAMES
 
 
 @pytest.mark.parametrize("name", API_NAMES)

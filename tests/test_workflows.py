@@ -1,5 +1,5 @@
-"""The shipped workflows, without ComfyUI: generated files are up to date, links are consistent, the UI copies in
-example_workflows/ match, and the API and UI versions describe the same graph.
+"""The shipped workflows, without ComfyUI: generated files are up to date, links are consistent, the UI files are in
+exactly one of the folders ComfyUI lists templates from, and the API and UI versions describe the same graph.
 
 The real-host checks (every workflow validated against /object_info and run) are in test_host_workflows.py.
 """
@@ -42,7 +42,10 @@ def test_generated_files_are_up_to_date(tmp_path):
     proc = subprocess.run([sys.executable, str(WORKFLOWS / "build_workflows.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    for sub in ("workflows", "workflows/api", "example_workflows"):
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    # only the UI files and the API files: nothing in a second template folder
+    assert written == sorted([f"workflows/{n}.json" for n in UI_NAMES] + [f"workflows/api/{n}.json" for n in UI_NAMES])
+    for sub in ("workflows", "workflows/api"):
         fresh = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / sub).glob("*.json")}
         shipped = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / sub).glob("*.json")}
         assert sorted(shipped) == sorted(fresh), f"{sub}: stale or missing files; run python workflows/build_workflows.py"
@@ -50,11 +53,13 @@ def test_generated_files_are_up_to_date(tmp_path):
         assert not stale, f"{sub}: {stale} differ from build_workflows.py; run python workflows/build_workflows.py"
 
 
-def test_example_workflows_are_the_ui_workflows():
-    examples = sorted(p.stem for p in (ROOT / "example_workflows").glob("*.json"))
-    assert examples == UI_NAMES
-    for name in UI_NAMES:
-        assert (ROOT / "example_workflows" / f"{name}.json").read_bytes() == (WORKFLOWS / f"{name}.json").read_bytes()
+#: The folders of a node pack whose `*.json` ComfyUI lists as templates (app/custom_node_manager.py, 0.8 and 0.33).
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
+
+
+def test_templates_live_in_one_folder_only():
+    holding = [sub for sub in TEMPLATE_FOLDERS if any((ROOT / sub).glob("*.json"))]
+    assert holding == ["workflows"], f"template folders with .json files: {holding} (each file would be listed per folder)"
 
 
 @pytest.mark.parametrize("name", UI_NAMES)

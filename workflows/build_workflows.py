@@ -5,7 +5,8 @@ usage: python workflows/build_workflows.py [OUT_DIR]
 For every workflow in WORKFLOWS this writes, under OUT_DIR (default: this folder's parent, the repository):
   workflows/<name>.json          UI format (what ComfyUI's Save / Export writes; drag it onto the canvas)
   workflows/api/<name>.json      API format (what POST /prompt takes; for scripts and headless runs)
-  example_workflows/<name>.json  a copy of the UI file (ComfyUI's template browser looks in example_workflows/)
+ComfyUI's template browser lists the UI files of workflows/ (it globs `<pack>/workflows/*.json`, not subfolders,
+so the API files are not listed); nothing else is written, so each template is listed once.
 
 Each workflow is a small graph spec (nodes, widget values by name, links by input name); the widget order,
 link slots and types come from NODE_SCHEMAS below, which mirror the nodes' INPUT_TYPES. The real-host test
@@ -457,8 +458,7 @@ def write_all(root: Path) -> list[Path]:
     written = []
     for name in WORKFLOWS:
         ui, api = render(name)
-        for path, data in ((root / "workflows" / f"{name}.json", ui), (root / "workflows" / "api" / f"{name}.json", api),
-                           (root / "example_workflows" / f"{name}.json", ui)):  # fmt: skip
+        for path, data in ((root / "workflows" / f"{name}.json", ui), (root / "workflows" / "api" / f"{name}.json", api)):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(dumps(data), encoding="utf-8")
             written.append(path)

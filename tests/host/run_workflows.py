@@ -3,10 +3,10 @@
 usage: python run_workflows.py COMFYUI_DIR PACKAGE_DIR ADAPTER_DIR OUT_JSON
 
 Run it with the ComfyUI environment's Python (stdlib + what that environment has: PIL, av). It starts
-`main.py --cpu` on a free port with an extra-model-paths yaml that adds a custom_nodes folder holding only a
-link to PACKAGE_DIR and `mcm: ADAPTER_DIR`, then:
-  a. GET /object_info: which MCM_ nodes registered;
-  b. validates every UI workflow in PACKAGE_DIR/workflows/*.json against /object_info;
+`main.py --cpu` (server.py) with a custom_nodes folder holding only a link to PACKAGE_DIR and `mcm: ADAPTER_DIR`,
+then:
+  a. GET /object_info: which MCM_ nodes registered; GET /workflow_templates: the template browser's listing;
+  b. validates every UI workflow in PACKAGE_DIR/workflows/*.json against /object_info (ui_check.py);
   c. runs every API workflow in PACKAGE_DIR/workflows/api/ shrunk for the CPU (64 px, 8 frames, the host's
      random-weight model files) and counts the frames of the saved animated WEBP;
   d. submits bad inputs (HTTP 400s and one runtime failure) and a valid prompt afterwards;
@@ -23,16 +23,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 import traceback
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # server.py and ui_check.py sit beside this script
+from server import PACK_LINK, Client, Server  # noqa: E402
+from ui_check import broken_copies, validate_ui, with_appended_output  # noqa: E402
 
 HOST_CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
 HOST_MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")
@@ -40,338 +39,20 @@ ADAPTER_LABEL = "animatediff-webvid"
 SIZE, FRAMES, LONG_FRAMES = 64, 8, 24
 LONG_STEPS = 2  # the context-window run (4 windows of 8 frames per step); the step workflows cover 4 and 8 steps
 VIDEO_NAME = "mcm_test_input.mp4"
-PROMPT_TIMEOUT_S = 600  # per prompt; a busy 2-core machine can be 4x slower than an idle one
 #: Run order (others follow, sorted): consecutive prompts share cached loaders and patched models.
 RUN_ORDER = ["mcm_t2v_gen1_4step", "mcm_t2v_gen2_1step", "mcm_t2v_gen2_2step", "mcm_t2v_gen2_4step", "mcm_t2v_gen2_8step",
              "mcm_t2v_gen2_ksampler", "mcm_v2v_gen2", "mcm_long_video_context"]  # fmt: skip
-START_TIMEOUT_S = 180
-
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-#: Combos that list files on the user's machine: a workflow only needs a string there.
-FILE_COMBOS = {"ckpt_name", "model_name", "adapter", "file", "image", "video", "vae_name", "lora_name"}
-CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# HTTP
-# --------------------------------------------------------------------------------------------------------------
-
-
-class Client:
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.client_id = uuid.uuid4().hex
-
-    def request(self, method: str, path: str, body=None, timeout: float = 60):
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                text = r.read().decode()
-                return r.status, json.loads(text) if text else None
-        except urllib.error.HTTPError as e:
-            text = e.read().decode(errors="replace")
-            try:
-                return e.code, json.loads(text)
-            except ValueError:
-                return e.code, text
-
-    def alive(self) -> bool:
-        try:
-            status, _ = self.request("GET", "/system_stats", timeout=5)
-            return status == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-    def submit(self, prompt: dict):
-        return self.request("POST", "/prompt", {"prompt": prompt, "client_id": self.client_id})
-
-    def wait(self, prompt_id: str, timeout: float = PROMPT_TIMEOUT_S) -> dict | None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            status, hist = self.request("GET", f"/history/{prompt_id}")
-            if status == 200 and isinstance(hist, dict) and prompt_id in hist:
-                entry = hist[prompt_id]
-                if entry.get("status", {}).get("completed") is not None or entry.get("outputs"):
-                    return entry
-            time.sleep(0.5)
-        return None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Server
-# --------------------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_env(package_dir: Path) -> tuple[dict, list[str]]:
-    """The server's environment: COMFYUI_PYTHONPATH first on PYTHONPATH; the harness shim if torchvision fails."""
-    env = dict(os.environ)
-    parts = [p for p in (os.environ.get("COMFYUI_PYTHONPATH"), os.environ.get("PYTHONPATH")) if p]
-    env["PYTHONPATH"] = os.pathsep.join(parts)
-    notes = []
-    probe = subprocess.run([sys.executable, "-c", "import torchvision"], env=env, capture_output=True)
-    if probe.returncode != 0:
-        shim = package_dir.resolve().parent / "shared" / "tools" / "comfyui-host" / "shims"
-        if shim.is_dir():
-            env["PYTHONPATH"] = os.pathsep.join([str(shim), *parts])
-            notes.append(f"torchvision not importable: using the host harness shim {shim}")
-        else:
-            notes.append("torchvision not importable and no shim found: ADE may fail to import (set COMFYUI_PYTHONPATH)")
-    if not env["PYTHONPATH"]:
-        env.pop("PYTHONPATH")
-    # One intra-op thread unless the caller says otherwise: on a small CPU machine shared with other jobs,
-    # oversubscribed OpenMP threads made the run 3-4x slower (725 s vs 216 s with 1 thread on 2 busy cores).
-    env.setdefault("OMP_NUM_THREADS", "1")
-    notes.append(f"server OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
-    return env, notes
-
-
-class Server:
-    def __init__(self, comfy_dir: Path, package_dir: Path, adapter_dir: Path, work: Path):
-        self.comfy_dir, self.work = comfy_dir, work
-        self.output_dir, self.input_dir = work / "output", work / "input"
-        self.output_dir.mkdir()
-        self.input_dir.mkdir()
-        custom = work / "custom_nodes"
-        custom.mkdir()
-        os.symlink(package_dir.resolve(), custom / "comfyui-mcm")
-        self.yaml = work / "extra_model_paths.yaml"
-        self.yaml.write_text(f"mcm_host_test:\n  custom_nodes: {custom}\n  mcm: {adapter_dir.resolve()}\n")
-        self.log_path = work / "server.log"
-        self.port = free_port()
-        self.env, self.notes = server_env(package_dir)
-        self.proc = None
-        self._log = None
-
-    def start(self) -> float:
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "none",
-               "--use-pytorch-cross-attention", "--output-directory", str(self.output_dir),
-               "--input-directory", str(self.input_dir), "--extra-model-paths-config", str(self.yaml)]  # fmt: skip
-        self._log = open(self.log_path, "wb")
-        t0 = time.time()
-        self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        client = Client(self.port)
-        while time.time() - t0 < START_TIMEOUT_S:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up:\n{self.log_tail()}")
-            if client.alive():
-                return time.time() - t0
-            time.sleep(0.5)
-        raise RuntimeError(f"ComfyUI did not answer /system_stats within {START_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        if self._log:
-            self._log.close()
-        return self.proc.returncode
-
-    def log_tail(self, chars: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# b. UI workflow validation against /object_info
-# --------------------------------------------------------------------------------------------------------------
-
-
-def input_specs(info: dict) -> list[dict]:
-    """A node's inputs in declaration order: name, type, opts, combo options, required, widget."""
-    specs = []
-    sections = info.get("input", {})
-    order = info.get("input_order") or {sec: list(sections.get(sec, {})) for sec in ("required", "optional")}
-    for sec in ("required", "optional"):
-        for name in order.get(sec, []):
-            spec = sections.get(sec, {}).get(name)
-            if spec is None:
-                continue
-            type_ = spec[0]
-            opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            options = None
-            if isinstance(type_, list):
-                type_, options = "COMBO", type_
-            elif type_ == "COMBO":
-                options = opts.get("options", [])
-            widget = type_ in WIDGET_TYPES and not opts.get("forceInput")
-            specs.append({"name": name, "type": type_, "opts": opts, "options": options, "required": sec == "required",
-                          "widget": widget})  # fmt: skip
-    return specs
-
-
-def expected_widgets(specs: list[dict]) -> list[tuple[dict, str]]:
-    """(spec, role) per widgets_values entry: role value, control (control_after_generate) or upload."""
-    seq = []
-    for spec in specs:
-        if not spec["widget"]:
-            continue
-        seq.append((spec, "value"))
-        if spec["type"] == "INT" and spec["opts"].get("control_after_generate"):
-            seq.append((spec, "control"))
-        if any(spec["opts"].get(flag) for flag in UPLOAD_FLAGS):
-            seq.append((spec, "upload"))
-    return seq
-
-
-def check_value(spec: dict, value) -> str | None:
-    name, type_, opts = spec["name"], spec["type"], spec["opts"]
-    if type_ == "INT":
-        if not isinstance(value, int) or isinstance(value, bool):
-            return f"{name}: {value!r} is not an INT"
-    elif type_ == "FLOAT":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            return f"{name}: {value!r} is not a FLOAT"
-    elif type_ == "BOOLEAN":
-        if not isinstance(value, bool):
-            return f"{name}: {value!r} is not a BOOLEAN"
-    elif type_ == "STRING":
-        if not isinstance(value, str):
-            return f"{name}: {value!r} is not a STRING"
-    elif type_ == "COMBO":
-        if not isinstance(value, str):
-            return f"{name}: {value!r} is not a string"
-        if name not in FILE_COMBOS and value not in (spec["options"] or []):
-            return f"{name}: {value!r} not in {spec['options']}"
-    if type_ in ("INT", "FLOAT"):
-        if "min" in opts and value < opts["min"]:
-            return f"{name}: {value} < min {opts['min']}"
-        if "max" in opts and value > opts["max"]:
-            return f"{name}: {value} > max {opts['max']}"
-    return None
-
-
-def validate_ui(wf: dict, object_info: dict) -> list[str]:
-    problems = []
-    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
-        if key not in wf:
-            problems.append(f"missing top-level key {key!r}")
-    nodes = {n["id"]: n for n in wf.get("nodes", [])}
-    for nid, node in nodes.items():
-        where = f"node {nid} ({node.get('type')})"
-        info = object_info.get(node.get("type"))
-        if info is None:
-            problems.append(f"{where}: node type not registered")
-            continue
-        specs = input_specs(info)
-        by_name = {s["name"]: s for s in specs}
-        ui_inputs = {i["name"]: i for i in node.get("inputs", [])}
-        for name, inp in ui_inputs.items():
-            spec = by_name.get(name)
-            if spec is None:
-                problems.append(f"{where}: input {name!r} does not exist")
-            elif not spec["widget"] and inp.get("type") != spec["type"] and "*" not in (inp.get("type"), spec["type"]):
-                problems.append(f"{where}: input {name!r} is {inp.get('type')}, node takes {spec['type']}")
-        for spec in specs:
-            if spec["required"] and not spec["widget"] and ui_inputs.get(spec["name"], {}).get("link") is None:
-                problems.append(f"{where}: required input {spec['name']!r} is not connected")
-        out_types, out_names = info.get("output", []), info.get("output_name", [])
-        outputs = node.get("outputs", [])
-        if [o.get("type") for o in outputs] != list(out_types):
-            problems.append(f"{where}: outputs {[o.get('type') for o in outputs]} != {list(out_types)}")
-        elif [o.get("name") for o in outputs] != list(out_names):
-            problems.append(f"{where}: output names {[o.get('name') for o in outputs]} != {list(out_names)}")
-        seq = expected_widgets(specs)
-        values = node.get("widgets_values", [])
-        if isinstance(values, dict):
-            problems.append(f"{where}: widgets_values is a dict")
-            continue
-        if len(values) != len(seq):
-            problems.append(f"{where}: {len(values)} widgets_values, the node has {len(seq)} "
-                            f"({[s['name'] + ('' if r == 'value' else ':' + r) for s, r in seq]})")  # fmt: skip
-            continue
-        for (spec, role), value in zip(seq, values):
-            if role == "control":
-                if value not in CONTROL_VALUES:
-                    problems.append(f"{where}: control_after_generate of {spec['name']} is {value!r}")
-            elif role == "upload":
-                if not isinstance(value, str):
-                    problems.append(f"{where}: upload widget of {spec['name']} is {value!r}")
-            else:
-                err = check_value(spec, value)
-                if err:
-                    problems.append(f"{where}: {err}")
-    link_ids = set()
-    for link in wf.get("links", []):
-        if not (isinstance(link, list) and len(link) == 6):
-            problems.append(f"malformed link {link!r}")
-            continue
-        lid, src, sslot, dst, dslot, type_ = link
-        link_ids.add(lid)
-        if src not in nodes or dst not in nodes:
-            problems.append(f"link {lid}: unknown node {src if src not in nodes else dst}")
-            continue
-        s_info, d_info = object_info.get(nodes[src]["type"]), object_info.get(nodes[dst]["type"])
-        if s_info is None or d_info is None:
-            continue
-        outs, ins = nodes[src].get("outputs", []), nodes[dst].get("inputs", [])
-        if sslot >= len(outs) or sslot >= len(s_info.get("output", [])) or dslot >= len(ins):
-            problems.append(f"link {lid}: slot out of range")
-            continue
-        if lid not in (outs[sslot].get("links") or []):
-            problems.append(f"link {lid}: not listed on node {src} output {sslot}")
-        if ins[dslot].get("link") != lid:
-            problems.append(f"link {lid}: node {dst} input {dslot} holds link {ins[dslot].get('link')}")
-        from_type = s_info["output"][sslot]
-        spec = {s["name"]: s for s in input_specs(d_info)}.get(ins[dslot].get("name"))
-        to_type = spec["type"] if spec else None
-        if "*" not in (from_type, to_type) and from_type != to_type:
-            problems.append(f"link {lid}: {nodes[src]['type']} output {sslot} is {from_type}, "
-                            f"{nodes[dst]['type']}.{ins[dslot].get('name')} takes {to_type}")  # fmt: skip
-        if type_ != from_type:
-            problems.append(f"link {lid}: type {type_!r}, the output is {from_type}")
-    if nodes and wf.get("last_node_id", 0) < max(nodes):
-        problems.append("last_node_id below the largest node id")
-    if link_ids and wf.get("last_link_id", 0) < max(link_ids):
-        problems.append("last_link_id below the largest link id")
-    return problems
-
-
-def broken_copies(wf: dict) -> dict[str, dict]:
-    """Copies of a UI workflow with one known defect each: the validator must report every one."""
-    def node(copy_, type_):
-        return next(n for n in copy_["nodes"] if n["type"] == type_)
-
-    cases = {}
-    c = copy.deepcopy(wf)
-    node(c, "SamplerCustom")["widgets_values"].remove("fixed")  # control_after_generate missing
-    cases["missing_control_after_generate"] = c
-    c = copy.deepcopy(wf)
-    node(c, "ADE_UseEvolvedSampling")["widgets_values"][0] = "no such schedule"
-    cases["combo_value_not_in_list"] = c
-    c = copy.deepcopy(wf)
-    node(c, "EmptyLatentImage")["widgets_values"][0] = 8  # width below min 16
-    cases["number_below_min"] = c
-    c = copy.deepcopy(wf)
-    node(c, "MCM_LoraLoader")["widgets_values"].reverse()  # BOOLEAN where a FLOAT goes
-    cases["widgets_out_of_order"] = c
-    c = copy.deepcopy(wf)
-    node(c, "MCM_Sampler")["type"] = "MCM_NoSuchNode"
-    cases["unknown_node_type"] = c
-    c = copy.deepcopy(wf)
-    sampler = node(c, "SamplerCustom")
-    link = next(ln for ln in c["links"] if ln[3] == sampler["id"] and ln[5] == "CONDITIONING")
-    sigmas_slot = [i["name"] for i in sampler["inputs"]].index("sigmas")
-    sampler["inputs"][link[4]]["link"], sampler["inputs"][sigmas_slot]["link"] = None, link[0]
-    link[4] = sigmas_slot  # a CONDITIONING wire into the SIGMAS input
-    cases["link_type_mismatch"] = c
-    return cases
+def template_listing(client: Client, ui_workflows: dict) -> dict:
+    """GET /workflow_templates (the template browser's list) and whether each listed file is served as shipped."""
+    _, listing = client.request("GET", "/workflow_templates")
+    names = (listing or {}).get(PACK_LINK, []) if isinstance(listing, dict) else []
+    served = {}
+    for name in sorted(set(names)):
+        status, body = client.request("GET", f"/api/workflow_templates/{PACK_LINK}/{name}.json")
+        served[name] = status == 200 and body == ui_workflows.get(name)
+    return {"names": names, "served_as_shipped": served}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -580,6 +261,9 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
         results["validator_catches"] = {
             case: validate_ui(wf, object_info) for case, wf in broken_copies(ui_workflows["mcm_t2v_gen2_4step"]).items()
         }
+        results["validator_accepts_appended_output"] = validate_ui(
+            ui_workflows["mcm_t2v_gen2_4step"], with_appended_output(object_info, "VAEDecode"))
+        results["workflow_templates"] = template_listing(client, ui_workflows)
 
         # d (first half). Validation errors: HTTP 400, nothing runs
         default = shrink(api_workflows["mcm_t2v_gen2_4step"], "bad")[0]
