@@ -1,9 +1,11 @@
 """comfyui-mcm: ComfyUI entry point.
 
-ComfyUI imports this file as a package and reads ``NODE_CLASS_MAPPINGS``. Importing it needs no ComfyUI
-(node modules import ``comfy`` only when a node runs), so tests and tools can load it too.
+ComfyUI imports this file as a package and, finding no ``NODE_CLASS_MAPPINGS``, calls ``comfy_entrypoint``
+(the V3 registration, ComfyUI 0.3.68 and later), which returns the extension listing the MCM nodes.
+Importing it needs no ComfyUI (the node classes are built only when ComfyUI calls the entry point), so
+tests and tools can load it too.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from .nodes import NODE_IDS, comfy_entrypoint
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["comfy_entrypoint", "NODE_IDS"]

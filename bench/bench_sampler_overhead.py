@@ -128,9 +128,9 @@ def host(args) -> dict:
     frames = args.frames or 16
     model, clip = M["CheckpointLoaderSimple"]().load_checkpoint(args.checkpoint)[:2]
     text = M["CLIPTextEncode"]().encode(clip, "a red panda walking through a forest")[0]
-    selected = M["MCM_StyleAdapter"]().select("bench.safetensors", "auto (from the adapter)")[0]
+    selected = M["MCM_StyleAdapter"].execute("bench.safetensors", "auto (from the adapter)").args[0]
     motion = M["ADE_LoadAnimateDiffModel"]().load_motion_model(args.motion)[0]
-    m, mm = M["MCM_LoraLoader"]().load(model, selected, 0.0, 0.0, True, "auto", motion_model=motion)
+    m, mm = M["MCM_LoraLoader"].execute(model, selected, 0.0, 0.0, True, "auto", motion_model=motion).args
     m_models = M["ADE_ApplyAnimateDiffModelSimple"]().apply_motion_model(mm)[0]
     g = M["ADE_UseEvolvedSampling"]().use_evolved_sampling(m, "use existing", m_models=m_models)[0].clone()
     unet_cpu: list[float] = []
@@ -143,8 +143,8 @@ def host(args) -> dict:
 
     g.set_model_unet_function_wrapper(wrapper)
     latent = M["EmptyLatentImage"]().generate(args.pixels, args.pixels, frames)[0]
-    sampler = M["MCM_Sampler"]().get_sampler()[0]
-    sigmas = M["MCM_Scheduler"]().get_sigmas(g, args.steps, 1.0)[0]
+    sampler = M["MCM_Sampler"].execute().args[0]
+    sigmas = M["MCM_Scheduler"].execute(g, args.steps, 1.0).args[0]
     runs = []
     for i in range(args.reps + 1):  # the first is the warm-up
         unet_cpu.clear()

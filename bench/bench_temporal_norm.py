@@ -81,12 +81,12 @@ def main(argv=None) -> dict:
 
     model, clip = M["CheckpointLoaderSimple"]().load_checkpoint(a.checkpoint)[:2]
     text = M["CLIPTextEncode"]().encode(clip, "a red panda walking through a forest")[0]
-    selected = M["MCM_StyleAdapter"]().select("bench.safetensors", "auto (from the adapter)")[0]
+    selected = M["MCM_StyleAdapter"].execute("bench.safetensors", "auto (from the adapter)").args[0]
     motion = M["ADE_LoadAnimateDiffModel"]().load_motion_model(a.motion)[0]
     times: dict[str, list[float]] = {}
 
     def graph(norm):
-        m, mm = M["MCM_LoraLoader"]().load(model, selected, 0.0, 0.0, True, norm, motion_model=motion)
+        m, mm = M["MCM_LoraLoader"].execute(model, selected, 0.0, 0.0, True, norm, motion_model=motion).args
         m_models = M["ADE_ApplyAnimateDiffModelSimple"]().apply_motion_model(mm)[0]
         g = M["ADE_UseEvolvedSampling"]().use_evolved_sampling(m, "use existing", m_models=m_models)[0].clone()
 
@@ -114,13 +114,13 @@ def main(argv=None) -> dict:
             module.register_forward_pre_hook(before)
             module.register_forward_hook(after)
     latent = M["EmptyLatentImage"]().generate(a.size, a.size, a.frames)[0]
-    sampler = M["MCM_Sampler"]().get_sampler()[0]
+    sampler = M["MCM_Sampler"].execute().args[0]
 
     def step(norm):
         norm_time["current"] = norm
         norm_time[norm].append(0.0)
         g = graphs[norm]
-        sigmas = M["MCM_Scheduler"]().get_sigmas(g, 1, 1.0)[0]
+        sigmas = M["MCM_Scheduler"].execute(g, 1, 1.0).args[0]
         M["SamplerCustom"]().sample(g, True, 1, 1.0, text, text, sampler, sigmas, latent)
 
     for norm in graphs:  # warm-up: loads, first-call allocations

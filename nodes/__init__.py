@@ -1,21 +1,23 @@
-"""ComfyUI nodes for MCM. Thin adapters over ``mcm/``; ComfyUI is imported only when a node runs,
-except that inside ComfyUI the ``models/mcm`` folder is registered at import, as model packs do."""
+"""ComfyUI nodes for MCM, on ComfyUI's V3 node schema (``comfy_api.latest``).
 
-from .adapters import NODE_CLASS_MAPPINGS as _ADAPTERS, NODE_DISPLAY_NAME_MAPPINGS as _ADAPTER_NAMES
-from .sampling import NODE_CLASS_MAPPINGS as _SAMPLING, NODE_DISPLAY_NAME_MAPPINGS as _SAMPLING_NAMES
+Node files (``adapters``, ``sampling``) only declare; ``glue/`` is the only place touching ComfyUI's
+internals. Importing this package needs no ComfyUI: the node classes are built when ComfyUI calls
+:func:`comfy_entrypoint`; inside ComfyUI the ``models/mcm`` folder is registered at import, as model packs do.
+"""
 
-NODE_CLASS_MAPPINGS = {**_ADAPTERS, **_SAMPLING}
-NODE_DISPLAY_NAME_MAPPINGS = {**_ADAPTER_NAMES, **_SAMPLING_NAMES}
+from __future__ import annotations
 
+from .glue import register_in_host
 
-def _register_in_host() -> None:
-    try:
-        import folder_paths  # noqa: F401  (present only inside ComfyUI)
-    except ImportError:
-        return
-    from .comfy_adapters import register_model_folders
-
-    register_model_folders()
+#: The node ids, in the order the extension lists them (saved workflows refer to nodes by these ids).
+NODE_IDS = ["MCM_StyleAdapter", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Scheduler", "MCM_Sampler", "MCM_KSampler"]
 
 
-_register_in_host()
+async def comfy_entrypoint():
+    """ComfyUI's V3 entry point: the extension whose ``get_node_list`` returns the MCM node classes."""
+    from .extension import MCMExtension
+
+    return MCMExtension()
+
+
+register_in_host()

@@ -46,6 +46,14 @@ def seeded_noise():
 
 
 @pytest.fixture(scope="session")
+def comfy_io():
+    """The stand-in for ComfyUI's V3 ``io`` module (tests/comfy_api_stub.py), installed for the session."""
+    from tests.comfy_api_stub import install
+
+    return install()
+
+
+@pytest.fixture(scope="session")
 def package():
     """The repository loaded as ComfyUI loads a custom-node folder: its ``__init__.py`` as a package."""
     import importlib.util
@@ -70,3 +78,12 @@ def peft_motion_unet():
     model = tiny_motion_unet()
     base = {k: v.clone() for k, v in model.state_dict().items()}
     return with_random_lora(model), base
+
+
+@pytest.fixture(scope="session")
+def mcm_nodes(package, comfy_io):
+    """``{node id: V3 node class}``, as the package's ``comfy_entrypoint`` lists them (against the stand-in)."""
+    import asyncio
+
+    extension = asyncio.run(package.comfy_entrypoint())
+    return {cls.define_schema().node_id: cls for cls in asyncio.run(extension.get_node_list())}

@@ -58,8 +58,8 @@ def test_nodes_register_in_the_host(host_report):
 
 
 def test_model_sampling_patches_a_clone(host_report):
-    assert host_report["model_sampling"] == "MCMModelSampling"
-    assert host_report["input_model_sampling"] != "MCMModelSampling"
+    assert host_report["model_sampling"] == "MCMGridSampling"
+    assert host_report["input_model_sampling"] != "MCMGridSampling"
 
 
 GRID = {
@@ -107,7 +107,7 @@ def test_loader_patches_unet_and_motion_model_gen2(host_report):
     gen2 = host_report["gen2"]
     assert gen2["unet_patches"] == 278 and gen2["motion_patches"] == 252
     assert gen2["input_untouched"]
-    assert gen2["model_sampling"] == "MCMModelSampling" and gen2["sampling_betas"] == "linear"
+    assert gen2["model_sampling"] == "MCMGridSampling" and gen2["sampling_betas"] == "linear"
     assert gen2["unet_weight_err"] <= 1e-5 and gen2["motion_weight_err"] <= 1e-5
     assert gen2["unet_restored_err"] == 0.0
 
@@ -144,7 +144,7 @@ def test_zero_motion_strength_needs_no_motion_model(host_report):
 
 def test_ade_use_existing_keeps_mcm_sampling(host_report):
     _no_failure(host_report, "ade_sample")
-    assert host_report["after_ade_use_existing"] == "MCMModelSampling"
+    assert host_report["after_ade_use_existing"] == "MCMGridSampling"
 
 
 def test_samplercustom_and_the_one_node_sampler_run_mcm_in_an_ade_gen2_graph(host_report):
@@ -180,7 +180,7 @@ def test_default_graph_equals_diffusers_at_1_and_4_steps(tn_report):
 def test_per_frame_equals_stock_ade_and_stock_lcm(tn_report):
     _no_failure(tn_report, "tn_parity")
     assert tn_report["temporal_norm_parity"]["per_frame_vs_stock"] <= PARITY
-    assert tn_report["temporal_norm_facts"]["stock_model_sampling"] != "MCMModelSampling"
+    assert tn_report["temporal_norm_facts"]["stock_model_sampling"] != "MCMGridSampling"
 
 
 def test_cfg2_batches_cond_and_uncond_and_keeps_their_statistics_apart(tn_report):

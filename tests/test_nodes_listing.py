@@ -26,7 +26,7 @@ def _adapter() -> Adapter:
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch, package):
+def models(tmp_path, monkeypatch, package, comfy_io):
     """A models/ tree behind a stub ``folder_paths`` (what ComfyUI's lists of model files give)."""
     root = tmp_path / "models"
     for name in ("mcm", "loras"):
@@ -39,6 +39,12 @@ def models(tmp_path, monkeypatch, package):
     monkeypatch.setitem(sys.modules, "folder_paths", stub)
     nodes = importlib.import_module(f"{package.__name__}.nodes.adapters")
     return root, nodes
+
+
+def _choices(nodes) -> list[str]:
+    """The adapter dropdown as the node declares it now (ComfyUI asks for the schema on every listing)."""
+    (adapter,) = [i for i in nodes.MCMStyleAdapter.define_schema().inputs if i.id == "adapter"]
+    return adapter.options["options"]
 
 
 def _bad_files(root: Path) -> dict[str, str]:
@@ -65,7 +71,7 @@ def test_one_bad_file_never_breaks_the_list_and_is_warned_about_once(models, cap
     save_adapter(_adapter(), root / "mcm" / "mine.safetensors")
     with caplog.at_level(logging.WARNING, logger="comfyui-mcm"):
         for _ in range(3):
-            names = nodes.MCMStyleAdapter.INPUT_TYPES()["required"]["adapter"][0]
+            names = _choices(nodes)
             assert names == ["loras/mcm_good.safetensors", "mine.safetensors"]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == len(bad)  # once per file, not on every listing
@@ -74,8 +80,8 @@ def test_one_bad_file_never_breaks_the_list_and_is_warned_about_once(models, cap
     error = importlib.import_module(nodes.__name__.rsplit(".", 2)[0] + ".mcm.weights").AdapterError
     for label, reason in bad.items():
         with pytest.raises(error, match=f"{label!r} cannot be used: .*{reason[:20]}"):
-            nodes.MCMStyleAdapter().select(label, "auto (from the adapter)")
-    steps = nodes.MCMStyleAdapter().select("loras/mcm_good.safetensors", "auto (from the adapter)")[1]
+            nodes.MCMStyleAdapter.execute(label, "auto (from the adapter)")
+    steps = nodes.MCMStyleAdapter.execute("loras/mcm_good.safetensors", "auto (from the adapter)").args[1]
     assert steps == 4
 
 
@@ -86,7 +92,7 @@ def test_a_bad_peft_config_picked_in_the_node_names_the_file_and_field(models):
     save_file({f"base_model.model.{PATH}.lora_A.weight": torch.randn(2, 8),
                f"base_model.model.{PATH}.lora_B.weight": torch.randn(8, 2)}, folder / "adapter_model.safetensors")  # fmt: skip
     (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": "sixteen"}))
-    assert nodes.MCMStyleAdapter.INPUT_TYPES()["required"]["adapter"][0] == ["animatediff-webvid"]
+    assert _choices(nodes) == ["animatediff-webvid"]
     error = importlib.import_module(nodes.__name__.rsplit(".", 2)[0] + ".mcm.weights").AdapterError
     with pytest.raises(error, match=r"adapter_config\.json: lora_alpha = 'sixteen'; expected a finite positive"):
-        nodes.MCMStyleAdapter().select("animatediff-webvid", "auto (from the adapter)")
+        nodes.MCMStyleAdapter.execute("animatediff-webvid", "auto (from the adapter)")

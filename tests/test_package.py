@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -24,21 +25,29 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_entry_point_imports_without_comfyui_and_registers_the_nodes():
+def test_entry_point_imports_without_comfyui_and_registers_the_nodes_the_v3_way():
     code = f"""
-import importlib.util, json, sys
+import asyncio, importlib.util, inspect, json, sys
 spec = importlib.util.spec_from_file_location("probe_pkg", {str(ROOT / "__init__.py")!r},
                                               submodule_search_locations=[{str(ROOT)!r}])
 m = importlib.util.module_from_spec(spec); sys.modules["probe_pkg"] = m; spec.loader.exec_module(m)
-heavy = [n for n in ("comfy", "folder_paths", "diffusers", "transformers", "peft") if n in sys.modules]
-print(json.dumps({{"ids": sorted(m.NODE_CLASS_MAPPINGS), "names": m.NODE_DISPLAY_NAME_MAPPINGS, "heavy": heavy}}))
+heavy = [n for n in ("comfy", "comfy_api", "folder_paths", "diffusers", "transformers", "peft") if n in sys.modules]
+v1 = hasattr(m, "NODE_CLASS_MAPPINGS")  # ComfyUI's loader would take the V1 path and never call the entry point
+from tests.comfy_api_stub import install
+install()
+extension = asyncio.run(m.comfy_entrypoint())
+schemas = [cls.define_schema() for cls in asyncio.run(extension.get_node_list())]
+print(json.dumps({{"ids": sorted(s.node_id for s in schemas), "names": {{s.node_id: s.display_name for s in schemas}},
+                  "heavy": heavy, "v1": v1, "async": inspect.iscoroutinefunction(m.comfy_entrypoint),
+                  "listed": m.NODE_IDS, "after": [n for n in ("comfy", "folder_paths") if n in sys.modules]}}))
 """
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["ids"] == ALL_NODES
-    assert set(out["names"]) == set(out["ids"])
-    assert out["heavy"] == []
+    assert out["ids"] == ALL_NODES and sorted(out["listed"]) == ALL_NODES
+    assert all(out["names"].values())
+    assert out["heavy"] == [] and out["after"] == []
+    assert out["v1"] is False and out["async"] is True
 
 
 def test_core_imports_without_comfyui_or_diffusers():
@@ -47,22 +56,19 @@ def test_core_imports_without_comfyui_or_diffusers():
     assert proc.stdout.strip() == "[]"
 
 
-def test_every_node_is_documented(package):
-    for node_id, cls in package.NODE_CLASS_MAPPINGS.items():
-        assert node_id.startswith("MCM_")
-        assert cls.DESCRIPTION and cls.CATEGORY.startswith("sampling/MCM") and callable(getattr(cls, cls.FUNCTION))
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-        for name, spec in cls.INPUT_TYPES().get("required", {}).items():
-            assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-
-
 def test_beta_choices_cover_both_schedules_and_name_both_conventions(package):
     from mcm.schedule import COMFY_BETA_NAMES
 
-    choices = package.nodes.sampling.BETA_CHOICES
+    choices = importlib.import_module(f"{package.__name__}.nodes.choices").BETA_CHOICES
     assert set(choices.values()) == set(COMFY_BETA_NAMES)
     for label, diffusers_name in choices.items():
         assert label.startswith(COMFY_BETA_NAMES[diffusers_name] + " ") and f"diffusers {diffusers_name}" in label
+
+
+def test_the_fallback_schedule_is_the_official_demos_by_name_not_by_dictionary_order(package):
+    choices = importlib.import_module(f"{package.__name__}.nodes.choices")
+    assert choices.DEMO_BETA_SCHEDULE == "linear"  # diffusers linear = ComfyUI sqrt_linear, the official demo's
+    assert choices.BETA_CHOICES[choices.DEMO_BETA_LABEL] == "linear" and choices.DEMO_BETA_LABEL.startswith("sqrt_linear")
 
 
 class _FakeModelSampling:
@@ -83,16 +89,16 @@ class _FakeModel:
 
 
 @pytest.mark.parametrize("steps, denoise", [(1, 1.0), (4, 1.0), (8, 1.0), (4, 0.6)])
-def test_scheduler_node_gives_the_grid_sigmas(package, steps, denoise):
+def test_scheduler_node_gives_the_grid_sigmas(mcm_nodes, steps, denoise):
     schedule = NoiseSchedule("linear")
-    (sigmas,) = package.nodes.sampling.MCMScheduler().get_sigmas(_FakeModel(schedule), steps, denoise)
+    (sigmas,) = mcm_nodes["MCM_Scheduler"].execute(_FakeModel(schedule), steps, denoise).args
     expected = comfy_sigmas(lcm_timesteps(steps, strength=denoise), schedule)
     assert sigmas.dtype == torch.float32 and torch.allclose(sigmas, expected, rtol=1e-6, atol=0)
 
 
-def test_scheduler_node_explains_an_impossible_denoise(package):
+def test_scheduler_node_explains_an_impossible_denoise(mcm_nodes):
     with pytest.raises(ValueError, match="keeps only 5 of the 50"):
-        package.nodes.sampling.MCMScheduler().get_sigmas(_FakeModel(NoiseSchedule()), 8, 0.1)
+        mcm_nodes["MCM_Scheduler"].execute(_FakeModel(NoiseSchedule()), 8, 0.1)
 
 
 def test_distill_default_runs_end_to_end(tmp_path):

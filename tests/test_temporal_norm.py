@@ -224,7 +224,7 @@ def glue(package, monkeypatch):
     comfy.ops = types.ModuleType("comfy.ops")
     monkeypatch.setitem(sys.modules, "comfy", comfy)
     monkeypatch.setitem(sys.modules, "comfy.ops", comfy.ops)
-    module = importlib.import_module(f"{package.__name__}.nodes.comfy_temporal_norm")
+    module = importlib.import_module(f"{package.__name__}.nodes.glue.temporal_norm")
     module.Error = importlib.import_module(f"{package.__name__}.mcm.weights").AdapterError  # the package's own class
     return module
 
@@ -282,7 +282,7 @@ def test_when_ades_groupnorm_hack_spans_every_norm(glue, fmt, version, apply_v2_
     assert glue.groupnorm_hack(_Patcher(_AnimateDiffModel(fmt, version)), params) is expected
 
 
-def test_the_loader_offers_the_choice_with_a_tooltip(package):
-    spec = package.nodes.adapters.MCMLoraLoader.INPUT_TYPES()["required"]["temporal_norm"]
-    assert spec[0] == ["auto", "frames", "per_frame"] and spec[1]["default"] == "auto"
-    assert all(word in spec[1]["tooltip"] for word in ("frames", "per_frame", "diffusers", "context window", "metadata"))
+def test_the_loader_offers_the_choice_with_a_tooltip(mcm_nodes):
+    (spec,) = [i for i in mcm_nodes["MCM_LoraLoader"].define_schema().inputs if i.id == "temporal_norm"]
+    assert spec.options["options"] == ["auto", "frames", "per_frame"] and spec.options["default"] == "auto"
+    assert all(word in spec.tooltip for word in ("frames", "per_frame", "diffusers", "context window", "metadata"))

@@ -16,7 +16,8 @@ import sys
 import tempfile
 import traceback
 
-from host_util import error_of as _error_of  # this folder is on sys.path (it is the script's)
+from host_util import combo_options, run_node  # this folder is on sys.path (it is the script's)
+from host_util import error_of as _error_of
 
 
 class ToyEps:
@@ -40,14 +41,14 @@ class ToyEps:
 def check_sampling(M, model, clip, out):
     import torch
 
-    label = next(c for c in M["MCM_ModelSampling"].INPUT_TYPES()["required"]["beta_schedule"][0] if c.startswith("sqrt_linear"))
-    (patched,) = M["MCM_ModelSampling"]().patch(model, label, 4.0)
+    label = next(c for c in combo_options(M["MCM_ModelSampling"].INPUT_TYPES()["required"]["beta_schedule"]) if c.startswith("sqrt_linear"))
+    (patched,) = run_node(M["MCM_ModelSampling"], model, label, 4.0)
     ms = patched.get_model_object("model_sampling")
     out["model_sampling"] = type(ms).__name__
     out["input_model_sampling"] = type(model.get_model_object("model_sampling")).__name__
-    sigmas = {n: M["MCM_Scheduler"]().get_sigmas(patched, n, 1.0)[0] for n in (1, 2, 4, 8)}
+    sigmas = {n: run_node(M["MCM_Scheduler"], patched, n, 1.0)[0] for n in (1, 2, 4, 8)}
     out["unet_timesteps"] = {n: ms.timestep(s[:-1]).tolist() for n, s in sigmas.items()}
-    out["v2v_timesteps"] = ms.timestep(M["MCM_Scheduler"]().get_sigmas(patched, 4, 0.5)[0][:-1]).tolist()
+    out["v2v_timesteps"] = ms.timestep(run_node(M["MCM_Scheduler"], patched, 4, 0.5)[0][:-1]).tolist()
     # plain KSampler users: the stock "simple" scheduler on MCM model sampling
     simple = {n: M["BasicScheduler"]().get_sigmas(patched, "simple", n, 1.0) for n in (1, 2, 4, 8)}
     simple = {n: (s[0] if isinstance(s, tuple) else s.result[0]) for n, s in simple.items()}
@@ -76,12 +77,12 @@ def check_parity(M, patched, pos, neg, out):
     m = patched.clone()
     m.set_model_unet_function_wrapper(wrapper)
     latent = {"samples": torch.zeros(4, 4, 8, 8)}
-    sampler = M["MCM_Sampler"]().get_sampler()[0]
+    sampler = run_node(M["MCM_Sampler"])[0]
     seed, results = 123, {}
     for steps, denoise in ((1, 1.0), (4, 1.0), (8, 1.0), (4, 0.6)):
         init = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(7)) * 0.5 if denoise < 1 else None
         lat = {"samples": init} if init is not None else latent
-        sigmas = M["MCM_Scheduler"]().get_sigmas(m, steps, denoise)[0]
+        sigmas = run_node(M["MCM_Scheduler"], m, steps, denoise)[0]
         res = M["SamplerCustom"]().sample(m, True, seed, 1.0, pos, neg, sampler, sigmas, lat)
         # the LATENT wire holds VAE latents; the model samples them scaled by the latent format (0.18215)
         got = m.model.process_latent_in((res[0] if isinstance(res, tuple) else res.result[0])["samples"]).double()
@@ -124,7 +125,7 @@ def _effective_weight(module):
 
 
 def _selected(M, label, beta="auto (from the adapter)"):
-    return M["MCM_StyleAdapter"]().select(label, beta)
+    return run_node(M["MCM_StyleAdapter"], label, beta)
 
 
 def check_adapters(M, model, motion_name, out):
@@ -133,7 +134,7 @@ def check_adapters(M, model, motion_name, out):
     from mcm.weights import ade_motion_layers, comfy_spatial_layers
 
     node = M["MCM_StyleAdapter"]
-    out["adapter_choices"] = node.INPUT_TYPES()["required"]["adapter"][0]
+    out["adapter_choices"] = combo_options(node.INPUT_TYPES()["required"]["adapter"])
     webvid, steps, cfg, info = _selected(M, "animatediff-webvid")
     laion = _selected(M, "mcm-test-laion.safetensors")[0]
     out["selected"] = {"webvid_betas": webvid.beta_schedule, "laion_betas": laion.beta_schedule,
@@ -149,8 +150,8 @@ def check_adapters(M, model, motion_name, out):
 
     # Gen2: loader on MODEL + MOTION_MODEL_ADE
     mm = M["ADE_LoadAnimateDiffModel"]().load_motion_model(motion_name)[0]
-    loader = M["MCM_LoraLoader"]()
-    m, mm2 = loader.load(model, webvid, 0.8, 1.0, True, motion_model=mm)
+    loader = M["MCM_LoraLoader"]
+    m, mm2 = run_node(loader, model, webvid, 0.8, 1.0, True, motion_model=mm)
     out["gen2"] = {
         "unet_patches": len(m.patches) - len(model.patches),
         "motion_patches": len(mm2.patches) - len(mm.patches),
@@ -182,7 +183,7 @@ def check_adapters(M, model, motion_name, out):
 
     # Gen1: the motion model rides on MODEL; the loader patches it there
     gen1 = M["ADE_AnimateDiffLoaderGen1"]().load_mm_and_inject_params(model, motion_name, "autoselect")[0]
-    g, _ = loader.load(gen1, laion, 1.0, 1.0, True)
+    g, _ = run_node(loader, gen1, laion, 1.0, 1.0, True)
     attached = g.get_additional_models_with_key("ADE")
     before = gen1.get_additional_models_with_key("ADE")
     out["gen1"] = {
@@ -244,7 +245,7 @@ def check_errors_impl(M, model, out):
     import nodes
     from mcm.weights import Adapter, AdapterMeta, LoraWeights
 
-    loader = M["MCM_LoraLoader"]()
+    loader = M["MCM_LoraLoader"]
     selected_cls = type(_selected(M, "animatediff-webvid")[0])
     webvid = _selected(M, "animatediff-webvid")[0]
     errors = {}
@@ -252,20 +253,20 @@ def check_errors_impl(M, model, out):
     errors["escape_folder"] = _error_of(lambda: _selected(M, "../../etc/passwd"))
     w = LoraWeights(torch.zeros(4, 8), torch.zeros(8, 4), 4.0)
     modelscope = Adapter(AdapterMeta(base="modelscope-t2v", motion_module=None), {"transformer_in.proj_in": w}, source="ms.safetensors")
-    errors["wrong_base"] = _error_of(lambda: loader.load(model, selected_cls("ms", modelscope, "linear", "x"), 1.0, 1.0, True))
+    errors["wrong_base"] = _error_of(lambda: run_node(loader, model, selected_cls("ms", modelscope, "linear", "x"), 1.0, 1.0, True))
     bad_layers = dict(webvid.adapter.layers)
     bad_layers["down_blocks.0.attentions.0.proj_in"] = LoraWeights(torch.zeros(4, 7, 1, 1), torch.zeros(320, 4, 1, 1), 4.0)
     wrong = Adapter(webvid.adapter.meta, bad_layers, source="wrong-rank.safetensors")
-    errors["shape_mismatch"] = _error_of(lambda: loader.load(model, selected_cls("w", wrong, "linear", "x"), 1.0, 0.0, True))
-    errors["no_motion_model"] = _error_of(lambda: loader.load(model, webvid, 1.0, 1.0, True))
+    errors["shape_mismatch"] = _error_of(lambda: run_node(loader, model, selected_cls("w", wrong, "linear", "x"), 1.0, 0.0, True))
+    errors["no_motion_model"] = _error_of(lambda: run_node(loader, model, webvid, 1.0, 1.0, True))
     saved = {k: nodes.NODE_CLASS_MAPPINGS.pop(k) for k in list(nodes.NODE_CLASS_MAPPINGS) if k.startswith("ADE_")}
     try:
-        errors["ade_missing"] = _error_of(lambda: loader.load(model, webvid, 1.0, 1.0, True))
+        errors["ade_missing"] = _error_of(lambda: run_node(loader, model, webvid, 1.0, 1.0, True))
     finally:
         nodes.NODE_CLASS_MAPPINGS.update(saved)
-    errors["strength_range"] = _error_of(lambda: loader.load(model, webvid, 5.0, 1.0, True))
-    errors["not_an_adapter"] = _error_of(lambda: loader.load(model, "animatediff-webvid", 1.0, 1.0, True))
-    errors["motion_strength_zero_ok"] = _error_of(lambda: loader.load(model, webvid, 1.0, 0.0, True))
+    errors["strength_range"] = _error_of(lambda: run_node(loader, model, webvid, 5.0, 1.0, True))
+    errors["not_an_adapter"] = _error_of(lambda: run_node(loader, model, "animatediff-webvid", 1.0, 1.0, True))
+    errors["motion_strength_zero_ok"] = _error_of(lambda: run_node(loader, model, webvid, 1.0, 0.0, True))
     out["errors"] = errors
 
 
@@ -277,12 +278,12 @@ def check_ade_sample(M, patched, pos, neg, sigmas, motion_model, out):
     ade = M["ADE_UseEvolvedSampling"]().use_evolved_sampling(patched, "use existing", m_models=m_models)[0]
     out["after_ade_use_existing"] = type(ade.get_model_object("model_sampling")).__name__
     latent = M["EmptyLatentImage"]().generate(32, 32, 4)[0]
-    sampler = M["MCM_Sampler"]().get_sampler()[0]
+    sampler = run_node(M["MCM_Sampler"])[0]
     results = {}
     for steps in (1, 2):
         res = M["SamplerCustom"]().sample(ade, True, 7, 1.0, pos, neg, sampler, sigmas[steps], latent)
         results[steps] = (res[0] if isinstance(res, tuple) else res.result[0])["samples"]
-    one = M["MCM_KSampler"]().sample(ade, 7, 1, 1.0, pos, neg, latent, 1.0)[0]["samples"]
+    one = run_node(M["MCM_KSampler"], ade, 7, 1, 1.0, pos, neg, latent, 1.0)[0]["samples"]
     out["sample_shape"] = list(results[1].shape)
     out["sample_finite"] = bool(all(torch.isfinite(s).all() for s in results.values()))
     out["one_vs_two_steps_differ"] = bool((results[1] - results[2]).abs().max() > 1e-4)

@@ -30,7 +30,7 @@ import sys
 import time
 import traceback
 
-from host_util import error_of  # this folder is on sys.path (it is the script's)
+from host_util import error_of, run_node  # this folder is on sys.path (it is the script's)
 
 SIZE, FRAMES, LONG_FRAMES, CONTEXT, OVERLAP = 64, 8, 16, 8, 4
 SEED = 42
@@ -135,7 +135,7 @@ def _result(res):
 class Graphs:
     def __init__(self, M, ckpt_model, clip, motion_name):
         self.M, self.model, self.motion_name = M, ckpt_model, motion_name
-        self.selected = M["MCM_StyleAdapter"]().select(ADAPTER, AUTO_BETAS)[0]
+        self.selected = run_node(M["MCM_StyleAdapter"], ADAPTER, AUTO_BETAS)[0]
         text = M["CLIPTextEncode"]().encode(clip, "a red panda walking through a forest")[0]
         self.zero = M["ConditioningZeroOut"]().zero_out(text)[0]
         self.text = text
@@ -145,7 +145,7 @@ class Graphs:
 
     def lora(self, temporal_norm, strength=1.0):
         """Load MCM LoRA (MCM model sampling on) on the checkpoint and a fresh Load AnimateDiff Model."""
-        return self.M["MCM_LoraLoader"]().load(self.model, self.selected, strength, strength, True, temporal_norm,
+        return run_node(self.M["MCM_LoraLoader"], self.model, self.selected, strength, strength, True, temporal_norm,
                                                motion_model=self.motion_model())  # fmt: skip
 
     def evolved(self, lora, context=None, beta="use existing"):
@@ -162,8 +162,8 @@ class Graphs:
         """SamplerCustom (MCM Scheduler + MCM Sampler unless given); the latent the UNet space holds."""
         M = self.M
         latent = M["EmptyLatentImage"]().generate(SIZE, SIZE, frames)[0]
-        sampler = sampler or M["MCM_Sampler"]().get_sampler()[0]
-        sigmas = sigmas if sigmas is not None else M["MCM_Scheduler"]().get_sigmas(model, steps, 1.0)[0]
+        sampler = sampler or run_node(M["MCM_Sampler"])[0]
+        sigmas = sigmas if sigmas is not None else run_node(M["MCM_Scheduler"], model, steps, 1.0)[0]
         out = _result(M["SamplerCustom"]().sample(model, True, SEED, cfg, positive, negative, sampler, sigmas, latent))
         return model.model.process_latent_in(out["samples"]).double()
 
@@ -313,7 +313,7 @@ def check_hack(g: Graphs, out):
     results, swapped, patched, owner_names = {}, [], {}, {}
     original = torch.nn.GroupNorm.forward
     for mode in ("frames", "per_frame"):  # strength 0: the span is what is compared, no weights to patch
-        m, _ = M["MCM_LoraLoader"]().load(gen1, g.selected, 0.0, 0.0, True, mode)
+        m, _ = run_node(M["MCM_LoraLoader"], gen1, g.selected, 0.0, 0.0, True, mode)
         mm = m.get_additional_models_with_key("ADE")[0]
         patched[mode] = sum(1 for k in mm.object_patches if k.endswith(".temporal_transformer.norm.forward"))
         owners = owner_names.setdefault(mode, set())
@@ -348,9 +348,9 @@ def check_sampler_vs_lcm(M, patched, pos, neg, out):
     m = patched.clone()
     m.set_model_unet_function_wrapper(wrapper)
     latent = {"samples": torch.zeros(FRAMES, 4, 8, 8)}
-    sigmas = M["MCM_Scheduler"]().get_sigmas(m, 4, 1.0)[0]
+    sigmas = run_node(M["MCM_Scheduler"], m, 4, 1.0)[0]
     got = {}
-    for name, sampler in (("mcm", M["MCM_Sampler"]().get_sampler()[0]), ("lcm", _result(M["KSamplerSelect"]().get_sampler("lcm")))):
+    for name, sampler in (("mcm", run_node(M["MCM_Sampler"])[0]), ("lcm", _result(M["KSamplerSelect"]().get_sampler("lcm")))):
         got[name] = _result(M["SamplerCustom"]().sample(m, True, SEED, 1.0, pos, neg, sampler, sigmas, latent))["samples"]
     out["sampler_vs_lcm"] = float((got["mcm"] - got["lcm"]).abs().max())
 
@@ -359,19 +359,19 @@ def check_errors(g: Graphs, out):
     """frames with no motion model, and a motion-model format the patch does not know."""
     M = g.M
     errors = {}
-    loader = M["MCM_LoraLoader"]()
-    errors["frames_without_motion_model"] = error_of(lambda: loader.load(g.model, g.selected, 1.0, 0.0, True, "frames"))
-    errors["auto_without_motion_model_image_only"] = error_of(lambda: loader.load(g.model, g.selected, 1.0, 0.0, True, "auto"))
+    loader = M["MCM_LoraLoader"]
+    errors["frames_without_motion_model"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "frames"))
+    errors["auto_without_motion_model_image_only"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "auto"))
     mm = g.motion_model()
     info = mm.model.mm_info
     saved = info.mm_format
     info.mm_format = "HotshotXL"  # the format ADE would report for a Hotshot-XL motion model
     try:
-        errors["unknown_format"] = error_of(lambda: loader.load(g.model, g.selected, 1.0, 0.0, True, "frames", motion_model=mm))
-        errors["unknown_format_per_frame"] = error_of(lambda: loader.load(g.model, g.selected, 1.0, 0.0, True, "per_frame", motion_model=mm))
+        errors["unknown_format"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "frames", motion_model=mm))
+        errors["unknown_format_per_frame"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "per_frame", motion_model=mm))
     finally:
         info.mm_format = saved
-    _, mm2 = loader.load(g.model, g.selected, 1.0, 1.0, True, "frames", motion_model=mm)
+    _, mm2 = run_node(loader, g.model, g.selected, 1.0, 1.0, True, "frames", motion_model=mm)
     errors["input_untouched"] = not any("norm.forward" in k for k in mm.object_patches)
     errors["patched_norms"] = sum(1 for k in mm2.object_patches if k.endswith(".temporal_transformer.norm.forward"))
     out["temporal_norm_errors"] = errors

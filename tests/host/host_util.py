@@ -10,3 +10,17 @@ def error_of(fn):
     except Exception as exc:  # noqa: BLE001 - the message is what is checked
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def run_node(cls, *args, **kwargs) -> tuple:
+    """A node's outputs as a tuple, for V3 nodes (``execute`` returns an ``io.NodeOutput``) and V1 alike."""
+    if hasattr(cls, "GET_SCHEMA"):
+        return tuple(cls.execute(*args, **kwargs).args)
+    return tuple(getattr(cls(), cls.FUNCTION)(*args, **kwargs))
+
+
+def combo_options(spec) -> list:
+    """A dropdown's choices from an ``INPUT_TYPES`` / ``/object_info`` entry: V1 ``[choices, opts]`` or
+    V3 ``["COMBO", {"options": choices}]``."""
+    kind, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+    return list(kind) if isinstance(kind, (list, tuple)) else list(opts.get("options", []))

@@ -253,8 +253,8 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
         _, object_info = client.request("GET", "/object_info", timeout=120)
         results["registered"] = sorted(k for k in object_info if k.startswith("MCM_"))
         results["ade_registered"] = "ADE_UseEvolvedSampling" in object_info
-        results["adapter_choices"] = (object_info.get("MCM_StyleAdapter", {}).get("input", {})
-                                      .get("required", {}).get("adapter", [[]])[0])  # fmt: skip
+        adapter = object_info.get("MCM_StyleAdapter", {}).get("input", {}).get("required", {}).get("adapter", [[]])
+        results["adapter_choices"] = adapter[0] if isinstance(adapter[0], list) else adapter[1].get("options", [])
 
         # b. UI workflows against /object_info
         results["validation"] = {name: validate_ui(wf, object_info) for name, wf in ui_workflows.items()}

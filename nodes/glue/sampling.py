@@ -1,6 +1,7 @@
-"""ComfyUI glue for MCM sampling: the model-sampling object and the KSAMPLER function.
+"""ComfyUI glue for MCM sampling: the model-sampling patch, the grid sigmas, the KSAMPLER function and
+the all-in-one sampling of MCM KSampler. What the sampling nodes do, behind one call each.
 
-Imported only inside ComfyUI (it imports ``comfy`` at call time, never at module import).
+Importing it needs no ComfyUI: ``comfy``, ``latent_preview`` are imported when a function runs.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ import logging
 
 import torch
 
-from ..mcm.sampler import sample_mcm, ve_consistency_output
-from ..mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps
+from ...mcm.sampler import sample_mcm, ve_consistency_output
+from ...mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
+from ..choices import DEMO_BETA_SCHEDULE, TIMESTEP_SCALING, beta_schedule_of
 
 log = logging.getLogger("comfyui-mcm")
 
@@ -46,7 +48,7 @@ def build_model_sampling(model_patcher, schedule: NoiseSchedule, timestep_scalin
     skip = int(grid[1] - grid[0]) if len(grid) > 1 else schedule.num_train_timesteps
     offset = int(grid[0])
 
-    class MCMModelSampling(cms.ModelSamplingDiscrete, base):
+    class MCMGridSampling(cms.ModelSamplingDiscrete, base):
         mcm_schedule = schedule
         mcm_timestep_scaling = timestep_scaling
         mcm_grid = grid
@@ -74,7 +76,7 @@ def build_model_sampling(model_patcher, schedule: NoiseSchedule, timestep_scalin
             )
             return f.to(model_output.dtype)
 
-    ms = MCMModelSampling(model_patcher.model.model_config)
+    ms = MCMGridSampling(model_patcher.model.model_config)
     ms.set_sigmas(schedule.comfy_sigmas[grid])
     return ms
 
@@ -117,3 +119,63 @@ def comfy_sample_mcm(model, x, sigmas, extra_args=None, callback=None, disable=N
         renoise=lambda x0, sigma_next, z: model_sampling.noise_scaling(sigma_next, z, x0),
         check_interrupt=mm.throw_exception_if_processing_interrupted,
     )
+
+
+def with_mcm_sampling(model, schedule: NoiseSchedule, timestep_scaling: float,
+                      num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS):  # fmt: skip
+    """A clone of MODEL that samples with MCM's model sampling (the input is left untouched)."""
+    m = model.clone()
+    m.add_object_patch("model_sampling", build_model_sampling(m, schedule, timestep_scaling, num_ddim_timesteps))
+    return m
+
+
+def model_sampling_node(model, beta_schedule: str, timestep_scaling: float):
+    """MCM Model Sampling: ``beta_schedule`` is the node's dropdown label."""
+    schedule = NoiseSchedule(beta_schedule_of(beta_schedule, "MCM Model Sampling"))
+    return with_mcm_sampling(model, schedule, float(timestep_scaling))
+
+
+def scheduler_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
+    """MCM Scheduler: the sigmas of MCM's grid timesteps in the model's own sigma table."""
+    timesteps = lcm_timesteps(int(steps), strength=float(denoise))
+    return grid_sigmas(model.get_model_object("model_sampling"), timesteps)
+
+
+def mcm_sampler():
+    """MCM Sampler: the consistency sampler as a ComfyUI SAMPLER."""
+    import comfy.samplers
+
+    return comfy.samplers.KSAMPLER(comfy_sample_mcm)
+
+
+def ensure_mcm_sampling(model):
+    """MODEL as is when it already samples with MCM's model sampling; otherwise a clone with the official
+    demo's (beta schedule :data:`~..choices.DEMO_BETA_SCHEDULE`, timestep scaling 4), stated in the log."""
+    if is_mcm_sampling(model.get_model_object("model_sampling")):
+        return model
+    log.info("MCM KSampler: the model has no MCM model sampling; using the official demo's (betas %s, "
+             "timestep scaling %g)", DEMO_BETA_SCHEDULE, TIMESTEP_SCALING)  # fmt: skip
+    return with_mcm_sampling(model, NoiseSchedule(DEMO_BETA_SCHEDULE), TIMESTEP_SCALING)
+
+
+def ksample(model, seed: int, steps: int, cfg: float, positive, negative, latent_image: dict, denoise: float) -> dict:
+    """MCM KSampler: MCM's grid sigmas and the consistency sampler through ComfyUI's ``sample_custom``,
+    with its seeded noise, previews and progress bar. Returns the LATENT dict (a copy of the input's)."""
+    import comfy.sample
+    import comfy.utils
+    import latent_preview
+
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"MCM KSampler: steps = {steps!r}; expected 1 or more (MCM: 1, 2, 4 or 8)")
+    model = ensure_mcm_sampling(model)
+    sigmas = scheduler_sigmas(model, steps, denoise)
+    latent = latent_image.copy()
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
+    latent["samples"] = comfy.sample.sample_custom(
+        model, noise, cfg, mcm_sampler(), sigmas, positive, negative, samples,
+        noise_mask=latent.get("noise_mask"), callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
+    )  # fmt: skip
+    return latent

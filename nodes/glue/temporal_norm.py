@@ -30,13 +30,13 @@ import re
 
 import torch
 
-from ..mcm.temporal_norm import (
+from ...mcm.temporal_norm import (
     FRAMES,
     PER_FRAME,
     TEMPORAL_NORMS,
     group_norm_over_frames,
 )
-from ..mcm.weights import AdapterError
+from ...mcm.weights import AdapterError
 
 log = logging.getLogger("comfyui-mcm")
 

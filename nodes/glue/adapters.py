@@ -1,6 +1,7 @@
-"""ComfyUI glue for MCM adapters: model folders, listing, and patching MODEL / MOTION_MODEL_ADE.
+"""ComfyUI glue for MCM adapters: model folders, listing, and patching MODEL / MOTION_MODEL_ADE; what
+Load MCM LoRA does, behind one call.
 
-Imported only inside ComfyUI (``comfy``/``folder_paths`` are imported inside the functions).
+Importing it needs no ComfyUI (``comfy``/``folder_paths`` are imported inside the functions).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..mcm.temporal_norm import FRAMES, PER_FRAME
-from ..mcm.weights import (
+from ...mcm.temporal_norm import FRAMES, PER_FRAME
+from ...mcm.weights import (
     SD15_LAYOUT,
     Adapter,
     AdapterError,
@@ -22,8 +23,9 @@ from ..mcm.weights import (
     check_mcm_marker,
     comfy_spatial_layers,
 )
-from ..mcm.weights.io import PEFT_CONFIG, PEFT_WEIGHTS
-from .comfy_temporal_norm import describe, groupnorm_hack, set_temporal_norm
+from ...mcm.weights.io import PEFT_CONFIG, PEFT_WEIGHTS
+from ..choices import AUTO_NORM, STRENGTH_MAX, TEMPORAL_NORM_CHOICES
+from .temporal_norm import describe, groupnorm_hack, set_temporal_norm
 
 log = logging.getLogger("comfyui-mcm")
 
@@ -263,3 +265,37 @@ def patch_motion(model, motion_model, adapter: Adapter, strength: float, tempora
         if hasattr(getattr(patcher, "model", None), "mm_info"):
             log.info("%s: %s", where, describe(patcher, temporal_norm, norms, groupnorm_hack(patcher, params)))
     return model, mm, count
+
+
+def _checked_norm(selected, strength_model, strength_motion, temporal_norm: str) -> tuple[str, str]:
+    """The inputs of Load MCM LoRA checked; (temporal norm to apply, where it came from)."""
+    from .selection import SelectedAdapter
+
+    if not isinstance(selected, SelectedAdapter):
+        raise AdapterError("Load MCM LoRA: mcm_adapter must come from an MCM Style Adapter node")
+    for name, value in (("strength_model", strength_model), ("strength_motion", strength_motion)):
+        if not -STRENGTH_MAX <= float(value) <= STRENGTH_MAX:
+            raise AdapterError(f"Load MCM LoRA: {name} = {value} is outside [-{STRENGTH_MAX:g}, {STRENGTH_MAX:g}]")
+    if temporal_norm not in TEMPORAL_NORM_CHOICES:
+        raise AdapterError(f"Load MCM LoRA: temporal_norm = {temporal_norm!r}; expected one of {TEMPORAL_NORM_CHOICES}")
+    if temporal_norm == AUTO_NORM:
+        return selected.adapter.meta.temporal_norm, "adapter"
+    return temporal_norm, "node"
+
+
+def load_mcm_lora(model, selected, strength_model: float, strength_motion: float, mcm_sampling: bool,
+                  temporal_norm: str = AUTO_NORM, motion_model=None):  # fmt: skip
+    """Load MCM LoRA: the adapter's UNet LoRA on a clone of MODEL, its motion LoRA and normalisation on the
+    motion model(s), then (``mcm_sampling``) MCM model sampling. Returns (model, motion_model or None)."""
+    from ...mcm.schedule import NoiseSchedule
+    from .sampling import build_model_sampling
+
+    norm, source = _checked_norm(selected, strength_model, strength_motion, temporal_norm)
+    adapter = selected.adapter
+    m, _ = patch_unet(model, adapter, float(strength_model))
+    m, mm, _ = patch_motion(m, motion_model, adapter, float(strength_motion), norm, source)
+    if mcm_sampling:
+        schedule = NoiseSchedule(selected.beta_schedule)
+        ms = build_model_sampling(m, schedule, selected.timestep_scaling, adapter.meta.num_ddim_timesteps)
+        m.add_object_patch("model_sampling", ms)
+    return m, mm
