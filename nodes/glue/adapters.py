@@ -23,7 +23,7 @@ from ...mcm.weights import (
     check_mcm_marker,
     comfy_spatial_layers,
 )
-from ...mcm.weights.io import PEFT_CONFIG, PEFT_WEIGHTS
+from ...mcm.weights.peft import PEFT_CONFIG, PEFT_WEIGHTS
 from ..choices import AUTO_NORM, STRENGTH_MAX, TEMPORAL_NORM_CHOICES
 from .temporal_norm import describe, groupnorm_hack, set_temporal_norm
 
