@@ -159,10 +159,13 @@ def test_converters_keep_the_temporal_norm(tmp_path):
 
 
 def test_the_trainer_writes_frames():
-    from pathlib import Path
+    """The adapters the trainer exports record the form diffusers' UNetMotionModel trains with."""
+    from training.config import parse_args
+    from training.models import tiny_teacher
+    from training.stages import adapter_meta
 
-    source = (Path(__file__).resolve().parents[1] / "training" / "distill.py").read_text()
-    assert 'temporal_norm="frames"' in source
+    args = parse_args(["--teacher", "tiny-animatediff", "--data", "toy-folder", "--resolution", "16", "--num-frames", "4"])
+    assert adapter_meta(tiny_teacher("animatediff"), args, step=1, seconds=0.0).temporal_norm == FRAMES
 
 
 # --- node glue on a stand-in ADE motion model ----------------------------------------------------------
