@@ -96,6 +96,37 @@ def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_lo
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
 
 
+def test_ctrl_c_inside_an_accumulation_window_resumes_at_its_start_and_trains_what_the_uninterrupted_run_trains(
+        tmp_path, toy_data, monkeypatch):  # fmt: skip
+    """Ctrl-C after micro-batch 5 of a run with accumulation 2 (inside step 3's window): the checkpoint records
+    the window's start (step 2, micro-batch 4), so the resumed run reads micro-batch 5 again and ends where the
+    uninterrupted run ends."""
+    common = ["--gradient-accumulation-steps", "2", "--train-batch-size", "1", "--max-train-steps", "4",
+              "--checkpointing-steps", "10", "--disc-frames", "1"]  # fmt: skip
+    reference = distill.train(distill.parse_args(flags(tmp_path, toy_data, *common, "--run-name", "ref")))
+    real_micro_step, calls = distill.micro_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        out = real_micro_step(*args, **kwargs)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(distill, "micro_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill.train(distill.parse_args(flags(tmp_path, toy_data, *common, "--run-name", "run")))
+    monkeypatch.setattr(distill, "micro_step", real_micro_step)
+    run = tmp_path / "run"
+    saved = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
+    assert (saved["global_step"], saved["micro_batches"], saved["data_positions"]) == (2, 4, [4])
+    distill.train(distill.parse_args(flags(tmp_path, toy_data, *common, "--run-name", "run", "--resume", str(run))))
+    got, want = metrics(run), metrics(reference)
+    assert sorted(got) == [1, 2, 3, 4] and all(got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-7) for k in want), (got, want)
+    a, b = lora(run / "final" / "adapter.safetensors"), lora(reference / "final" / "adapter.safetensors")
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
+
+
 def test_a_checkpoint_is_flushed_to_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
     from training.checkpoints import write_checkpoint
 

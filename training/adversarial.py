@@ -199,8 +199,9 @@ class Adversary:
         self.accumulate(real, c_real, fake, c_fake, share=1.0)
         self.update(step)
 
-    # checkpoints (taken at optimizer steps, where no D window is open)
+    # checkpoints: the state at the start of the open window (one interrupted inside a window resumes at its start)
     def state_dict(self) -> dict:
+        self._restart_power_iteration()  # the window's micro-batches advanced the power iteration; its start is what resumes
         return {"heads": self.disc.heads.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "penalty": self.penalty.state_dict(),
                 "scaler": self.scaler.state_dict(), "updates": self.updates, "skipped": self.skipped}  # fmt: skip

@@ -198,6 +198,8 @@ def optimizer_step(state, run: Run, window: Window) -> dict | None:
             state.scheduler.step()
         else:
             window.finite = False
+            if norm is not None and accelerator.scaler is not None:  # fp16: the clip unscaled the gradients; without the
+                accelerator.scaler.update()  # optimizer's step the scaler would refuse the next unscale (and keep its scale)
         state.optimizer.zero_grad(set_to_none=True)
     if state.adversary is not None:
         with run.timer("discriminator step"):
@@ -227,6 +229,7 @@ def skip_step(state, run: Run, window: Window) -> None:
     args = run.args
     state.nonfinite_run += 1
     window.reset()
+    state.mark_sync()
     run.log(f"warning: non-finite loss or gradient at step {state.global_step + 1}: step skipped ({state.nonfinite_run} in a row)")
     if state.nonfinite_run >= args.max_nonfinite_steps:
         state.checkpoint(run.log)
@@ -292,6 +295,7 @@ def train(args, teacher=None) -> Path:
     run = make_run(args, state, frozen, noise, timer, log)
     if resume_from is not None:
         state.load(resume_from, resumed, rngs, log)
+    state.mark_sync()
     metrics = MetricsLog(run_dir, state.global_step, accelerator.is_main_process)
     validation = Validation(SimpleNamespace(args=args, teacher=teacher, student=state.unwrapped, run_dir=run_dir, data_root=data_root,
                                             device=accelerator.device, encode_text=frozen.encode_text, encode_video=frozen.encode_video,
@@ -311,6 +315,8 @@ def train(args, teacher=None) -> Path:
             with accelerator.accumulate(*state.modules):
                 window.add(micro_step(state, run, batch, generator))
                 row = optimizer_step(state, run, window) if accelerator.sync_gradients else None
+                if accelerator.sync_gradients:
+                    state.mark_sync()  # what a checkpoint records, also one written inside the next window
             if row is None:  # inside an accumulation window, or a skipped step
                 continue
             reports.step(state, row)
@@ -326,7 +332,8 @@ def train(args, teacher=None) -> Path:
         stopped, between_steps = data_stopped(exc, data_root)
         if stopped is None:
             raise
-        if between_steps and state.global_step and not (run_dir / f"checkpoint-{state.global_step}").exists():
+        # one process alone may see it: a checkpoint (collective) only where every process is here
+        if between_steps and world == 1 and state.global_step and not (run_dir / f"checkpoint-{state.global_step}").exists():
             state.checkpoint(log)
         raise stopped from None
     finally:
@@ -348,8 +355,10 @@ def export_and_summarize(state, run: Run, in_sync: bool, reasons: dict) -> None:
     with atomic_dir(final) as tmp:
         export_adapter(state.unwrapped, state.teacher, args, state.global_step, tmp, state.seconds())
     adapter_path = final / "adapter.safetensors"
-    if not (run_dir / "adapter.safetensors").exists():  # the newcomer's shortcut
-        shutil.copyfile(adapter_path, run_dir / "adapter.safetensors")
+    if not (run_dir / "adapter.safetensors").exists():  # the newcomer's shortcut, copied whole or not at all
+        tmp_adapter = run_dir / ".adapter.safetensors.tmp"
+        shutil.copyfile(adapter_path, tmp_adapter)
+        os.replace(tmp_adapter, run_dir / "adapter.safetensors")
         adapter_path = run_dir / "adapter.safetensors"
     summary = {"steps": state.global_step, "skipped_samples": sum(reasons.values()), "skipped_by_reason": reasons,
                "seconds": round(state.seconds(), 1), "num_processes": state.accelerator.num_processes, "processes_in_sync": in_sync,

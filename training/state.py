@@ -64,6 +64,10 @@ class TrainState:
     nonfinite_run: int = 0  # optimizer steps in a row skipped for a non-finite loss or gradient
     lr_seen: dict = field(default_factory=dict)  # the learning rates at the start, middle and end (summary.json)
     start_time: float = field(default_factory=time.time)
+    #: where the last gradient sync left this process (micro-batches, data positions, skip counts, RNG states):
+    #: what a checkpoint records, so that one written inside an accumulation window (Ctrl-C, the data stopping)
+    #: resumes at the window's start, whose micro-batches are then read again, as the uninterrupted run reads them
+    sync_point: dict | None = None
 
     @property
     def unwrapped(self):
@@ -79,11 +83,12 @@ class TrainState:
         for reason, n in batch["skip_reasons"].items():
             self.skip_local[reason] = self.skip_local.get(reason, 0) + n
 
-    def skip_counts(self) -> dict:
-        """Skip reasons summed over processes (the local counts plus those at the resume point); every process calls it."""
+    def skip_counts(self, local: dict | None = None) -> dict:
+        """Skip reasons summed over processes (the local counts, or ``local``, plus those at the resume point);
+        every process calls it."""
         from accelerate.utils import gather_object
 
-        local = dict(self.skip_local)
+        local = dict(self.skip_local if local is None else local)
         merged = dict(self.skip_reasons)
         for part in gather_object([local]) if self.accelerator.num_processes > 1 else [local]:
             for k, v in part.items():
@@ -91,6 +96,15 @@ class TrainState:
         return merged
 
     # --- checkpoints ---------------------------------------------------------------------------------
+
+    def mark_sync(self) -> None:
+        """Record this process's position at a gradient sync (at the start, and after every optimizer step or
+        skipped window); :meth:`save` writes it."""
+        from training.checkpoints import rng_state
+
+        self.sync_point = {"micro_batches": self.micro_batches, "data": self.loader.position,
+                           "images": self.images.position if self.images else 0, "skip_local": dict(self.skip_local),
+                           "rng": rng_state()}  # fmt: skip
 
     def checkpoint(self, log) -> None:
         """:meth:`save` at the current step; a failed write stops the run or, by default, warns (``--on-save-error``)."""
@@ -111,11 +125,14 @@ class TrainState:
         from training.checkpoints import CheckpointError, prune, rng_state, write_checkpoint
 
         accelerator, args, world = self.accelerator, self.args, self.accelerator.num_processes
-        mine = (self.loader.position, self.images.position if self.images else 0, rng_state())
+        sync = self.sync_point or {"micro_batches": self.micro_batches, "data": self.loader.position, "skip_local": self.skip_local,
+                                   "images": self.images.position if self.images else 0, "rng": rng_state()}  # fmt: skip
+        mine = (sync["data"], sync["images"], sync["rng"])
         parts = gather_object([mine]) if world > 1 else [mine]
-        extra = {"micro_batches": self.micro_batches, "skip_reasons": self.skip_counts(), "data_positions": [p[0] for p in parts],
-                 "image_positions": [p[1] for p in parts], "num_processes": world, "train_batch_size": args.train_batch_size,
-                 "gradient_accumulation_steps": args.gradient_accumulation_steps}  # fmt: skip
+        extra = {"micro_batches": sync["micro_batches"], "skip_reasons": self.skip_counts(sync["skip_local"]),
+                 "data_positions": [p[0] for p in parts], "image_positions": [p[1] for p in parts], "num_processes": world,
+                 "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                 "nonfinite_run": self.nonfinite_run, "learning_rates_seen": self.lr_seen}  # fmt: skip
         step, seconds = self.global_step, self.seconds()
         accelerator.wait_for_everyone()
         final = self.run_dir / f"checkpoint-{step}"
@@ -148,7 +165,9 @@ class TrainState:
             heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(self.ema_student).items()})
         if heads:
             save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
+        scaler = self.accelerator.scaler  # the generator's fp16 loss scaler (None without fp16)
         torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
                     "adversary": self.adversary.state_dict() if self.adversary is not None else None}, tmp / "optimizer.pt")  # fmt: skip
 
     def load(self, folder: Path, trainer_state: dict, rngs: list | None, log=print) -> None:
@@ -163,6 +182,8 @@ class TrainState:
         self.global_step = trainer_state["global_step"]
         self.micro_batches = trainer_state.get("micro_batches", 0)
         self.skip_reasons = trainer_state.get("skip_reasons", {})
+        self.nonfinite_run = trainer_state.get("nonfinite_run", 0)
+        self.lr_seen = dict(trainer_state.get("learning_rates_seen", {}))
         if rngs is not None:
             set_rng_state(rngs[self.accelerator.process_index])
         log(f"resumed from {folder} at step {self.global_step} (data position {trainer_state.get('data_positions')})")
@@ -198,6 +219,8 @@ class TrainState:
             set_peft_model_state_dict(self.ema_student, part("ema_student."))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.accelerator.scaler is not None and state.get("scaler"):  # older checkpoints hold none: the scale starts afresh
+            self.accelerator.scaler.load_state_dict(state["scaler"])
         if self.adversary is not None:
             self.adversary.load_state_dict(state["adversary"])
 
