@@ -332,3 +332,24 @@ def test_a_peft_folder_with_a_pickled_adapter_suggests_converting_the_folder(tmp
     code, _, err = cli(capsys, *[str(dst) if a == "OUT.safetensors" else a for a in suggested])
     assert code == 0, err
     assert all(w.alpha == 4.0 for w in load_adapter(dst).layers.values())  # the config's lora_alpha was used
+
+
+
+def test_a_new_peft_folder_is_readable_by_others_and_float8_factors_are_checked(tmp_path):
+    """A new PEFT export gets the usual modes (safetensors alone writes 0600), and a float8 factor is checked for
+    NaN/inf like any other instead of failing inside torch (which has no CPU isfinite for float8)."""
+    from mcm.weights import export_peft, parse_lora_tensors
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    folder = export_peft(adapter(), tmp_path / "peft")
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {
+        "adapter_config.json": 0o666 & ~umask, "adapter_model.safetensors": 0o666 & ~umask}
+    assert load_adapter(folder).layers.keys() == adapter().layers.keys()
+    if not hasattr(torch, "float8_e4m3fn"):
+        return
+    good = {k: v.to(torch.float8_e4m3fn) for k, v in factors().items()}
+    assert set(parse_lora_tensors(good, "f8.safetensors")) == {SPATIAL, MOTION}
+    bad = {**good, f"{SPATIAL}.lora_A.weight": torch.full((2, 8), float("nan")).to(torch.float8_e4m3fn)}
+    with pytest.raises(ValueError, match=f"f8.safetensors.*{SPATIAL}.*NaN/inf|NaN/inf.*{SPATIAL}"):
+        parse_lora_tensors(bad, "f8.safetensors")

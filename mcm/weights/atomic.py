@@ -28,6 +28,11 @@ def _umask() -> int:
     return mask
 
 
+def new_file_mode() -> int:
+    """The permission bits a new file gets: ``0o666`` less the umask."""
+    return 0o666 & ~_umask()
+
+
 def _mode_for(dst: Path, kind: str) -> int:
     """The permission bits ``dst`` has (when it exists) or a new one of ``kind`` would get."""
     try:

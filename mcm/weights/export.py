@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .atomic import FILE, FOLDER, atomic_dir, atomic_file, prepare_destination, replace_files_in
+from .atomic import FILE, FOLDER, atomic_dir, atomic_file, new_file_mode, prepare_destination, replace_files_in
 from .format import META_PREFIX, Adapter, AdapterError
 from .keys import SD15_LAYOUT, KeyMappingError, UNetLayout, diffusers_to_ldm, motion_to_ade
 from .layers import PEFT_PREFIX
@@ -120,6 +120,7 @@ def export_peft(adapter: Adapter, folder: str | os.PathLike, *, overwrite: bool 
     with atomic_dir(folder) as tmp:
         for name, write in writes.items():
             write(tmp / name)
+            os.chmod(tmp / name, new_file_mode())  # safetensors creates its files 0600: a shared models folder could not read them
     return folder
 
 

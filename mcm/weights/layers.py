@@ -73,8 +73,9 @@ def _check_factor(t: torch.Tensor, kind: str) -> str | None:
         return f"{kind} factor has dtype {str(t.dtype).removeprefix('torch.')}; expected a floating-point tensor"
     if t.ndim not in (2, 4) or 0 in t.shape:
         return f"{kind} factor has shape {tuple(t.shape)}; expected a non-empty 2-D (linear) or 4-D (conv) tensor"
-    if not bool(torch.isfinite(t).all()):
-        bad = int((~torch.isfinite(t)).sum())
+    finite = torch.isfinite(t.float())  # float(): isfinite has no CPU kernel for the float8 dtypes
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
         return f"{kind} factor holds {bad} NaN/inf values"
     return None
 
