@@ -1,7 +1,7 @@
 """MCM's frame discriminator: frozen DINOv2 features, light trainable heads, text conditioning.
 
-A projected discriminator in the StyleGAN-T manner, as the official MCM code builds it
-(``notes/mcm-algorithm.md`` §4): patch tokens of four intermediate DINOv2 layers (2, 5, 8, 11 of
+A projected discriminator in the StyleGAN-T manner, as the official MCM code builds it (yhZhai/mcm,
+``models/discriminator_handcraft.py``): patch tokens of four intermediate DINOv2 layers (2, 5, 8, 11 of
 ViT-S/14) each feed a head of spectral-normalised 1-D convolutions with a local batch-statistics
 norm; a text embedding projected to 64 dimensions scores every token. Only the heads train.
 

@@ -3,7 +3,7 @@
 Models are callables ``model(x_t, t, cond) -> output`` on latent videos ``(b, c, f, h, w)`` with
 per-sample integer timesteps ``t``; outputs are ε (or v / x0) predictions. The trainer wraps its
 diffusers UNets in this form; tests use small deterministic functions. The numbers are the official
-code's (``notes/mcm-algorithm.md`` §3): the 50-point DDIM grid, one solver hop of 20, teacher CFG in
+code's (yhZhai/mcm ``main.py`` and ``scripts/animatediff_distillation.sh``): the 50-point DDIM grid, one solver hop of 20, teacher CFG in
 the LCM form ``ε = ε_c + w(ε_c − ε_u)`` with w ~ U[5, 15] per sample, target = the student itself
 without gradients, boundary scaling 4, Huber distance with c = 0.001, and the t = 999 "hard swap".
 """

@@ -4,7 +4,8 @@ The motion module starts with a GroupNorm. diffusers' ``UNetMotionModel`` (and s
 demo and this project's trainer) reshapes ``(b·f, c, h, w)`` to ``(b, c, f, h, w)`` first, so each group's
 statistics span every frame of one video. The original AnimateDiff code and AnimateDiff-Evolved apply it
 to ``(b·f, c, h, w)``: statistics per frame. Measured on full-size SD1.5 + AnimateDiff v2 weights this is
-the one difference between the two hosts (about 1% of the output; ``notes/comfyui-host.md`` §4).
+the one difference between the two hosts: about 1.1% of the output's maximum on random full-size weights
+at 64 px and 8 frames (``tests/host/check_temporal_norm.py`` measures it in a real ComfyUI host).
 
 Names (adapter metadata ``mcm.temporal_norm`` and the node option):
 
