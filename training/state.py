@@ -100,11 +100,14 @@ class TrainState:
     def mark_sync(self) -> None:
         """Record this process's position at a gradient sync (at the start, and after every optimizer step or
         skipped window); :meth:`save` writes it."""
+        self.sync_point = self._position()
+
+    def _position(self) -> dict:
+        """Where this process is now: micro-batches, data positions, skip counts and RNG states."""
         from training.checkpoints import rng_state
 
-        self.sync_point = {"micro_batches": self.micro_batches, "data": self.loader.position,
-                           "images": self.images.position if self.images else 0, "skip_local": dict(self.skip_local),
-                           "rng": rng_state()}  # fmt: skip
+        return {"micro_batches": self.micro_batches, "data": self.loader.position, "images": self.images.position if self.images else 0,
+                "skip_local": dict(self.skip_local), "rng": rng_state()}  # fmt: skip
 
     def checkpoint(self, log) -> None:
         """:meth:`save` at the current step; a failed write stops the run or, by default, warns (``--on-save-error``)."""
@@ -122,11 +125,10 @@ class TrainState:
         checkpoint). A failed write raises :class:`training.checkpoints.CheckpointError` on every process."""
         from accelerate.utils import broadcast_object_list, gather_object
 
-        from training.checkpoints import CheckpointError, prune, rng_state, write_checkpoint
+        from training.checkpoints import CheckpointError, prune, write_checkpoint
 
         accelerator, args, world = self.accelerator, self.args, self.accelerator.num_processes
-        sync = self.sync_point or {"micro_batches": self.micro_batches, "data": self.loader.position, "skip_local": self.skip_local,
-                                   "images": self.images.position if self.images else 0, "rng": rng_state()}  # fmt: skip
+        sync = self.sync_point or self._position()
         mine = (sync["data"], sync["images"], sync["rng"])
         parts = gather_object([mine]) if world > 1 else [mine]
         extra = {"micro_batches": sync["micro_batches"], "skip_reasons": self.skip_counts(sync["skip_local"]),
@@ -292,9 +294,7 @@ def build_adversary(args, accelerator, frozen, resumed: dict):
     adversary = Adversary(args, frozen, accelerator.device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank))
     if args.disc_real != "images":
         return adversary, None
-    root = args.disc_images
-    if root is None:
-        raise ValueError("--disc-real images needs --disc-images (a folder or *.tar shards of captioned images)")
+    root = args.disc_images  # given: training/config.py refuses --disc-real images without it
     if root == "toy":
         root = write_toy_image_shards(toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
     per_batch = args.train_batch_size * args.disc_frames
