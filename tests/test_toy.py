@@ -205,6 +205,41 @@ def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
     text = table("ladder", [("full", mcm_rows(report, [1, 2, 4])), ("teacher", {4: metrics["MCM 4-step"]})], [1, 2, 4])
     lines = text.splitlines()
     assert lines[0] == "### ladder" and "motion correct ↑ (1-step)" in lines[2]
-    assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.75 | 0.75 | 0.75 | 0.5 |")
+    assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.75 | 0.75 | 0.75 |  |  |  | 0.5 |")  # no teacher clips: no "moves like"
     assert lines[4].endswith("| 0.625 |")  # the discriminator's accuracy, last column
-    assert lines[5].startswith("| teacher |  |  | 1 |  |  | 0.75 |") and lines[5].endswith("|  |")
+    assert lines[5].startswith("| teacher |  |  | 1 |  |  | 0.75 |  |  |  |") and lines[5].endswith("|  |")
+
+
+def test_agreement_counts_clips_that_move_like_the_teacher_where_the_teacher_moves():
+    prompts = toy_eval.toy_prompts()
+    videos, captions = toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True)
+    teacher = [toy_eval.motion_of(v, c) for v, c in zip(videos, captions)]
+    assert sum(t["coherent"] for t in teacher) >= 14
+    same = toy_eval.agreement(teacher, teacher)
+    assert same["moves_like"] == 1.0 and same["velocity_gap"] == 0.0 and same["reference_clips"] == sum(t["coherent"] for t in teacher)
+    backwards = [toy_eval.motion_of(v[::-1], c) for v, c in zip(videos, captions)]  # the same shapes, played in reverse
+    reverse = toy_eval.agreement(backwards, teacher)
+    assert reverse["moves_like"] == 0.0 and reverse["velocity_gap"] > 1.5  # |v - (-v)| = 2|v| ≥ 2 px/frame at 1 px/frame
+    still = [toy_eval.motion_of(np.repeat(v[:1], 8, axis=0), c) for v, c in zip(videos, captions)]
+    assert toy_eval.agreement(still, teacher)["moves_like"] == 0.0
+    assert toy_eval.agreement(teacher, still)["reference_clips"] == 0  # a teacher that does not move sets nothing to copy
+    with pytest.raises(ValueError, match="the same clips"):
+        toy_eval.agreement(teacher[:3], teacher)
+
+
+def test_ablation_rows_are_compared_clip_by_clip_and_against_the_teachers_motion():
+    from training.ablate import mcm_rows, paired_rows
+
+    def clips(correct, velocities):
+        return [{"correct": float(c), "coherent": float(c), "visible": 1.0, "velocity": v} for c, v in zip(correct, velocities)]
+
+    right, left = (2.0, 0.0), (-2.0, 0.0)
+    teacher = clips([1, 1, 1, 0], [right, right, left, None])  # the last clip: the teacher does not move
+    row = {"metrics": {"MCM 4-step": {"correct": 0.75}}, "per_clip": {"MCM 4-step": clips([1, 1, 1, 0], [right, right, left, right])}}
+    base = {"metrics": {"MCM 4-step": {"correct": 0.25}}, "per_clip": {"MCM 4-step": clips([1, 0, 0, 0], [right, left, right, right])}}
+    assert mcm_rows(row, [4], teacher)[4]["moves_like_teacher"] == 1.0  # 3 of the 3 clips where the teacher moves
+    assert mcm_rows(base, [4], teacher)[4]["moves_like_teacher"] == pytest.approx(1 / 3, abs=1e-4)
+    lines = paired_rows("ladder", [("row", row, "base", base)], 4, teacher).splitlines()
+    assert lines[2] == "| row | against | correct (4-step) | coherent (4-step) | moves_like_teacher (4-step) |"
+    # correct: clips 2 and 3 only in row → +2/4; standard error of [0, 1, 1, 0]: 0.2887; sign test 2:0 → p = 0.5
+    assert lines[4].startswith("| row | base | +0.500 ± 0.289 (2:0, p 0.5) | +0.500 ± 0.289 (2:0, p 0.5) | +0.667 ± 0.333 (2:0, p 0.5) |")

@@ -27,6 +27,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
+
+from training.toy_eval import agreement, moves_alike, paired_difference  # noqa: E402
 
 LADDER = [
     ("CD only (raw latents, real trajectories, no discriminator)", ["--motion-repr", "raw", "--lambda-real", "1", "--no-disc"]),
@@ -38,6 +42,7 @@ SWEEP = [(f"λ_real {v:g}", ["--lambda-real", f"{v:g}"]) for v in (0.0, 0.25, 0.
 COLUMNS = [  # (metric, header, better)
     ("correct", "motion correct ↑", max),
     ("coherent", "coherent motion ↑", max),
+    ("moves_like_teacher", "moves like the teacher ↑", max),
     ("velocity_error", "velocity error (px/frame) ↓", min),
     ("watermark", "watermark ↓", min),
     ("sharpness", "sharpness ↑", max),
@@ -78,7 +83,7 @@ def read_row(run_dir: Path) -> dict:
 def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int], skip: tuple[str, ...] = ()) -> str:
     """A markdown table: motion correctness and coherence per step count, the other metrics at the last step count.
     ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty; ``skip`` drops columns."""
-    per_step = ("correct", "coherent")
+    per_step = ("correct", "coherent", "moves_like_teacher")
     columns = [(m, h, n) for m, h, _ in COLUMNS if m not in skip for n in (steps if m in per_step else steps[-1:])]
     header = [h + (f" ({n}-step)" if m in per_step and len(steps) > 1 else "") for m, h, n in columns]
     lines = [f"### {title}", "", "| row | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -88,17 +93,54 @@ def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int],
     return "\n".join(lines) + "\n"
 
 
-def mcm_rows(report: dict, steps: list[int]) -> dict[int, dict]:
-    """``{steps: metrics}`` of a run's MCM samples; the discriminator's accuracy goes with every step count."""
-    metrics = report["metrics"]
-    return {n: {**metrics[f"MCM {n}-step"], "d_accuracy": report.get("d_accuracy")} for n in steps if f"MCM {n}-step" in metrics}
+def mcm_rows(report: dict, steps: list[int], teacher: list[dict] | None = None) -> dict[int, dict]:
+    """``{steps: metrics}`` of a run's MCM samples; the discriminator's accuracy goes with every step count;
+    ``teacher``: the teacher's 50-step clips on the same prompts and noise, for ``moves_like_teacher``."""
+    metrics, clips = report["metrics"], report.get("per_clip", {})
+    rows = {}
+    for n in steps:
+        name = f"MCM {n}-step"
+        if name in metrics:
+            rows[n] = {**metrics[name], "d_accuracy": report.get("d_accuracy")}
+            if teacher and name in clips:
+                rows[n]["moves_like_teacher"] = agreement(clips[name], teacher)["moves_like"]
+    return rows
+
+
+def teacher_clips(report: dict) -> list[dict] | None:
+    """The per-clip motion of the teacher's 50-step samples in a run's report (the first run samples it)."""
+    name = next((k for k in report.get("per_clip", {}) if k.startswith("teacher 50")), None)
+    return report["per_clip"][name] if name else None
+
+
+def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int, teacher: list[dict] | None) -> str:
+    """Clip-by-clip comparisons of ``step``-step MCM samples between rows (every run samples the same prompts
+    from the same noise): for each ``(name, report, baseline name, baseline report)``, the difference in
+    each 0/1 score with its standard error and the exact sign test (``toy_eval.paired_difference``)."""
+    keys = ["correct", "coherent"] + (["moves_like_teacher"] if teacher else [])
+    lines = [f"### {title}", "", "| row | against | " + " | ".join(f"{k} ({step}-step)" for k in keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    for name, report, base_name, base in pairs:
+        a, b = report["per_clip"][f"MCM {step}-step"], base["per_clip"][f"MCM {step}-step"]
+        cells = []
+        for key in keys:
+            if key == "moves_like_teacher":  # over the clips where the teacher moves coherently
+                idx = [i for i, t in enumerate(teacher) if t["coherent"]]
+                x = [moves_alike(a[i]["velocity"], teacher[i]["velocity"]) for i in idx]
+                y = [moves_alike(b[i]["velocity"], teacher[i]["velocity"]) for i in idx]
+            else:
+                x, y = [c[key] for c in a], [c[key] for c in b]
+            d = paired_difference(x, y)
+            cells.append(f"{d['difference']:+.3f} ± {d['standard_error']:.3f} ({d['wins']}:{d['losses']}, p {d['sign_test_p']:.2g})")
+        lines.append(f"| {name} | {base_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default=None, help="folder for the runs and the table (default: runs/ablations-<date-time>)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the toy default's)")
-    p.add_argument("--eval-seeds", type=int, default=2, help="samples per toy prompt")
+    p.add_argument("--eval-seeds", type=int, default=16,
+                   help="samples per toy prompt (16: 128 clips a row, so that a paired difference of 0.1 is resolved)")
     p.add_argument("--only", choices=["ladder", "sweep"], default=None, help="run one of the two tables")
     args = p.parse_args(argv)
     args.output_dir = Path(args.output_dir or ROOT / "runs" / dt.datetime.now().strftime("ablations-%Y%m%d-%H%M%S"))
@@ -123,11 +165,27 @@ def main(argv=None) -> int:
     out.append("MCM columns are the distilled student; the reference rows (teacher, data) score the teacher's samples and the "
                "toy data themselves with the same metrics. Motion correct: share of clips whose tracked shape moves in the "
                "captioned direction at the captioned speed class. Coherent motion: share of clips whose shape moves along a "
-               "straight constant-speed path, whatever the caption. FD: Fréchet distance of frame-quality features.\n")  # fmt: skip
+               "straight constant-speed path, whatever the caption. Moves like the teacher: share of the clips where the "
+               "teacher's 50-step sample (same prompt, same noise) moves coherently in which the student moves the same way "
+               "(within 45°, same speed class). FD: Fréchet distance of frame-quality features. Paired tables: every run "
+               "samples the same prompts from the same noise, so rows are compared clip by clip (wins:losses are the clips "
+               "where only one of the two succeeds; p is the exact sign test on them).\n")  # fmt: skip
+    teacher = teacher_clips(first)
     for part, title in (("ladder", "Table 4 ladder"), ("sweep", "Table 6: λ_real")):
-        rows = [(name, mcm_rows(r, steps)) for (p_, name), r in results.items() if p_ == part]
+        rows = [(name, mcm_rows(r, steps, teacher)) for (p_, name), r in results.items() if p_ == part]
         if rows:
             out.append(table(title, rows, steps))
+    if all("per_clip" in r for r in results.values()):
+        ladder = [(n, r) for (p_, n), r in results.items() if p_ == "ladder"]
+        sweep = [(n, r) for (p_, n), r in results.items() if p_ == "sweep"]
+        mix = next((r for n, r in sweep if n == "λ_real 0.5"), None)
+        pairs = [("ladder", f"Table 4, each row against the one before ({steps[-1]}-step, paired: wins:losses, sign test)",
+                  [(n, r, bn, br) for (bn, br), (n, r) in zip(ladder, ladder[1:])]),
+                 ("sweep", f"Table 6, each λ_real against the mix λ_real 0.5 ({steps[-1]}-step, paired)",
+                  [(n, r, "λ_real 0.5", mix) for n, r in sweep if r is not mix] if mix else [])]  # fmt: skip
+        for _, title, rows in pairs:
+            if rows:
+                out.append(paired_rows(title, rows, steps[-1], teacher))
     out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:], skip=("d_accuracy",)))
     (args.output_dir / "ablations.md").write_text("\n".join(out))
     (args.output_dir / "ablations.json").write_text(json.dumps({f"{k[0]}: {k[1]}": v for k, v in results.items()}, indent=2))

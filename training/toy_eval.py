@@ -116,6 +116,7 @@ def motion_of(frames: np.ndarray, caption: str) -> dict:
     direction_ok = visible and measured > 0.3 and cosine > math.cos(math.pi / 4)
     speed_ok = visible and ((measured < SLOW_FAST_SPLIT) == (speed < SLOW_FAST_SPLIT))
     return {
+        "velocity": (float(velocity[0]), float(velocity[1])) if visible else None,
         "correct": float(direction_ok and speed_ok),
         "direction_correct": float(direction_ok),
         "speed_class_correct": float(speed_ok),
@@ -155,7 +156,7 @@ def score_videos(videos: list[np.ndarray], captions: list[str], clean: np.ndarra
     where already computed."""
     motion = motion if motion is not None else [motion_of(v, c) for v, c in zip(videos, captions)]
     feats = np.concatenate([frame_features(v) for v in videos])
-    out = {k: round(float(np.mean([m[k] for m in motion])), 4) for k in motion[0]}
+    out = {k: round(float(np.mean([m[k] for m in motion])), 4) for k in motion[0] if k != "velocity"}
     out.update({k: round(float(feats[:, i].mean()), 4) for i, k in enumerate(FEATURES)})
     out["fd_clean"] = round(frechet_distance_of(torch.from_numpy(feats), torch.from_numpy(clean)), 5)
     out["fd_degraded"] = round(frechet_distance_of(torch.from_numpy(feats), torch.from_numpy(degraded)), 5)
@@ -178,6 +179,34 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
     p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
     return {"difference": round(float(d.mean()), 4), "standard_error": round(float(d.std(ddof=1) / math.sqrt(len(d))), 4),
             "wins": wins, "losses": losses, "sign_test_p": round(p, 4)}  # fmt: skip
+
+
+def moves_alike(velocity, reference) -> float:
+    """1.0 when a clip's fitted velocity moves like a reference clip's: both tracked and moving (over
+    0.3 px/frame), within 45° of each other and in the same speed class; else 0.0."""
+    if velocity is None or reference is None:
+        return 0.0
+    v, r = np.asarray(velocity), np.asarray(reference)
+    nv, nr = float(np.linalg.norm(v)), float(np.linalg.norm(r))
+    if nv <= 0.3 or nr <= 0.3:
+        return 0.0
+    return float(v @ r / (nv * nr) > math.cos(math.pi / 4) and (nv < SLOW_FAST_SPLIT) == (nr < SLOW_FAST_SPLIT))
+
+
+def agreement(clips: list[dict], reference: list[dict]) -> dict:
+    """How a method's clips move against a reference method's clips on the same prompts and noise (the
+    student against its teacher): ``moves_like`` is the share of clips that :func:`moves_alike` their
+    reference clip, counted over the reference clips that move coherently (where the teacher has a
+    motion to copy); ``velocity_gap`` the mean distance (px/frame) between the two fitted velocities
+    over the clips where both are tracked."""
+    if len(clips) != len(reference):
+        raise ValueError(f"agreement needs the same clips on both sides, got {len(clips)} and {len(reference)}")
+    base = [i for i, r in enumerate(reference) if r["coherent"]]
+    alike = [moves_alike(clips[i]["velocity"], reference[i]["velocity"]) for i in base]
+    both = [i for i in range(len(clips)) if clips[i]["velocity"] is not None and reference[i]["velocity"] is not None]
+    gap = [float(np.linalg.norm(np.subtract(clips[i]["velocity"], reference[i]["velocity"]))) for i in both]
+    return {"moves_like": round(float(np.mean(alike)), 4) if alike else None, "reference_clips": len(base),
+            "velocity_gap": round(float(np.mean(gap)), 4) if gap else None}  # fmt: skip
 
 
 def reference_clips(prompts: list[str], per_prompt: int, frames: int, size: int, degraded: bool, seed: int = 12345):
@@ -371,11 +400,22 @@ def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | Non
     ours, theirs = [k for k in per_clip if k.startswith("MCM")], [k for k in per_clip if k.startswith("teacher")]
     paired = {f"{a} vs {b}": {key: paired_difference([m[key] for m in per_clip[a]], [m[key] for m in per_clip[b]]) for key in PAIRED}
               for a in ours for b in theirs} if len(batch) > 1 else {}  # fmt: skip
+    # does the student move like its teacher on the same noise (where the teacher moves coherently)? The teacher's
+    # own fewer-step samples are the yardstick
+    for a in [k for k in per_clip if k != teacher50] if teacher50 and len(batch) > 1 else []:
+        like = agreement(per_clip[a], per_clip[teacher50])
+        results[a]["moves_like_teacher"] = like["moves_like"]
+        paired.setdefault(f"{a} vs {teacher50}", {})["agreement"] = like
+        log(f"  {a} moves like {teacher50} on {like['moves_like']} of the {like['reference_clips']} clips where the teacher "
+            f"moves coherently; velocity gap {like['velocity_gap']} px/frame")  # fmt: skip
     for pair, diff in paired.items():
-        log(f"  {pair}: " + ", ".join(f"{key} {d['difference']:+.3f} ± {d['standard_error']:.3f} (p {d['sign_test_p']:.2g})"
-                                      for key, d in diff.items()))  # fmt: skip
+        diff = {k: v for k, v in diff.items() if k in PAIRED}
+        if diff:
+            log(f"  {pair}: " + ", ".join(f"{key} {d['difference']:+.3f} ± {d['standard_error']:.3f} (p {d['sign_test_p']:.2g})"
+                                          for key, d in diff.items()))  # fmt: skip
     report = {"prompts": prompts, "seeds_per_prompt": seeds, "clips": len(batch), "guidance": sampler.guidance, "metrics": results,
-              "paired": paired, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "speedup_vs_teacher_50_step_cfg": speed}  # fmt: skip
+              "paired": paired, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "speedup_vs_teacher_50_step_cfg": speed,
+              "per_clip": {k: [{key: m[key] for key in ("velocity", *PAIRED)} for m in v] for k, v in per_clip.items()}}  # fmt: skip
     if out_dir is not None:
         report["previews"] = write_previews(out_dir, rows, prompts)
     return report
