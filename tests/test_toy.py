@@ -243,3 +243,43 @@ def test_ablation_rows_are_compared_clip_by_clip_and_against_the_teachers_motion
     assert lines[2] == "| row | against | correct (4-step) | coherent (4-step) | moves_like_teacher (4-step) |"
     # correct: clips 2 and 3 only in row → +2/4; standard error of [0, 1, 1, 0]: 0.2887; sign test 2:0 → p = 0.5
     assert lines[4].startswith("| row | base | +0.500 ± 0.289 (2:0, p 0.5) | +0.500 ± 0.289 (2:0, p 0.5) | +0.667 ± 0.333 (2:0, p 0.5) |")
+
+
+def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path, monkeypatch):
+    from training import ablate
+
+    right = (2.0, 0.0)
+
+    def report(score, with_teacher):  # a run's metrics.json: every clip correct (1) or not (0)
+        clips = [{"correct": float(s), "coherent": float(s), "visible": 1.0, "velocity": right if s else None} for s in score]
+        metrics = {f"MCM {n}-step": {"correct": float(np.mean(score))} for n in (1, 2, 4)}
+        per_clip = {f"MCM {n}-step": clips for n in (1, 2, 4)}
+        if with_teacher:
+            metrics["teacher 50-step cfg 5"] = {"correct": 1.0}
+            per_clip["teacher 50-step cfg 5"] = [{"correct": 1.0, "coherent": 1.0, "visible": 1.0, "velocity": right}] * len(score)
+        return {"metrics": metrics, "per_clip": per_clip, "run": {"steps": 7}, "d_accuracy": 0.6}
+
+    scores = {  # per row: 4 clips; the ladder improves one clip a row, λ_real 0 equals the mix
+        "00": [0, 0, 0, 0], "01": [1, 0, 0, 0], "02": [1, 1, 0, 0], "03": [1, 1, 1, 0], "04": [1, 1, 1, 0], "05": [1, 0, 1, 0], "07": [0, 1, 0, 0],
+    }  # fmt: skip
+    calls = []
+
+    def fake_run_row(args, name, flags, index, with_teacher):
+        calls.append((index, tuple(flags), with_teacher))
+        return report(scores[f"{index:02d}"], with_teacher)
+
+    monkeypatch.setattr(ablate, "run_row", fake_run_row)
+    assert ablate.main(["--output-dir", str(tmp_path)]) == 0
+    # 9 rows, 7 runs: λ_real 0.5 is the full method and λ_real 1 the "+ motion loss" row
+    assert [c[0] for c in calls] == [0, 1, 2, 3, 4, 5, 7] and [c[2] for c in calls] == [True] + [False] * 6
+    text = (tmp_path / "ablations.md").read_text()
+    ladder = text.split("### Table 4, each row against the one before")[1].split("###")[0]
+    assert "| + frame discriminator (clean images) | CD only (raw latents, real trajectories, no discriminator) | +0.250 ± 0.250 (1:0, p 1) |" in ladder
+    assert ladder.count("+0.250 ± 0.250 (1:0, p 1)") == 3 * 3  # each step adds one clip, in all three columns
+    sweep = text.split("### Table 6, each λ_real against the mix λ_real 0.5")[1].split("###")[0]
+    assert "| λ_real 0 | λ_real 0.5 | +0.000 ± 0.000 (0:0, p 1) |" in sweep  # equal clips: no discordant pair
+    assert "| λ_real 0.25 | λ_real 0.5 | -0.250 ± 0.250 (0:1, p 1) |" in sweep  # [1, 0, 1, 0] against [1, 1, 1, 0]
+    # [0, 1, 0, 0] against [1, 1, 1, 0]: differences [-1, 0, -1, 0], standard error 0.577 / 2; 0 wins, 2 losses: p = 2 / 2²
+    assert "| λ_real 0.75 | λ_real 0.5 | -0.500 ± 0.289 (0:2, p 0.5) |" in sweep
+    assert "| λ_real 1 | λ_real 0.5 | -0.250 ± 0.250 (0:1, p 1) |" in sweep  # the "+ motion loss" run, [1, 1, 0, 0]
+    assert "moves like the teacher ↑ (4-step)" in text and (tmp_path / "ablations.json").exists()
