@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(ROOT))
 
-from training.toy_eval import agreement, moves_alike, paired_difference  # noqa: E402
+from training.toy_eval import agreement, alike_where_reference_moves, paired_difference  # noqa: E402
 
 LADDER = [
     ("CD only (raw latents, real trajectories, no discriminator)", ["--motion-repr", "raw", "--lambda-real", "1", "--no-disc"]),
@@ -124,9 +124,7 @@ def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int,
         cells = []
         for key in keys:
             if key == "moves_like_teacher":  # over the clips where the teacher moves coherently
-                idx = [i for i, t in enumerate(teacher) if t["coherent"]]
-                x = [moves_alike(a[i]["velocity"], teacher[i]["velocity"]) for i in idx]
-                y = [moves_alike(b[i]["velocity"], teacher[i]["velocity"]) for i in idx]
+                x, y = alike_where_reference_moves(a, teacher), alike_where_reference_moves(b, teacher)
             else:
                 x, y = [c[key] for c in a], [c[key] for c in b]
             d = paired_difference(x, y)

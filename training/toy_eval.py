@@ -47,6 +47,8 @@ from .data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy
 MIN_CONTRAST = 25.5  # 0-255 scale: the sharpness denominator's floor
 COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight constant-speed path
 SLOW_FAST_SPLIT = 1.5  # px/frame between "slowly" (1) and "quickly" (2), allowing for the crop's zoom
+MIN_SPEED = 0.3  # px/frame: a tracked shape slower than this is standing still
+SAME_DIRECTION = math.cos(math.pi / 4)  # two motions point the same way when within 45° of each other
 SPEEDS = {"slowly": 1.0, "quickly": 2.0}
 FEATURES = ("watermark", "sharpness", "background", "grain")
 PAIRED = ("correct", "coherent", "visible")  # the per-clip 0/1 scores compared clip by clip between methods
@@ -113,7 +115,7 @@ def motion_of(frames: np.ndarray, caption: str) -> dict:
         velocity, residual = np.zeros(2), len(frames[0]) / 4
     measured = float(np.linalg.norm(velocity))
     cosine = float(velocity @ direction / measured) if measured > 1e-9 else 0.0
-    direction_ok = visible and measured > 0.3 and cosine > math.cos(math.pi / 4)
+    direction_ok = visible and measured > MIN_SPEED and cosine > SAME_DIRECTION
     speed_ok = visible and ((measured < SLOW_FAST_SPLIT) == (speed < SLOW_FAST_SPLIT))
     return {
         "velocity": (float(velocity[0]), float(velocity[1])) if visible else None,
@@ -121,7 +123,7 @@ def motion_of(frames: np.ndarray, caption: str) -> dict:
         "direction_correct": float(direction_ok),
         "speed_class_correct": float(speed_ok),
         "velocity_error": float(np.linalg.norm(velocity - speed * direction)) if visible else float(2 * speed),
-        "coherent": float(visible and measured > 0.3 and residual < COHERENT_RESIDUAL),
+        "coherent": float(visible and measured > MIN_SPEED and residual < COHERENT_RESIDUAL),
         "track_residual": residual,
         "visible": float(visible),
     }
@@ -183,14 +185,23 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
 
 def moves_alike(velocity, reference) -> float:
     """1.0 when a clip's fitted velocity moves like a reference clip's: both tracked and moving (over
-    0.3 px/frame), within 45° of each other and in the same speed class; else 0.0."""
+    ``MIN_SPEED``), within 45° of each other and in the same speed class (as :func:`motion_of` judges a
+    clip against its caption); else 0.0."""
     if velocity is None or reference is None:
         return 0.0
     v, r = np.asarray(velocity), np.asarray(reference)
     nv, nr = float(np.linalg.norm(v)), float(np.linalg.norm(r))
-    if nv <= 0.3 or nr <= 0.3:
+    if nv <= MIN_SPEED or nr <= MIN_SPEED:
         return 0.0
-    return float(v @ r / (nv * nr) > math.cos(math.pi / 4) and (nv < SLOW_FAST_SPLIT) == (nr < SLOW_FAST_SPLIT))
+    return float(v @ r / (nv * nr) > SAME_DIRECTION and (nv < SLOW_FAST_SPLIT) == (nr < SLOW_FAST_SPLIT))
+
+
+def alike_where_reference_moves(clips: list[dict], reference: list[dict]) -> list[float]:
+    """:func:`moves_alike` of each clip against its reference clip, over the reference clips that move
+    coherently (where the teacher has a motion to copy), in clip order."""
+    if len(clips) != len(reference):
+        raise ValueError(f"agreement needs the same clips on both sides, got {len(clips)} and {len(reference)}")
+    return [moves_alike(c["velocity"], r["velocity"]) for c, r in zip(clips, reference) if r["coherent"]]
 
 
 def agreement(clips: list[dict], reference: list[dict]) -> dict:
@@ -199,13 +210,10 @@ def agreement(clips: list[dict], reference: list[dict]) -> dict:
     reference clip, counted over the reference clips that move coherently (where the teacher has a
     motion to copy); ``velocity_gap`` the mean distance (px/frame) between the two fitted velocities
     over the clips where both are tracked."""
-    if len(clips) != len(reference):
-        raise ValueError(f"agreement needs the same clips on both sides, got {len(clips)} and {len(reference)}")
-    base = [i for i, r in enumerate(reference) if r["coherent"]]
-    alike = [moves_alike(clips[i]["velocity"], reference[i]["velocity"]) for i in base]
+    alike = alike_where_reference_moves(clips, reference)
     both = [i for i in range(len(clips)) if clips[i]["velocity"] is not None and reference[i]["velocity"] is not None]
     gap = [float(np.linalg.norm(np.subtract(clips[i]["velocity"], reference[i]["velocity"]))) for i in both]
-    return {"moves_like": round(float(np.mean(alike)), 4) if alike else None, "reference_clips": len(base),
+    return {"moves_like": round(float(np.mean(alike)), 4) if alike else None, "reference_clips": len(alike),
             "velocity_gap": round(float(np.mean(gap)), 4) if gap else None}  # fmt: skip
 
 
