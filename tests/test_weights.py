@@ -422,6 +422,45 @@ def test_writes_are_atomic_and_never_replace_silently(tmp_path, mcm_file):
     assert is_mcm_file(mcm_file)
 
 
+def test_a_replaced_folder_is_never_missing_and_survives_a_failed_rename(tmp_path, monkeypatch):
+    import os
+
+    from mcm.weights import atomic
+
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "a.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already exists"), atomic.atomic_dir(final) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (final / "a.txt").read_text() == "old"
+
+    real_replace = os.replace
+
+    def replace(src, dst):  # the new folder's rename into place fails; the old one's rename aside works
+        if Path(dst) == final and Path(src).suffix == ".tmp":
+            raise OSError("disk full")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    with pytest.raises(OSError, match="disk full"), atomic.atomic_dir(final, overwrite=True) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (final / "a.txt").read_text() == "old"  # put back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing left beside it
+    monkeypatch.setattr(atomic.os, "replace", real_replace)
+
+    def replaced_while_checking(src, dst):  # at the moment the new folder moves in, the old one is still whole
+        if Path(dst) == final:
+            old = [p for p in tmp_path.iterdir() if p.name.endswith(".old")]
+            assert len(old) == 1 and (old[0] / "a.txt").read_text() == "old"
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replaced_while_checking)
+    with atomic.atomic_dir(final, overwrite=True) as tmp:
+        (tmp / "b.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["b.txt"]  # replaced as a whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_official_target_list_matches_the_notes():
     assert set(OFFICIAL_TARGET_MODULES) == {
         "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",

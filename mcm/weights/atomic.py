@@ -111,21 +111,33 @@ def atomic_dir(final: Path, overwrite: bool = False):
     """Yield a temporary sibling folder to write into; on success it is renamed to ``final``.
 
     A failure leaves ``final`` as it was. An existing ``final`` is an error unless ``overwrite``
-    (then it is replaced as a whole; the new folder keeps the old one's permission bits).
+    (then it is replaced as a whole; the new folder keeps the old one's permission bits). The old
+    folder is first renamed aside and deleted only once the new one is in place, so at every moment
+    one complete folder exists (a crash in between leaves the old one beside, as ``.NAME.*.old``).
     """
     final = Path(final)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"{final}: is a file, but a folder is written here; give a new path")
     mode = _mode_for(final, FOLDER)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    old = None
     try:
         yield tmp
         os.chmod(tmp, mode)
         if final.exists():
             if not overwrite:
                 raise FileExistsError(f"{final}: already exists; not overwritten")
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            old = tmp.with_suffix(".old")
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:  # put the old folder back where it was
+                os.replace(old, final)
+                old = None
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
