@@ -504,3 +504,38 @@ def test_cli_inspect_and_convert(tmp_path, peft_motion_unet):
     assert info["layers"] == {"spatial": 0, "motion": 84, "temporal": 0}
     proc = _cli("inspect", tmp_path / "nothing")
     assert proc.returncode == 2 and "no such file" in proc.stderr
+
+
+def test_peft_patterns_match_the_module_names_peft_matched(tmp_path):
+    """PEFT applies ``rank_pattern``/``alpha_pattern`` to the wrapped model's own module names; a UNet held
+    as ``.unet`` is named ``unet.down_blocks...`` there, which the loader maps to ``down_blocks...``.
+    The per-layer scale must still be the one peft used (its own delta weight is the reference)."""
+    from peft import LoraConfig, get_peft_model
+
+    class Holder(torch.nn.Module):  # as a pipeline-like wrapper holds its UNet
+        def __init__(self):
+            super().__init__()
+            self.unet = tiny_motion_unet()
+
+    one = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # a full name: matches one layer only
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"], lora_dropout=0.0,
+                        rank_pattern={one: 2}, alpha_pattern={one: 6, r"up_blocks\.1\..*to_v": 3})  # fmt: skip
+    model = get_peft_model(Holder(), config)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(tmp_path / "holder")
+    adapter = load_adapter(tmp_path / "holder")
+    peft_layers = {n.removeprefix("base_model.model.unet."): m for n, m in model.named_modules() if hasattr(m, "get_delta_weight")}
+    assert set(adapter.layers) == set(peft_layers) and len(peft_layers) > 4
+    ranks = {}
+    for path, module in peft_layers.items():
+        w = adapter.layers[path]
+        ours = (w.alpha / w.rank) * (w.up.float() @ w.down.float())
+        torch.testing.assert_close(ours, module.get_delta_weight("default"), rtol=1e-5, atol=1e-7)
+        ranks[path] = (w.rank, module.scaling["default"])
+    assert ranks[one.removeprefix("unet.")] == (2, 3.0)  # rank 2, alpha 6
+    assert all(r == 4 for p, (r, _) in ranks.items() if p != one.removeprefix("unet."))
+    assert {s for p, (_, s) in ranks.items() if p.startswith("up_blocks.1.") and p.endswith("to_v")} == {0.75}

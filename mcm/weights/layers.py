@@ -93,8 +93,10 @@ def check_alpha(value, what: str) -> float:
 
 
 def _group(tensors: Mapping[str, torch.Tensor], where: str, layout: UNetLayout):
-    """``({path: {kind: tensor}}, folded paths)``; unknown or unmappable keys are one error."""
+    """``({path: {kind: tensor}}, folded paths, {path: the file's module name})``; unknown or unmappable
+    keys are one error."""
     parts: dict[str, dict[str, torch.Tensor]] = {}
+    names: dict[str, str] = {}
     folded = set()  # layers in formats whose consumers add up @ down with no alpha (scale folded in)
     unknown, unmapped = [], {}
     for key, tensor in tensors.items():
@@ -111,6 +113,7 @@ def _group(tensors: Mapping[str, torch.Tensor], where: str, layout: UNetLayout):
         if is_folded:
             folded.add(path)
         slot = parts.setdefault(path, {})
+        names.setdefault(path, stem.removeprefix(PEFT_PREFIX))
         if kind in slot:
             raise AdapterError(f"{where}: two tensors give the {kind} factor of layer {path!r} (second: {key!r})")
         slot[kind] = tensor
@@ -121,22 +124,23 @@ def _group(tensors: Mapping[str, torch.Tensor], where: str, layout: UNetLayout):
         raise AdapterError(f"{where}: {len(unknown)} tensors are not LoRA factors ({hint}), e.g. {unknown[:8]}")
     if unmapped:
         raise AdapterError(f"{where}: {len(unmapped)} layer names could not be mapped: " + "; ".join(list(unmapped.values())[:8]))
-    return parts, folded
+    return parts, folded, names
 
 
-def _layer(path: str, slot: dict, folded: bool, alpha_for: Callable[[str, int], float]) -> LoraWeights:
+def _layer(name: str, slot: dict, folded: bool, alpha_for: Callable[[str, int], float]) -> LoraWeights:
     """One checked layer (ValueError saying what is wrong)."""
     for kind in ("down", "up"):
         if problem := _check_factor(slot[kind], kind):
             raise ValueError(problem)
     down, up = slot["down"], slot["up"]
     rank = int(down.shape[0])
+    given = alpha_for(name, rank)  # asked of every layer: it may refuse one
     if "alpha" in slot:
         alpha = check_alpha(slot["alpha"], "its .alpha")
     elif folded:
         alpha = float(rank)
     else:
-        alpha = check_alpha(alpha_for(path, rank), "its alpha")
+        alpha = check_alpha(given, "its alpha")
     return LoraWeights(down=down, up=up, alpha=alpha)
 
 
@@ -148,11 +152,14 @@ def parse_lora_tensors(
 ) -> dict[str, LoraWeights]:
     """Group a LoRA state dict in any supported naming into ``{diffusers path: LoraWeights}``.
 
-    ``alpha_for(path, rank)`` gives the alpha of layers without an ``.alpha`` tensor (default: the
-    rank, i.e. scale 1). LDM (ComfyUI) names are read with ``layout``. Unknown keys, incomplete pairs
-    and tensors that are not usable factors are an error naming the file and the layer.
+    ``alpha_for(name, rank)`` gives the alpha of layers without an ``.alpha`` tensor (default: the
+    rank, i.e. scale 1); ``name`` is the layer's module name as the file spells it (PEFT's
+    ``base_model.model.`` removed), which is what a PEFT config's patterns are written against. It is
+    asked of every layer and may raise an AdapterError to refuse one. LDM (ComfyUI) names are read
+    with ``layout``. Unknown keys, incomplete pairs and tensors that are not usable factors are an
+    error naming the file and the layer.
     """
-    parts, folded = _group(tensors, where, layout)
+    parts, folded, names = _group(tensors, where, layout)
     layers: dict[str, LoraWeights] = {}
     incomplete = []
     for path, slot in parts.items():
@@ -160,7 +167,9 @@ def parse_lora_tensors(
             incomplete.append(f"{path} (has {sorted(slot)})")
             continue
         try:
-            layers[path] = _layer(path, slot, path in folded, alpha_for)
+            layers[path] = _layer(names[path], slot, path in folded, alpha_for)
+        except AdapterError:  # alpha_for's own, complete message
+            raise
         except ValueError as exc:
             raise AdapterError(f"{where}: layer {path!r}: {exc}") from None
     if incomplete:

@@ -56,7 +56,6 @@ def _load_peft_folder(folder: Path, allow_pickle: bool, layout: UNetLayout) -> A
         refuse_pickle(weights, "peft folder", folder)  # convert the folder, so that its config is used
     tensors, metadata = read_tensors(weights, allow_pickle)
     layers = parse_lora_tensors(tensors, str(weights), config.alpha_for, layout)
-    config.check_ranks(layers, weights)
     where = str(folder)
     if _has_mcm_metadata(metadata):
         meta, how = AdapterMeta.from_metadata(metadata, str(weights)), "file"

@@ -57,22 +57,19 @@ class PeftConfig:
                 return key, value
         return None, None
 
-    def alpha_for(self, path: str, rank: int) -> float:
-        """The alpha that gives PEFT's scale with ``scale = alpha / rank`` (rsLoRA folded in)."""
-        _, alpha = self._match(self.alpha_pattern, path)
+    def alpha_for(self, name: str, rank: int) -> float:
+        """The alpha that gives PEFT's scale with ``scale = alpha / rank`` (rsLoRA folded in), for the layer
+        that the weights file names ``name`` (``base_model.model.`` removed: the module name PEFT matches
+        ``rank_pattern`` and ``alpha_pattern`` against). PEFT builds each layer with the rank that the
+        config gives it, so a tensor of another rank is an AdapterError: the config is not these weights'."""
+        key, expected = self._match(self.rank_pattern, name)
+        field, expected = (f"rank_pattern[{key!r}]", expected) if key is not None else ("r", self.r)
+        if expected != rank:
+            raise AdapterError(f"{self.path}: {field} = {expected} but layer {name!r} of the weights beside it has "
+                               f"rank {rank}; the config does not belong to these weights")  # fmt: skip
+        _, alpha = self._match(self.alpha_pattern, name)
         alpha = self.lora_alpha if alpha is None else float(alpha)
         return alpha * math.sqrt(rank) if self.use_rslora else alpha  # rsLoRA: alpha/sqrt(r) = alpha'/r
-
-    def check_ranks(self, layers: dict[str, LoraWeights], weights: Path) -> None:
-        """PEFT builds each layer with the config's rank; the tensors must have it."""
-        for path, w in layers.items():
-            key, rank = self._match(self.rank_pattern, path)
-            field, rank = (f"rank_pattern[{key!r}]", rank) if key is not None else ("r", self.r)
-            if rank != w.rank:
-                raise AdapterError(
-                    f"{self.path}: {field} = {rank} but layer {path!r} in {weights.name} has rank {w.rank}; "
-                    "the config does not belong to these weights"
-                )
 
 
 def _load_json(path: Path) -> dict:
