@@ -216,3 +216,28 @@ def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, mon
     assert torch.isfinite(grad).all() and grad.abs().max() > 0
     assert (grad == 0).float().mean() <= (reference == 0).float().mean() + 0.01
     assert torch.nn.functional.cosine_similarity(grad, reference, dim=0) > 0.5
+
+
+def test_a_non_finite_fp16_discriminator_update_is_skipped_and_the_next_one_applies(tmp_path, toy_data):
+    """fp16's loss scaler: a window whose unscaled gradient is not finite changes neither the heads nor the
+    learning-rate schedule, counts as skipped and halves the scale; the next finite window is applied."""
+    from training.adversarial import Adversary
+    from training.models import tiny_teacher
+
+    args = distill.parse_args(flags(tmp_path, toy_data, "--no-disc-augment"))
+    adv = Adversary(args, tiny_teacher("animatediff"), torch.device("cpu"), SimpleNamespace(num_processes=1, mixed_precision="fp16"),
+                    1.0, 10, torch.Generator().manual_seed(0))  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    real, fake, c = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.randn(2, 32, generator=g)
+    heads = lambda: [p.detach().clone() for p in adv.params]  # noqa: E731
+    before, scale, lr_before = heads(), adv.scaler.get_scale(), adv.scheduler.get_last_lr()
+    adv.accumulate(real, c, fake, c, share=1.0)
+    next(p for p in adv.params if p.grad is not None).grad.view(-1)[0] = float("inf")  # an fp16 overflow
+    assert adv.update(step=0) is False
+    assert adv.skipped == 1 and adv.updates == 0 and adv.scaler.get_scale() == scale / 2
+    assert all(torch.equal(a, b) for a, b in zip(before, heads())) and adv.scheduler.get_last_lr() == lr_before
+    assert all(p.grad is None for p in adv.params)  # the bad gradient does not leak into the next window
+    adv.accumulate(real, c, fake, c, share=1.0)
+    assert adv.update(step=1) is True
+    assert adv.skipped == 1 and adv.updates == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, heads()))
