@@ -225,6 +225,36 @@ def test_replacing_a_peft_folder_keeps_its_mode_and_other_files(tmp_path, capsys
     assert torch.equal(load_adapter(peft).layers[MOTION].down, load_adapter(new).layers[MOTION].down)
 
 
+def test_a_peft_folder_replaced_with_force_never_pairs_new_weights_with_an_old_config(tmp_path, monkeypatch):
+    """The two adapter files change together: a failure between any two renames leaves the old pair."""
+    import mcm.weights.atomic as atomic
+    from mcm.weights import export_peft
+
+    peft = export_peft(adapter(seed=0), tmp_path / "peft")
+    (peft / "README.md").write_text("my notes")
+    before = {p.name: p.read_bytes() for p in peft.iterdir()}
+    newer = adapter(seed=1)
+    newer.layers[MOTION] = type(newer.layers[MOTION])(newer.layers[MOTION].down, newer.layers[MOTION].up, 5.0)  # a new alpha
+    real_replace = os.replace
+    for fail_at in (1, 2):  # replacing two files takes two renames, however it is done
+        calls = []
+
+        def replace(src, dst, fail_at=fail_at, calls=calls):
+            calls.append(dst)
+            if len(calls) == fail_at:
+                raise OSError("power cut")
+            real_replace(src, dst)
+
+        monkeypatch.setattr(atomic.os, "replace", replace)
+        with pytest.raises(OSError, match="power cut"):
+            export_peft(newer, peft, overwrite=True)
+        monkeypatch.setattr(atomic.os, "replace", real_replace)
+        assert {p.name: p.read_bytes() for p in peft.iterdir()} == before, fail_at
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["peft"], fail_at  # nothing left beside it
+    assert load_adapter(export_peft(newer, peft, overwrite=True)).layers[MOTION].alpha == 5.0
+    assert (peft / "README.md").read_text() == "my notes"
+
+
 def test_new_files_and_folders_get_the_usual_permissions(tmp_path, capsys):
     src = save_adapter(adapter(), tmp_path / "a.safetensors")
     assert cli(capsys, "convert", src, tmp_path / "p", "--to", "peft")[0] == 0

@@ -90,20 +90,38 @@ def atomic_file(dst: Path, write: Callable[[Path], None], overwrite: bool) -> Pa
 def replace_files_in(folder: Path, writes: dict[str, Callable[[Path], None]]) -> Path:
     """Replace (or add) the named files of an existing folder; every other file in it stays.
 
-    All new files are written completely first, then each is renamed over its old one, so a failure
-    while writing changes nothing, and each file is always whole.
+    The new folder is assembled beside the old one (the other files hard-linked, or copied where links
+    are not possible) and then swapped in as a whole (:func:`atomic_dir`), so that the named files
+    change together: a failure at any point leaves the old set, never new weights beside an old
+    config. The folder and the replaced files keep their permission bits.
     """
     folder = Path(folder)
-    temps: dict[str, Path] = {}
-    try:
+    modes = {name: _mode_for(folder / name, FILE) for name in writes}
+    with atomic_dir(folder, overwrite=True) as tmp:
+        for entry in folder.iterdir():
+            if entry.name in writes:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.copytree(entry, tmp / entry.name, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, tmp / entry.name)
         for name, write in writes.items():
-            temps[name] = _write_temp(folder / name, write, _mode_for(folder / name, FILE))
-        for name, tmp in temps.items():
-            os.replace(tmp, folder / name)
-    finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+            write(tmp / name)
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp / name, modes[name])
     return folder
+
+
+def _link_or_copy(src, dst) -> None:
+    """``dst`` as a hard link to ``src`` (a symbolic link is recreated as one), else a copy."""
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 @contextmanager
