@@ -125,7 +125,7 @@ def test_the_discriminator_schedule_is_sized_in_updates_and_stays_at_its_end(tmp
 
 def test_two_processes_train_the_discriminator_one_process_with_accumulation_trains(tmp_path, toy_data):
     steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--disc-lr", "1e-2"]
-    one, two = one_and_two_processes(tmp_path, toy_data, steps, 29543, flags_of=flags)
+    one, two = one_and_two_processes(tmp_path, toy_data, steps, flags_of=flags)
     summaries = [json.loads((run / "summary.json").read_text()) for run in (one, two)]
     assert [s["discriminator_updates"] for s in summaries] == [3, 3] and summaries[1]["num_processes"] == 2
 

@@ -209,7 +209,17 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
 # --- several processes -------------------------------------------------------------------------------
 
 
-def one_and_two_processes(tmp_path, toy_data, steps: list, port: int, flags_of=None) -> tuple[Path, Path]:
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on now (the OS picks it), for the processes to meet on:
+    a fixed port would collide with a second test session or any other user of it."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_and_two_processes(tmp_path, toy_data, steps: list, flags_of=None) -> tuple[Path, Path]:
     """The same run as one process with accumulation 2 (in-process) and as 2 accelerate CPU processes with
     accumulation 1: the run folders (``one``, ``two``). Skips where the launcher cannot start two processes."""
     flags_of = flags_of or flags
@@ -219,7 +229,7 @@ def one_and_two_processes(tmp_path, toy_data, steps: list, port: int, flags_of=N
     # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU the
     # trainer asks accelerate for CPU processes, which join over gloo on localhost
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]  # fmt: skip
+                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
     proc = subprocess.run([*launcher, "training/distill.py", *flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
                                                                         "--run-name", "two")],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -231,7 +241,7 @@ def one_and_two_processes(tmp_path, toy_data, steps: list, port: int, flags_of=N
 
 def test_two_accelerate_processes_train_what_one_process_with_accumulation_trains(tmp_path, toy_data):
     steps = ["--max-train-steps", "3", "--checkpointing-steps", "10", "--train-batch-size", "1", "--no-disc"]
-    one, two = one_and_two_processes(tmp_path, toy_data, steps, 29541)
+    one, two = one_and_two_processes(tmp_path, toy_data, steps)
     summary = json.loads((two / "summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["processes_in_sync"] is True
     assert metrics(two) == pytest.approx(metrics(one), rel=1e-4)
