@@ -59,15 +59,20 @@ def prepare_destination(dst: Path, overwrite: bool, kind: str = FILE) -> None:
         raise AdapterError(f"{dst}: cannot create the folder {dst.parent} ({exc.strerror or exc})") from None
 
 
+def _write_synced(path: Path, write: Callable[[Path], None], mode: int) -> None:
+    """``write(path)``, then flush it to disk and give it ``mode``."""
+    write(path)
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(path, mode)
+
+
 def _write_temp(dst: Path, write: Callable[[Path], None], mode: int) -> Path:
     """A complete, synced temp file beside ``dst`` (removed again on failure)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        _write_synced(Path(tmp), write, mode)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -106,10 +111,7 @@ def replace_files_in(folder: Path, writes: dict[str, Callable[[Path], None]]) ->
             else:
                 _link_or_copy(entry, tmp / entry.name)
         for name, write in writes.items():
-            write(tmp / name)
-            with open(tmp / name, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp / name, modes[name])
+            _write_synced(tmp / name, write, modes[name])
     return folder
 
 
