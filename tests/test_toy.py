@@ -283,3 +283,8 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     assert "| λ_real 0.75 | λ_real 0.5 | -0.500 ± 0.289 (0:2, p 0.5) |" in sweep
     assert "| λ_real 1 | λ_real 0.5 | -0.250 ± 0.250 (0:1, p 1) |" in sweep  # the "+ motion loss" run, [1, 1, 0, 0]
     assert "moves like the teacher ↑ (4-step)" in text and (tmp_path / "ablations.json").exists()
+    # the full method ([1, 1, 1, 0], visible everywhere) against the first run's teacher (every clip right):
+    # correct and coherent [0, 0, 0, -1] (0 wins, 1 loss, p 1; standard error 0.5 / 2), visible all equal
+    against = text.split("### The full method (the toy default) against its teacher (4-step, paired)")[1].split("###")[0]
+    row = "| MCM, 4-step | teacher 50-step cfg 5 | " + "-0.250 ± 0.250 (0:1, p 1) | " * 2 + "+0.000 ± 0.000 (0:0, p 1) |"
+    assert row in against, against

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(ROOT))
 
-from training.toy_eval import agreement, alike_where_reference_moves, paired_difference  # noqa: E402
+from training.toy_eval import PAIRED, agreement, alike_where_reference_moves, paired_difference  # noqa: E402
 
 LADDER = [
     ("CD only (raw latents, real trajectories, no discriminator)", ["--motion-repr", "raw", "--lambda-real", "1", "--no-disc"]),
@@ -133,6 +133,25 @@ def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int,
     return "\n".join(lines) + "\n"
 
 
+def teacher_pair_rows(name: str, report: dict, teacher_report: dict, step: int) -> str:
+    """The ``step``-step MCM samples of one run against each of the teacher's sample sets (``teacher_report``
+    holds them; every run samples the same prompts from the same noise), clip by clip on each 0/1 score
+    of ``toy_eval.PAIRED``: does the student beat its teacher at the same step count, and how far is it
+    from the teacher's 50 steps?"""
+    teachers = [k for k in teacher_report.get("per_clip", {}) if k.startswith("teacher")]
+    ours = report["per_clip"][f"MCM {step}-step"]
+    lines = [f"### The full method (the toy default) against its teacher ({step}-step, paired)", "",
+             "| row | against | " + " | ".join(PAIRED) + " |", "|---" * (len(PAIRED) + 2) + "|"]  # fmt: skip
+    for t in teachers:
+        theirs = teacher_report["per_clip"][t]
+        cells = []
+        for key in PAIRED:
+            d = paired_difference([c[key] for c in ours], [c[key] for c in theirs])
+            cells.append(f"{d['difference']:+.3f} ± {d['standard_error']:.3f} ({d['wins']}:{d['losses']}, p {d['sign_test_p']:.2g})")
+        lines.append(f"| {name}, {step}-step | {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default=None, help="folder for the runs and the table (default: runs/ablations-<date-time>)")
@@ -184,6 +203,9 @@ def main(argv=None) -> int:
         for _, title, rows in pairs:
             if rows:
                 out.append(paired_rows(title, rows, steps[-1], teacher))
+        full = next((r for n, r in ladder if n.endswith("= MCM")), mix)
+        if full is not None and teacher:
+            out.append(teacher_pair_rows("MCM", full, first, steps[-1]))
     out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:], skip=("d_accuracy",)))
     (args.output_dir / "ablations.md").write_text("\n".join(out))
     (args.output_dir / "ablations.json").write_text(json.dumps({f"{k[0]}: {k[1]}": v for k, v in results.items()}, indent=2))
