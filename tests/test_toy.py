@@ -60,7 +60,8 @@ def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_
     videos, captions = toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True)
     right = toy_eval.score_videos(videos, captions, *references)
     assert right["correct"] >= 0.9 and right["velocity_error"] < 0.5
-    assert right["coherent"] >= 0.9 and right["track_residual"] < 0.5
+    # a quick circle's 8-frame window can start or end with the shape outside the frame (not visible: residual 8)
+    assert right["coherent"] >= 0.9 and np.median([toy_eval.motion_of(v, c)["track_residual"] for v, c in zip(videos, captions)]) < 0.5
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     flipped = [" ".join(opposite.get(w, w) for w in c.split()) for c in captions]
     assert toy_eval.score_videos(videos, flipped, *references)["direction_correct"] <= 0.1
@@ -75,6 +76,38 @@ def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_
     noise = [rng.integers(0, 256, v.shape, dtype=np.uint8) for v in videos]
     assert toy_eval.score_videos(noise, captions, *references)["correct"] <= 0.2
     assert toy_eval.score_videos(noise, captions, *references)["coherent"] <= 0.2
+
+
+def test_toy_clips_carry_their_motion_in_every_frame():
+    """The marked world: a white stripe on the side the shape moves towards, squares 1 px/frame ("slowly"),
+    circles 2 px/frame ("quickly"); the plain world has neither stripe nor a speed tied to the shape."""
+    from training.data import toy_clip
+
+    speeds = {"square": 1, "circle": 2}
+    seen = set()
+    for seed in range(24):
+        clip, caption = toy_clip(seed, frames=6, size=32, degraded=False)
+        _, colour, shape, _, direction, speed_word = caption.split()
+        seen.add((shape, direction))
+        assert speed_word == {1: "slowly", 2: "quickly"}[speeds[shape]], caption
+        step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
+        centres = []
+        for frame in clip[1:5]:  # the middle frames, where the whole shape is in view
+            x = frame.astype(int)
+            white = (x > 230).all(axis=-1)
+            body = (np.abs(x - x[0, 0]).max(axis=-1) > 20) & ~white  # neither background nor stripe
+            ys, xs = np.nonzero(white)
+            by, bx = np.nonzero(body)
+            assert len(xs) >= 4 and len(bx) >= 20, caption
+            lead = np.array([xs.mean() - bx.mean(), ys.mean() - by.mean()])
+            assert lead @ np.array(step) > 2 and abs(lead @ np.array(step[::-1])) < 1, (caption, lead)
+            centres.append(np.array([np.concatenate([xs, bx]).mean(), np.concatenate([ys, by]).mean()]))
+        velocity = np.diff(np.stack(centres), axis=0).mean(axis=0)
+        assert np.allclose(velocity, np.array(step) * speeds[shape], atol=0.05), (caption, velocity)
+    assert len(seen) == 8  # both shapes in all four directions
+    plain = [toy_clip(seed, frames=2, size=32, degraded=False, marked=False) for seed in range(24)]
+    assert not any((clip > 230).all(axis=-1).any() for clip, _ in plain)  # no stripe
+    assert {cap.split()[2] + " " + cap.split()[5] for _, cap in plain} >= {"square quickly", "circle slowly"}
 
 
 def test_frame_quality_separates_clean_images_from_degraded_video(references):
@@ -179,13 +212,14 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
 def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_probes_run():
     from transformers import CLIPTokenizer
 
-    from training.toy_teacher import data_mean_track, data_red_squares, load_models, noise_track, redness_spread, text_feature_change
+    from training.toy_teacher import data_mean_track, data_red_circles, load_models, noise_track, redness_spread, text_feature_change
 
     for direction, (dx, dy) in {"left": (-1, 0), "down": (0, 1)}.items():
         track = data_mean_track(direction, clips=16)
         moved = (track[-1][0] - track[0][0], track[-1][1] - track[0][1])
-        assert 8 < dx * moved[0] + dy * moved[1] < 16 and abs(dy * moved[0] + dx * moved[1]) < 2, (direction, track)
-        along, across = redness_spread(data_red_squares(direction, clips=16))[:: 1 if dx else -1]
+        # a circle moves 2 px/frame: 14 px over 8 frames, changed a little by the trainer's zooming crop and the frame's edge
+        assert 8 < dx * moved[0] + dy * moved[1] < 18 and abs(dy * moved[0] + dx * moved[1]) < 2, (direction, track)
+        along, across = redness_spread(data_red_circles(direction, clips=16))[:: 1 if dx else -1]
         assert along > 1.5 * across, (direction, along, across)  # a band along the motion
     if (SHIPPED / "toy_teacher.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(SHIPPED / "tokenizer")

@@ -312,24 +312,35 @@ def collate(items: list[dict]) -> dict:
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220), "yellow": (230, 200, 40)}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SHAPES = ("square", "circle")
+SHAPE_SPEEDS = {"square": 1, "circle": 2}  # px/frame at 32 px: squares move slowly, circles quickly
+SPEED_WORDS = {1: "slowly", 2: "quickly"}
+MARKER = (245, 245, 245)  # the stripe on the shape's leading side
+MARKER_WIDTH = 2  # px
 
 
-def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True) -> tuple[np.ndarray, str]:
+def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True, marked: bool = True) -> tuple[np.ndarray, str]:
     """One clip of a shape moving across a plain background, and its caption (all drawn from ``seed``).
 
+    The motion can be read off every single frame, as in real video where a walking person faces the way
+    they go: a white stripe marks the side of the shape that leads, and the shape sets the speed
+    (squares 1 px/frame, "slowly"; circles 2 px/frame, "quickly"). So the caption's direction word has
+    something to draw in each frame (through the UNet's per-frame cross-attention), and the motion
+    modules learn from the video itself to move a shape towards its stripe at its shape's speed.
+
     ``degraded`` adds what web video has and a clean image set has not: blur, noise, low contrast
-    and a watermark-like bar.
+    and a watermark-like bar. ``marked=False`` is the earlier, plain toy world (no stripe, a speed drawn
+    independently of the shape), on which the first stages of the shipped toy teacher were trained.
     """
     rng = np.random.default_rng(seed)
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
-    speed = int(rng.integers(1, 3))
-    return render_toy_clip(colour, shape, direction, speed, rng, frames, size, degraded)
+    speed = SHAPE_SPEEDS[shape] if marked else int(rng.integers(1, 3))
+    return render_toy_clip(colour, shape, direction, speed, rng, frames, size, degraded, marked)
 
 
 def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np.random.Generator, frames: int = 16,
-                    size: int = 32, degraded: bool = True) -> tuple[np.ndarray, str]:  # fmt: skip
+                    size: int = 32, degraded: bool = True, marked: bool = True) -> tuple[np.ndarray, str]:  # fmt: skip
     """A clip of the given scene (background, start jitter and noise from ``rng``) and its caption."""
     background = rng.integers(0, 60, size=3)
     r = size // 8
@@ -341,8 +352,11 @@ def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np
     for f in range(frames):
         cx, cy = x0 + dx * speed * f, y0 + dy * speed * f
         mask = (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r) if shape == "square" else (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        lead = dx * (xx - cx) + dy * (yy - cy) > r - MARKER_WIDTH  # the leading side's stripe
         frame = np.broadcast_to(background, (size, size, 3)).astype(np.float32).copy()
         frame[mask] = COLOURS[colour]
+        if marked:
+            frame[mask & lead] = MARKER
         out[f] = frame
     if degraded:
         blurred = out.copy()
@@ -350,8 +364,7 @@ def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np
             blurred = (np.roll(blurred, 1, axis) + blurred + np.roll(blurred, -1, axis)) / 3
         out = 0.6 * blurred + 0.4 * 110 + rng.normal(0, 8, out.shape)
         out[:, size - 4 : size - 1, 2 : size // 2] = 235  # watermark-like bar
-    speed_word = "slowly" if speed == 1 else "quickly"
-    return np.clip(out, 0, 255).astype(np.uint8), f"a {colour} {shape} moving {direction} {speed_word}"
+    return np.clip(out, 0, 255).astype(np.uint8), f"a {colour} {shape} moving {direction} {SPEED_WORDS[speed]}"
 
 
 def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:

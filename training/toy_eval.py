@@ -1,7 +1,8 @@
 """Metrics and previews for the toy world, where the right answer is known exactly.
 
 Every toy caption says what must happen: ``a <colour> <shape> moving <direction> <slowly|quickly>``
-(1 or 2 pixels per frame at 32 px before the trainer's crop). So a generated clip can be checked by
+(squares 1, circles 2 pixels per frame at 32 px before the trainer's crop; a white stripe on the
+leading side). So a generated clip can be checked by
 tracking the shape:
 
 * **motion**: the shape's centroid (pixels that stand out from the frame's median colour) is tracked
@@ -42,7 +43,7 @@ from mcm.sampler import sample_consistency
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
 from mcm.solver import ddim_solver_step
 
-from .data import COLOURS, DIRECTIONS, SHAPES, render_toy_clip, select_clip, toy_clip
+from .data import COLOURS, DIRECTIONS, SHAPE_SPEEDS, SHAPES, SPEED_WORDS, render_toy_clip, select_clip, toy_clip
 
 MIN_CONTRAST = 25.5  # 0-255 scale: the sharpness denominator's floor
 COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight constant-speed path
@@ -55,9 +56,10 @@ PAIRED = ("correct", "coherent", "visible")  # the per-clip 0/1 scores compared 
 
 
 def toy_prompts() -> list[str]:
-    """Eight prompts covering every direction, colour, shape and speed once or more."""
+    """Eight prompts covering every direction, colour and shape (with its speed) once or more; each shape
+    goes every direction."""
     colours, shapes, directions = list(COLOURS), list(SHAPES), list(DIRECTIONS)
-    return [f"a {colours[i % 4]} {shapes[i % 2]} moving {directions[(i + i // 4) % 4]} {('slowly', 'quickly')[(i // 2) % 2]}"
+    return [f"a {colours[i % 4]} {shapes[i % 2]} moving {directions[(i + i // 4) % 4]} {SPEED_WORDS[SHAPE_SPEEDS[shapes[i % 2]]]}"
             for i in range(8)]  # fmt: skip
 
 

@@ -8,7 +8,7 @@ loads it through the same code as Stable Diffusion + AnimateDiff.
 
 It learns from the *degraded* toy videos (blur, noise, low contrast, a watermark-like bar), as
 AnimateDiff learned from WebVid; the clean toy images are what the distilled student's discriminator
-sees. Two stages, both from scratch on synthetic clips generated on the fly:
+sees. The stages train on synthetic clips generated on the fly:
 
 1. the VAE on single frames, clean and degraded (so that clean frames can be decoded too), then its
    ``scaling_factor`` is set to 1 / std of the latents, as Stable Diffusion's was chosen;
@@ -16,11 +16,19 @@ sees. Two stages, both from scratch on synthetic clips generated on the fly:
    ``scaled_linear`` betas (the schedule MCM distils with), 10% empty captions for classifier-free
    guidance, min-SNR weighting, an EMA of the weights (what is saved).
 
-Reproduce the shipped weights (two stages, about 80 minutes on an idle 2-core CPU; the second stage
-raises the motion modules' learning rate, because motion is what the first stage learned least)::
+The toy world comes in two versions (``--world``). In the *plain* one a direction word is the only
+sign of where a shape goes; the teacher trained on it alone learned colours, shapes and the
+degradations but ignored the motion words. In the *marked* one (the default, and what the default run
+distils on) the motion can be read off every frame: a white stripe on the shape's leading side, and the
+shape sets the speed (squares slowly, circles quickly), so a direction word has something to draw in
+each frame and the motion modules learn from the video to move a shape towards its stripe.
 
-    python training/toy_teacher.py --out stage1 --vae-steps 1000 --steps 3500 --save-every 500
-    python training/toy_teacher.py --init stage1 --out training/toy_teacher --steps 1800 --stop-after 900 \
+Reproduce the shipped weights (two stages on the plain world, about 80 minutes on an idle 2-core CPU;
+the second stage raises the motion modules' learning rate, because motion is what the first stage
+learned least)::
+
+    python training/toy_teacher.py --world plain --out stage1 --vae-steps 1000 --steps 3500 --save-every 500
+    python training/toy_teacher.py --world plain --init stage1 --out training/toy_teacher --steps 1800 --stop-after 900 \
         --lr 5e-4 --warmup 50 --motion-lr-mult 3 --seed 1 --save-every 300
 
 The settings of every stage are written to ``toy_teacher.json`` next to the weights.
@@ -179,12 +187,13 @@ def save_teacher(out: Path, unet, vae, text, tokenizer, settings: dict) -> None:
 # --- data ------------------------------------------------------------------------------------------
 
 
-def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True) -> tuple[torch.Tensor, list[str]]:
+def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True, marked: bool = True) -> tuple[torch.Tensor, list[str]]:
     """``batch`` clips ``[b, 3, frames, size, size]`` in [-1, 1] cut from fresh 16-frame toy clips the way
-    the trainer cuts them (random window, random-resized crop)."""
+    the trainer cuts them (random window, random-resized crop); ``marked``: the toy world (see
+    :func:`training.data.toy_clip`)."""
     clips, captions = [], []
     for _ in range(batch):
-        clip, caption = toy_clip(rng.randrange(1 << 30), CLIP_FRAMES, size, degraded)
+        clip, caption = toy_clip(rng.randrange(1 << 30), CLIP_FRAMES, size, degraded, marked)
         clips.append(select_clip(clip, frames, 1, size, "random", rng))
         captions.append(caption)
     return torch.stack(clips), captions
@@ -193,13 +202,13 @@ def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: 
 # --- training --------------------------------------------------------------------------------------
 
 
-def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100) -> float:
+def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100, marked: bool = True) -> float:
     """Reconstruction (L1 + MSE) with a small KL term on single frames, half clean, half degraded."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     for step in range(1, steps + 1):
-        clean, _ = toy_batch(rng, batch // 2, 1, 32, degraded=False)
-        dirty, _ = toy_batch(rng, batch - batch // 2, 1, 32, degraded=True)
+        clean, _ = toy_batch(rng, batch // 2, 1, 32, degraded=False, marked=marked)
+        dirty, _ = toy_batch(rng, batch - batch // 2, 1, 32, degraded=True, marked=marked)
         x = torch.cat([clean, dirty])[:, :, 0]
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
@@ -211,7 +220,7 @@ def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_ev
             print(f"vae {step}/{steps} loss {loss.item():.4f}", flush=True)
     vae.eval()
     with torch.no_grad():
-        x = torch.cat([toy_batch(rng, 64, 1, 32, degraded=d)[0][:, :, 0] for d in (False, True)])
+        x = torch.cat([toy_batch(rng, 64, 1, 32, degraded=d, marked=marked)[0][:, :, 0] for d in (False, True)])
         std = vae.encode(x).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     return 1.0 / std
@@ -246,7 +255,7 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     start, losses = time.time(), []
     last = min(args.steps, args.stop_after or args.steps)
     for step in range(1, last + 1):
-        video, captions = toy_batch(rng, args.batch, args.frames, 32)
+        video, captions = toy_batch(rng, args.batch, args.frames, 32, marked=args.world == "marked")
         captions = ["" if rng.random() < args.uncond_prob else c for c in captions]
         with torch.no_grad():
             z0 = encode_video(vae, video)
@@ -332,7 +341,7 @@ def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), cl
 
 
 @torch.no_grad()
-def text_feature_change(text, tokenizer, caption: str = "a red square moving left quickly") -> dict:
+def text_feature_change(text, tokenizer, caption: str = "a red square moving left slowly") -> dict:
     """How much each kind of caption word changes the conditioning: the mean distance between the text
     encoder's per-token outputs for ``caption`` and for it with one word of that kind swapped (``SWAPS``),
     over the tokens after the word (the 70 padding tokens, which the UNet also attends to, included)."""
@@ -374,26 +383,26 @@ def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
     return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((red * xs).sum((1, 2)) / mass, (red * ys).sum((1, 2)) / mass)]
 
 
-def data_red_squares(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> torch.Tensor:
-    """Training clips ``[n, 3, f, 32, 32]`` in [-1, 1] of "a red square moving <direction> quickly" (cut as in training)."""
+def data_red_circles(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> torch.Tensor:
+    """Training clips ``[n, 3, f, 32, 32]`` in [-1, 1] of "a red circle moving <direction> quickly" (cut as in training)."""
     from training.toy_eval import reference_clips
 
-    videos, _ = reference_clips([f"a red square moving {direction} quickly"], clips, frames, 32, degraded=True, seed=seed)
+    videos, _ = reference_clips([f"a red circle moving {direction} quickly"], clips, frames, 32, degraded=True, seed=seed)
     return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
 def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
-    """The mean red-square track of training clips "a red square moving <direction> quickly"."""
-    return redness_track(data_red_squares(direction, clips, frames, seed))
+    """The mean red-circle track of training clips "a red circle moving <direction> quickly"."""
+    return redness_track(data_red_circles(direction, clips, frames, seed))
 
 
 @torch.no_grad()
 def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0) -> torch.Tensor:
-    """The teacher's x̂0 ``[n, 3, f, 32, 32]`` (decoded) from pure noise at ``t`` for "a red square moving
+    """The teacher's x̂0 ``[n, 3, f, 32, 32]`` (decoded) from pure noise at ``t`` for "a red circle moving
     <direction> quickly": what the model predicts before it has seen anything but the caption."""
     abar = NoiseSchedule("scaled_linear").alphas_cumprod.float()[t]
     noise = torch.randn(noises, 4, frames, 16, 16, generator=torch.Generator().manual_seed(seed))
-    cond = encode_captions(text, tokenizer, [f"a red square moving {direction} quickly"] * noises).repeat_interleave(frames, 0)
+    cond = encode_captions(text, tokenizer, [f"a red circle moving {direction} quickly"] * noises).repeat_interleave(frames, 0)
     eps = unet(noise, torch.full((noises,), t), encoder_hidden_states=cond).sample
     x0 = predicted_x0(eps, noise, abar.sqrt(), (1 - abar).sqrt())
     pixels = vae.decode(x0.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor).sample
@@ -401,7 +410,7 @@ def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: i
 
 
 def noise_track(unet, text, vae, tokenizer, direction: str, **kwargs) -> list[tuple[float, float]]:
-    """The mean red-square track of :func:`noise_x0`."""
+    """The mean red-circle track of :func:`noise_x0`."""
     return redness_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs))
 
 
@@ -422,10 +431,10 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
         print(f"  t={t}: {ratios}")
     features = text_feature_change(text, tokenizer)
     print(f"text encoder output change when one word is swapped (mean over the tokens after it): {features}")
-    videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_red_squares(d)} for d in DIRECTIONS}
+    videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_red_circles(d)} for d in DIRECTIONS}
     tracks = {d: {k: redness_track(v) for k, v in pair.items()} for d, pair in videos.items()}
     spreads = {d: {k: redness_spread(v) for k, v in pair.items()} for d, pair in videos.items()}
-    print('the red square of "a red square moving <direction> quickly" on average: track (x, y) first → last frame, '
+    print('the red circle of "a red circle moving <direction> quickly" on average: track (x, y) first → last frame, '
           "spread (x, y) over all frames:")  # fmt: skip
     for d, pair in tracks.items():
         print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}, spread {spreads[d][k]}" for k, v in pair.items()))
@@ -461,6 +470,9 @@ def main(argv=None):
                    help="where SNR < 1, weight the ε loss by min(1/SNR, this): the x0-space error, capped (1: off)")
     p.add_argument("--init", default=None, help="continue from a saved toy teacher folder (its VAE is kept; no VAE stage)")
     p.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the motion modules")
+    p.add_argument("--world", choices=("marked", "plain"), default="marked",
+                   help="toy world to train on: marked (a stripe on the leading side, speed set by the shape; what the default run "
+                        "distils on) or plain (the earlier world of the first two stages)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
     p.add_argument("--evaluate", default=None, metavar="FOLDER",
@@ -490,7 +502,7 @@ def main(argv=None):
           f"parameters; vocabulary {len(tokenizer)}", flush=True)  # fmt: skip
     if not args.init:
         t0 = time.time()
-        scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng)
+        scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, marked=args.world == "marked")
         print(f"vae: {time.time() - t0:.0f} s, scaling_factor {scale:.4f}", flush=True)
     for prm in vae.parameters():
         prm.requires_grad_(False)
