@@ -322,3 +322,47 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     against = text.split("### The full method (the toy default) against its teacher (4-step, paired)")[1].split("###")[0]
     row = "| MCM, 4-step | teacher 50-step cfg 5 | " + "-0.250 ± 0.250 (0:1, p 1) | " * 2 + "+0.000 ± 0.000 (0:0, p 1) |"
     assert row in against, against
+
+
+def test_evaluate_passes_eval_seeds_on_and_refuses_none(monkeypatch, capsys):
+    from training import toy_teacher
+
+    seen = []
+    monkeypatch.setattr(toy_teacher, "evaluate_teacher", lambda folder, guidance, steps, seed, seeds: seen.append((steps, seeds)))
+    toy_teacher.main(["--evaluate", "somewhere", "--eval-steps", "4,50", "--eval-seeds", "3"])
+    toy_teacher.main(["--evaluate", "somewhere"])
+    assert seen == [([4, 50], 3), ([50], 6)]  # 6 by default: 48 clips
+    with pytest.raises(SystemExit) as exit_:
+        toy_teacher.main(["--evaluate", "somewhere", "--eval-seeds", "0"])
+    assert exit_.value.code == 2 and "--eval-seeds must be at least 1" in capsys.readouterr().err
+
+
+def test_a_continued_stage_can_restart_and_freeze_the_text_encoder_and_records_itself(tmp_path):
+    """``--init`` continues a saved teacher; ``--fresh-text`` swaps in a text encoder built afresh from
+    ``--seed`` and ``--freeze-text`` keeps it as built, while the UNet trains; the stage is appended to
+    the folder's history with its world."""
+    from transformers import CLIPTextModel
+
+    from training import toy_teacher
+
+    tokenizer = build_tokenizer()
+    unet, vae, text = build_models(tokenizer, seed=3)
+    vae.register_to_config(scaling_factor=1.0)
+    save_teacher(tmp_path / "start", unet, vae, text, tokenizer, {"step": 5, "stages": [{"step": 5, "world": "plain"}]})
+    common = ["--steps", "2", "--batch", "1", "--frames", "2", "--warmup", "1", "--save-every", "0", "--log-every", "1"]
+    toy_teacher.main(["--init", str(tmp_path / "start"), "--out", str(tmp_path / "frozen"), "--fresh-text", "--freeze-text", "--seed", "9", *common])
+    toy_teacher.main(["--init", str(tmp_path / "start"), "--out", str(tmp_path / "trained"), "--world", "plain", "--seed", "9", *common])
+    fresh = build_models(tokenizer, seed=9)[2].state_dict()
+    frozen = CLIPTextModel.from_pretrained(tmp_path / "frozen" / "text_encoder").state_dict()
+    trained = CLIPTextModel.from_pretrained(tmp_path / "trained" / "text_encoder").state_dict()
+    assert all(torch.equal(frozen[k], fresh[k]) for k in fresh)  # exactly as built from seed 9
+    assert not torch.equal(frozen["embeddings.token_embedding.weight"], text.state_dict()["embeddings.token_embedding.weight"])
+    assert any(not torch.equal(trained[k], text.state_dict()[k]) for k in trained)  # without the flags it trains
+    before = unet.state_dict()
+    after = toy_teacher.load_models(tmp_path / "frozen", tokenizer)[0].state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before if "motion_modules" in k)
+    assert any(not torch.equal(after[k], before[k]) for k in before if "motion_modules" not in k)
+    stages = json.loads((tmp_path / "frozen" / "toy_teacher.json").read_text())["stages"]
+    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "marked", True)]
+    stages = json.loads((tmp_path / "trained" / "toy_teacher.json").read_text())["stages"]
+    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "plain", False)]

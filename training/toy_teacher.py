@@ -243,7 +243,9 @@ def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
 def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     schedule = NoiseSchedule("scaled_linear")
     abar = schedule.alphas_cumprod.float()
-    params = list(unet.parameters()) + list(text.parameters())
+    if args.freeze_text:
+        text.requires_grad_(False)
+    params = list(unet.parameters()) + ([] if args.freeze_text else list(text.parameters()))
     motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
     motion_ids = {id(p) for p in motion}
     groups = [{"params": [p for p in params if id(p) not in motion_ids], "scale": 1.0},
@@ -251,7 +253,7 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     unet.train()
-    text.train()
+    text.train(not args.freeze_text)
     start, losses = time.time(), []
     last = min(args.steps, args.stop_after or args.steps)
     for step in range(1, last + 1):
@@ -414,8 +416,9 @@ def noise_track(unet, text, vae, tokenizer, direction: str, **kwargs) -> list[tu
     return redness_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs))
 
 
-def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0) -> dict:
-    """The toy metrics of a saved teacher's samples: 8 prompts × 2 seeds, as the default run scores them."""
+def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0, seeds: int = 6) -> dict:
+    """The toy metrics of a saved teacher's samples: 8 prompts × ``seeds`` noises, scored as the default
+    run scores them (6 noises: 48 clips, where one clip is 0.02)."""
     from transformers import CLIPTokenizer
 
     from training.toy_eval import ToySampler, evaluate
@@ -439,7 +442,7 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
     for d, pair in tracks.items():
         print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}, spread {spreads[d][k]}" for k, v in pair.items()))
     sampler = ToySampler(unet, vae, partial(encode_captions, text, tokenizer), vae.config.scaling_factor, 8, 32, guidance=guidance)
-    report = evaluate(sampler, None, seeds=2, teacher_steps=steps, seed=1000 + seed)
+    report = evaluate(sampler, None, seeds=seeds, teacher_steps=steps, seed=1000 + seed)
     report["text_use"] = use
     report["mean_track"] = tracks
     report["mean_spread"] = spreads
@@ -470,6 +473,9 @@ def main(argv=None):
                    help="where SNR < 1, weight the ε loss by min(1/SNR, this): the x0-space error, capped (1: off)")
     p.add_argument("--init", default=None, help="continue from a saved toy teacher folder (its VAE is kept; no VAE stage)")
     p.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the motion modules")
+    p.add_argument("--fresh-text", action="store_true",
+                   help="with --init: start the text encoder afresh (from --seed) instead of continuing the saved one")
+    p.add_argument("--freeze-text", action="store_true", help="do not train the text encoder")
     p.add_argument("--world", choices=("marked", "plain"), default="marked",
                    help="toy world to train on: marked (a stripe on the leading side, speed set by the shape; what the default run "
                         "distils on) or plain (the earlier world of the first two stages)")
@@ -479,13 +485,17 @@ def main(argv=None):
                    help="score a saved toy teacher (which caption words it uses; motion and frame quality of its DDIM + CFG samples) and exit")
     p.add_argument("--eval-guidance", type=float, default=None, help="CFG scale of --evaluate (default: the default run's, 1 + mean w)")
     p.add_argument("--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated (empty: none)")
+    p.add_argument("--eval-seeds", type=int, default=6, help="noises per prompt that --evaluate samples (8 prompts each)")
     args = p.parse_args(argv)
+    if args.eval_seeds < 1:
+        p.error(f"--eval-seeds must be at least 1 (noises per prompt), got {args.eval_seeds}")
     if args.evaluate:
         if args.eval_guidance is None:
             from training.config import TOY_DEFAULTS
 
             args.eval_guidance = 1.0 + (TOY_DEFAULTS["w_min"] + TOY_DEFAULTS["w_max"]) / 2
-        return evaluate_teacher(Path(args.evaluate), args.eval_guidance, [int(n) for n in args.eval_steps.split(",") if n.strip()], args.seed)
+        steps = [int(n) for n in args.eval_steps.split(",") if n.strip()]
+        return evaluate_teacher(Path(args.evaluate), args.eval_guidance, steps, args.seed, args.eval_seeds)
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
@@ -493,6 +503,8 @@ def main(argv=None):
     if args.init:
         unet, vae, text, previous = load_models(Path(args.init), tokenizer)
         args.history = previous.get("stages", [{k: v for k, v in previous.items() if k != "stages"}])
+        if args.fresh_text:
+            text = build_models(tokenizer, args.seed)[2]
         torch.manual_seed(args.seed)
     else:
         unet, vae, text = build_models(tokenizer, args.seed)
