@@ -337,7 +337,7 @@ def test_evaluate_passes_eval_seeds_on_and_refuses_none(monkeypatch, capsys):
     assert exit_.value.code == 2 and "--eval-seeds must be at least 1" in capsys.readouterr().err
 
 
-def test_a_continued_stage_can_restart_and_freeze_the_text_encoder_and_records_itself(tmp_path):
+def test_a_continued_stage_can_restart_or_freeze_the_text_encoder_train_parts_and_records_itself(tmp_path):
     """``--init`` continues a saved teacher; ``--fresh-text`` swaps in a text encoder built afresh from
     ``--seed`` and ``--freeze-text`` keeps it as built, while the UNet trains; the stage is appended to
     the folder's history with its world."""
@@ -362,6 +362,11 @@ def test_a_continued_stage_can_restart_and_freeze_the_text_encoder_and_records_i
     after = toy_teacher.load_models(tmp_path / "frozen", tokenizer)[0].state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in before if "motion_modules" in k)
     assert any(not torch.equal(after[k], before[k]) for k in before if "motion_modules" not in k)
+    for part in ("spatial", "motion"):  # an image stage trains the spatial layers only, a motion stage the motion modules
+        toy_teacher.main(["--init", str(tmp_path / "start"), "--out", str(tmp_path / part), "--train", part, *common])
+        after = toy_teacher.load_models(tmp_path / part, tokenizer)[0].state_dict()
+        changed = {"motion_modules" in k for k in before if not torch.equal(after[k], before[k])}
+        assert changed == {part == "motion"}, (part, changed)
     stages = json.loads((tmp_path / "frozen" / "toy_teacher.json").read_text())["stages"]
     assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "marked", True)]
     stages = json.loads((tmp_path / "trained" / "toy_teacher.json").read_text())["stages"]

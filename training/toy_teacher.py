@@ -245,7 +245,9 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     abar = schedule.alphas_cumprod.float()
     if args.freeze_text:
         text.requires_grad_(False)
-    params = list(unet.parameters()) + ([] if args.freeze_text else list(text.parameters()))
+    for name, prm in unet.named_parameters():  # --train: the spatial layers (an image stage), the motion modules, or all
+        prm.requires_grad_(args.train == "all" or (args.train == "motion") == ("motion_modules" in name))
+    params = [p for p in unet.parameters() if p.requires_grad] + ([] if args.freeze_text else list(text.parameters()))
     motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
     motion_ids = {id(p) for p in motion}
     groups = [{"params": [p for p in params if id(p) not in motion_ids], "scale": 1.0},
@@ -476,6 +478,8 @@ def main(argv=None):
     p.add_argument("--fresh-text", action="store_true",
                    help="with --init: start the text encoder afresh (from --seed) instead of continuing the saved one")
     p.add_argument("--freeze-text", action="store_true", help="do not train the text encoder")
+    p.add_argument("--train", choices=("all", "spatial", "motion"), default="all",
+                   help="UNet weights to train: all, the spatial layers only (an image stage, with --frames 1) or the motion modules only")
     p.add_argument("--world", choices=("marked", "plain"), default="marked",
                    help="toy world to train on: marked (a stripe on the leading side, speed set by the shape; what the default run "
                         "distils on) or plain (the earlier world of the first two stages)")
