@@ -14,7 +14,8 @@ sees. The stages train on synthetic clips generated on the fly:
    ``scaling_factor`` is set to 1 / std of the latents, as Stable Diffusion's was chosen;
 2. the UNet (spatial + motion) and the text encoder together, ε-prediction on diffusers
    ``scaled_linear`` betas (the schedule MCM distils with), 10% empty captions for classifier-free
-   guidance, min-SNR weighting, an EMA of the weights (what is saved).
+   guidance, min-SNR weighting, an EMA of the weights (what is saved); ``--train`` and
+   ``--freeze-text`` restrict a stage to part of the weights.
 
 The toy world comes in two versions (``--world``). In the *plain* one a direction word is the only
 sign of where a shape goes; the teacher trained on it alone learned colours, shapes and the
@@ -23,13 +24,21 @@ distils on) the motion can be read off every frame: a white stripe on the shape'
 shape sets the speed (squares slowly, circles quickly), so a direction word has something to draw in
 each frame and the motion modules learn from the video to move a shape towards its stripe.
 
-Reproduce the shipped weights (two stages on the plain world, about 80 minutes on an idle 2-core CPU;
-the second stage raises the motion modules' learning rate, because motion is what the first stage
-learned least)::
+Reproduce the shipped weights (five runs, about 2 hours on an idle 2-core CPU). The first two train
+everything on the plain world; the last three move to the marked world the AnimateDiff way: a fresh,
+frozen text encoder (the trained one had lost the direction words), an image stage (single frames, 32
+captions a step) that maps the words to colour, shape and stripe, then all weights on video with the
+motion modules' learning rate raised::
 
     python training/toy_teacher.py --world plain --out stage1 --vae-steps 1000 --steps 3500 --save-every 500
-    python training/toy_teacher.py --world plain --init stage1 --out training/toy_teacher --steps 1800 --stop-after 900 \
+    python training/toy_teacher.py --world plain --init stage1 --out stage2 --steps 1800 --stop-after 900 \
         --lr 5e-4 --warmup 50 --motion-lr-mult 3 --seed 1 --save-every 300
+    python training/toy_teacher.py --init stage2 --out stage3 --fresh-text --freeze-text --steps 3000 --stop-after 1000 \
+        --lr 7e-4 --warmup 100 --motion-lr-mult 2 --seed 12 --threads 2
+    python training/toy_teacher.py --init stage3 --out stage4 --freeze-text --train spatial --frames 1 --batch 32 \
+        --steps 1000 --lr 1e-3 --warmup 50 --seed 13 --threads 2
+    python training/toy_teacher.py --init stage4 --out training/toy_teacher --freeze-text --steps 1500 \
+        --lr 3e-4 --warmup 50 --motion-lr-mult 3 --seed 14 --threads 2
 
 The settings of every stage are written to ``toy_teacher.json`` next to the weights.
 """
