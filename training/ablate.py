@@ -113,6 +113,11 @@ def teacher_clips(report: dict) -> list[dict] | None:
     return report["per_clip"][name] if name else None
 
 
+def paired_cell(d: dict) -> str:
+    """One table cell of a :func:`toy_eval.paired_difference`: difference ± standard error (wins:losses, p)."""
+    return f"{d['difference']:+.3f} ± {d['standard_error']:.3f} ({d['wins']}:{d['losses']}, p {d['sign_test_p']:.2g})"
+
+
 def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int, teacher: list[dict] | None) -> str:
     """Clip-by-clip comparisons of ``step``-step MCM samples between rows (every run samples the same prompts
     from the same noise): for each ``(name, report, baseline name, baseline report)``, the difference in
@@ -127,8 +132,7 @@ def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int,
                 x, y = alike_where_reference_moves(a, teacher), alike_where_reference_moves(b, teacher)
             else:
                 x, y = [c[key] for c in a], [c[key] for c in b]
-            d = paired_difference(x, y)
-            cells.append(f"{d['difference']:+.3f} ± {d['standard_error']:.3f} ({d['wins']}:{d['losses']}, p {d['sign_test_p']:.2g})")
+            cells.append(paired_cell(paired_difference(x, y)))
         lines.append(f"| {name} | {base_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -146,8 +150,7 @@ def teacher_pair_rows(name: str, report: dict, teacher_report: dict, step: int) 
         theirs = teacher_report["per_clip"][t]
         cells = []
         for key in PAIRED:
-            d = paired_difference([c[key] for c in ours], [c[key] for c in theirs])
-            cells.append(f"{d['difference']:+.3f} ± {d['standard_error']:.3f} ({d['wins']}:{d['losses']}, p {d['sign_test_p']:.2g})")
+            cells.append(paired_cell(paired_difference([c[key] for c in ours], [c[key] for c in theirs])))
         lines.append(f"| {name}, {step}-step | {t} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
