@@ -352,11 +352,10 @@ def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np
     for f in range(frames):
         cx, cy = x0 + dx * speed * f, y0 + dy * speed * f
         mask = (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r) if shape == "square" else (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
-        lead = dx * (xx - cx) + dy * (yy - cy) > r - MARKER_WIDTH  # the leading side's stripe
         frame = np.broadcast_to(background, (size, size, 3)).astype(np.float32).copy()
         frame[mask] = COLOURS[colour]
-        if marked:
-            frame[mask & lead] = MARKER
+        if marked:  # the stripe: the shape's pixels within MARKER_WIDTH of its leading edge
+            frame[mask & (dx * (xx - cx) + dy * (yy - cy) > r - MARKER_WIDTH)] = MARKER
         out[f] = frame
     if degraded:
         blurred = out.copy()

@@ -50,7 +50,7 @@ COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight 
 SLOW_FAST_SPLIT = 1.5  # px/frame between "slowly" (1) and "quickly" (2), allowing for the crop's zoom
 MIN_SPEED = 0.3  # px/frame: a tracked shape slower than this is standing still
 SAME_DIRECTION = math.cos(math.pi / 4)  # two motions point the same way when within 45° of each other
-SPEEDS = {"slowly": 1.0, "quickly": 2.0}
+SPEEDS = {word: float(px) for px, word in SPEED_WORDS.items()}  # caption word → px/frame: "slowly" 1, "quickly" 2
 FEATURES = ("watermark", "sharpness", "background", "grain")
 PAIRED = ("correct", "coherent", "visible")  # the per-clip 0/1 scores compared clip by clip between methods
 
