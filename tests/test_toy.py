@@ -324,7 +324,7 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     assert row in against, against
 
 
-def test_evaluate_passes_eval_seeds_on_and_refuses_none(monkeypatch, capsys):
+def test_evaluate_passes_eval_seeds_on_and_refuses_none_and_fresh_text_needs_init(monkeypatch, capsys):
     from training import toy_teacher
 
     seen = []
@@ -335,6 +335,9 @@ def test_evaluate_passes_eval_seeds_on_and_refuses_none(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         toy_teacher.main(["--evaluate", "somewhere", "--eval-seeds", "0"])
     assert exit_.value.code == 2 and "--eval-seeds must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # --fresh-text would be ignored without a teacher to continue
+        toy_teacher.main(["--fresh-text", "--out", "nowhere"])
+    assert exit_.value.code == 2 and "--fresh-text needs --init" in capsys.readouterr().err
 
 
 def test_a_continued_stage_can_restart_or_freeze_the_text_encoder_train_parts_and_records_itself(tmp_path):

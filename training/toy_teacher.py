@@ -502,6 +502,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.eval_seeds < 1:
         p.error(f"--eval-seeds must be at least 1 (noises per prompt), got {args.eval_seeds}")
+    if args.fresh_text and not args.init:
+        p.error("--fresh-text needs --init (a run without --init builds every model afresh anyway)")
     if args.evaluate:
         if args.eval_guidance is None:
             from training.config import TOY_DEFAULTS
