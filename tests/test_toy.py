@@ -79,16 +79,23 @@ def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_
 
 
 def test_toy_clips_carry_their_motion_in_every_frame():
-    """The marked world: a white stripe on the side the shape moves towards, squares 1 px/frame ("slowly"),
-    circles 2 px/frame ("quickly"); the plain world has neither stripe nor a speed tied to the shape."""
+    """The tied world (the default): a white stripe on the side the shape moves towards, squares 1 px/frame
+    ("slowly"), circles 2 px/frame ("quickly"), and each colour its own direction; the marked world draws
+    the direction apart from the colour; the plain world has neither stripe nor a speed tied to the shape."""
     from training.data import toy_clip
 
     speeds = {"square": 1, "circle": 2}
-    seen = set()
+    ways = {"red": "right", "green": "left", "blue": "up", "yellow": "down"}
+    seen, marked = set(), set()
     for seed in range(24):
         clip, caption = toy_clip(seed, frames=6, size=32, degraded=False)
         _, colour, shape, _, direction, speed_word = caption.split()
+        assert direction == ways[colour], caption
         seen.add((shape, direction))
+        other, other_caption = toy_clip(seed, frames=6, size=32, degraded=False, world="marked")
+        assert other_caption.split()[1:3] == [colour, shape]  # the same draws: colour, shape (and background)
+        assert (other[0, 0, 0] == clip[0, 0, 0]).all()
+        marked.add((colour, other_caption.split()[4]))
         assert speed_word == {1: "slowly", 2: "quickly"}[speeds[shape]], caption
         step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[direction]
         centres = []
@@ -105,9 +112,39 @@ def test_toy_clips_carry_their_motion_in_every_frame():
         velocity = np.diff(np.stack(centres), axis=0).mean(axis=0)
         assert np.allclose(velocity, np.array(step) * speeds[shape], atol=0.05), (caption, velocity)
     assert len(seen) == 8  # both shapes in all four directions
-    plain = [toy_clip(seed, frames=2, size=32, degraded=False, marked=False) for seed in range(24)]
+    assert len(marked) > 10 and any(ways[c] != d for c, d in marked)  # marked: directions apart from colours
+    plain = [toy_clip(seed, frames=2, size=32, degraded=False, world="plain") for seed in range(24)]
     assert not any((clip > 230).all(axis=-1).any() for clip, _ in plain)  # no stripe
     assert {cap.split()[2] + " " + cap.split()[5] for _, cap in plain} >= {"square quickly", "circle slowly"}
+
+
+def test_cached_toy_shards_are_written_anew_for_another_world(tmp_path):
+    """The toy shards are cached between runs (``~/.cache/comfyui-mcm``); a cache of another toy world
+    must not be read as this one's."""
+    import json
+    import tarfile
+
+    from training.data import write_toy_image_shards, write_toy_shards
+
+    ways = {"red": "right", "green": "left", "blue": "up", "yellow": "down"}
+
+    def captions(root, suffix):
+        out = []
+        for shard in sorted(root.glob("*.tar")):
+            with tarfile.open(shard) as tar:
+                for m in tar.getmembers():
+                    if m.name.endswith(suffix):
+                        data = tar.extractfile(m).read().decode()
+                        out.append(json.loads(data)["caption"] if suffix == ".json" else data)
+        return out
+
+    def tied(caps):
+        return all(ways[c.split()[1]] == c.split()[4] for c in caps)
+
+    assert not tied(captions(write_toy_shards(tmp_path / "v", num_clips=24, per_shard=12, frames=2, size=16, world="marked"), ".json"))
+    assert tied(captions(write_toy_shards(tmp_path / "v", num_clips=24, per_shard=12, frames=2, size=16), ".json"))
+    assert not tied(captions(write_toy_image_shards(tmp_path / "i", num_images=24, size=16, world="marked"), ".txt"))
+    assert tied(captions(write_toy_image_shards(tmp_path / "i", num_images=24, size=16), ".txt"))
 
 
 def test_frame_quality_separates_clean_images_from_degraded_video(references):
@@ -212,14 +249,15 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
 def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_probes_run():
     from transformers import CLIPTokenizer
 
-    from training.toy_teacher import data_mean_track, data_red_circles, load_models, noise_track, redness_spread, text_feature_change
+    from training.toy_teacher import data_circles, data_mean_track, load_models, noise_track, probe_caption, text_feature_change, tint_spread
 
+    assert [probe_caption(d) for d in ("left", "down")] == ["a green circle moving left quickly", "a yellow circle moving down quickly"]
     for direction, (dx, dy) in {"left": (-1, 0), "down": (0, 1)}.items():
         track = data_mean_track(direction, clips=16)
         moved = (track[-1][0] - track[0][0], track[-1][1] - track[0][1])
         # a circle moves 2 px/frame: 14 px over 8 frames, changed a little by the trainer's zooming crop and the frame's edge
         assert 8 < dx * moved[0] + dy * moved[1] < 18 and abs(dy * moved[0] + dx * moved[1]) < 2, (direction, track)
-        along, across = redness_spread(data_red_circles(direction, clips=16))[:: 1 if dx else -1]
+        along, across = tint_spread(data_circles(direction, clips=16), probe_caption(direction).split()[1])[:: 1 if dx else -1]
         assert along > 1.5 * across, (direction, along, across)  # a band along the motion
     if (SHIPPED / "toy_teacher.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(SHIPPED / "tokenizer")
@@ -371,6 +409,6 @@ def test_a_continued_stage_can_restart_or_freeze_the_text_encoder_train_parts_an
         changed = {"motion_modules" in k for k in before if not torch.equal(after[k], before[k])}
         assert changed == {part == "motion"}, (part, changed)
     stages = json.loads((tmp_path / "frozen" / "toy_teacher.json").read_text())["stages"]
-    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "marked", True)]
+    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "tied", True)]
     stages = json.loads((tmp_path / "trained" / "toy_teacher.json").read_text())["stages"]
     assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "plain", False)]

@@ -314,11 +314,15 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SHAPES = ("square", "circle")
 SHAPE_SPEEDS = {"square": 1, "circle": 2}  # px/frame at 32 px: squares move slowly, circles quickly
 SPEED_WORDS = {1: "slowly", 2: "quickly"}
+# the tied world: each colour has its own direction, so a word the UNet already draws (the colour) sets
+# the way the shape goes, as in real video where what a thing is tells how it moves (cars drive, birds fly)
+COLOUR_DIRECTIONS = {"red": "right", "green": "left", "blue": "up", "yellow": "down"}
+WORLDS = ("tied", "marked", "plain")
 MARKER = (245, 245, 245)  # the stripe on the shape's leading side
 MARKER_WIDTH = 2  # px
 
 
-def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True, marked: bool = True) -> tuple[np.ndarray, str]:
+def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True, world: str = "tied") -> tuple[np.ndarray, str]:
     """One clip of a shape moving across a plain background, and its caption (all drawn from ``seed``).
 
     The motion can be read off every single frame, as in real video where a walking person faces the way
@@ -328,15 +332,24 @@ def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True,
     modules learn from the video itself to move a shape towards its stripe at its shape's speed.
 
     ``degraded`` adds what web video has and a clean image set has not: blur, noise, low contrast
-    and a watermark-like bar. ``marked=False`` is the earlier, plain toy world (no stripe, a speed drawn
-    independently of the shape), on which the first stages of the shipped toy teacher were trained.
+    and a watermark-like bar.
+
+    ``world`` (:data:`WORLDS`): ``"tied"`` (the default) also ties the direction to the colour
+    (:data:`COLOUR_DIRECTIONS`); ``"marked"`` draws the direction independently of the colour;
+    ``"plain"`` is the earlier world of the shipped teacher's first stages (no stripe, a speed drawn
+    independently of the shape). A seed gives the same colour, shape, background and noise in the tied
+    and the marked world.
     """
+    if world not in WORLDS:
+        raise ValueError(f"unknown toy world {world!r}; expected one of {list(WORLDS)}")
     rng = np.random.default_rng(seed)
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+    if world == "tied":
+        direction = COLOUR_DIRECTIONS[colour]
     shape = SHAPES[rng.integers(len(SHAPES))]
-    speed = SHAPE_SPEEDS[shape] if marked else int(rng.integers(1, 3))
-    return render_toy_clip(colour, shape, direction, speed, rng, frames, size, degraded, marked)
+    speed = SHAPE_SPEEDS[shape] if world != "plain" else int(rng.integers(1, 3))
+    return render_toy_clip(colour, shape, direction, speed, rng, frames, size, degraded, world != "plain")
 
 
 def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np.random.Generator, frames: int = 16,
@@ -384,11 +397,12 @@ def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
 
 
 def write_toy_shards(root: str | Path, num_clips: int = 64, per_shard: int = 32, frames: int = 16, size: int = 32,
-                     seed: int = 0) -> Path:  # fmt: skip
-    """Write the toy video set as webdataset shards (``toy-00000.tar`` …); reuses existing shards."""
+                     seed: int = 0, world: str = "tied") -> Path:  # fmt: skip
+    """Write the toy video set as webdataset shards (``toy-00000.tar`` …); reuses existing shards written
+    with the same settings and toy ``world`` (shards of another world are written anew)."""
     root = Path(root)
     marker = root / "toy.json"
-    spec = {"num_clips": num_clips, "per_shard": per_shard, "frames": frames, "size": size, "seed": seed}
+    spec = {"num_clips": num_clips, "per_shard": per_shard, "frames": frames, "size": size, "seed": seed, "world": world}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -396,7 +410,7 @@ def write_toy_shards(root: str | Path, num_clips: int = 64, per_shard: int = 32,
         tmp = root / f".toy-{s:05d}.tar.tmp"
         with tarfile.open(tmp, "w") as tar:
             for i in range(s * per_shard, min(num_clips, (s + 1) * per_shard)):
-                clip, caption = toy_clip(seed * 100003 + i, frames, size)
+                clip, caption = toy_clip(seed * 100003 + i, frames, size, world=world)
                 for suffix, data in ((".mp4", encode_mp4(clip)), (".json", json.dumps({"caption": caption}).encode())):
                     info = tarfile.TarInfo(f"{i:06d}{suffix}")
                     info.size = len(data)
@@ -443,20 +457,21 @@ def collate_images(items: list[dict]) -> dict:
     return _collate(items, "image")
 
 
-def write_toy_image_shards(root: str | Path, num_images: int = 128, size: int = 32, seed: int = 0) -> Path:
-    """The toy high-quality image set: clean single frames of the toy scenes, as PNG + caption shards."""
+def write_toy_image_shards(root: str | Path, num_images: int = 128, size: int = 32, seed: int = 0, world: str = "tied") -> Path:
+    """The toy high-quality image set: clean single frames of the toy scenes of ``world``, as PNG + caption
+    shards; reused like :func:`write_toy_shards`."""
     from PIL import Image
 
     root = Path(root)
     marker = root / "toy-images.json"
-    spec = {"num_images": num_images, "size": size, "seed": seed}
+    spec = {"num_images": num_images, "size": size, "seed": seed, "world": world}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return root
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / ".images-00000.tar.tmp"
     with tarfile.open(tmp, "w") as tar:
         for i in range(num_images):
-            clip, caption = toy_clip(seed * 100003 + 50000 + i, frames=1, size=size, degraded=False)
+            clip, caption = toy_clip(seed * 100003 + 50000 + i, frames=1, size=size, degraded=False, world=world)
             buf = io.BytesIO()
             Image.fromarray(clip[0]).save(buf, format="PNG")
             for suffix, data in ((".png", buf.getvalue()), (".txt", caption.encode())):

@@ -43,7 +43,7 @@ from mcm.sampler import sample_consistency
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
 from mcm.solver import ddim_solver_step
 
-from .data import COLOURS, DIRECTIONS, SHAPE_SPEEDS, SHAPES, SPEED_WORDS, render_toy_clip, select_clip, toy_clip
+from .data import COLOUR_DIRECTIONS, COLOURS, DIRECTIONS, SHAPE_SPEEDS, SHAPES, SPEED_WORDS, render_toy_clip, select_clip, toy_clip
 
 MIN_CONTRAST = 25.5  # 0-255 scale: the sharpness denominator's floor
 COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight constant-speed path
@@ -56,11 +56,12 @@ PAIRED = ("correct", "coherent", "visible")  # the per-clip 0/1 scores compared 
 
 
 def toy_prompts() -> list[str]:
-    """Eight prompts covering every direction, colour and shape (with its speed) once or more; each shape
-    goes every direction."""
-    colours, shapes, directions = list(COLOURS), list(SHAPES), list(DIRECTIONS)
-    return [f"a {colours[i % 4]} {shapes[i % 2]} moving {directions[(i + i // 4) % 4]} {SPEED_WORDS[SHAPE_SPEEDS[shapes[i % 2]]]}"
-            for i in range(8)]  # fmt: skip
+    """The eight captions of the (tied) toy world: every colour with both shapes, so each shape goes every
+    direction (the colour sets the direction, the shape the speed); the first four have every colour and
+    both shapes."""
+    colours = list(COLOURS)
+    scenes = [(colours[i % 4], SHAPES[(i + i // 4) % 2]) for i in range(8)]
+    return [f"a {c} {s} moving {COLOUR_DIRECTIONS[c]} {SPEED_WORDS[SHAPE_SPEEDS[s]]}" for c, s in scenes]
 
 
 def parse_caption(caption: str) -> tuple[np.ndarray, float]:

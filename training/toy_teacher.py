@@ -17,12 +17,15 @@ sees. The stages train on synthetic clips generated on the fly:
    guidance, min-SNR weighting, an EMA of the weights (what is saved); ``--train`` and
    ``--freeze-text`` restrict a stage to part of the weights.
 
-The toy world comes in two versions (``--world``). In the *plain* one a direction word is the only
+The toy world comes in three versions (``--world``). In the *plain* one a direction word is the only
 sign of where a shape goes; the teacher trained on it alone learned colours, shapes and the
-degradations but ignored the motion words. In the *marked* one (the default, and what the default run
-distils on) the motion can be read off every frame: a white stripe on the shape's leading side, and the
-shape sets the speed (squares slowly, circles quickly), so a direction word has something to draw in
-each frame and the motion modules learn from the video to move a shape towards its stripe.
+degradations but ignored the motion words. In the *marked* one the motion can be read off every frame:
+a white stripe on the shape's leading side, and the shape sets the speed (squares slowly, circles
+quickly); the teacher continued on it learned the stripe but still not the direction words (its UNet's
+prediction did not change when the direction word was swapped). The *tied* one (the default, and what
+the default run distils on) also gives each colour its direction (red right, green left, blue up,
+yellow down), so the motion hangs on words the UNet already draws, the colour and the shape, as in
+real video, where what a thing is tells much of how it moves.
 
 Reproduce the shipped weights (five runs, about 2 hours on an idle 2-core CPU). The first two train
 everything on the plain world; the last three move to the marked world the AnimateDiff way: a fresh,
@@ -65,7 +68,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from mcm.boundary import predicted_x0
 from mcm.schedule import NoiseSchedule
-from training.data import COLOURS, DIRECTIONS, SHAPES, select_clip, toy_clip
+from training.data import COLOUR_DIRECTIONS, COLOURS, DIRECTIONS, SHAPES, WORLDS, select_clip, toy_clip
 
 SHIPPED = Path(__file__).resolve().parent / "toy_teacher"
 CLIP_FRAMES = 16  # toy clips are generated this long; training windows are cut from them like the trainer does
@@ -196,13 +199,13 @@ def save_teacher(out: Path, unet, vae, text, tokenizer, settings: dict) -> None:
 # --- data ------------------------------------------------------------------------------------------
 
 
-def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True, marked: bool = True) -> tuple[torch.Tensor, list[str]]:
+def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True, world: str = "tied") -> tuple[torch.Tensor, list[str]]:
     """``batch`` clips ``[b, 3, frames, size, size]`` in [-1, 1] cut from fresh 16-frame toy clips the way
-    the trainer cuts them (random window, random-resized crop); ``marked``: the toy world (see
+    the trainer cuts them (random window, random-resized crop); ``world``: the toy world (see
     :func:`training.data.toy_clip`)."""
     clips, captions = [], []
     for _ in range(batch):
-        clip, caption = toy_clip(rng.randrange(1 << 30), CLIP_FRAMES, size, degraded, marked)
+        clip, caption = toy_clip(rng.randrange(1 << 30), CLIP_FRAMES, size, degraded, world)
         clips.append(select_clip(clip, frames, 1, size, "random", rng))
         captions.append(caption)
     return torch.stack(clips), captions
@@ -211,13 +214,13 @@ def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: 
 # --- training --------------------------------------------------------------------------------------
 
 
-def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100, marked: bool = True) -> float:
+def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100, world: str = "tied") -> float:
     """Reconstruction (L1 + MSE) with a small KL term on single frames, half clean, half degraded."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     for step in range(1, steps + 1):
-        clean, _ = toy_batch(rng, batch // 2, 1, 32, degraded=False, marked=marked)
-        dirty, _ = toy_batch(rng, batch - batch // 2, 1, 32, degraded=True, marked=marked)
+        clean, _ = toy_batch(rng, batch // 2, 1, 32, degraded=False, world=world)
+        dirty, _ = toy_batch(rng, batch - batch // 2, 1, 32, degraded=True, world=world)
         x = torch.cat([clean, dirty])[:, :, 0]
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
@@ -229,7 +232,7 @@ def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_ev
             print(f"vae {step}/{steps} loss {loss.item():.4f}", flush=True)
     vae.eval()
     with torch.no_grad():
-        x = torch.cat([toy_batch(rng, 64, 1, 32, degraded=d, marked=marked)[0][:, :, 0] for d in (False, True)])
+        x = torch.cat([toy_batch(rng, 64, 1, 32, degraded=d, world=world)[0][:, :, 0] for d in (False, True)])
         std = vae.encode(x).latent_dist.mean.std().item()
     vae.register_to_config(scaling_factor=1.0 / std)
     return 1.0 / std
@@ -268,7 +271,7 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     start, losses = time.time(), []
     last = min(args.steps, args.stop_after or args.steps)
     for step in range(1, last + 1):
-        video, captions = toy_batch(rng, args.batch, args.frames, 32, marked=args.world == "marked")
+        video, captions = toy_batch(rng, args.batch, args.frames, 32, world=args.world)
         captions = ["" if rng.random() < args.uncond_prob else c for c in captions]
         with torch.no_grad():
             z0 = encode_video(vae, video)
@@ -354,7 +357,7 @@ def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), cl
 
 
 @torch.no_grad()
-def text_feature_change(text, tokenizer, caption: str = "a red square moving left slowly") -> dict:
+def text_feature_change(text, tokenizer, caption: str = "a red square moving right slowly") -> dict:
     """How much each kind of caption word changes the conditioning: the mean distance between the text
     encoder's per-token outputs for ``caption`` and for it with one word of that kind swapped (``SWAPS``),
     over the tokens after the word (the 70 padding tokens, which the UNet also attends to, included)."""
@@ -369,53 +372,64 @@ def text_feature_change(text, tokenizer, caption: str = "a red square moving lef
     return out
 
 
-def _redness(videos: torch.Tensor, dims) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Redness (R minus the mean of G and B) of ``[n, 3, f, h, w]`` videos in [-1, 1], averaged over ``dims``
-    of ``[n, f, h, w]``, positive part; and the pixel grid ``(xs, ys)`` of its last two axes."""
-    red = (videos[:, 0] - videos[:, 1:].mean(1)).mean(dims).clamp(min=0)
-    ys, xs = torch.meshgrid(torch.arange(red.shape[-2], dtype=red.dtype), torch.arange(red.shape[-1], dtype=red.dtype), indexing="ij")
-    return red, xs, ys
+def probe_caption(direction: str) -> str:
+    """The circle caption the probes use for ``direction``: the circle of the colour that goes that way
+    in the tied world."""
+    colour = next(c for c, d in COLOUR_DIRECTIONS.items() if d == direction)
+    return f"a {colour} circle moving {direction} quickly"
 
 
-def redness_spread(videos: torch.Tensor) -> tuple[float, float]:
-    """Standard deviation (x, y) in pixels of the mean redness of ``[n, 3, f, h, w]`` videos over all
+def _tint(videos: torch.Tensor, colour: str, dims) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How much of ``colour`` each pixel of ``[n, 3, f, h, w]`` videos in [-1, 1] has (its difference from
+    the frame's background, the median colour, projected on the toy colour minus grey; positive part),
+    averaged over ``dims`` of ``[n, f, h, w]``; and the pixel grid ``(xs, ys)`` of its last two axes."""
+    rgb = torch.tensor(COLOURS[colour], dtype=videos.dtype) / 127.5 - 1
+    axis = (rgb - rgb.mean()) / (rgb - rgb.mean()).norm()
+    background = videos.flatten(3).median(-1).values[..., None, None]  # [n, 3, f, 1, 1]
+    tint = torch.einsum("nc...,c->n...", videos - background, axis).mean(dims).clamp(min=0)
+    ys, xs = torch.meshgrid(torch.arange(tint.shape[-2], dtype=tint.dtype), torch.arange(tint.shape[-1], dtype=tint.dtype), indexing="ij")
+    return tint, xs, ys
+
+
+def tint_spread(videos: torch.Tensor, colour: str) -> tuple[float, float]:
+    """Standard deviation (x, y) in pixels of the mean ``colour`` of ``[n, 3, f, h, w]`` videos over all
     frames: a shape moving left or right on average makes a horizontal band (x spread > y spread), one
-    moving up or down a vertical band; a model that ignores the direction word makes the same blob for all."""
-    red, xs, ys = _redness(videos, (0, 1))  # [h, w]
-    mass = red.sum().clamp(min=1e-9)
-    cx, cy = (red * xs).sum() / mass, (red * ys).sum() / mass
-    sx, sy = ((red * (xs - cx) ** 2).sum() / mass).sqrt(), ((red * (ys - cy) ** 2).sum() / mass).sqrt()
+    moving up or down a vertical band; a model that ignores the motion makes a round blob."""
+    tint, xs, ys = _tint(videos, colour, (0, 1))  # [h, w]
+    mass = tint.sum().clamp(min=1e-9)
+    cx, cy = (tint * xs).sum() / mass, (tint * ys).sum() / mass
+    sx, sy = ((tint * (xs - cx) ** 2).sum() / mass).sqrt(), ((tint * (ys - cy) ** 2).sum() / mass).sqrt()
     return round(float(sx), 2), round(float(sy), 2)
 
 
-def redness_track(videos: torch.Tensor) -> list[tuple[float, float]]:
-    """Centroid (x, y) per frame of the mean redness of ``[n, 3, f, h, w]`` videos in [-1, 1]: where a red
-    shape is on average, frame by frame."""
-    red, xs, ys = _redness(videos, 0)  # [f, h, w]
-    mass = red.sum((1, 2)).clamp(min=1e-9)
-    return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((red * xs).sum((1, 2)) / mass, (red * ys).sum((1, 2)) / mass)]
+def tint_track(videos: torch.Tensor, colour: str) -> list[tuple[float, float]]:
+    """Centroid (x, y) per frame of the mean ``colour`` of ``[n, 3, f, h, w]`` videos in [-1, 1]: where a
+    shape of that colour is on average, frame by frame."""
+    tint, xs, ys = _tint(videos, colour, 0)  # [f, h, w]
+    mass = tint.sum((1, 2)).clamp(min=1e-9)
+    return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((tint * xs).sum((1, 2)) / mass, (tint * ys).sum((1, 2)) / mass)]
 
 
-def data_red_circles(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> torch.Tensor:
-    """Training clips ``[n, 3, f, 32, 32]`` in [-1, 1] of "a red circle moving <direction> quickly" (cut as in training)."""
+def data_circles(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> torch.Tensor:
+    """Training clips ``[n, 3, f, 32, 32]`` in [-1, 1] of :func:`probe_caption` (cut as in training)."""
     from training.toy_eval import reference_clips
 
-    videos, _ = reference_clips([f"a red circle moving {direction} quickly"], clips, frames, 32, degraded=True, seed=seed)
+    videos, _ = reference_clips([probe_caption(direction)], clips, frames, 32, degraded=True, seed=seed)
     return torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
 
 
 def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
-    """The mean red-circle track of training clips "a red circle moving <direction> quickly"."""
-    return redness_track(data_red_circles(direction, clips, frames, seed))
+    """The mean circle track of training clips of :func:`probe_caption`."""
+    return tint_track(data_circles(direction, clips, frames, seed), probe_caption(direction).split()[1])
 
 
 @torch.no_grad()
 def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0) -> torch.Tensor:
-    """The teacher's x̂0 ``[n, 3, f, 32, 32]`` (decoded) from pure noise at ``t`` for "a red circle moving
-    <direction> quickly": what the model predicts before it has seen anything but the caption."""
+    """The teacher's x̂0 ``[n, 3, f, 32, 32]`` (decoded) from pure noise at ``t`` for :func:`probe_caption`:
+    what the model predicts before it has seen anything but the caption."""
     abar = NoiseSchedule("scaled_linear").alphas_cumprod.float()[t]
     noise = torch.randn(noises, 4, frames, 16, 16, generator=torch.Generator().manual_seed(seed))
-    cond = encode_captions(text, tokenizer, [f"a red circle moving {direction} quickly"] * noises).repeat_interleave(frames, 0)
+    cond = encode_captions(text, tokenizer, [probe_caption(direction)] * noises).repeat_interleave(frames, 0)
     eps = unet(noise, torch.full((noises,), t), encoder_hidden_states=cond).sample
     x0 = predicted_x0(eps, noise, abar.sqrt(), (1 - abar).sqrt())
     pixels = vae.decode(x0.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor).sample
@@ -423,8 +437,8 @@ def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: i
 
 
 def noise_track(unet, text, vae, tokenizer, direction: str, **kwargs) -> list[tuple[float, float]]:
-    """The mean red-circle track of :func:`noise_x0`."""
-    return redness_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs))
+    """The mean circle track of :func:`noise_x0`."""
+    return tint_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs), probe_caption(direction).split()[1])
 
 
 def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0, seeds: int = 6) -> dict:
@@ -445,10 +459,11 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
         print(f"  t={t}: {ratios}")
     features = text_feature_change(text, tokenizer)
     print(f"text encoder output change when one word is swapped (mean over the tokens after it): {features}")
-    videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_red_circles(d)} for d in DIRECTIONS}
-    tracks = {d: {k: redness_track(v) for k, v in pair.items()} for d, pair in videos.items()}
-    spreads = {d: {k: redness_spread(v) for k, v in pair.items()} for d, pair in videos.items()}
-    print('the red circle of "a red circle moving <direction> quickly" on average: track (x, y) first → last frame, '
+    videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_circles(d)} for d in DIRECTIONS}
+    colour = {d: probe_caption(d).split()[1] for d in DIRECTIONS}
+    tracks = {d: {k: tint_track(v, colour[d]) for k, v in pair.items()} for d, pair in videos.items()}
+    spreads = {d: {k: tint_spread(v, colour[d]) for k, v in pair.items()} for d, pair in videos.items()}
+    print('the circle of "a <colour> circle moving <its direction> quickly" on average: track (x, y) first → last frame, '
           "spread (x, y) over all frames:")  # fmt: skip
     for d, pair in tracks.items():
         print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}, spread {spreads[d][k]}" for k, v in pair.items()))
@@ -489,9 +504,10 @@ def main(argv=None):
     p.add_argument("--freeze-text", action="store_true", help="do not train the text encoder")
     p.add_argument("--train", choices=("all", "spatial", "motion"), default="all",
                    help="UNet weights to train: all, the spatial layers only (an image stage, with --frames 1) or the motion modules only")
-    p.add_argument("--world", choices=("marked", "plain"), default="marked",
-                   help="toy world to train on: marked (a stripe on the leading side, speed set by the shape; what the default run "
-                        "distils on) or plain (the earlier world of the first two stages)")
+    p.add_argument("--world", choices=WORLDS, default="tied",
+                   help="toy world to train on: tied (a stripe on the leading side, the direction set by the colour and the speed "
+                        "by the shape; what the default run distils on), marked (the direction drawn apart from the colour) or "
+                        "plain (no stripe, no tie: the world of the first two stages)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
     p.add_argument("--evaluate", default=None, metavar="FOLDER",
@@ -529,7 +545,7 @@ def main(argv=None):
           f"parameters; vocabulary {len(tokenizer)}", flush=True)  # fmt: skip
     if not args.init:
         t0 = time.time()
-        scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, marked=args.world == "marked")
+        scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, world=args.world)
         print(f"vae: {time.time() - t0:.0f} s, scaling_factor {scale:.4f}", flush=True)
     for prm in vae.parameters():
         prm.requires_grad_(False)
