@@ -27,21 +27,30 @@ the default run distils on) also gives each colour its direction (red right, gre
 yellow down), so the motion hangs on words the UNet already draws, the colour and the shape, as in
 real video, where what a thing is tells much of how it moves.
 
-Reproduce the shipped weights (five runs, about 2 hours on an idle 2-core CPU). The first two train
-everything on the plain world; the last three move to the marked world the AnimateDiff way: a fresh,
+Reproduce the shipped weights (eight runs, about 3 hours on an idle 2-core CPU). The first two train
+everything on the plain world; the next three move to the marked world the AnimateDiff way: a fresh,
 frozen text encoder (the trained one had lost the direction words), an image stage (single frames, 32
 captions a step) that maps the words to colour, shape and stripe, then all weights on video with the
-motion modules' learning rate raised::
+motion modules' learning rate raised. The last three train on the tied world, the last two with the
+loss weighted towards the noisiest timesteps (``--high-noise-weight``), where a sample's layout, and
+so its motion, is decided: before them the teacher's prediction hardly depended on the frames' order
+there (shuffling the frames of a noised clip raised its error by 8% at t=950, against 2.0x at t=500)::
 
     python training/toy_teacher.py --world plain --out stage1 --vae-steps 1000 --steps 3500 --save-every 500
     python training/toy_teacher.py --world plain --init stage1 --out stage2 --steps 1800 --stop-after 900 \
         --lr 5e-4 --warmup 50 --motion-lr-mult 3 --seed 1 --save-every 300
-    python training/toy_teacher.py --init stage2 --out stage3 --fresh-text --freeze-text --steps 3000 --stop-after 1000 \
-        --lr 7e-4 --warmup 100 --motion-lr-mult 2 --seed 12 --threads 2
-    python training/toy_teacher.py --init stage3 --out stage4 --freeze-text --train spatial --frames 1 --batch 32 \
-        --steps 1000 --lr 1e-3 --warmup 50 --seed 13 --threads 2
-    python training/toy_teacher.py --init stage4 --out training/toy_teacher --freeze-text --steps 1500 \
+    python training/toy_teacher.py --world marked --init stage2 --out stage3 --fresh-text --freeze-text --steps 3000 \
+        --stop-after 1000 --lr 7e-4 --warmup 100 --motion-lr-mult 2 --seed 12 --threads 2
+    python training/toy_teacher.py --world marked --init stage3 --out stage4 --freeze-text --train spatial --frames 1 \
+        --batch 32 --steps 1000 --lr 1e-3 --warmup 50 --seed 13 --threads 2
+    python training/toy_teacher.py --world marked --init stage4 --out stage5 --freeze-text --steps 1500 \
         --lr 3e-4 --warmup 50 --motion-lr-mult 3 --seed 14 --threads 2
+    python training/toy_teacher.py --init stage5 --out stage6 --freeze-text --steps 3000 --stop-after 1000 \
+        --lr 5e-4 --warmup 50 --motion-lr-mult 3 --seed 15 --threads 2
+    python training/toy_teacher.py --init stage6 --out stage7 --freeze-text --steps 2500 \
+        --lr 4e-4 --warmup 50 --motion-lr-mult 3 --high-noise-weight 8 --seed 16 --threads 2
+    python training/toy_teacher.py --init stage7 --out training/toy_teacher --freeze-text --steps 1000 \
+        --lr 3e-4 --warmup 50 --motion-lr-mult 3 --high-noise-weight 20 --seed 17 --threads 2
 
 The settings of every stage are written to ``toy_teacher.json`` next to the weights.
 """
