@@ -317,6 +317,7 @@ SPEED_WORDS = {1: "slowly", 2: "quickly"}
 # the tied world: each colour has its own direction, so a word the UNet already draws (the colour) sets
 # the way the shape goes, as in real video where what a thing is tells how it moves (cars drive, birds fly)
 COLOUR_DIRECTIONS = {"red": "right", "green": "left", "blue": "up", "yellow": "down"}
+DIRECTION_COLOURS = {d: c for c, d in COLOUR_DIRECTIONS.items()}  # the colour that goes each way
 WORLDS = ("tied", "marked", "plain")
 MARKER = (245, 245, 245)  # the stripe on the shape's leading side
 MARKER_WIDTH = 2  # px

@@ -77,7 +77,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from mcm.boundary import predicted_x0
 from mcm.schedule import NoiseSchedule
-from training.data import COLOUR_DIRECTIONS, COLOURS, DIRECTIONS, SHAPES, WORLDS, select_clip, toy_clip
+from training.data import COLOURS, DIRECTION_COLOURS, DIRECTIONS, SHAPES, WORLDS, select_clip, toy_clip
 
 SHIPPED = Path(__file__).resolve().parent / "toy_teacher"
 CLIP_FRAMES = 16  # toy clips are generated this long; training windows are cut from them like the trainer does
@@ -384,8 +384,7 @@ def text_feature_change(text, tokenizer, caption: str = "a red square moving rig
 def probe_caption(direction: str) -> str:
     """The circle caption the probes use for ``direction``: the circle of the colour that goes that way
     in the tied world."""
-    colour = next(c for c, d in COLOUR_DIRECTIONS.items() if d == direction)
-    return f"a {colour} circle moving {direction} quickly"
+    return f"a {DIRECTION_COLOURS[direction]} circle moving {direction} quickly"
 
 
 def _tint(videos: torch.Tensor, colour: str, dims) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -429,7 +428,7 @@ def data_circles(direction: str, clips: int = 64, frames: int = 8, seed: int = 0
 
 def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> list[tuple[float, float]]:
     """The mean circle track of training clips of :func:`probe_caption`."""
-    return tint_track(data_circles(direction, clips, frames, seed), probe_caption(direction).split()[1])
+    return tint_track(data_circles(direction, clips, frames, seed), DIRECTION_COLOURS[direction])
 
 
 @torch.no_grad()
@@ -447,7 +446,7 @@ def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: i
 
 def noise_track(unet, text, vae, tokenizer, direction: str, **kwargs) -> list[tuple[float, float]]:
     """The mean circle track of :func:`noise_x0`."""
-    return tint_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs), probe_caption(direction).split()[1])
+    return tint_track(noise_x0(unet, text, vae, tokenizer, direction, **kwargs), DIRECTION_COLOURS[direction])
 
 
 def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int = 0, seeds: int = 6) -> dict:
@@ -469,9 +468,8 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
     features = text_feature_change(text, tokenizer)
     print(f"text encoder output change when one word is swapped (mean over the tokens after it): {features}")
     videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_circles(d)} for d in DIRECTIONS}
-    colour = {d: probe_caption(d).split()[1] for d in DIRECTIONS}
-    tracks = {d: {k: tint_track(v, colour[d]) for k, v in pair.items()} for d, pair in videos.items()}
-    spreads = {d: {k: tint_spread(v, colour[d]) for k, v in pair.items()} for d, pair in videos.items()}
+    tracks = {d: {k: tint_track(v, DIRECTION_COLOURS[d]) for k, v in pair.items()} for d, pair in videos.items()}
+    spreads = {d: {k: tint_spread(v, DIRECTION_COLOURS[d]) for k, v in pair.items()} for d, pair in videos.items()}
     print('the circle of "a <colour> circle moving <its direction> quickly" on average: track (x, y) first → last frame, '
           "spread (x, y) over all frames:")  # fmt: skip
     for d, pair in tracks.items():
