@@ -156,6 +156,9 @@ class TrainConfig:
     motion_repr: str = _cd("learn", "motion representation of the loss: " + "; ".join(f"{k}: {v}" for k, v in MOTION_REPRESENTATIONS.items()),
                           choices=tuple(sorted(MOTION_REPRESENTATIONS)))  # fmt: skip
     ema_decay: float = _cd(0.95, "EMA of the motion head used on the target side", range=UNIT_OPEN)
+    motion_head_lr_mult: float = _cd(1.0, "learning rate of the learnable motion head as a multiple of the LoRA's (official: 1, "
+                                     "one optimizer, one lr; the head starts as the identity and at 1 barely moves in a short run)",
+                                     range=POSITIVE)  # fmt: skip
     lambda_real: float = _cd(0.5, "mixed trajectories: fraction of micro-batches on real latents; the rest start from the student's "
                             "own one-step sample (0 collapses ~5% of samples to black, paper App. B.1)", range=UNIT)  # fmt: skip
     mixed_start_step: int = _cd(0, "optimizer step from which mixed trajectories start", range=AT_LEAST_0)

@@ -256,7 +256,9 @@ def build_state(args, accelerator, teacher, frozen, loader, run_dir: Path, resum
         p.data = p.data.float()
     head, target_head = make_motion_representation(args.motion_repr, teacher.latent_channels)
     head_params = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
-    optimizer = make_optimizer([{"params": lora_params}, {"params": head_params}], args, scaled_lr(args, world), torch.cuda.is_available())
+    lr = scaled_lr(args, world)
+    groups = [{"params": lora_params}, {"params": head_params, "lr": lr * args.motion_head_lr_mult}]
+    optimizer = make_optimizer(groups, args, lr, torch.cuda.is_available())
     scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * world,
                               num_training_steps=args.max_train_steps * world)  # fmt: skip
     modules = [student] + ([head] if head_params else [])
