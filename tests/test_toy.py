@@ -240,7 +240,7 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 20 * 2**20, f"{size / 2**20:.1f} MB"
     settings = json.loads((SHIPPED / "toy_teacher.json").read_text())
-    assert [stage["step"] for stage in settings["stages"]] == [3500, 900, 1000, 1000, 1500, 1000, 2500, 1000, 1500, 1500]  # the commands in training/toy_teacher.py
+    assert [stage["step"] for stage in settings["stages"]] == [3500, 900, 1000, 1000, 1500, 1000, 2500, 1000, 1500, 1500, 1500]  # the commands in training/toy_teacher.py
     teacher = load_teacher(str(SHIPPED))
     assert teacher.max_frames == 32 and math.isfinite(teacher.scaling_factor) and teacher.vae_downsample == 2
     assert Path(teacher.source) == SHIPPED

@@ -27,11 +27,11 @@ the default run distils on) also gives each colour its direction (red right, gre
 yellow down), so the motion hangs on words the UNet already draws, the colour and the shape, as in
 real video, where what a thing is tells much of how it moves.
 
-Reproduce the shipped weights (ten runs, about 3.8 hours on an idle 2-core CPU). The first two train
+Reproduce the shipped weights (eleven runs, about 4.2 hours on an idle 2-core CPU). The first two train
 everything on the plain world; the next three move to the marked world the AnimateDiff way: a fresh,
 frozen text encoder (the trained one had lost the direction words), an image stage (single frames, 32
 captions a step) that maps the words to colour, shape and stripe, then all weights on video with the
-motion modules' learning rate raised. The last five train on the tied world, the last four with the
+motion modules' learning rate raised. The last six train on the tied world, the last five with the
 loss weighted towards the noisiest timesteps (``--high-noise-weight``), where a sample's layout, and
 so its motion, is decided: before them the teacher's prediction hardly depended on the frames' order
 there (shuffling the frames of a noised clip raised its error by 8% at t=950, against 2.0x at t=500)::
@@ -53,8 +53,10 @@ there (shuffling the frames of a noised clip raised its error by 8% at t=950, ag
         --lr 3e-4 --warmup 50 --motion-lr-mult 3 --high-noise-weight 20 --seed 17 --threads 2
     python training/toy_teacher.py --init stage8 --out stage9 --freeze-text --steps 1500 \
         --lr 3e-4 --warmup 50 --motion-lr-mult 3 --high-noise-weight 20 --seed 18 --threads 2
-    python training/toy_teacher.py --init stage9 --out training/toy_teacher --freeze-text --steps 1500 \
+    python training/toy_teacher.py --init stage9 --out stage10 --freeze-text --steps 1500 \
         --lr 3e-4 --warmup 50 --motion-lr-mult 3 --high-noise-weight 20 --seed 19 --threads 2
+    python training/toy_teacher.py --init stage10 --out training/toy_teacher --freeze-text --steps 1500 \
+        --lr 3e-4 --warmup 50 --motion-lr-mult 3 --high-noise-weight 20 --seed 20 --threads 2
 
 The settings of every stage are written to ``toy_teacher.json`` next to the weights.
 """
