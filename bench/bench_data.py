@@ -40,7 +40,14 @@ def webvid_like_video(frames: int, width: int = 596, height: int = 336, seed: in
     centres = rng.uniform(0, 1, (6, 2)) * (width, height)
     speeds = rng.normal(0, 3, (6, 2))
     for f in range(frames):
-        img = np.stack([128 + 100 * np.sin((xx + 2 * f) / 60), 128 + 100 * np.sin((yy - f) / 45), 128 + 100 * np.cos((xx + yy + 3 * f) / 80)], -1)
+        img = np.stack(
+            [
+                128 + 100 * np.sin((xx + 2 * f) / 60),
+                128 + 100 * np.sin((yy - f) / 45),
+                128 + 100 * np.cos((xx + yy + 3 * f) / 80),
+            ],
+            -1,
+        )
         for (cx, cy), (vx, vy) in zip(centres, speeds):
             blob = np.exp(-(((xx - cx - vx * f) ** 2 + (yy - cy - vy * f) ** 2) / 900.0))
             img += 120 * blob[..., None]
@@ -92,9 +99,13 @@ def main(argv=None) -> dict:
     p.add_argument("--real-clips", type=int, default=4, help="real-size clips decoded per repetition (0: skip)")
     p.add_argument("--real-video-frames", type=int, default=128)
     p.add_argument("--real-size", type=int, default=512)
-    p.add_argument("--real-interval", type=int, default=8, help="frame interval of the real cut (official AnimateDiff run: 8)")
+    p.add_argument(
+        "--real-interval", type=int, default=8, help="frame interval of the real cut (official AnimateDiff run: 8)"
+    )
     p.add_argument("--real-batch", type=int, default=1)
-    p.add_argument("--step-seconds", type=float, default=None, help="seconds of one real training step (measured on a GPU)")
+    p.add_argument(
+        "--step-seconds", type=float, default=None, help="seconds of one real training step (measured on a GPU)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=str(RESULTS))
@@ -111,10 +122,30 @@ def _measure(args, argv, work: Path) -> dict:
     from bench.common import finish, interleaved, medians
     from training.data import VideoClips, write_toy_shards
 
-    toy = VideoClips(write_toy_shards(work / "toy", num_clips=max(args.clips, 8), frames=16, size=32), args.frames, 1, args.resolution)
+    toy = VideoClips(
+        write_toy_shards(work / "toy", num_clips=max(args.clips, 8), frames=16, size=32),
+        args.frames,
+        1,
+        args.resolution,
+    )
     toy_rates = [clips_per_second(toy, args.clips) for _ in range(args.reps)]
-    step_args = parse_step(["--teacher", args.teacher, "--resolution", str(args.resolution), "--frames", str(args.frames),
-                            "--batch", str(args.batch), "--rank", str(args.rank), "--device", args.device, "--no-record"])  # fmt: skip
+    step_args = parse_step(
+        [
+            "--teacher",
+            args.teacher,
+            "--resolution",
+            str(args.resolution),
+            "--frames",
+            str(args.frames),
+            "--batch",
+            str(args.batch),
+            "--rank",
+            str(args.rank),
+            "--device",
+            args.device,
+            "--no-record",
+        ]
+    )
     step, _ = make_step(step_args)
     wall, cpu = medians(interleaved({"step": step}, args.reps, args.device))
     decoded = statistics.median(c for c, _, _ in toy_rates)
@@ -128,19 +159,23 @@ def _measure(args, argv, work: Path) -> dict:
         "toy_step": f"{args.teacher}, batch {args.batch}, {args.frames} frames, {args.resolution} px: {cpu['step']:.4f} CPU s / {wall['step']:.4f} wall s",
         "toy_loader_stats": toy_rates[-1][2],
         "reps": args.reps,
-    }  # fmt: skip
+    }
     if args.real_clips > 0:
         video = webvid_like_video(args.real_video_frames)
-        real = VideoClips(write_video_shard(work / "real", video, args.real_clips), 16, args.real_interval, args.real_size)
+        real = VideoClips(
+            write_video_shard(work / "real", video, args.real_clips), 16, args.real_interval, args.real_size
+        )
         real_rates = [clips_per_second(real, args.real_clips) for _ in range(args.reps)]
         real_decoded = statistics.median(c for c, _, _ in real_rates)
-        result.update({
-            "real_video": f"596x336 H.264 mp4, {args.real_video_frames} frames; cut 16 frames, interval {args.real_interval}, crop to {args.real_size} px",
-            "real_decoded_clips_per_cpu_second": real_decoded,
-            "real_decoded_clips_per_wall_second": statistics.median(w for _, w, _ in real_rates),
-            "ratio_real": real_decoded / (args.real_batch / args.step_seconds) if args.step_seconds else None,
-            "real_step_seconds": args.step_seconds,
-        })  # fmt: skip
+        result.update(
+            {
+                "real_video": f"596x336 H.264 mp4, {args.real_video_frames} frames; cut 16 frames, interval {args.real_interval}, crop to {args.real_size} px",
+                "real_decoded_clips_per_cpu_second": real_decoded,
+                "real_decoded_clips_per_wall_second": statistics.median(w for _, w, _ in real_rates),
+                "ratio_real": real_decoded / (args.real_batch / args.step_seconds) if args.step_seconds else None,
+                "real_step_seconds": args.step_seconds,
+            }
+        )
     return finish(args, __file__, argv, "data loading vs a training step's consumption", result)
 
 

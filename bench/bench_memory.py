@@ -33,19 +33,58 @@ LEVERS = {
     "--teacher-cfg-batch": ["--teacher-cfg-batch"],
     "--offload-frozen": ["--offload-frozen"],
     "--use-8bit-adam": ["--use-8bit-adam"],
-    "all of bf16 + bf16 frozen + checkpointing": ["--mixed-precision", "bf16", "--frozen-dtype", "bf16", "--gradient-checkpointing"],
+    "all of bf16 + bf16 frozen + checkpointing": [
+        "--mixed-precision",
+        "bf16",
+        "--frozen-dtype",
+        "bf16",
+        "--gradient-checkpointing",
+    ],
 }
 
 
 def dry_run(extra: list[str], args, out: Path) -> dict:
     name = f"r{abs(hash(tuple(extra))) % 10**8}"
     # fp32 unless the lever says otherwise (its flag comes later and wins): distill.py's default on a GPU is fp16
-    cmd = [sys.executable, str(ROOT / "training" / "distill.py"), "--teacher", args.teacher, "--data", args.data,
-           "--output-dir", str(out), "--run-name", name, "--resolution", str(args.resolution), "--num-frames", str(args.frames),
-           "--frame-interval", "1", "--num-workers", "0", "--train-batch-size", "1", "--gradient-accumulation-steps", "1",
-           "--lambda-real", "0", "--disc-backbone", "tiny", "--lora-rank", str(args.rank), "--lora-alpha", str(args.rank),
-           "--dry-run", "--mixed-precision", "no", *extra]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    cmd = [
+        sys.executable,
+        str(ROOT / "training" / "distill.py"),
+        "--teacher",
+        args.teacher,
+        "--data",
+        args.data,
+        "--output-dir",
+        str(out),
+        "--run-name",
+        name,
+        "--resolution",
+        str(args.resolution),
+        "--num-frames",
+        str(args.frames),
+        "--frame-interval",
+        "1",
+        "--num-workers",
+        "0",
+        "--train-batch-size",
+        "1",
+        "--gradient-accumulation-steps",
+        "1",
+        "--lambda-real",
+        "0",
+        "--disc-backbone",
+        "tiny",
+        "--lora-rank",
+        str(args.rank),
+        "--lora-alpha",
+        str(args.rank),
+        "--dry-run",
+        "--mixed-precision",
+        "no",
+        *extra,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
     return json.loads((out / name / "dry_run.json").read_text())
@@ -82,13 +121,28 @@ def main(argv=None) -> None:
         base_peak = max(base["peak_memory_gib_per_part"].get(k, 0) for k in step_parts)
         secs = sum(r["seconds"].get(k, 0) for k in step_parts)
         base_secs = sum(base["seconds"].get(k, 0) for k in step_parts)
-        print(f"{label:48s} peak {r['peak_memory_gib']:.3f} GiB (ratio {r['peak_memory_gib'] / base['peak_memory_gib']:.3f}); "
-              f"forward+backward peak {step_peak:.3f} GiB (ratio {step_peak / base_peak:.3f}); "
-              f"forward+backward {secs:.2f} s (ratio {secs / base_secs:.2f})")  # fmt: skip
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, " \
-              f"{os.environ.get('OMP_NUM_THREADS', 'default')} threads, {'cuda' if on_gpu else 'cpu'}"  # fmt: skip
-    print(json.dumps({"date": dt.date.today().isoformat(), "machine": machine, "teacher": args.teacher,
-                      "resolution": args.resolution, "frames": args.frames, "memory": base.get("memory"), "results": results}))  # fmt: skip
+        print(
+            f"{label:48s} peak {r['peak_memory_gib']:.3f} GiB (ratio {r['peak_memory_gib'] / base['peak_memory_gib']:.3f}); "
+            f"forward+backward peak {step_peak:.3f} GiB (ratio {step_peak / base_peak:.3f}); "
+            f"forward+backward {secs:.2f} s (ratio {secs / base_secs:.2f})"
+        )
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{os.environ.get('OMP_NUM_THREADS', 'default')} threads, {'cuda' if on_gpu else 'cpu'}"
+    )
+    print(
+        json.dumps(
+            {
+                "date": dt.date.today().isoformat(),
+                "machine": machine,
+                "teacher": args.teacher,
+                "resolution": args.resolution,
+                "frames": args.frames,
+                "memory": base.get("memory"),
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

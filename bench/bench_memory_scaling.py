@@ -123,10 +123,17 @@ def build(size: str, lever: str, rank: int):
 def static_bytes(student, head, size: str, frozen: torch.dtype) -> dict:
     """Bytes that live through the whole run: weights, LoRA + head AdamW states (2 × fp32), other frozen models."""
     params = list(student.parameters()) + list(head.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size() for b in student.buffers())
+    weights = sum(p.numel() * p.element_size() for p in params) + sum(
+        b.numel() * b.element_size() for b in student.buffers()
+    )
     trainable = sum(p.numel() for p in params if p.requires_grad)
     other = OTHER_FROZEN_PARAMS.get(size, 0) * torch.tensor([], dtype=frozen).element_size()
-    return {"weights": weights, "adam_states": 2 * 4 * trainable, "vae_text_encoder": other, "trainable_params": trainable}
+    return {
+        "weights": weights,
+        "adam_states": 2 * 4 * trainable,
+        "vae_text_encoder": other,
+        "trainable_params": trainable,
+    }
 
 
 def one_step(student, head, target_head, lever: str, frames: int, latent: int) -> LiveBytes:
@@ -153,15 +160,25 @@ def one_step(student, head, target_head, lever: str, frames: int, latent: int) -
     amp = torch.autocast("cpu", dtype=autocast) if autocast else nullcontext()
     with tracker:
         with amp:
-            out = distillation_step(student_fn, teacher_fn, x0, cond, uncond, NoiseSchedule("scaled_linear"),
-                                    DistillConfig(lambda_real=1.0), index=torch.tensor([25]), w=torch.tensor([7.0]),
-                                    noise=torch.randn(x0.shape, generator=g), motion=head, target_motion=target_head)  # fmt: skip
+            out = distillation_step(
+                student_fn,
+                teacher_fn,
+                x0,
+                cond,
+                uncond,
+                NoiseSchedule("scaled_linear"),
+                DistillConfig(lambda_real=1.0),
+                index=torch.tensor([25]),
+                w=torch.tensor([7.0]),
+                noise=torch.randn(x0.shape, generator=g),
+                motion=head,
+                target_motion=target_head,
+            )
         out["loss"].backward()
         del out
     for p in list(student.parameters()) + list(head.parameters()):
         p.grad = None
     return tracker
-
 
 
 def measure(size: str, lever: str, points: list[tuple[int, int]], rank: int, log=None) -> list[dict]:
@@ -173,8 +190,15 @@ def measure(size: str, lever: str, points: list[tuple[int, int]], rank: int, log
         gc.collect()
         start = time.process_time()
         tracker = one_step(student, head, target_head, lever, frames, latent)
-        row = {"lever": lever, "latent": latent, "frames": frames, "step_peak_bytes": tracker.peak,
-               "cpu_seconds": round(time.process_time() - start, 1), "sdpa": sorted(tracker.ops), **static}  # fmt: skip
+        row = {
+            "lever": lever,
+            "latent": latent,
+            "frames": frames,
+            "step_peak_bytes": tracker.peak,
+            "cpu_seconds": round(time.process_time() - start, 1),
+            "sdpa": sorted(tracker.ops),
+            **static,
+        }
         rows.append(row)
         if log:
             log(row)
@@ -214,7 +238,15 @@ def attention_matrix_bytes(unet, latent: int, frames: int, itemsize: int) -> dic
         if not isinstance(module, Attention):
             continue
         parts = name.split(".")
-        level = 3 if "mid_block" in name else (int(parts[parts.index("down_blocks") + 1]) if "down_blocks" in name else 3 - int(parts[parts.index("up_blocks") + 1]))  # fmt: skip
+        level = (
+            3
+            if "mid_block" in name
+            else (
+                int(parts[parts.index("down_blocks") + 1])
+                if "down_blocks" in name
+                else 3 - int(parts[parts.index("up_blocks") + 1])
+            )
+        )
         tokens = (-(-latent // 2**level)) ** 2
         if "motion_modules" in name:
             temporal += tokens * module.heads * frames * frames * itemsize
@@ -224,8 +256,14 @@ def attention_matrix_bytes(unet, latent: int, frames: int, itemsize: int) -> dic
     return {"spatial": spatial, "temporal": temporal}
 
 
-SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, norm_num_groups=32,
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)  # fmt: skip
+SD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
 
 
 def vae_decode_peak(latent: int, frames: int, dtype: torch.dtype) -> int:
@@ -246,14 +284,26 @@ def parse(argv):
     from bench.common import RESULTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", default="real", choices=("tiny", "small", "real"), help="UNet size (bench/common.py); tiny for tests")
-    p.add_argument("--points", default="8x4,8x8,12x4,8x16,16x4,16x8", help="latent side x frames measured; the last one is held out of the fit")
+    p.add_argument(
+        "--size", default="real", choices=("tiny", "small", "real"), help="UNet size (bench/common.py); tiny for tests"
+    )
+    p.add_argument(
+        "--points",
+        default="8x4,8x8,12x4,8x16,16x4,16x8",
+        help="latent side x frames measured; the last one is held out of the fit",
+    )
     p.add_argument("--levers", default="fp32,bf16,bf16+ckpt", help=f"comma list of {sorted(LEVERS)}")
     p.add_argument("--rank", type=int, default=64, help="LoRA rank (training/distill.py default 64)")
     p.add_argument("--target", default="64x16", help="latent side x frames to extrapolate to (512² px × 16 frames)")
-    p.add_argument("--vae-points", default="4,8", help="latent sides at which the VAE decode of --disc-frames is measured ('' : skip)")
+    p.add_argument(
+        "--vae-points",
+        default="4,8",
+        help="latent sides at which the VAE decode of --disc-frames is measured ('' : skip)",
+    )
     p.add_argument("--disc-frames", type=int, default=2)
-    p.add_argument("--measured", default=None, help="reuse the rows of an earlier run (JSON lines from --log) instead of measuring")
+    p.add_argument(
+        "--measured", default=None, help="reuse the rows of an earlier run (JSON lines from --log) instead of measuring"
+    )
     p.add_argument("--log", default=None, help="append each measured row to this file as a JSON line")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=str(RESULTS))
@@ -283,16 +333,28 @@ def lever_summary(rows: list[dict], target: tuple[int, int], vae: dict, unet) ->
     materialised = None if LEVERS[lever][2] else total + matrices["spatial"] + matrices["temporal"]
     fit_error = max(abs(predict(coef, r["latent"], r["frames"]) / r["step_peak_bytes"] - 1) for r in fitted)
     out = {
-        "flags": LEVER_FLAGS[lever], "coef_bytes": {"c0": coef[0], "a_per_f_s2": coef[1], "b_per_f_s4": coef[2], "c_per_f2_s2": coef[3]},
-        "fit_max_rel_error": fit_error, "heldout": f"{held['latent']}x{held['frames']}", "heldout_measured_gib": held["step_peak_bytes"] / GIB,
+        "flags": LEVER_FLAGS[lever],
+        "coef_bytes": {"c0": coef[0], "a_per_f_s2": coef[1], "b_per_f_s4": coef[2], "c_per_f2_s2": coef[3]},
+        "fit_max_rel_error": fit_error,
+        "heldout": f"{held['latent']}x{held['frames']}",
+        "heldout_measured_gib": held["step_peak_bytes"] / GIB,
         "heldout_rel_error": predict(coef, held["latent"], held["frames"]) / held["step_peak_bytes"] - 1,
-        "four_term_fit": {"coef_bytes": coef4, "heldout_rel_error": predict(coef4, held["latent"], held["frames"]) / held["step_peak_bytes"] - 1,
-                          "target_step_gib": predict(coef4, *target) / GIB},
-        "weights_gib": rows[0]["weights"] / GIB, "adam_gib": rows[0]["adam_states"] / GIB, "vae_text_encoder_gib": rows[0]["vae_text_encoder"] / GIB,
-        "target_step_gib": step / GIB, "target_vae_decode_gib": decode / GIB, "target_total_gib": total / GIB, "target_total_gb": total / 1e9,
-        "ratio_to_goal": total / 1e9 / GOAL_GB, "ratio_to_official": total / 1e9 / OFFICIAL_GB,
+        "four_term_fit": {
+            "coef_bytes": coef4,
+            "heldout_rel_error": predict(coef4, held["latent"], held["frames"]) / held["step_peak_bytes"] - 1,
+            "target_step_gib": predict(coef4, *target) / GIB,
+        },
+        "weights_gib": rows[0]["weights"] / GIB,
+        "adam_gib": rows[0]["adam_states"] / GIB,
+        "vae_text_encoder_gib": rows[0]["vae_text_encoder"] / GIB,
+        "target_step_gib": step / GIB,
+        "target_vae_decode_gib": decode / GIB,
+        "target_total_gib": total / GIB,
+        "target_total_gb": total / 1e9,
+        "ratio_to_goal": total / 1e9 / GOAL_GB,
+        "ratio_to_official": total / 1e9 / OFFICIAL_GB,
         "target_total_gb_if_attention_materialised": None if materialised is None else materialised / 1e9,
-    }  # fmt: skip
+    }
     assert all(math.isfinite(v) for v in (step, total))
     return out
 
@@ -312,10 +374,18 @@ def main(argv=None) -> dict:
         rows = [r for lever in levers for r in measure(args.size, lever, points, args.rank, log)]
     vae_sides = [int(v) for v in args.vae_points.split(",") if v]
     if vae_sides and len(set(vae_sides)) < 2:
-        raise SystemExit(f"--vae-points {args.vae_points}: give two or more latent sides (the decode's memory is fitted as a line "
-                         "in s²), or '' to skip the decode")  # fmt: skip
-    vae_rows = {itemsize: [(s, vae_decode_peak(s, args.disc_frames, dt)) for s in vae_sides]
-                for itemsize, dt in ((4, torch.float32), (2, torch.bfloat16))} if vae_sides else {}  # fmt: skip
+        raise SystemExit(
+            f"--vae-points {args.vae_points}: give two or more latent sides (the decode's memory is fitted as a line "
+            "in s²), or '' to skip the decode"
+        )
+    vae_rows = (
+        {
+            itemsize: [(s, vae_decode_peak(s, args.disc_frames, dt)) for s in vae_sides]
+            for itemsize, dt in ((4, torch.float32), (2, torch.bfloat16))
+        }
+        if vae_sides
+        else {}
+    )
     vae = {}
     for itemsize, measured in vae_rows.items():  # linear in pixels: c0 + a·s² (the mid-block attention runs in SDPA)
         (s0, m0), (s1, m1) = measured[0], measured[-1]
@@ -325,20 +395,31 @@ def main(argv=None) -> dict:
 
     with torch.device("meta"):
         config = UNET_CONFIGS[args.size]
-        unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**config),
-                                           MotionAdapter(block_out_channels=config["block_out_channels"], **MOTION_CONFIGS[args.size]))  # fmt: skip
+        unet = UNetMotionModel.from_unet2d(
+            UNet2DConditionModel(**config),
+            MotionAdapter(block_out_channels=config["block_out_channels"], **MOTION_CONFIGS[args.size]),
+        )
     summary = {lever: lever_summary([r for r in rows if r["lever"] == lever], target, vae, unet) for lever in levers}
     for lever, s in summary.items():
-        print(f"{s['flags']:70s} {s['target_total_gb']:6.1f} GB at {target[0] * 8}²×{target[1]} ({s['ratio_to_goal']:.2f} of the 40 GB goal; "
-              f"official ≥ 70 GB); held-out {s['heldout']} error {s['heldout_rel_error']:+.3f}")  # fmt: skip
+        print(
+            f"{s['flags']:70s} {s['target_total_gb']:6.1f} GB at {target[0] * 8}²×{target[1]} ({s['ratio_to_goal']:.2f} of the 40 GB goal; "
+            f"official ≥ 70 GB); held-out {s['heldout']} error {s['heldout_rel_error']:+.3f}"
+        )
     best = min(summary.values(), key=lambda s: s["target_total_gb"])
     result = {
-        "ratio": best["ratio_to_goal"], "goal": "<= 1 (40 GB at 512x512x16, batch 1; official >= 70 GB)", "best": best["flags"],
+        "ratio": best["ratio_to_goal"],
+        "goal": "<= 1 (40 GB at 512x512x16, batch 1; official >= 70 GB)",
+        "best": best["flags"],
         "model": f"UNetMotionModel '{args.size}' + LoRA rank {args.rank}, random weights; step = student fwd+bwd, teacher CFG x2, target, motion head",
-        "attention": sorted({op for r in rows for op in r["sdpa"]}), "target": f"latent {target[0]}x{target[0]}, {target[1]} frames, batch 1",
-        "levers": summary, "vae_decode_measured_bytes": vae_rows, "measured": rows,
-    }  # fmt: skip
-    return finish(args, __file__, argv, "peak memory of one training step at 512²×16 from a measured scaling model", result)
+        "attention": sorted({op for r in rows for op in r["sdpa"]}),
+        "target": f"latent {target[0]}x{target[0]}, {target[1]} frames, batch 1",
+        "levers": summary,
+        "vae_decode_measured_bytes": vae_rows,
+        "measured": rows,
+    }
+    return finish(
+        args, __file__, argv, "peak memory of one training step at 512²×16 from a measured scaling model", result
+    )
 
 
 if __name__ == "__main__":

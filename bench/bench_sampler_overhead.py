@@ -89,9 +89,14 @@ def core(args) -> dict:
         "sample_mcm": lambda: sample_mcm(denoiser(model), x * sigmas[0], sigmas, disable=True),
     }
     times = interleaved(variants, args.reps, device)
-    free_times = interleaved({"sample_consistency": lambda: sample_consistency(free, x, timesteps, schedule, cond),
-                              "sample_mcm": lambda: sample_mcm(denoiser(free), x * sigmas[0], sigmas, disable=True)},
-                             max(args.reps, 20), device)  # fmt: skip
+    free_times = interleaved(
+        {
+            "sample_consistency": lambda: sample_consistency(free, x, timesteps, schedule, cond),
+            "sample_mcm": lambda: sample_mcm(denoiser(free), x * sigmas[0], sigmas, disable=True),
+        },
+        max(args.reps, 20),
+        device,
+    )
     per = {k: args.steps for k in times}
     wall, cpu = medians(times, per)
     _, overhead = medians(free_times, {k: args.steps for k in free_times})
@@ -161,11 +166,13 @@ def host(args) -> dict:
         "input": f"1 video, {frames} frames, {args.pixels}x{args.pixels} px, cfg 1 (1 UNet pass per step)",
         "steps": args.steps,
         "reps": args.reps,
-        "median_cpu_seconds_per_step": {"sampling_call": statistics.median(c / args.steps for _, c, _, _ in timed),
-                                        "unet_calls": statistics.median(u / args.steps for _, _, u, _ in timed)},
+        "median_cpu_seconds_per_step": {
+            "sampling_call": statistics.median(c / args.steps for _, c, _, _ in timed),
+            "unet_calls": statistics.median(u / args.steps for _, _, u, _ in timed),
+        },
         "median_wall_seconds_per_sampling": statistics.median(w for w, *_ in timed),
         "all_cpu_seconds": [[round(c, 3), round(u, 3)] for _, c, u, _ in runs],
-    }  # fmt: skip
+    }
 
 
 def main(argv=None) -> dict:

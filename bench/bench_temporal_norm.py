@@ -57,7 +57,9 @@ def write_adapter(folder: Path) -> None:
 
     layer = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q"
     w = LoraWeights(torch.zeros(4, 320), torch.zeros(320, 4), 4.0)
-    save_adapter(Adapter(AdapterMeta(lora_rank=4, lora_alpha=4.0), {layer: w}), folder / "bench.safetensors", overwrite=True)
+    save_adapter(
+        Adapter(AdapterMeta(lora_rank=4, lora_alpha=4.0), {layer: w}), folder / "bench.safetensors", overwrite=True
+    )
 
 
 def main(argv=None) -> dict:
@@ -144,8 +146,10 @@ def main(argv=None) -> dict:
         "ratio_cpu": round(cpu["frames"] / cpu["per_frame"], 4),
         "median_cpu_ms_in_motion_norms_per_step": {k: round(1e3 * statistics.median(norm_time[k]), 2) for k in graphs},
         # the same ratio from the norms alone: 1 + (their extra CPU time) / (the unpatched step), far less noisy
-        "ratio_from_norm_time": round(1 + (statistics.median(norm_time["frames"]) - statistics.median(norm_time["per_frame"]))
-                                      / cpu["per_frame"], 5),
+        "ratio_from_norm_time": round(
+            1 + (statistics.median(norm_time["frames"]) - statistics.median(norm_time["per_frame"])) / cpu["per_frame"],
+            5,
+        ),
         "all_wall_seconds": {k: [round(w, 3) for w, _ in v] for k, v in times.items()},
     }
     print(json.dumps(result))

@@ -33,7 +33,11 @@ def parse(argv):
     from bench.common import RESULTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", default=str(ROOT / "training" / "toy_teacher"), help="as training/distill.py --teacher (tiny-animatediff for tests)")
+    p.add_argument(
+        "--teacher",
+        default=str(ROOT / "training" / "toy_teacher"),
+        help="as training/distill.py --teacher (tiny-animatediff for tests)",
+    )
     p.add_argument("--motion-adapter", default=None)
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--frames", type=int, default=8)
@@ -65,8 +69,18 @@ def build(args):
     head, target_head = head.to(device), target_head.to(device)
     params = [p for p in student.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-5)
-    disc_args = SimpleNamespace(disc_layers="2,5,8,11", disc_backbone="tiny", lr_scheduler="constant", lr_warmup_steps=0, disc_gp=1e-5,
-                                disc_frames=args.disc_frames, disc_loss="wgan", disc_weight=1.0, disc_r1=0.0, disc_augment=True)  # fmt: skip
+    disc_args = SimpleNamespace(
+        disc_layers="2,5,8,11",
+        disc_backbone="tiny",
+        lr_scheduler="constant",
+        lr_warmup_steps=0,
+        disc_gp=1e-5,
+        disc_frames=args.disc_frames,
+        disc_loss="wgan",
+        disc_weight=1.0,
+        disc_r1=0.0,
+        disc_augment=True,
+    )
     generator = torch.Generator().manual_seed(0)
     adversary = Adversary(disc_args, teacher, device, SimpleNamespace(num_processes=1), 1e-4, 1000, generator)
     g = torch.Generator().manual_seed(1)
@@ -79,10 +93,14 @@ def build(args):
     inputs = SimpleNamespace(
         x0=torch.randn(b, teacher.latent_channels, args.frames, side, side, generator=g).to(device),
         noise=torch.randn(b, teacher.latent_channels, args.frames, side, side, generator=g).to(device),
-        index=torch.full((b,), 30, dtype=torch.long, device=device), w=torch.full((b,), 5.0, dtype=torch.float64),
-        cond=cond, uncond=uncond, pooled=pooled, c_real=pooled.repeat_interleave(args.disc_frames, dim=0),
+        index=torch.full((b,), 30, dtype=torch.long, device=device),
+        w=torch.full((b,), 5.0, dtype=torch.float64),
+        cond=cond,
+        uncond=uncond,
+        pooled=pooled,
+        c_real=pooled.repeat_interleave(args.disc_frames, dim=0),
         real=torch.rand(b * args.disc_frames, 3, args.resolution, args.resolution, generator=g).to(device) * 2 - 1,
-    )  # fmt: skip
+    )
     return teacher, student, head, target_head, optimizer, adversary, inputs
 
 
@@ -105,8 +123,20 @@ def make_step(args):
             return call_unet(student, x, t, c)
 
     def step():
-        out = distillation_step(student_fn, teacher_fn, a.x0, a.cond, a.uncond, schedule, config, index=a.index, w=a.w, noise=a.noise,
-                                motion=head, target_motion=target_head)  # fmt: skip
+        out = distillation_step(
+            student_fn,
+            teacher_fn,
+            a.x0,
+            a.cond,
+            a.uncond,
+            schedule,
+            config,
+            index=a.index,
+            w=a.w,
+            noise=a.noise,
+            motion=head,
+            target_motion=target_head,
+        )
         g_term, fake, c_fake = adversary.generator_term(out["model_pred"], a.pooled)
         (out["loss"] + g_term).backward()
         optimizer.step()
@@ -145,9 +175,14 @@ def make_step(args):
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
 
-    passes = {"student forward+backward": student_pass, "teacher CFG forward (cond, uncond)": teacher_pass, "target forward": target_pass,
-              "sparse decode + discriminator on fakes (forward+backward)": generator_pass, "discriminator step": discriminator_pass,
-              "LoRA optimizer step": optimizer_pass}  # fmt: skip
+    passes = {
+        "student forward+backward": student_pass,
+        "teacher CFG forward (cond, uncond)": teacher_pass,
+        "target forward": target_pass,
+        "sparse decode + discriminator on fakes (forward+backward)": generator_pass,
+        "discriminator step": discriminator_pass,
+        "LoRA optimizer step": optimizer_pass,
+    }
     return step, passes
 
 

@@ -29,25 +29,55 @@ SIZES = ("tiny", "small", "real")
 # dominates a step as it does at full size; "real" is the SD1.5 UNet + AnimateDiff v1-5-2 motion
 # adapter architecture (random weights, no download; sized for a GPU).
 UNET_CONFIGS = {
-    "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-                 down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")),
-    "small": dict(block_out_channels=(64, 128, 128), layers_per_block=2, cross_attention_dim=128, attention_head_dim=8, norm_num_groups=32,
-                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")),
-    "real": dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768, attention_head_dim=8,
-                 norm_num_groups=32, sample_size=64),
-}  # fmt: skip
+    "tiny": dict(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "small": dict(
+        block_out_channels=(64, 128, 128),
+        layers_per_block=2,
+        cross_attention_dim=128,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    ),
+    "real": dict(
+        block_out_channels=(320, 640, 1280, 1280),
+        layers_per_block=2,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+        sample_size=64,
+    ),
+}
 MOTION_CONFIGS = {
-    "tiny": dict(motion_layers_per_block=1, motion_norm_num_groups=8, motion_num_attention_heads=2, motion_max_seq_length=32),
-    "small": dict(motion_layers_per_block=2, motion_norm_num_groups=32, motion_num_attention_heads=4, motion_max_seq_length=32),
-    "real": dict(motion_layers_per_block=2, motion_norm_num_groups=32, motion_num_attention_heads=8, motion_max_seq_length=32),
-}  # fmt: skip
+    "tiny": dict(
+        motion_layers_per_block=1, motion_norm_num_groups=8, motion_num_attention_heads=2, motion_max_seq_length=32
+    ),
+    "small": dict(
+        motion_layers_per_block=2, motion_norm_num_groups=32, motion_num_attention_heads=4, motion_max_seq_length=32
+    ),
+    "real": dict(
+        motion_layers_per_block=2, motion_norm_num_groups=32, motion_num_attention_heads=8, motion_max_seq_length=32
+    ),
+}
 #: default latent shape (frames, latent side) per size; "real" = 16 frames at 512² (latent 64²)
 LATENT_SHAPES = {"tiny": (4, 8), "small": (8, 16), "real": (16, 64)}
 
 
 def add_common_args(p, reps: int = 5, size: str = "small") -> None:
-    p.add_argument("--size", default=size, choices=SIZES, help="model size: tiny (tests), small (CPU), real (SD1.5 + AnimateDiff, GPU)")
+    p.add_argument(
+        "--size",
+        default=size,
+        choices=SIZES,
+        help="model size: tiny (tests), small (CPU), real (SD1.5 + AnimateDiff, GPU)",
+    )
     p.add_argument("--frames", type=int, default=None, help="frames per video (default: per size)")
     p.add_argument("--latent", type=int, default=None, help="latent side in pixels / 8 (default: per size)")
     p.add_argument("--reps", type=int, default=reps, help="timed repetitions of each variant (interleaved)")
@@ -101,7 +131,9 @@ def timed(fn: Callable[[], object], device="cpu") -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def interleaved(variants: dict[str, Callable[[], object]], reps: int, device="cpu", warmup: int = 1) -> dict[str, list[tuple[float, float]]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]], reps: int, device="cpu", warmup: int = 1
+) -> dict[str, list[tuple[float, float]]]:
     """Each variant ``warmup`` times, then ``reps`` rounds of all variants in turn; per variant the
     (wall, CPU) seconds of every timed call."""
     for fn in variants.values():
@@ -164,12 +196,17 @@ def in_repo(value):
 def finish(args, script: str, argv, title: str, result: dict, reading: str = "") -> dict:
     """Print the result as one JSON line and (unless ``--no-record``) append it to the results file.
     Paths inside the repository are recorded relative to its root (:func:`in_repo`)."""
-    result = in_repo({"ratio": result.pop("ratio"), "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), **result})
+    result = in_repo(
+        {"ratio": result.pop("ratio"), "date": time.strftime("%Y-%m-%d"), "machine": machine(args.device), **result}
+    )
     line = json.dumps(rounded(result))
     print(line, flush=True)
     if not args.no_record:
         argv = in_repo(sys.argv[1:] if argv is None else list(argv))
-        command = "OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "unset"), shlex.join([os.path.relpath(script, ROOT)] + argv))
+        command = "OMP_NUM_THREADS=%s python %s" % (
+            os.environ.get("OMP_NUM_THREADS", "unset"),
+            shlex.join([os.path.relpath(script, ROOT)] + argv),
+        )
         entry = [f"\n## {result['date']} — {title}\n", f"- Machine: {result['machine']}", f"- Command: `{command}`"]
         if reading:
             entry.append(f"- Reading: {reading}")

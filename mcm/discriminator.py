@@ -65,7 +65,9 @@ def diff_augment(x: torch.Tensor, generator: torch.Generator | None = None, cuto
     sx = (torch.randint(-(w // 8), w // 8 + 1, (b,), generator=generator)).tolist()
     pad = (w // 8, w // 8, h // 8, h // 8)
     padded = F.pad(x, pad)
-    x = torch.stack([padded[i, :, h // 8 - sy[i] : h // 8 - sy[i] + h, w // 8 - sx[i] : w // 8 - sx[i] + w] for i in range(b)])
+    x = torch.stack(
+        [padded[i, :, h // 8 - sy[i] : h // 8 - sy[i] + h, w // 8 - sx[i] : w // 8 - sx[i] + w] for i in range(b)]
+    )
     # cutout: one square per image, side = cutout × image side
     ch, cw = max(1, int(h * cutout + 0.5)), max(1, int(w * cutout + 0.5))
     cy = torch.randint(0, h - ch + 1, (b,), generator=generator).tolist()
@@ -116,14 +118,17 @@ class Dinov2Features(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.layers = tuple(layers)
         if input_size % model.config.patch_size:
-            raise ValueError(f"DINOv2 input side {input_size} is not a multiple of its {model.config.patch_size}-px patches")
+            raise ValueError(
+                f"DINOv2 input side {input_size} is not a multiple of its {model.config.patch_size}-px patches"
+            )
         self.image_size = int(input_size)
         self.channels = int(model.config.hidden_size)
         self.skip = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "facebook/dinov2-small", layers=(2, 5, 8, 11),
-                        input_size: int = DINO_INPUT_SIZE) -> Dinov2Features:  # fmt: skip
+    def from_pretrained(
+        cls, name_or_path: str = "facebook/dinov2-small", layers=(2, 5, 8, 11), input_size: int = DINO_INPUT_SIZE
+    ) -> Dinov2Features:
         from transformers import Dinov2Model
 
         return cls(Dinov2Model.from_pretrained(name_or_path), layers, input_size)
@@ -211,7 +216,9 @@ class FrameDiscriminator(nn.Module):
     def head_logits(self, features: list[torch.Tensor], c: torch.Tensor) -> list[torch.Tensor]:
         return [head(f, c) for head, f in zip(self.heads, features, strict=True)]
 
-    def forward(self, images: torch.Tensor, c: torch.Tensor, generator=None, augment: bool = True, with_grad_to_input=True):
+    def forward(
+        self, images: torch.Tensor, c: torch.Tensor, generator=None, augment: bool = True, with_grad_to_input=True
+    ):
         pixels = self.preprocess(images, generator, augment)
         if with_grad_to_input:
             features = self.backbone.features(pixels)
@@ -254,8 +261,9 @@ def generator_loss(fake: torch.Tensor, kind: str = "wgan") -> torch.Tensor:
     raise ValueError(f"unknown adversarial loss {kind!r}; expected one of {LOSSES}")
 
 
-def feature_gradient_penalty(disc: FrameDiscriminator, real_pixels: torch.Tensor, fake_pixels: torch.Tensor,
-                             c: torch.Tensor, generator=None) -> torch.Tensor:  # fmt: skip
+def feature_gradient_penalty(
+    disc: FrameDiscriminator, real_pixels: torch.Tensor, fake_pixels: torch.Tensor, c: torch.Tensor, generator=None
+) -> torch.Tensor:
     """The official "r1": a WGAN-GP penalty on interpolates, taken in DINO-*feature* space.
 
     ``real_pixels``/``fake_pixels`` are preprocessed DINO inputs; α ~ U(0, 1) per image; the gradient

@@ -51,7 +51,9 @@ class DistillConfig:
     huber_c: float = 0.001
     prediction_type: str = "epsilon"
     lambda_real: float = 0.5
-    teacher_cfg_batch: bool = False  # one teacher call on [cond; uncond] instead of two (memory/speed trade, same result)
+    teacher_cfg_batch: bool = (
+        False  # one teacher call on [cond; uncond] instead of two (memory/speed trade, same result)
+    )
 
     def __post_init__(self):
         check_prediction_type(self.prediction_type)
@@ -98,8 +100,9 @@ def _x0_eps(output, x_t, t, schedule, prediction_type):
 
 
 @torch.no_grad()
-def generated_x0(student: Model, noise: torch.Tensor, cond, schedule: NoiseSchedule,
-                 prediction_type: str = "epsilon") -> torch.Tensor:  # fmt: skip
+def generated_x0(
+    student: Model, noise: torch.Tensor, cond, schedule: NoiseSchedule, prediction_type: str = "epsilon"
+) -> torch.Tensor:
     """The student's one-step sample from pure noise at t = T−1 (plain x̂0, as the official code)."""
     t = torch.full((noise.shape[0],), schedule.num_train_timesteps - 1, dtype=torch.long)
     x0, _ = _x0_eps(student(noise, t, cond), noise, t, schedule, prediction_type)
@@ -163,5 +166,12 @@ def distillation_step(
         target_repr = target_motion(target)
 
     loss = consistency_distance(motion(model_pred), target_repr, config.loss_type, config.huber_c)
-    return {"loss": loss, "model_pred": model_pred, "target": target, "x_t": x_t, "x_prev": x_prev,
-            "t_start": t_start, "t_end": t_end}  # fmt: skip
+    return {
+        "loss": loss,
+        "model_pred": model_pred,
+        "target": target,
+        "x_t": x_t,
+        "x_prev": x_prev,
+        "t_start": t_start,
+        "t_end": t_end,
+    }

@@ -27,9 +27,14 @@ def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2)."""
     mu1, mu2 = torch.as_tensor(mu1).double(), torch.as_tensor(mu2).double()
-    sigma1, sigma2 = torch.atleast_2d(torch.as_tensor(sigma1).double()), torch.atleast_2d(torch.as_tensor(sigma2).double())
+    sigma1, sigma2 = (
+        torch.atleast_2d(torch.as_tensor(sigma1).double()),
+        torch.atleast_2d(torch.as_tensor(sigma2).double()),
+    )
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(), mu1.numel()):
-        raise ValueError(f"shapes do not match: mu {tuple(mu1.shape)} / {tuple(mu2.shape)}, sigma {tuple(sigma1.shape)} / {tuple(sigma2.shape)}")
+        raise ValueError(
+            f"shapes do not match: mu {tuple(mu1.shape)} / {tuple(mu2.shape)}, sigma {tuple(sigma1.shape)} / {tuple(sigma2.shape)}"
+        )
     root1 = _sqrt_psd(sigma1)
     cross = _sqrt_psd(root1 @ sigma2 @ root1)
     value = (mu1 - mu2).square().sum() + torch.trace(sigma1) + torch.trace(sigma2) - 2 * torch.trace(cross)

@@ -37,7 +37,9 @@ class MotionHead(nn.Module):
     (weight and bias), so the head starts as the identity.
     """
 
-    def __init__(self, channels: int = 4, hidden: int = 64, num_layers: int = 2, kernel_size: int = 1, groups: int = 32):
+    def __init__(
+        self, channels: int = 4, hidden: int = 64, num_layers: int = 2, kernel_size: int = 1, groups: int = 32
+    ):
         super().__init__()
         if num_layers < 2:
             raise ValueError(f"num_layers must be >= 2 (one hidden block and the output conv), got {num_layers}")
@@ -54,7 +56,13 @@ class MotionHead(nn.Module):
         self.out = nn.Conv2d(width, channels, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
-        self.config = {"channels": channels, "hidden": hidden, "num_layers": num_layers, "kernel_size": kernel_size, "groups": groups}
+        self.config = {
+            "channels": channels,
+            "hidden": hidden,
+            "num_layers": num_layers,
+            "kernel_size": kernel_size,
+            "groups": groups,
+        }
 
     @classmethod
     def preset(cls, name: str, channels: int = 4) -> MotionHead:
@@ -89,8 +97,9 @@ def latent_difference(video: torch.Tensor) -> torch.Tensor:
     return video[:, :, 1:] - video[:, :, :-1]
 
 
-def butterworth_low_pass(shape: tuple[int, int, int], cutoff: float = 0.25, order: int = 4,
-                         temporal_cutoff: float | None = None, device=None) -> torch.Tensor:  # fmt: skip
+def butterworth_low_pass(
+    shape: tuple[int, int, int], cutoff: float = 0.25, order: int = 4, temporal_cutoff: float | None = None, device=None
+) -> torch.Tensor:
     """A 3-D Butterworth low-pass mask over (f, h, w) in centred (fftshift) frequency coordinates.
 
     Normalised frequency d ∈ [−1, 1) per axis; the temporal axis is rescaled by cutoff/temporal_cutoff

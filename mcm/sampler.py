@@ -132,9 +132,7 @@ def ve_consistency_output(
     return consistency_output(x_vp, x0_hat, t, sigma_data, timestep_scaling)
 
 
-def comfy_sigmas(
-    timesteps: torch.Tensor, schedule: NoiseSchedule, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def comfy_sigmas(timesteps: torch.Tensor, schedule: NoiseSchedule, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """ComfyUI ``SIGMAS`` for integer ``timesteps``: their sigmas, then a final 0 (ComfyUI uses float32)."""
     timesteps = torch.as_tensor(timesteps, dtype=torch.long)
     sigmas = schedule.comfy_sigmas[timesteps.clamp(min=0)]

@@ -166,9 +166,7 @@ def ddim_timesteps(
 ) -> torch.Tensor:
     """The DDIM solver grid, ascending: ``t = (i + 1) * k - 1`` with ``k = T // N`` (19, 39, ..., 999)."""
     if not 1 <= num_ddim_timesteps <= num_train_timesteps:
-        raise ValueError(
-            f"num_ddim_timesteps must lie in [1, {num_train_timesteps}], got {num_ddim_timesteps}"
-        )
+        raise ValueError(f"num_ddim_timesteps must lie in [1, {num_train_timesteps}], got {num_ddim_timesteps}")
     k = num_train_timesteps // num_ddim_timesteps
     return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.long) * k - 1
 

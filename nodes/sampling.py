@@ -23,12 +23,22 @@ class MCMModelSampling(MCMNode):
     node_id, display_name = "MCM_ModelSampling", "MCM Model Sampling"
     inputs = [
         io.Model.Input("model", tooltip="The SD1.5 (+ AnimateDiff) model with the MCM LoRA applied."),
-        io.Combo.Input("beta_schedule", options=list(BETA_CHOICES), default=DEMO_BETA_LABEL,
-                       tooltip="Noise schedule. Names are ComfyUI's, diffusers' in brackets: ComfyUI "
-                       "sqrt_linear = diffusers linear (the official MCM AnimateDiff demo); ComfyUI linear = "
-                       "diffusers scaled_linear (what the official MCM training used)."),
-        io.Float.Input("timestep_scaling", default=TIMESTEP_SCALING, min=0.1, max=100.0, step=0.1,
-                       tooltip="Consistency boundary scaling: MCM was trained with 4 (LCM uses 10)."),
+        io.Combo.Input(
+            "beta_schedule",
+            options=list(BETA_CHOICES),
+            default=DEMO_BETA_LABEL,
+            tooltip="Noise schedule. Names are ComfyUI's, diffusers' in brackets: ComfyUI "
+            "sqrt_linear = diffusers linear (the official MCM AnimateDiff demo); ComfyUI linear = "
+            "diffusers scaled_linear (what the official MCM training used).",
+        ),
+        io.Float.Input(
+            "timestep_scaling",
+            default=TIMESTEP_SCALING,
+            min=0.1,
+            max=100.0,
+            step=0.1,
+            tooltip="Consistency boundary scaling: MCM was trained with 4 (LCM uses 10).",
+        ),
     ]
     outputs = [io.Model.Output(tooltip="The model with MCM model sampling (the input model is left untouched).")]
 
@@ -76,14 +86,29 @@ class MCMKSampler(MCMNode):
     node_id, display_name = "MCM_KSampler", "MCM KSampler"
     inputs = [
         io.Model.Input("model", tooltip="The model with the MCM adapter (Load MCM LoRA), inside an ADE graph."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                     tooltip="Seed of the initial and the re-noising noise."),
+        io.Int.Input(
+            "seed",
+            default=0,
+            min=0,
+            max=0xFFFFFFFFFFFFFFFF,
+            control_after_generate=True,
+            tooltip="Seed of the initial and the re-noising noise.",
+        ),
         io.Int.Input("steps", default=4, min=1, max=MAX_STEPS, tooltip=STEPS_TOOLTIP),
-        io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1, round=0.01,
-                       tooltip="MCM is trained for cfg 1 (one UNet pass per step, negative prompt unused)."),
+        io.Float.Input(
+            "cfg",
+            default=1.0,
+            min=0.0,
+            max=30.0,
+            step=0.1,
+            round=0.01,
+            tooltip="MCM is trained for cfg 1 (one UNet pass per step, negative prompt unused).",
+        ),
         io.Conditioning.Input("positive", tooltip="The prompt."),
         io.Conditioning.Input("negative", tooltip="Used only when cfg > 1."),
-        io.Latent.Input("latent_image", tooltip="Empty latent (batch = frames) or an encoded video for video-to-video."),
+        io.Latent.Input(
+            "latent_image", tooltip="Empty latent (batch = frames) or an encoded video for video-to-video."
+        ),
         _denoise(),
     ]
     outputs = [io.Latent.Output(tooltip="The sampled latent video (frames along the batch).")]

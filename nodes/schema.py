@@ -33,7 +33,12 @@ class MCMNode(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         extra = {"search_aliases": list(SEARCH_ALIASES)} if has_search_aliases() else {}
         description = " ".join((cls.__doc__ or "").split())  # the docstring, on one line
-        return io.Schema(node_id=cls.node_id, display_name=cls.display_name, category=CATEGORY,
-                         description=description, inputs=cls.current_inputs(), outputs=list(cls.outputs),
-                         **extra)  # fmt: skip
-
+        return io.Schema(
+            node_id=cls.node_id,
+            display_name=cls.display_name,
+            category=CATEGORY,
+            description=description,
+            inputs=cls.current_inputs(),
+            outputs=list(cls.outputs),
+            **extra,
+        )

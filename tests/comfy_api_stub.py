@@ -62,10 +62,18 @@ class ComfyExtension(abc.ABC):
 def make_io() -> types.ModuleType:
     io = types.ModuleType("comfy_api.latest.io")
     io.Schema, io.ComfyNode, io.NodeOutput = Schema, ComfyNode, NodeOutput
-    for name, io_type, widget in [("Int", "INT", True), ("Float", "FLOAT", True), ("Boolean", "BOOLEAN", True),
-                                  ("String", "STRING", True), ("Combo", "COMBO", True), ("Model", "MODEL", False),
-                                  ("Conditioning", "CONDITIONING", False), ("Latent", "LATENT", False),
-                                  ("Sigmas", "SIGMAS", False), ("Sampler", "SAMPLER", False)]:  # fmt: skip
+    for name, io_type, widget in [
+        ("Int", "INT", True),
+        ("Float", "FLOAT", True),
+        ("Boolean", "BOOLEAN", True),
+        ("String", "STRING", True),
+        ("Combo", "COMBO", True),
+        ("Model", "MODEL", False),
+        ("Conditioning", "CONDITIONING", False),
+        ("Latent", "LATENT", False),
+        ("Sigmas", "SIGMAS", False),
+        ("Sampler", "SAMPLER", False),
+    ]:
         setattr(io, name, _comfy_type(io_type, widget))
     io.Custom = lambda io_type: _comfy_type(io_type, False)
     return io

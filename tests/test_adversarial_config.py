@@ -46,13 +46,43 @@ def test_official_settings_update_the_discriminator_once_per_optimizer_step(tmp_
     """Accumulation 4, bf16 autocast, --scale-lr, cosine with warm-up: D updates = optimizer steps, and both
     learning rates follow their schedules (before: 4 D updates per step and a D schedule ending at step 1)."""
     steps, warmup, accumulation = 4, 2, 4
-    run = distill.train(distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", steps, "--checkpointing-steps", 10,
-                                                 "--gradient-accumulation-steps", accumulation, "--mixed-precision", "bf16",
-                                                 "--scale-lr", "--lr-scheduler", "cosine", "--lr-warmup-steps", warmup,
-                                                 "--train-batch-size", 1, "--disc-lr", "1e-3", "--run-name", "official")))  # fmt: skip
+    run = distill.train(
+        distill.parse_args(
+            flags(
+                tmp_path,
+                toy_data,
+                "--max-train-steps",
+                steps,
+                "--checkpointing-steps",
+                10,
+                "--gradient-accumulation-steps",
+                accumulation,
+                "--mixed-precision",
+                "bf16",
+                "--scale-lr",
+                "--lr-scheduler",
+                "cosine",
+                "--lr-warmup-steps",
+                warmup,
+                "--train-batch-size",
+                1,
+                "--disc-lr",
+                "1e-3",
+                "--run-name",
+                "official",
+            )
+        )
+    )
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (steps, steps * accumulation, steps)
-    g_lr, d_lr = 1e-3 * accumulation / 128, 1e-3 * accumulation * 2 / 128  # scaled by total batch (x frames for D) / 128
+    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (
+        steps,
+        steps * accumulation,
+        steps,
+    )
+    g_lr, d_lr = (
+        1e-3 * accumulation / 128,
+        1e-3 * accumulation * 2 / 128,
+    )  # scaled by total batch (x frames for D) / 128
     for mark, step in (("start", 1), ("middle", 2), ("end", 4)):
         seen = summary["learning_rates"][mark]
         assert seen["step"] == step
@@ -62,7 +92,9 @@ def test_official_settings_update_the_discriminator_once_per_optimizer_step(tmp_
     assert state["scheduler"]["last_epoch"] == steps and state["updates"] == steps
 
 
-def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_was_given(tmp_path, toy_data, fresh_accelerate):
+def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_was_given(
+    tmp_path, toy_data, fresh_accelerate
+):
     """The official scripts' settings at tiny size through the command line (``distill.main``): a ``--config`` YAML
     (accumulation 4, discriminator on, bf16 autocast, --scale-lr, cosine with warm-up) and ``--flag=value`` overrides of
     some of its values. The run folder's config.yaml holds every value given (the command line's where both set one);
@@ -72,12 +104,33 @@ def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_w
     from mcm.weights import load_adapter
 
     steps, warmup, accumulation = 4, 2, 4
-    from_yaml = {"teacher": "tiny-animatediff", "data": str(toy_data), "output-dir": str(tmp_path), "run-name": "official",
-                 "resolution": 16, "num-frames": 4, "frame-interval": 1, "num-workers": 0, "train-batch-size": 1,
-                 "gradient-accumulation-steps": accumulation, "mixed-precision": "bf16", "scale-lr": True, "learning-rate": 1e-3,
-                 "lr-scheduler": "cosine", "lr-warmup-steps": warmup, "max-train-steps": 7, "checkpointing-steps": 10,
-                 "disc": True, "disc-backbone": "tiny", "disc-lr": 2e-3, "lora-rank": 8, "lora-alpha": 2.0,
-                 "beta-schedule": "linear", "timestep-scaling": 5.0, "toy-eval": False}  # fmt: skip
+    from_yaml = {
+        "teacher": "tiny-animatediff",
+        "data": str(toy_data),
+        "output-dir": str(tmp_path),
+        "run-name": "official",
+        "resolution": 16,
+        "num-frames": 4,
+        "frame-interval": 1,
+        "num-workers": 0,
+        "train-batch-size": 1,
+        "gradient-accumulation-steps": accumulation,
+        "mixed-precision": "bf16",
+        "scale-lr": True,
+        "learning-rate": 1e-3,
+        "lr-scheduler": "cosine",
+        "lr-warmup-steps": warmup,
+        "max-train-steps": 7,
+        "checkpointing-steps": 10,
+        "disc": True,
+        "disc-backbone": "tiny",
+        "disc-lr": 2e-3,
+        "lora-rank": 8,
+        "lora-alpha": 2.0,
+        "beta-schedule": "linear",
+        "timestep-scaling": 5.0,
+        "toy-eval": False,
+    }
     overrides = {"max-train-steps": steps, "lora-rank": 4, "disc-lr": 1e-3, "prediction-type": "v_prediction"}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(from_yaml))
     assert distill.main(["--config", str(tmp_path / "run.yaml"), *(f"--{k}={v}" for k, v in overrides.items())]) == 0
@@ -87,8 +140,15 @@ def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_w
     given = {**from_yaml, **overrides}
     assert {k: used[k] for k in given} == given
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (steps, steps * accumulation, steps)
-    g_lr, d_lr = 1e-3 * accumulation / 128, 1e-3 * accumulation * 2 / 128  # scaled by total batch (x 2 frames for D) / 128
+    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (
+        steps,
+        steps * accumulation,
+        steps,
+    )
+    g_lr, d_lr = (
+        1e-3 * accumulation / 128,
+        1e-3 * accumulation * 2 / 128,
+    )  # scaled by total batch (x 2 frames for D) / 128
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))
@@ -98,11 +158,19 @@ def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_w
         seen = summary["learning_rates"][mark]
         assert seen["generator"] == pytest.approx(g_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
         assert seen["discriminator"] == pytest.approx(d_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
-    adversary = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"]
+    adversary = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)[
+        "adversary"
+    ]
     assert adversary["scheduler"]["last_epoch"] == steps and adversary["updates"] == steps
     adapter = load_adapter(run / "adapter.safetensors")
     meta = adapter.meta
-    assert (meta.lora_rank, meta.lora_alpha, meta.beta_schedule, meta.prediction_type, meta.timestep_scaling) == (4, 2.0, "linear", "v_prediction", 5.0)
+    assert (meta.lora_rank, meta.lora_alpha, meta.beta_schedule, meta.prediction_type, meta.timestep_scaling) == (
+        4,
+        2.0,
+        "linear",
+        "v_prediction",
+        5.0,
+    )
     assert adapter.layers and {w.down.shape[0] for w in adapter.layers.values()} == {4}
 
 
@@ -110,9 +178,23 @@ def test_the_discriminator_schedule_is_sized_in_updates_and_stays_at_its_end(tmp
     from training.adversarial import Adversary
     from training.models import tiny_teacher
 
-    args = distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", 12, "--lr-warmup-steps", 4, "--disc-update-every", 2,
-                                    "--lr-scheduler", "cosine"))  # fmt: skip
-    adv = Adversary(args, tiny_teacher("animatediff"), torch.device("cpu"), None, 1.0, 12, torch.Generator().manual_seed(0))
+    args = distill.parse_args(
+        flags(
+            tmp_path,
+            toy_data,
+            "--max-train-steps",
+            12,
+            "--lr-warmup-steps",
+            4,
+            "--disc-update-every",
+            2,
+            "--lr-scheduler",
+            "cosine",
+        )
+    )
+    adv = Adversary(
+        args, tiny_teacher("animatediff"), torch.device("cpu"), None, 1.0, 12, torch.Generator().manual_seed(0)
+    )
     assert [adv.due(s) for s in range(5)] == [True, False, True, False, True]
     lrs = []
     for _ in range(10):  # 6 updates in the run (12 steps / 2), then 4 past its end
@@ -130,17 +212,30 @@ def test_two_processes_train_the_discriminator_one_process_with_accumulation_tra
     assert [s["discriminator_updates"] for s in summaries] == [3, 3] and summaries[1]["num_processes"] == 2
 
     def heads(run):
-        return torch.load(run / "checkpoint-3" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"]["heads"]
+        return torch.load(run / "checkpoint-3" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"][
+            "heads"
+        ]
 
     from training.adversarial import Adversary
     from training.models import tiny_teacher
 
     a, b = heads(two), heads(one)
-    start = Adversary(distill.parse_args(flags(tmp_path, toy_data)), tiny_teacher("animatediff"), torch.device("cpu"), None, 1.0, 3,
-                      None).disc.heads.state_dict()  # fmt: skip
+    start = Adversary(
+        distill.parse_args(flags(tmp_path, toy_data)),
+        tiny_teacher("animatediff"),
+        torch.device("cpu"),
+        None,
+        1.0,
+        3,
+        None,
+    ).disc.heads.state_dict()
     trained = [k for k in b if k.endswith(("weight_orig", ".weight", ".bias"))]
-    assert set(a) == set(b) and min((b[k] - start[k]).abs().max() for k in trained if k.endswith("weight_orig")) > 1e-3  # they trained
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
+    assert (
+        set(a) == set(b) and min((b[k] - start[k]).abs().max() for k in trained if k.endswith("weight_orig")) > 1e-3
+    )  # they trained
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), max(
+        (a[k] - b[k]).abs().max().item() for k in a
+    )
 
 
 def test_offloaded_vae_and_text_encoder_run_only_while_placed_in_both_branches(tmp_path, toy_data, monkeypatch):
@@ -155,15 +250,36 @@ def test_offloaded_vae_and_text_encoder_run_only_while_placed_in_both_branches(t
 
     def record(name, module):
         owner = teacher.text_encoder if name == "text" else teacher.vae
-        module.register_forward_pre_hook(lambda m, a, kw: calls.append((name, is_placed(owner), _rows(a, kw))), with_kwargs=True)
+        module.register_forward_pre_hook(
+            lambda m, a, kw: calls.append((name, is_placed(owner), _rows(a, kw))), with_kwargs=True
+        )
 
     record("text", teacher.text_encoder)
     record("encode", teacher.vae.encoder)
     record("decode", teacher.vae.decoder)
-    teacher.vae.decoder.register_full_backward_hook(lambda m, gi, go: calls.append(("decode backward", is_placed(teacher.vae), 0)))
-    distill.train(distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", 2, "--checkpointing-steps", 10, "--offload-frozen",
-                                           "--train-batch-size", 1, "--disc-real", "images", "--disc-images", "toy")),
-                  teacher=teacher)  # fmt: skip
+    teacher.vae.decoder.register_full_backward_hook(
+        lambda m, gi, go: calls.append(("decode backward", is_placed(teacher.vae), 0))
+    )
+    distill.train(
+        distill.parse_args(
+            flags(
+                tmp_path,
+                toy_data,
+                "--max-train-steps",
+                2,
+                "--checkpointing-steps",
+                10,
+                "--offload-frozen",
+                "--train-batch-size",
+                1,
+                "--disc-real",
+                "images",
+                "--disc-images",
+                "toy",
+            )
+        ),
+        teacher=teacher,
+    )
     assert all(placed for _, placed, _ in calls), [c for c in calls if not c[1]]
     kinds = [(name, rows) for name, _, rows in calls]
     assert kinds.count(("text", 2)) == 2  # the discriminator's real captions (batch 1 x 2 frames), one call per step
@@ -191,15 +307,30 @@ def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, mon
             torch.ones(2, 2) @ torch.ones(2, 2)
     except RuntimeError:
         pytest.skip(f"this CPU's autocast has no {precision}")
-    monkeypatch.setattr(training.adversarial, "discriminator_loss", lambda real, fake, kind: 0 * (real.sum() + fake.sum()))
+    monkeypatch.setattr(
+        training.adversarial, "discriminator_loss", lambda real, fake, kind: 0 * (real.sum() + fake.sum())
+    )
     args = distill.parse_args(flags(tmp_path, toy_data, "--no-disc-augment", "--disc-gp", "1e-5"))
 
     def heads_gradient(mixed):
-        adv = Adversary(args, tiny_teacher("animatediff"), torch.device("cpu"), SimpleNamespace(num_processes=1, mixed_precision=mixed),
-                        1.0, 10, torch.Generator().manual_seed(0))  # fmt: skip
+        adv = Adversary(
+            args,
+            tiny_teacher("animatediff"),
+            torch.device("cpu"),
+            SimpleNamespace(num_processes=1, mixed_precision=mixed),
+            1.0,
+            10,
+            torch.Generator().manual_seed(0),
+        )
         g = torch.Generator().manual_seed(1)
-        real, fake, c = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.rand(4, 3, 16, 16, generator=g) * 2 - 1, torch.randn(4, 32, generator=g)
-        for _ in range(30):  # a scaler starts high (2^16) and halves on each overflow, as in training (those D updates are skipped)
+        real, fake, c = (
+            torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
+            torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
+            torch.randn(4, 32, generator=g),
+        )
+        for _ in range(
+            30
+        ):  # a scaler starts high (2^16) and halves on each overflow, as in training (those D updates are skipped)
             adv.optimizer.zero_grad(set_to_none=True)
             with torch.autocast("cpu", dtype=dtype, enabled=mixed != "no"):
                 adv.accumulate(real, c, fake, c, share=1.0)
@@ -212,7 +343,9 @@ def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, mon
 
     reference, _ = heads_gradient("no")
     grad, scale = heads_gradient(precision)
-    assert (scale is not None) == (precision == "fp16") and (scale is None or scale >= 2**6)  # bf16 has fp32's range: no scaler
+    assert (scale is not None) == (precision == "fp16") and (
+        scale is None or scale >= 2**6
+    )  # bf16 has fp32's range: no scaler
     assert torch.isfinite(grad).all() and grad.abs().max() > 0
     assert (grad == 0).float().mean() <= (reference == 0).float().mean() + 0.01
     assert torch.nn.functional.cosine_similarity(grad, reference, dim=0) > 0.5
@@ -225,10 +358,21 @@ def test_a_non_finite_fp16_discriminator_update_is_skipped_and_the_next_one_appl
     from training.models import tiny_teacher
 
     args = distill.parse_args(flags(tmp_path, toy_data, "--no-disc-augment"))
-    adv = Adversary(args, tiny_teacher("animatediff"), torch.device("cpu"), SimpleNamespace(num_processes=1, mixed_precision="fp16"),
-                    1.0, 10, torch.Generator().manual_seed(0))  # fmt: skip
+    adv = Adversary(
+        args,
+        tiny_teacher("animatediff"),
+        torch.device("cpu"),
+        SimpleNamespace(num_processes=1, mixed_precision="fp16"),
+        1.0,
+        10,
+        torch.Generator().manual_seed(0),
+    )
     g = torch.Generator().manual_seed(1)
-    real, fake, c = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.randn(2, 32, generator=g)
+    real, fake, c = (
+        torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
+        torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
+        torch.randn(2, 32, generator=g),
+    )
     heads = lambda: [p.detach().clone() for p in adv.params]  # noqa: E731
     before, scale, lr_before = heads(), adv.scaler.get_scale(), adv.scheduler.get_last_lr()
     adv.accumulate(real, c, fake, c, share=1.0)

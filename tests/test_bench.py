@@ -15,7 +15,12 @@ def _check(result: dict, keys: set[str], results_file, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["ratio"] == pytest.approx(result["ratio"], rel=1e-3)
     entry = results_file.read_text()
-    assert entry.startswith("\n## ") and "- Machine: " in entry and "- Command: `OMP_NUM_THREADS=" in entry and '{"ratio": ' in entry
+    assert (
+        entry.startswith("\n## ")
+        and "- Machine: " in entry
+        and "- Command: `OMP_NUM_THREADS=" in entry
+        and '{"ratio": ' in entry
+    )
 
 
 def test_sampler_overhead(tmp_path, capsys):
@@ -23,16 +28,25 @@ def test_sampler_overhead(tmp_path, capsys):
 
     out = tmp_path / "RESULTS.md"
     result = main(["--size", "tiny", "--steps", "2", "--reps", "1", "--results", str(out)])
-    _check(result, {"date", "machine", "ratio_sample_mcm", "ratio_from_overhead", "median_cpu_seconds_per_step"}, out, capsys)
+    _check(
+        result,
+        {"date", "machine", "ratio_sample_mcm", "ratio_from_overhead", "median_cpu_seconds_per_step"},
+        out,
+        capsys,
+    )
     assert set(result["median_cpu_seconds_per_step"]) == {"bare", "sample_consistency", "sample_mcm"}
 
 
 def test_speedup(tmp_path, capsys):
     from bench.bench_speedup import main, teacher_timesteps
 
-    assert teacher_timesteps()[:3].tolist() == [961, 921, 881] and teacher_timesteps()[-1] == 1  # diffusers DDIM, leading, offset 1
+    assert (
+        teacher_timesteps()[:3].tolist() == [961, 921, 881] and teacher_timesteps()[-1] == 1
+    )  # diffusers DDIM, leading, offset 1
     out = tmp_path / "RESULTS.md"
-    result = main(["--size", "tiny", "--frames", "2", "--latent", "4", "--mcm-steps", "1,4", "--reps", "1", "--results", str(out)])
+    result = main(
+        ["--size", "tiny", "--frames", "2", "--latent", "4", "--mcm-steps", "1,4", "--reps", "1", "--results", str(out)]
+    )
     _check(result, {"speedup_cpu", "limit", "fraction_of_limit_cpu"}, out, capsys)
     assert result["limit"] == {"1-step": 50.0, "4-step": 12.5}
 
@@ -41,8 +55,24 @@ def test_train_step(tmp_path, capsys):
     from bench.bench_train_step import main
 
     out = tmp_path / "RESULTS.md"
-    result = main(["--teacher", "tiny-animatediff", "--resolution", "16", "--frames", "2", "--batch", "1", "--rank", "2", "--reps", "1",
-                   "--results", str(out)])  # fmt: skip
+    result = main(
+        [
+            "--teacher",
+            "tiny-animatediff",
+            "--resolution",
+            "16",
+            "--frames",
+            "2",
+            "--batch",
+            "1",
+            "--rank",
+            "2",
+            "--reps",
+            "1",
+            "--results",
+            str(out),
+        ]
+    )
     _check(result, {"median_cpu_seconds", "ratio_wall"}, out, capsys)
     assert len(result["median_cpu_seconds"]) == 8  # step, the sum, six passes
 
@@ -51,10 +81,42 @@ def test_data(tmp_path, capsys):
     from bench.bench_data import main
 
     out = tmp_path / "RESULTS.md"
-    result = main(["--clips", "2", "--reps", "1", "--teacher", "tiny-animatediff", "--resolution", "16", "--frames", "2", "--batch", "1",
-                   "--rank", "2", "--real-clips", "1", "--real-video-frames", "16", "--real-interval", "1", "--real-size", "32",
-                   "--step-seconds", "2.0", "--results", str(out)])  # fmt: skip
-    _check(result, {"toy_decoded_clips_per_cpu_second", "toy_consumed_clips_per_cpu_second", "real_decoded_clips_per_cpu_second"}, out, capsys)
+    result = main(
+        [
+            "--clips",
+            "2",
+            "--reps",
+            "1",
+            "--teacher",
+            "tiny-animatediff",
+            "--resolution",
+            "16",
+            "--frames",
+            "2",
+            "--batch",
+            "1",
+            "--rank",
+            "2",
+            "--real-clips",
+            "1",
+            "--real-video-frames",
+            "16",
+            "--real-interval",
+            "1",
+            "--real-size",
+            "32",
+            "--step-seconds",
+            "2.0",
+            "--results",
+            str(out),
+        ]
+    )
+    _check(
+        result,
+        {"toy_decoded_clips_per_cpu_second", "toy_consumed_clips_per_cpu_second", "real_decoded_clips_per_cpu_second"},
+        out,
+        capsys,
+    )
     assert math.isfinite(result["ratio_real"]) and result["ratio_real"] > 0
 
 
@@ -74,11 +136,22 @@ def test_results_name_repository_paths_relative_to_its_root(tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
     args = SimpleNamespace(device="cpu", no_record=False, results=str(out))
     teacher, outside = ROOT / "training" / "toy_teacher", tmp_path / "teacher"
-    result = finish(args, str(ROOT / "bench" / "bench_x.py"), ["--teacher", str(teacher)], "x",
-                    {"ratio": 1.0, "teacher": f"{teacher} (rank 8)", "inputs": [str(teacher), str(outside)]})  # fmt: skip
-    assert result["teacher"] == "training/toy_teacher (rank 8)" and result["inputs"] == ["training/toy_teacher", str(outside)]
+    result = finish(
+        args,
+        str(ROOT / "bench" / "bench_x.py"),
+        ["--teacher", str(teacher)],
+        "x",
+        {"ratio": 1.0, "teacher": f"{teacher} (rank 8)", "inputs": [str(teacher), str(outside)]},
+    )
+    assert result["teacher"] == "training/toy_teacher (rank 8)" and result["inputs"] == [
+        "training/toy_teacher",
+        str(outside),
+    ]
     entry = out.read_text()
-    assert "python bench/bench_x.py --teacher training/toy_teacher`" in entry and '"teacher": "training/toy_teacher (rank 8)"' in entry
+    assert (
+        "python bench/bench_x.py --teacher training/toy_teacher`" in entry
+        and '"teacher": "training/toy_teacher (rank 8)"' in entry
+    )
     assert str(ROOT) not in entry and str(outside) in entry
 
 
@@ -105,9 +178,27 @@ def test_memory_scaling(tmp_path, capsys):
     from bench.bench_memory_scaling import main, predict
 
     out = tmp_path / "RESULTS.md"
-    result = main(["--size", "tiny", "--points", "4x2,8x2,4x4,8x4", "--levers", "fp32,bf16+ckpt", "--rank", "4", "--target", "16x4",
-                   "--vae-points", "", "--results", str(out)])  # fmt: skip
-    assert {"ratio", "levers", "measured", "attention", "target"} <= set(result) and result["ratio"] > 0  # tiny: ratio ~5e-4, below the rounding
+    result = main(
+        [
+            "--size",
+            "tiny",
+            "--points",
+            "4x2,8x2,4x4,8x4",
+            "--levers",
+            "fp32,bf16+ckpt",
+            "--rank",
+            "4",
+            "--target",
+            "16x4",
+            "--vae-points",
+            "",
+            "--results",
+            str(out),
+        ]
+    )
+    assert {"ratio", "levers", "measured", "attention", "target"} <= set(result) and result[
+        "ratio"
+    ] > 0  # tiny: ratio ~5e-4, below the rounding
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["levers"].keys() == result["levers"].keys()
     assert '{"ratio": ' in out.read_text()
     for lever, summary in result["levers"].items():

@@ -69,9 +69,11 @@ def _open_frontend(playwright, url: str):
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(url, timeout=APP_TIMEOUT_MS)
-    page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
-                           "Object.keys(window.LiteGraph.registered_node_types).includes('MCM_Sampler')",
-                           timeout=APP_TIMEOUT_MS)  # fmt: skip
+    page.wait_for_function(
+        "() => window.app && window.app.graph && window.LiteGraph && "
+        "Object.keys(window.LiteGraph.registered_node_types).includes('MCM_Sampler')",
+        timeout=APP_TIMEOUT_MS,
+    )
     return browser, page, errors
 
 
@@ -80,8 +82,12 @@ def frontend(tmp_path_factory):
     from playwright.sync_api import sync_playwright
 
     tmp = tmp_path_factory.mktemp("browser")
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(tmp / "adapters")],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(tmp / "adapters")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rw = _load_server_module()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -120,8 +126,11 @@ def _broken_copies(wf: dict) -> dict[str, dict]:
 def _prompt_diff(got: dict, want: dict) -> dict:
     if sorted(got) != sorted(want):
         return {"node_ids": [sorted(got), sorted(want)]}
-    return {nid: {"frontend": got[nid], "file": want[nid]} for nid in want
-            if (got[nid]["class_type"], got[nid]["inputs"]) != (want[nid]["class_type"], want[nid]["inputs"])}  # fmt: skip
+    return {
+        nid: {"frontend": got[nid], "file": want[nid]}
+        for nid in want
+        if (got[nid]["class_type"], got[nid]["inputs"]) != (want[nid]["class_type"], want[nid]["inputs"])
+    }
 
 
 def test_the_checks_see_an_unknown_node_and_a_changed_widget(frontend):
@@ -143,8 +152,11 @@ def test_frontend_knows_every_node(frontend, name):
 def test_no_widget_value_changes_on_load(frontend, name):
     got = frontend["results"][name]["widgets"]
     # a node without widgets: [] in the file; the 0.33 frontend (1.49) leaves the key out when it saves
-    changed = {str(n["id"]): (n.get("widgets_values"), got[str(n["id"])]) for n in _file(name)["nodes"]
-               if (got.get(str(n["id"])) or []) != (n.get("widgets_values") or [])}  # fmt: skip
+    changed = {
+        str(n["id"]): (n.get("widgets_values"), got[str(n["id"])])
+        for n in _file(name)["nodes"]
+        if (got.get(str(n["id"])) or []) != (n.get("widgets_values") or [])
+    }
     assert not changed, f"{name}: node id -> (file, after loading): {changed}"
 
 

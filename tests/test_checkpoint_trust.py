@@ -23,7 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 from test_faults import ENV, flags, one_thread  # noqa: E402, F401  (one_thread: an autouse fixture)
 
-FILES = ["optimizer.pt", "peft/adapter_model.safetensors", "trainer_state.json", "rng_state.pt", "trainable_extra.safetensors"]
+FILES = [
+    "optimizer.pt",
+    "peft/adapter_model.safetensors",
+    "trainer_state.json",
+    "rng_state.pt",
+    "trainable_extra.safetensors",
+]
 LAYOUT = ["--train-batch-size", "1", "--disc-frames", "1", "--max-train-steps", "3", "--checkpointing-steps", "1"]
 
 
@@ -44,8 +50,10 @@ def run(toy_run, tmp_path):
 
 def tree(folder: Path) -> dict[str, str]:
     """Every file and folder under ``folder`` with the SHA-256 of its bytes: equal before and after = nothing moved."""
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}  # fmt: skip
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def resume(run: Path, data: Path, target: str, capsys, *extra) -> tuple[int, str]:
@@ -74,7 +82,9 @@ class WritesMarker:
 
 @pytest.mark.parametrize("with_manifest", [True, False], ids=["manifest", "earlier-version"])
 @pytest.mark.parametrize("name", FILES)
-def test_a_named_checkpoint_with_a_truncated_file_is_refused_naming_it_and_nothing_moves(run, toy_run, capsys, name, with_manifest):
+def test_a_named_checkpoint_with_a_truncated_file_is_refused_naming_it_and_nothing_moves(
+    run, toy_run, capsys, name, with_manifest
+):
     ckpt = run / "checkpoint-2"
     if not with_manifest:  # a checkpoint of the previous version: verified by parsing each file
         (ckpt / checkpoints.MANIFEST).unlink()
@@ -112,13 +122,19 @@ def test_resume_latest_with_no_checkpoint_that_verifies_names_each_and_moves_not
 def test_a_well_formed_file_of_the_wrong_content_is_named(run):
     torch.save([torch.zeros(3)], run / "checkpoint-2" / "optimizer.pt")  # tensors only, but not an optimizer state
     checkpoints.write_manifest(run / "checkpoint-2")
-    with pytest.raises(checkpoints.CorruptCheckpoint, match="checkpoint-2/optimizer.pt is not an object with the 'optimizer'"):
+    with pytest.raises(
+        checkpoints.CorruptCheckpoint, match="checkpoint-2/optimizer.pt is not an object with the 'optimizer'"
+    ):
         checkpoints.verify_checkpoint(run / "checkpoint-2")
     (run / "checkpoint-3" / "trainer_state.json").write_text("[]")
     checkpoints.write_manifest(run / "checkpoint-3")
-    with pytest.raises(checkpoints.CorruptCheckpoint, match="checkpoint-3/trainer_state.json is not an object with an integer"):
+    with pytest.raises(
+        checkpoints.CorruptCheckpoint, match="checkpoint-3/trainer_state.json is not an object with an integer"
+    ):
         checkpoints.verify_checkpoint(run / "checkpoint-3")
-    (run / "checkpoint-1" / checkpoints.MANIFEST).write_text(json.dumps({"files": {"../../secret": {"size": 1, "sha256": ""}}}))
+    (run / "checkpoint-1" / checkpoints.MANIFEST).write_text(
+        json.dumps({"files": {"../../secret": {"size": 1, "sha256": ""}}})
+    )
     with pytest.raises(checkpoints.CorruptCheckpoint, match="'../../secret' is not a path inside the checkpoint"):
         checkpoints.verify_checkpoint(run / "checkpoint-1")
 
@@ -165,12 +181,16 @@ def test_the_cli_on_resume_latest_skips_a_crafted_rng_state_and_runs_no_code(run
     crafted = (ckpt / "rng_state.pt").read_bytes()
     (ckpt / checkpoints.MANIFEST).unlink()
     argv = flags(run.parent, toy_run[1], *LAYOUT, "--run-name", run.name, "--resume", "latest")
-    proc = subprocess.run([sys.executable, "training/distill.py", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "training/distill.py", *argv], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert not marker.exists()
     assert proc.returncode == 0, proc.stderr[-3000:]  # latest falls back to checkpoint-2
     assert "Traceback" not in proc.stdout + proc.stderr
     assert "skipped checkpoint-3 (checkpoint-3/rng_state.pt holds builtins.exec" in proc.stdout
-    assert (run / "abandoned-after-2" / "checkpoint-3" / "rng_state.pt").read_bytes() == crafted  # set aside, not deleted
+    assert (
+        run / "abandoned-after-2" / "checkpoint-3" / "rng_state.pt"
+    ).read_bytes() == crafted  # set aside, not deleted
 
 
 # --- RNG states -----------------------------------------------------------------------------------------

@@ -44,11 +44,23 @@ def test_every_spelling_of_a_flag_gives_the_same_config(tmp_path, base):
         ["--lora-rank", "4", "--no-disc-augment", "--learning-rate", "1e-4", "--seed", "3"],
         ["--lora-rank=4", "--no-disc-augment", "--learning-rate=1e-4", "--seed=3"],
         ["--config", yaml_file(tmp_path, "lora-rank: 4\ndisc_augment: false\nlearning-rate: 1e-4\nseed: '3'\n")],
-        ["--config", yaml_file(tmp_path, "lora_rank: '4'\ndisc-augment: no\nlearning_rate: 0.0001\n", "b.yaml"), "--seed", "3"],
+        [
+            "--config",
+            yaml_file(tmp_path, "lora_rank: '4'\ndisc-augment: no\nlearning_rate: 0.0001\n", "b.yaml"),
+            "--seed",
+            "3",
+        ],
     ]
     configs = [dataclasses.replace(distill.parse_args(base + s), config=None) for s in spellings]
-    assert all(c == configs[0] for c in configs), [(c.lora_rank, c.disc_augment, c.learning_rate, c.seed) for c in configs]
-    assert (configs[0].lora_rank, configs[0].disc_augment, configs[0].learning_rate, configs[0].seed) == (4, False, 1e-4, 3)
+    assert all(c == configs[0] for c in configs), [
+        (c.lora_rank, c.disc_augment, c.learning_rate, c.seed) for c in configs
+    ]
+    assert (configs[0].lora_rank, configs[0].disc_augment, configs[0].learning_rate, configs[0].seed) == (
+        4,
+        False,
+        1e-4,
+        3,
+    )
 
 
 def test_abbreviated_flags_are_refused(capsys):
@@ -59,11 +71,21 @@ def test_abbreviated_flags_are_refused(capsys):
 def test_defaults_then_toy_preset_then_yaml_then_command_line(tmp_path):
     official = distill.parse_args(OFFICIAL)
     toy = distill.parse_args([])
-    assert (official.lora_rank, official.max_train_steps, official.disc_augment, official.frame_interval) == (64, 30000, True, 8)
+    assert (official.lora_rank, official.max_train_steps, official.disc_augment, official.frame_interval) == (
+        64,
+        30000,
+        True,
+        8,
+    )
     assert (toy.lora_rank, toy.max_train_steps, toy.disc_augment, toy.frame_interval) == (8, 200, False, 1)
     both = yaml_file(tmp_path, "lora-rank: 5\nmax_train_steps: 7\ndisc-augment: true\n")
     from_yaml = distill.parse_args(["--config", both])  # the found bug: the toy preset used to beat the file (200)
-    assert (from_yaml.lora_rank, from_yaml.max_train_steps, from_yaml.disc_augment, from_yaml.data) == (5, 7, True, "toy")
+    assert (from_yaml.lora_rank, from_yaml.max_train_steps, from_yaml.disc_augment, from_yaml.data) == (
+        5,
+        7,
+        True,
+        "toy",
+    )
     cli = distill.parse_args(["--config", both, "--lora-rank=4", "--max-train-steps", "9", "--no-disc-augment"])
     assert (cli.lora_rank, cli.max_train_steps, cli.disc_augment) == (4, 9, False)
     assert distill.parse_args(["--lora-rank=4"]).lora_rank == 4  # the found bug: the = form gave 8 in toy mode
@@ -80,20 +102,23 @@ def test_the_toy_preset_applies_only_without_teacher_and_data_in_cli_and_yaml(tm
 # --- the YAML file ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("colour: red\n", "unknown key 'colour'"),
-    ("lora-rank: abc\n", "key 'lora-rank': expected an integer, got 'abc'"),
-    ("lora_rank: 7.5\n", "key 'lora_rank': expected an integer, got 7.5"),
-    ("learning-rate: fast\n", "key 'learning-rate': expected a number"),
-    ("mixed-precision: no\n", "quote the value"),
-    ("disc: 1\n", "key 'disc': expected true or false"),
-    ("loss-type: l1\n", "key 'loss-type': 'l1' is not one of huber, l2"),
-    ("seed: 0\nseed_: 1\n", "unknown key 'seed_'"),
-    ("seed: 0\nlora-rank: 4\nlora_rank: 4\n", "given twice"),
-    ("config: other.yaml\n", "cannot name another"),
-    ("- lora-rank\n", "expected a mapping"),
-    ("lora-rank: [4\n", "not a readable YAML file"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("colour: red\n", "unknown key 'colour'"),
+        ("lora-rank: abc\n", "key 'lora-rank': expected an integer, got 'abc'"),
+        ("lora_rank: 7.5\n", "key 'lora_rank': expected an integer, got 7.5"),
+        ("learning-rate: fast\n", "key 'learning-rate': expected a number"),
+        ("mixed-precision: no\n", "quote the value"),
+        ("disc: 1\n", "key 'disc': expected true or false"),
+        ("loss-type: l1\n", "key 'loss-type': 'l1' is not one of huber, l2"),
+        ("seed: 0\nseed_: 1\n", "unknown key 'seed_'"),
+        ("seed: 0\nlora-rank: 4\nlora_rank: 4\n", "given twice"),
+        ("config: other.yaml\n", "cannot name another"),
+        ("- lora-rank\n", "expected a mapping"),
+        ("lora-rank: [4\n", "not a readable YAML file"),
+    ],
+)
 def test_bad_yaml_is_refused_naming_the_file_and_the_key(tmp_path, capsys, text, expected):
     path = yaml_file(tmp_path, text)
     err = refused(capsys, "--config", path)
@@ -107,34 +132,40 @@ def test_a_missing_config_file_is_named(tmp_path, capsys):
 # --- ranges and contradictions ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["--checkpointing-steps", "0"], "--checkpointing-steps 0: must be at least 1"),
-    (["--resolution", "0"], "--resolution 0: must be at least 1"),
-    (["--resolution=-32"], "--resolution -32: must be at least 1"),
-    (["--learning-rate", "0"], "--learning-rate 0.0: must be > 0"),
-    (["--learning-rate", "nan"], "--learning-rate nan: must be a finite number"),
-    (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps 0"),
-    (["--train-batch-size", "0"], "--train-batch-size 0"),
-    (["--lambda-real", "1.5"], "--lambda-real 1.5: must lie in [0, 1]"),
-    (["--ema-decay", "1"], "--ema-decay 1.0: must lie in [0, 1)"),
-    (["--w-min", "7", "--w-max", "5"], "--w-min 7 is above --w-max 5"),
-    (["--disc-frames", "9"], "--disc-frames 9: at most --num-frames (8)"),
-    (["--lora-rank", "0"], "--lora-rank 0"),
-    (["--num-workers", "-1"], "--num-workers -1"),
-    (["--disc-update-every", "0"], "--disc-update-every 0"),
-    (["--max-train-steps", "0"], "--max-train-steps 0"),
-    (["--huber-c", "0"], "--huber-c 0.0"),
-    (["--eval-seeds", "0"], "--eval-seeds 0"),
-    (["--num-frames", "1"], "--num-frames 1: must be at least 2"),
-    (["--seed", "-1"], "--seed -1"),
-    (["--checkpoints-total-limit", "0"], "--checkpoints-total-limit 0"),
-    (["--disc-layers", "2,x"], "--disc-layers '2,x'"),
-    (["--eval-teacher-steps", "4;50"], "--eval-teacher-steps '4;50'"),
-    (["--frame-interval", "8"], "--frame-interval 8: 8 frames at this stride span 57 frames; the toy clips have 16"),
-    (["--disc-real", "images", "--teacher", "x/y", "--data", "shards"], "--disc-real images needs --disc-images"),
-    (["--lora-rank", "four"], "argument --lora-rank: invalid int value: 'four'"),
-    (["--teacher", "tiny-animatediff"], "--teacher and --data go together"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--checkpointing-steps", "0"], "--checkpointing-steps 0: must be at least 1"),
+        (["--resolution", "0"], "--resolution 0: must be at least 1"),
+        (["--resolution=-32"], "--resolution -32: must be at least 1"),
+        (["--learning-rate", "0"], "--learning-rate 0.0: must be > 0"),
+        (["--learning-rate", "nan"], "--learning-rate nan: must be a finite number"),
+        (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps 0"),
+        (["--train-batch-size", "0"], "--train-batch-size 0"),
+        (["--lambda-real", "1.5"], "--lambda-real 1.5: must lie in [0, 1]"),
+        (["--ema-decay", "1"], "--ema-decay 1.0: must lie in [0, 1)"),
+        (["--w-min", "7", "--w-max", "5"], "--w-min 7 is above --w-max 5"),
+        (["--disc-frames", "9"], "--disc-frames 9: at most --num-frames (8)"),
+        (["--lora-rank", "0"], "--lora-rank 0"),
+        (["--num-workers", "-1"], "--num-workers -1"),
+        (["--disc-update-every", "0"], "--disc-update-every 0"),
+        (["--max-train-steps", "0"], "--max-train-steps 0"),
+        (["--huber-c", "0"], "--huber-c 0.0"),
+        (["--eval-seeds", "0"], "--eval-seeds 0"),
+        (["--num-frames", "1"], "--num-frames 1: must be at least 2"),
+        (["--seed", "-1"], "--seed -1"),
+        (["--checkpoints-total-limit", "0"], "--checkpoints-total-limit 0"),
+        (["--disc-layers", "2,x"], "--disc-layers '2,x'"),
+        (["--eval-teacher-steps", "4;50"], "--eval-teacher-steps '4;50'"),
+        (
+            ["--frame-interval", "8"],
+            "--frame-interval 8: 8 frames at this stride span 57 frames; the toy clips have 16",
+        ),
+        (["--disc-real", "images", "--teacher", "x/y", "--data", "shards"], "--disc-real images needs --disc-images"),
+        (["--lora-rank", "four"], "argument --lora-rank: invalid int value: 'four'"),
+        (["--teacher", "tiny-animatediff"], "--teacher and --data go together"),
+    ],
+)
 def test_a_value_out_of_range_is_refused_naming_the_flag(capsys, argv, expected):
     err = refused(capsys, *argv)
     assert f"error: {expected}" in err, err
@@ -143,13 +174,20 @@ def test_a_value_out_of_range_is_refused_naming_the_flag(capsys, argv, expected)
 def test_output_dir_on_a_file_is_refused(tmp_path, capsys):
     (tmp_path / "afile").write_text("keep me")
     for target in (tmp_path / "afile", tmp_path / "afile" / "runs"):
-        assert f"error: --output-dir {target}: {tmp_path / 'afile'} is a file" in refused(capsys, "--output-dir", target)
+        assert f"error: --output-dir {target}: {tmp_path / 'afile'} is a file" in refused(
+            capsys, "--output-dir", target
+        )
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_the_real_cli_refuses_a_zero_checkpoint_interval_without_a_traceback():
-    proc = subprocess.run([sys.executable, "training/distill.py", "--checkpointing-steps", "0"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "training/distill.py", "--checkpointing-steps", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "error: --checkpointing-steps 0: must be at least 1" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -175,8 +213,26 @@ def test_lr_scheduler_names_are_diffusers_names():
     assert set(tc.LR_SCHEDULERS) == {s.value for s in SchedulerType}
 
 
-@pytest.mark.parametrize("argv", [[], ["--teacher", "tiny-modelscope", "--data", "shards", "--lora-rank=4", "--no-disc",
-                                       "--mixed-precision", "no", "--learning-rate", "3e-5", "--adapter-name", "yes"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        [
+            "--teacher",
+            "tiny-modelscope",
+            "--data",
+            "shards",
+            "--lora-rank=4",
+            "--no-disc",
+            "--mixed-precision",
+            "no",
+            "--learning-rate",
+            "3e-5",
+            "--adapter-name",
+            "yes",
+        ],
+    ],
+)
 def test_config_yaml_repeats_the_run(tmp_path, argv):
     cfg = distill.parse_args(argv)
     again = distill.parse_args(["--config", str(tc.write_config(cfg, tmp_path))])
@@ -187,22 +243,54 @@ def test_config_yaml_repeats_the_run(tmp_path, argv):
 def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     data = write_toy_shards(root / "data", num_clips=4, per_shard=4, frames=8, size=16)
-    flags = ["--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(root / "runs"), "--run-name", "r",
-             "--resolution", "16", "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4",
-             "--lora-alpha", "4", "--gradient-accumulation-steps", "1", "--no-scale-lr", "--lr-warmup-steps", "0",
-             "--max-train-steps", "1", "--checkpointing-steps", "1", "--no-disc"]  # fmt: skip
+    flags = [
+        "--teacher",
+        "tiny-animatediff",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(root / "runs"),
+        "--run-name",
+        "r",
+        "--resolution",
+        "16",
+        "--num-frames",
+        "4",
+        "--frame-interval",
+        "1",
+        "--num-workers",
+        "0",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "4",
+        "--gradient-accumulation-steps",
+        "1",
+        "--no-scale-lr",
+        "--lr-warmup-steps",
+        "0",
+        "--max-train-steps",
+        "1",
+        "--checkpointing-steps",
+        "1",
+        "--no-disc",
+    ]
     run = distill.train(distill.parse_args(flags), teacher=tiny_teacher("animatediff"))
     return run, flags
 
 
 def test_the_run_folder_gets_its_config_and_a_resume_may_not_change_what_it_trained_with(toy_run, capsys):
     run, flags = toy_run
-    assert distill.parse_args(["--config", str(run / "config.yaml")]) == distill.parse_args([*flags, "--config", str(run / "config.yaml")])
+    assert distill.parse_args(["--config", str(run / "config.yaml")]) == distill.parse_args(
+        [*flags, "--config", str(run / "config.yaml")]
+    )
     before = sorted(p.name for p in run.iterdir())
     for change, saved in (["--seed", "1"], "0"), (["--lora-rank", "8"], "4"):
         code = distill.main([*flags, "--resume", str(run), *change])
         err = capsys.readouterr().err
-        assert code == 2 and f"{change[0]} {change[1]} (the checkpoint's run: {saved})" in err and "Traceback" not in err, err
+        assert (
+            code == 2 and f"{change[0]} {change[1]} (the checkpoint's run: {saved})" in err and "Traceback" not in err
+        ), err
     assert sorted(p.name for p in run.iterdir()) == before  # nothing moved, nothing written
     state = {"args": vars(distill.parse_args(flags))}  # an older run: no config.yaml, the flags in trainer_state.json
     (run / "config.yaml").rename(run / "config.yaml.bak")
@@ -211,5 +299,14 @@ def test_the_run_folder_gets_its_config_and_a_resume_may_not_change_what_it_trai
             tc.check_resume(distill.parse_args([*flags, "--seed", "1"]), run / "checkpoint-1", state)
     finally:
         (run / "config.yaml.bak").rename(run / "config.yaml")
-    allowed = ["--max-train-steps", "5", "--checkpointing-steps", "2", "--num-workers", "1", "--output-dir", "elsewhere"]
+    allowed = [
+        "--max-train-steps",
+        "5",
+        "--checkpointing-steps",
+        "2",
+        "--num-workers",
+        "1",
+        "--output-dir",
+        "elsewhere",
+    ]
     tc.check_resume(distill.parse_args([*flags, *allowed]), run / "checkpoint-1", state)

@@ -17,7 +17,16 @@ from tests.test_evaluate import save_detectors
 from tests.test_faults import ENV, ROOT, _shard, flags
 from training import distill
 from training import evaluate as ev
-from training.data import Batches, DataError, ImageCaptions, VideoClips, encode_mp4, toy_clip, write_toy_image_shards, write_toy_shards
+from training.data import (
+    Batches,
+    DataError,
+    ImageCaptions,
+    VideoClips,
+    encode_mp4,
+    toy_clip,
+    write_toy_image_shards,
+    write_toy_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +56,9 @@ def reasons_of(batches: Batches, n: int) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_an_unreadable_shard_is_skipped_and_counted_by_name_and_the_samples_before_a_cut_are_used(tmp_path, good, workers, capfd):
+def test_an_unreadable_shard_is_skipped_and_counted_by_name_and_the_samples_before_a_cut_are_used(
+    tmp_path, good, workers, capfd
+):
     root = with_bad_shards(tmp_path / "data", good)
     batches = Batches(VideoClips(root, 4, 1, 16, "center"), 2, workers)
     reasons = reasons_of(batches, 6)  # 12 good samples: more than two passes over the 4 + the cut copy's readable ones
@@ -62,10 +73,27 @@ def test_an_unreadable_shard_is_skipped_and_counted_by_name_and_the_samples_befo
 
 def test_a_bad_shard_in_the_middle_of_a_toy_run_is_counted_by_name_in_the_summary(tmp_path, good):
     root = with_bad_shards(tmp_path / "data", good)
-    run = distill.train(distill.parse_args(flags(tmp_path, root, "--max-train-steps", "4", "--checkpointing-steps", "10",
-                                                 "--train-batch-size", "2", "--no-disc", "--num-workers", "2")))  # fmt: skip
+    run = distill.train(
+        distill.parse_args(
+            flags(
+                tmp_path,
+                root,
+                "--max-train-steps",
+                "4",
+                "--checkpointing-steps",
+                "10",
+                "--train-batch-size",
+                "2",
+                "--no-disc",
+                "--num-workers",
+                "2",
+            )
+        )
+    )
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 4  # 8 samples: more than a pass (4 + at most 3 of the cut copy), so both bad shards were reached
+    assert (
+        summary["steps"] == 4
+    )  # 8 samples: more than a pass (4 + at most 3 of the cut copy), so both bad shards were reached
     assert summary["skipped_by_reason"].get("unreadable shard toy-00000b.tar", 0) >= 1
     assert summary["skipped_by_reason"].get("unreadable shard toy-00000c.tar", 0) >= 1
 
@@ -75,7 +103,11 @@ def test_a_run_on_only_unreadable_shards_stops_with_one_line_naming_them(tmp_pat
     root.mkdir()
     (root / "a.tar").write_bytes(b"")
     (root / "b.tar").write_bytes(b"garbage" * 100)
-    cmd = [sys.executable, "training/distill.py", *flags(tmp_path / "out", root, "--max-train-steps", "2", "--no-disc", "--num-workers", "2")]
+    cmd = [
+        sys.executable,
+        "training/distill.py",
+        *flags(tmp_path / "out", root, "--max-train-steps", "2", "--no-disc", "--num-workers", "2"),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
@@ -95,7 +127,9 @@ def test_a_decoder_error_in_a_worker_process_is_skipped_and_counted(good, monkey
         return real(raw)
 
     monkeypatch.setattr(data, "decode_video", failing)
-    reasons = reasons_of(Batches(VideoClips(good, 4, 1, 16, "center"), 1, num_workers=2), 4)  # 4 good: more than a pass of 3
+    reasons = reasons_of(
+        Batches(VideoClips(good, 4, 1, 16, "center"), 1, num_workers=2), 4
+    )  # 4 good: more than a pass of 3
     assert list(reasons) == ["RuntimeError"] and reasons["RuntimeError"] >= 1
 
 
@@ -116,7 +150,9 @@ def test_a_worker_killed_by_a_decoder_crash_stops_the_run_with_one_line(tmp_path
     assert distill.main(argv) == 2
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]
-    assert "Traceback" not in err and last.startswith(f"error: {good}: a data loader worker died (DataLoader worker (pid"), err
+    assert "Traceback" not in err and last.startswith(
+        f"error: {good}: a data loader worker died (DataLoader worker (pid"
+    ), err
 
 
 def test_a_loader_that_dies_while_a_batch_is_fetched_leaves_a_checkpoint_of_the_steps_done(tmp_path, good, monkeypatch):
@@ -128,11 +164,26 @@ def test_a_loader_that_dies_while_a_batch_is_fetched_leaves_a_checkpoint_of_the_
         def __iter__(self):
             for item, _ in zip(super().__iter__(), range(3)):
                 yield item
-            raise RuntimeError("DataLoader worker (pid 123) exited unexpectedly with exit code 1. Details are lost due to multiprocessing.")
+            raise RuntimeError(
+                "DataLoader worker (pid 123) exited unexpectedly with exit code 1. Details are lost due to multiprocessing."
+            )
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", DiesAfterThree)
-    args = distill.parse_args(flags(tmp_path, good, "--max-train-steps", "6", "--checkpointing-steps", "10", "--train-batch-size", "1",
-                                    "--no-disc", "--run-name", "died"))  # fmt: skip
+    args = distill.parse_args(
+        flags(
+            tmp_path,
+            good,
+            "--max-train-steps",
+            "6",
+            "--checkpointing-steps",
+            "10",
+            "--train-batch-size",
+            "1",
+            "--no-disc",
+            "--run-name",
+            "died",
+        )
+    )
     with pytest.raises(DataError, match="a data loader worker died"):
         distill.train(args)
     assert json.loads((tmp_path / "died" / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
@@ -155,17 +206,35 @@ def mp4s():
 
 def test_shard_captions_that_are_not_utf8_or_not_text_are_skipped_by_reason(tmp_path, mp4s):
     ok = json.dumps({"caption": "a red square"}).encode()
-    _shard(tmp_path / "s.tar", [
-        ("a.mp4", mp4s[0]), ("a.json", ok),
-        ("b.mp4", mp4s[0]), ("b.json", b'{"caption": "caf\xe9"}'),
-        ("c.mp4", mp4s[0]), ("c.txt", b"na\xefve text"),
-        ("d.mp4", mp4s[0]), ("d.json", b'{"caption": 5}'),
-        ("e.mp4", mp4s[0]), ("e.json", b'["a list"]'),
-        ("f.mp4", mp4s[0]), ("f.json", b'{"caption": "  "}'),
-        ("g.mp4", mp4s[1]), ("g.txt", "\ufeffa blue circle\n".encode()),
-    ])  # fmt: skip
+    _shard(
+        tmp_path / "s.tar",
+        [
+            ("a.mp4", mp4s[0]),
+            ("a.json", ok),
+            ("b.mp4", mp4s[0]),
+            ("b.json", b'{"caption": "caf\xe9"}'),
+            ("c.mp4", mp4s[0]),
+            ("c.txt", b"na\xefve text"),
+            ("d.mp4", mp4s[0]),
+            ("d.json", b'{"caption": 5}'),
+            ("e.mp4", mp4s[0]),
+            ("e.json", b'["a list"]'),
+            ("f.mp4", mp4s[0]),
+            ("f.json", b'{"caption": "  "}'),
+            ("g.mp4", mp4s[1]),
+            ("g.txt", "\ufeffa blue circle\n".encode()),
+        ],
+    )
     items = [x for x, _ in zip(iter(VideoClips(tmp_path / "s.tar", 4, 1, 16, "center")), range(7))]
-    assert [x.get("reason") for x in items] == [None, "caption not UTF-8", "caption not UTF-8", "bad caption", "bad caption", "no caption", None]
+    assert [x.get("reason") for x in items] == [
+        None,
+        "caption not UTF-8",
+        "caption not UTF-8",
+        "bad caption",
+        "bad caption",
+        "no caption",
+        None,
+    ]
     assert items[-1]["caption"] == "a blue circle"  # a BOM is not part of the caption
 
 
@@ -178,17 +247,24 @@ def _folder(root: Path, mp4s, names) -> Path:
 
 def test_folder_captions_that_are_not_utf8_or_not_text_are_skipped_by_reason(tmp_path, mp4s):
     root = _folder(tmp_path / "videos", mp4s, ["a.mp4", "b.mp4", "c.mp4", "d.mp4", "e.mp4", "f.mp4"])
-    (root / "captions.jsonl").write_bytes(b'{"file": "a.mp4", "caption": "a red square"}\n'
-                                          b'{"file": "b.mp4", "caption": "caf\xe9"}\n'
-                                          b'{"file": "c.mp4", "caption": ["a", "list"]}\n'
-                                          b'{"file": "d.mp4"}\n'
-                                          b'{"file": "e.mp4", "caption": null}\n')  # fmt: skip
+    (root / "captions.jsonl").write_bytes(
+        b'{"file": "a.mp4", "caption": "a red square"}\n'
+        b'{"file": "b.mp4", "caption": "caf\xe9"}\n'
+        b'{"file": "c.mp4", "caption": ["a", "list"]}\n'
+        b'{"file": "d.mp4"}\n'
+        b'{"file": "e.mp4", "caption": null}\n'
+    )
     (root / "d.txt").write_text("from the sidecar")  # no caption in the index: the sidecar is read
     (root / "f.txt").write_bytes(b"\xff\xfe broken")
     items = [x for x, _ in zip(iter(VideoClips(root, 4, 1, 16, "center")), range(6))]
     assert {x["key"]: x.get("reason") or x["caption"] for x in items} == {
-        "a.mp4": "a red square", "b.mp4": "caption not UTF-8", "c.mp4": "bad caption", "d.mp4": "from the sidecar",
-        "e.mp4": "bad caption", "f.mp4": "caption not UTF-8"}  # fmt: skip
+        "a.mp4": "a red square",
+        "b.mp4": "caption not UTF-8",
+        "c.mp4": "bad caption",
+        "d.mp4": "from the sidecar",
+        "e.mp4": "bad caption",
+        "f.mp4": "caption not UTF-8",
+    }
     images = tmp_path / "images"
     images.mkdir()
     from PIL import Image
@@ -198,10 +274,16 @@ def test_folder_captions_that_are_not_utf8_or_not_text_are_skipped_by_reason(tmp
     assert next(iter(ImageCaptions(images, 16)))["reason"] == "caption not UTF-8"
 
 
-@pytest.mark.parametrize("line,says", [
-    (b'["a.mp4", "a caption"]', "a JSON list"), (b"42", "a JSON int"), (b'{"caption": "no file"}', "'file' = None"),
-    (b'{"file": "a.mp4", "caption": "cut', "not JSON"), (b'{"file": "\xff.mp4", \xff}', "not JSON"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "line,says",
+    [
+        (b'["a.mp4", "a caption"]', "a JSON list"),
+        (b"42", "a JSON int"),
+        (b'{"caption": "no file"}', "'file' = None"),
+        (b'{"file": "a.mp4", "caption": "cut', "not JSON"),
+        (b'{"file": "\xff.mp4", \xff}', "not JSON"),
+    ],
+)
 def test_a_captions_jsonl_line_that_names_no_file_is_an_error_naming_file_and_line(tmp_path, mp4s, line, says):
     root = _folder(tmp_path / "videos", mp4s, ["a.mp4"])
     (root / "captions.jsonl").write_bytes(b'{"file": "a.mp4", "caption": "fine"}\n\n' + line + b"\n")
@@ -245,13 +327,22 @@ def _cli(capsys, *argv) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag,name,expected", [
-    ("--i3d", "inception.pt", "without \\['rescale', 'resize'\\]: not the detector expected here \\(i3d_torchscript.pt"),
-    ("--i3d", "random.pt", "not a TorchScript module .*expected i3d_torchscript.pt"),
-    ("--inception", "state_dict.pt", "not a TorchScript module .*expected inception-2015-12-05.pt"),
-    ("--inception", "i3d.pt", "the detector failed on a uint8 \\[.*\\] batch .*expected inception-2015-12-05.pt"),
-])  # fmt: skip
-def test_a_detector_of_the_wrong_kind_is_one_line_naming_the_file_and_what_was_expected(tmp_path, detectors, videos, capsys, flag, name, expected):
+@pytest.mark.parametrize(
+    "flag,name,expected",
+    [
+        (
+            "--i3d",
+            "inception.pt",
+            "without \\['rescale', 'resize'\\]: not the detector expected here \\(i3d_torchscript.pt",
+        ),
+        ("--i3d", "random.pt", "not a TorchScript module .*expected i3d_torchscript.pt"),
+        ("--inception", "state_dict.pt", "not a TorchScript module .*expected inception-2015-12-05.pt"),
+        ("--inception", "i3d.pt", "the detector failed on a uint8 \\[.*\\] batch .*expected inception-2015-12-05.pt"),
+    ],
+)
+def test_a_detector_of_the_wrong_kind_is_one_line_naming_the_file_and_what_was_expected(
+    tmp_path, detectors, videos, capsys, flag, name, expected
+):
     import re
 
     real, fake = videos
@@ -261,7 +352,18 @@ def test_a_detector_of_the_wrong_kind_is_one_line_naming_the_file_and_what_was_e
         from PIL import Image
 
         Image.new("RGB", (16, 16)).save(tmp_path / "images" / "0.png")
-    code, err = _cli(capsys, "--videos", f"x:1={fake}", flag, detectors / name, *reference, "--fvd-frames", 4, "--out", tmp_path / "eval")
+    code, err = _cli(
+        capsys,
+        "--videos",
+        f"x:1={fake}",
+        flag,
+        detectors / name,
+        *reference,
+        "--fvd-frames",
+        4,
+        "--out",
+        tmp_path / "eval",
+    )
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert err.startswith(f"error: {detectors / name}: ") and re.search(expected, err), err
 
@@ -273,12 +375,28 @@ def test_bad_videos_among_many_are_skipped_and_listed_in_results_json(tmp_path, 
     (fake / "5.mp4").write_bytes(encode_mp4(toy_clip(5, 2, 32)[0]))  # 2 frames, 4 needed
     (real / "9.mp4").write_bytes(b"garbage")
     out = tmp_path / "eval"
-    code, err = _cli(capsys, "--videos", f"x:1={fake}", "--i3d", detectors / "i3d.pt", "--real-videos", real, "--fvd-frames", 4, "--out", out)
+    code, err = _cli(
+        capsys,
+        "--videos",
+        f"x:1={fake}",
+        "--i3d",
+        detectors / "i3d.pt",
+        "--real-videos",
+        real,
+        "--fvd-frames",
+        4,
+        "--out",
+        out,
+    )
     assert code == 0, err
     report = json.loads((out / "results.json").read_text())
     row = report["rows"][0]
     assert row["videos"] == 3 and row["fvd"] >= 0
-    assert {k: v.split(":")[0] for k, v in row["skipped"].items()} == {"3.mp4": "undecodable", "4.mp4": "empty file", "5.mp4": "too few frames"}
+    assert {k: v.split(":")[0] for k, v in row["skipped"].items()} == {
+        "3.mp4": "undecodable",
+        "4.mp4": "empty file",
+        "5.mp4": "too few frames",
+    }
     assert list(report["reference_skipped"]["real_videos"]) == ["9.mp4"]
     assert f"warning: {fake}: skipped 3 of 6 videos" in err and f"warning: {real}: skipped 1 of 4 videos" in err
 
@@ -294,7 +412,10 @@ def test_evaluator_input_errors_are_one_line_and_exit_2(tmp_path, detectors, vid
     cases = [
         (["--videos", f"x:1={bad}"], f"{bad}: no usable videos"),
         (["--videos", f"x:1={fake}"], f"{fake / 'captions.jsonl'}:2: a JSON int"),
-        (["--teacher", "tiny-animatediff", "--prompts", tmp_path / "prompts.txt"], f"{tmp_path / 'prompts.txt'}: not UTF-8 text"),
+        (
+            ["--teacher", "tiny-animatediff", "--prompts", tmp_path / "prompts.txt"],
+            f"{tmp_path / 'prompts.txt'}: not UTF-8 text",
+        ),
         (["--videos", "nonsense"], "--videos 'nonsense': expected METHOD:STEPS=FOLDER"),
         (["--videos", f"x:1={real}", "--out", tmp_path / "file"], str(tmp_path / "file")),
     ]
@@ -306,8 +427,24 @@ def test_evaluator_input_errors_are_one_line_and_exit_2(tmp_path, detectors, vid
 
 def test_the_evaluator_command_prints_no_traceback(tmp_path, detectors, videos):
     real, fake = videos
-    proc = subprocess.run([sys.executable, "training/evaluate.py", "--videos", f"x:1={fake}", "--i3d", str(detectors / "inception.pt"),
-                           "--real-videos", str(real), "--out", str(tmp_path / "eval")], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "training/evaluate.py",
+            "--videos",
+            f"x:1={fake}",
+            "--i3d",
+            str(detectors / "inception.pt"),
+            "--real-videos",
+            str(real),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {detectors / 'inception.pt'}: ") and "i3d_torchscript.pt" in proc.stderr

@@ -26,8 +26,15 @@ def tiny_disc(seed=0, c_dim=8, dtype=torch.float32, attention="sdpa", image_size
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32,
-                          image_size=image_size, patch_size=14, attn_implementation=attention)  # fmt: skip
+    config = Dinov2Config(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=image_size,
+        patch_size=14,
+        attn_implementation=attention,
+    )
     backbone = Dinov2Features(Dinov2Model(config), layers=(0, 1, 2, 3), input_size=image_size)
     return FrameDiscriminator(backbone, c_dim=c_dim).to(dtype)
 
@@ -54,10 +61,14 @@ def test_a_real_size_dinov2_sees_224_px_frames_and_the_tiny_one_its_own_56():
     from training.adversarial import build_backbone
 
     torch.manual_seed(0)
-    config = Dinov2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=518, patch_size=14)
+    config = Dinov2Config(
+        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, image_size=518, patch_size=14
+    )
     disc = FrameDiscriminator(Dinov2Features(Dinov2Model(config), layers=(0, 1)), c_dim=8)
     seen = []
-    disc.backbone.model.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["pixel_values"].shape)), with_kwargs=True)
+    disc.backbone.model.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(tuple(kw["pixel_values"].shape)), with_kwargs=True
+    )
     for side in (512, 64):  # larger frames are resized (or cropped) down, smaller ones up
         logits = disc(images(side, n=2, size=side), torch.randn(2, 8), torch.Generator().manual_seed(side))
         assert logits.shape == (2, 2 * 256)
@@ -71,7 +82,9 @@ def test_larger_frames_are_cropped_to_224_half_of_the_time():
     sides = [random_crop(x, 224, g).shape[-1] for _ in range(400)]
     assert set(sides) == {224, 256} and 0.43 <= sides.count(224) / 400 <= 0.57
     state = g.get_state()
-    assert random_crop(torch.zeros(2, 3, 224, 224), 224, g).shape[-1] == 224 and torch.equal(g.get_state(), state)  # no draw
+    assert random_crop(torch.zeros(2, 3, 224, 224), 224, g).shape[-1] == 224 and torch.equal(
+        g.get_state(), state
+    )  # no draw
 
 
 def test_only_the_heads_train():
@@ -119,7 +132,9 @@ def test_accuracy_counts_images_by_their_mean_logit(tmp_path):
 
     from training.adversarial import adversarial_summary
 
-    rows = ["step,loss,d_accuracy,real_logit,fake_logit"] + [f"{i},0.1,{1.0 if i > 3 else 0.5},{i},-{i}" for i in range(1, 7)]
+    rows = ["step,loss,d_accuracy,real_logit,fake_logit"] + [
+        f"{i},0.1,{1.0 if i > 3 else 0.5},{i},-{i}" for i in range(1, 7)
+    ]
     (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
     summary = adversarial_summary(tmp_path / "metrics.csv", window=2)
     assert summary["logged_steps"] == 6
@@ -246,13 +261,17 @@ def test_the_toy_run_discriminator_separates_32px_toy_frames_without_augmentatio
 
     def auc():
         with torch.no_grad():
-            logits = disc(torch.cat([batch(10**6, False, 8), batch(10**6, True, 8)]), torch.zeros(16, 32), augment=False).mean(1)
+            logits = disc(
+                torch.cat([batch(10**6, False, 8), batch(10**6, True, 8)]), torch.zeros(16, 32), augment=False
+            ).mean(1)
         return (logits[:8, None] > logits[None, 8:]).float().mean().item()
 
     before = auc()
     c = torch.zeros(4, 32)
     for step in range(50):
-        loss = discriminator_loss(disc(batch(step, False), c, augment=False), disc(batch(step, True), c, augment=False), "wgan")
+        loss = discriminator_loss(
+            disc(batch(step, False), c, augment=False), disc(batch(step, True), c, augment=False), "wgan"
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

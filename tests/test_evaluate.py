@@ -21,7 +21,9 @@ class TinyI3D(torch.nn.Module):
         super().__init__()
         self.proj = torch.nn.Linear(6, 8)
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = False
+    ) -> torch.Tensor:
         x = x.float()
         if rescale:
             x = x / 127.5 - 1.0
@@ -62,7 +64,10 @@ def _videos(n, degraded, frames=8, seed=0):
 
 
 def test_missing_or_bad_detector_names_the_file_and_its_source(tmp_path):
-    with pytest.raises(ev.DetectorError, match=r"nope\.pt: no such detector file; expected i3d_torchscript\.pt, from https://www\.dropbox"):
+    with pytest.raises(
+        ev.DetectorError,
+        match=r"nope\.pt: no such detector file; expected i3d_torchscript\.pt, from https://www\.dropbox",
+    ):
         ev.load_detector(tmp_path / "nope.pt", ev.I3D_SOURCE)
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
@@ -90,10 +95,28 @@ def test_clipsim_with_a_tiny_random_clip():
     from training.models import ByteTokenizer
 
     torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=259,
-                                         max_position_embeddings=77, bos_token_id=1, eos_token_id=2, pad_token_id=0),
-                        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=30,
-                                           patch_size=6), projection_dim=16)  # fmt: skip
+    config = CLIPConfig(
+        text_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=259,
+            max_position_embeddings=77,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=30,
+            patch_size=6,
+        ),
+        projection_dim=16,
+    )
     scorer = ev.ClipScorer(CLIPModel(config), ByteTokenizer())
     videos = _videos(2, False, frames=3)
     assert scorer.preprocess(videos[0]).shape == (3, 3, 30, 30)
@@ -103,8 +126,12 @@ def test_clipsim_with_a_tiny_random_clip():
     assert np.isfinite(value) and -100 <= value <= 100
     # the mean over frames of 100 x cosine, by hand for the first video
     torch.set_grad_enabled(False)
-    text = F.normalize(ev._as_tensor(scorer.model.get_text_features(input_ids=ByteTokenizer()(["x"]))).float(), dim=-1)[0]
-    image = F.normalize(ev._as_tensor(scorer.model.get_image_features(pixel_values=scorer.preprocess(videos[0]))).float(), dim=-1)
+    text = F.normalize(ev._as_tensor(scorer.model.get_text_features(input_ids=ByteTokenizer()(["x"]))).float(), dim=-1)[
+        0
+    ]
+    image = F.normalize(
+        ev._as_tensor(scorer.model.get_image_features(pixel_values=scorer.preprocess(videos[0]))).float(), dim=-1
+    )
     assert scorer(videos[:1], ["x"]) == pytest.approx(100 * float((image @ text).mean()), rel=1e-5)
     torch.set_grad_enabled(True)
     with pytest.raises(ValueError, match="2 videos but 1 prompts"):
@@ -134,10 +161,16 @@ def test_read_videos_from_mp4_gif_and_frame_folders(tmp_path):
 
 
 def test_table_has_the_papers_layout():
-    rows = [{"method": "teacher", "steps": 50, "fvd": 100.0, "clipsim": 30.0},
-            {"method": "MCM", "steps": 1, "fvd": 200.0, "clipsim": 29.5}, {"method": "MCM", "steps": 4, "fvd": 150.0, "clipsim": 30.25}]  # fmt: skip
+    rows = [
+        {"method": "teacher", "steps": 50, "fvd": 100.0, "clipsim": 30.0},
+        {"method": "MCM", "steps": 1, "fvd": 200.0, "clipsim": 29.5},
+        {"method": "MCM", "steps": 4, "fvd": 150.0, "clipsim": 30.25},
+    ]
     table = ev.markdown_table(rows).splitlines()
-    assert table[0] == "| method | FVD ↓ 1-step | FVD ↓ 4-step | FVD ↓ 50-step | CLIPSIM ↑ 1-step | CLIPSIM ↑ 4-step | CLIPSIM ↑ 50-step |"
+    assert (
+        table[0]
+        == "| method | FVD ↓ 1-step | FVD ↓ 4-step | FVD ↓ 50-step | CLIPSIM ↑ 1-step | CLIPSIM ↑ 4-step | CLIPSIM ↑ 50-step |"
+    )
     assert table[2] == "| teacher | – | – | 100.00 | – | – | 30.00 |"
     assert table[3] == "| MCM | 200.00 | 150.00 | – | 29.50 | 30.25 | – |"
 
@@ -153,22 +186,81 @@ def test_command_line_scores_folders_and_generated_videos(tmp_path, detectors):
     images.mkdir()
     for i, v in enumerate(_videos(4, False, frames=1, seed=50)):
         Image.fromarray(v[0]).save(images / f"{i}.png")
-    (tmp_path / "prompts.txt").write_text("a red square moving left slowly\n# comment\na blue circle moving up quickly\n")
+    (tmp_path / "prompts.txt").write_text(
+        "a red square moving left slowly\n# comment\na blue circle moving up quickly\n"
+    )
     i3d, inception = detectors
     out = tmp_path / "eval"
-    report = ev.evaluate(["--videos", f"degraded:1={fake}", "--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"),
-                      "--methods", "teacher:2", "--frames", "4", "--resolution", "16", "--i3d", str(i3d), "--real-videos", str(real),
-                      "--fvd-frames", "4", "--inception", str(inception), "--real-images", str(images), "--device", "cpu", "--out", str(out)])  # fmt: skip
+    report = ev.evaluate(
+        [
+            "--videos",
+            f"degraded:1={fake}",
+            "--teacher",
+            "tiny-animatediff",
+            "--prompts",
+            str(tmp_path / "prompts.txt"),
+            "--methods",
+            "teacher:2",
+            "--frames",
+            "4",
+            "--resolution",
+            "16",
+            "--i3d",
+            str(i3d),
+            "--real-videos",
+            str(real),
+            "--fvd-frames",
+            "4",
+            "--inception",
+            str(inception),
+            "--real-images",
+            str(images),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     rows = report["rows"]
-    assert [(r["method"], r["steps"], r["videos"]) for r in rows] == [("degraded", 1, 3), ("teacher (DDIM, CFG 7.5)", 2, 2)]
+    assert [(r["method"], r["steps"], r["videos"]) for r in rows] == [
+        ("degraded", 1, 3),
+        ("teacher (DDIM, CFG 7.5)", 2, 2),
+    ]
     assert all(np.isfinite(r["fvd"]) and r["fvd"] >= 0 and np.isfinite(r["fid"]) for r in rows)
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(rows))
     assert (out / "results.md").read_text().startswith("| method | FVD ↓ 1-step | FVD ↓ 2-step | FID ↓ 1-step")
     with pytest.raises(ev.DetectorError, match="missing.pt"):
-        ev.evaluate(["--videos", f"x:1={fake}", "--i3d", str(tmp_path / "missing.pt"), "--real-videos", str(real), "--out", str(out)])
+        ev.evaluate(
+            [
+                "--videos",
+                f"x:1={fake}",
+                "--i3d",
+                str(tmp_path / "missing.pt"),
+                "--real-videos",
+                str(real),
+                "--out",
+                str(out),
+            ]
+        )
     with pytest.raises(ValueError, match="mcm rows need --adapter"):
-        ev.evaluate(["--teacher", "tiny-animatediff", "--prompts", str(tmp_path / "prompts.txt"), "--methods", "mcm:1", "--frames", "4",
-                 "--resolution", "16", "--device", "cpu", "--out", str(out)])  # fmt: skip
+        ev.evaluate(
+            [
+                "--teacher",
+                "tiny-animatediff",
+                "--prompts",
+                str(tmp_path / "prompts.txt"),
+                "--methods",
+                "mcm:1",
+                "--frames",
+                "4",
+                "--resolution",
+                "16",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
 
 
 # --- MCM rows from an adapter -------------------------------------------------------------------------
@@ -182,7 +274,9 @@ def _trainer_adapter(folder, *flags, lora_scale=0.5):
     from training import distill
     from training.models import load_teacher, make_student
 
-    args = distill.parse_args(["--teacher", "tiny-animatediff", "--data", "toy", "--lora-rank", "4", "--lora-alpha", "4", *flags])
+    args = distill.parse_args(
+        ["--teacher", "tiny-animatediff", "--data", "toy", "--lora-rank", "4", "--lora-alpha", "4", *flags]
+    )
     teacher = load_teacher("tiny-animatediff")
     student = make_student(teacher, args.lora_rank, args.lora_alpha)
     g = torch.Generator().manual_seed(1)
@@ -207,7 +301,10 @@ def _spy_generate(monkeypatch):
         return videos[(kind, steps)]
 
     def spy_sample(*args, **kwargs):
-        calls.append({k: v for k, v in kwargs.items() if k in ("timestep_scaling", "prediction_type")} | {"schedule": args[3].beta_schedule})
+        calls.append(
+            {k: v for k, v in kwargs.items() if k in ("timestep_scaling", "prediction_type")}
+            | {"schedule": args[3].beta_schedule}
+        )
         return sample(*args, **kwargs)
 
     monkeypatch.setattr(ev, "generate", spy_generate)
@@ -227,18 +324,50 @@ def test_mcm_rows_apply_the_adapter_with_its_metadata(tmp_path, detectors, monke
         (real / f"{i}.mp4").write_bytes(encode_mp4(v))
     path, student = _trainer_adapter(tmp_path / "trained", "--timestep-scaling", "10", "--beta-schedule", "linear")
     videos, calls = _spy_generate(monkeypatch)
-    report = ev.evaluate([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "teacher:4,mcm:1,mcm:2",
-                      "--i3d", str(detectors[0]), "--real-videos", str(real), "--fvd-frames", "4", "--out", str(tmp_path / "eval")])  # fmt: skip
+    report = ev.evaluate(
+        [
+            *GENERATE,
+            "--adapter",
+            str(path),
+            "--prompts",
+            str(prompts),
+            "--methods",
+            "teacher:4,mcm:1,mcm:2",
+            "--i3d",
+            str(detectors[0]),
+            "--real-videos",
+            str(real),
+            "--fvd-frames",
+            "4",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     rows = {(r["method"], r["steps"]): r for r in report["rows"]}
     assert list(rows) == [("teacher (DDIM, CFG 7.5)", 4), ("MCM", 1), ("MCM", 2)]
     assert all(rows[("MCM", n)]["fvd"] != rows[("teacher (DDIM, CFG 7.5)", 4)]["fvd"] for n in (1, 2))
     assert not any(np.array_equal(videos[("mcm", n)][i], videos[("teacher", 4)][i]) for n in (1, 2) for i in range(2))
     # the metadata's settings reach the sampler (ToySampler's defaults are 4 and scaled_linear) and the report
     assert calls == [{"timestep_scaling": 10.0, "prediction_type": "epsilon", "schedule": "linear"}] * 2
-    assert report["sampling"] == {"beta_schedule": "linear", "timestep_scaling": 10.0, "prediction_type": "epsilon", "num_ddim_timesteps": 50}
+    assert report["sampling"] == {
+        "beta_schedule": "linear",
+        "timestep_scaling": 10.0,
+        "prediction_type": "epsilon",
+        "num_ddim_timesteps": 50,
+    }
     # the adapter is applied exactly: the same samples as the in-memory student with those settings
     sampler = ev.load_generator(ev.build_parser().parse_args([*GENERATE, "--adapter", str(path)]))
-    own = ToySampler(student, sampler.vae, sampler.encode_text, sampler.scaling_factor, 4, 16, sampler.down, sampler.schedule, timestep_scaling=10.0)
+    own = ToySampler(
+        student,
+        sampler.vae,
+        sampler.encode_text,
+        sampler.scaling_factor,
+        4,
+        16,
+        sampler.down,
+        sampler.schedule,
+        timestep_scaling=10.0,
+    )
     expected = own.decode(own.mcm(ev.read_prompts(prompts), 2, 0))
     assert len(expected) == 2 and all(np.array_equal(a, b) for a, b in zip(videos[("mcm", 2)], expected))
 
@@ -248,7 +377,19 @@ def test_a_zero_adapter_samples_as_the_plain_teacher(tmp_path, monkeypatch):
     prompts.write_text("a red square moving left slowly\na blue circle moving up quickly\n")
     path, _ = _trainer_adapter(tmp_path / "zero", lora_scale=0.0)
     videos, calls = _spy_generate(monkeypatch)
-    ev.evaluate([*GENERATE, "--adapter", str(path), "--prompts", str(prompts), "--methods", "mcm:2", "--out", str(tmp_path / "eval")])
+    ev.evaluate(
+        [
+            *GENERATE,
+            "--adapter",
+            str(path),
+            "--prompts",
+            str(prompts),
+            "--methods",
+            "mcm:2",
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
     assert calls[0]["timestep_scaling"] == 4.0
     plain = ev.load_generator(ev.build_parser().parse_args(GENERATE))  # no adapter: the teacher's UNet alone
     assert not hasattr(plain.unet, "disable_adapter")
@@ -263,10 +404,21 @@ def test_adapter_sampling_settings_missing_or_invalid_name_the_file_and_entry(tm
 
     path, _ = _trainer_adapter(tmp_path / "a")
     _, settings = ev.adapter_sampling(path)
-    assert settings == {"timestep_scaling": 4.0, "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "num_ddim_timesteps": 50}
+    assert settings == {
+        "timestep_scaling": 4.0,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "epsilon",
+        "num_ddim_timesteps": 50,
+    }
     tensors, metadata = load_file(str(path)), read_safetensors_metadata(path)
-    save_file(tensors, str(tmp_path / "no_scaling.safetensors"), {k: v for k, v in metadata.items() if k != "mcm.timestep_scaling"})
-    with pytest.raises(AdapterError, match=r"no_scaling\.safetensors: metadata entries \['mcm\.timestep_scaling'\] missing"):
+    save_file(
+        tensors,
+        str(tmp_path / "no_scaling.safetensors"),
+        {k: v for k, v in metadata.items() if k != "mcm.timestep_scaling"},
+    )
+    with pytest.raises(
+        AdapterError, match=r"no_scaling\.safetensors: metadata entries \['mcm\.timestep_scaling'\] missing"
+    ):
         ev.adapter_sampling(tmp_path / "no_scaling.safetensors")
     save_file(tensors, str(tmp_path / "bad.safetensors"), metadata | {"mcm.timestep_scaling": "-1"})
     with pytest.raises(AdapterError, match=r"bad\.safetensors: mcm\.timestep_scaling = -1; expected a positive number"):
@@ -279,4 +431,8 @@ def test_adapter_sampling_settings_missing_or_invalid_name_the_file_and_entry(tm
     save_file(load_file(str(peft)), str(peft))
     lines = []
     _, settings = ev.adapter_sampling(peft.parent, log=lines.append)
-    assert settings["timestep_scaling"] == 4.0 and len(lines) == 1 and "no MCM metadata; sampling with the official settings" in lines[0]
+    assert (
+        settings["timestep_scaling"] == 4.0
+        and len(lines) == 1
+        and "no MCM metadata; sampling with the official settings" in lines[0]
+    )

@@ -45,10 +45,36 @@ def toy_data(tmp_path_factory):
 
 
 def flags(out: Path, data: Path, *extra) -> list[str]:
-    return ["--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(out), "--resolution", "16",
-            "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
-            "--gradient-accumulation-steps", "1", "--no-scale-lr", "--learning-rate", "1e-3", "--lr-warmup-steps", "0",
-            "--disc-backbone", "tiny", *map(str, extra)]  # fmt: skip
+    return [
+        "--teacher",
+        "tiny-animatediff",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--resolution",
+        "16",
+        "--num-frames",
+        "4",
+        "--frame-interval",
+        "1",
+        "--num-workers",
+        "0",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "4",
+        "--gradient-accumulation-steps",
+        "1",
+        "--no-scale-lr",
+        "--learning-rate",
+        "1e-3",
+        "--lr-warmup-steps",
+        "0",
+        "--disc-backbone",
+        "tiny",
+        *map(str, extra),
+    ]
 
 
 def metrics(run: Path) -> dict[int, float]:
@@ -64,8 +90,20 @@ def lora(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_logs(tmp_path, toy_data):
-    common = ["--gradient-accumulation-steps", "1", "--train-batch-size", "1", "--max-train-steps", "6",
-              "--checkpointing-steps", "2", "--checkpoints-total-limit", "2", "--disc-frames", "1"]  # fmt: skip
+    common = [
+        "--gradient-accumulation-steps",
+        "1",
+        "--train-batch-size",
+        "1",
+        "--max-train-steps",
+        "6",
+        "--checkpointing-steps",
+        "2",
+        "--checkpoints-total-limit",
+        "2",
+        "--disc-frames",
+        "1",
+    ]
     reference = distill.train(distill.parse_args(flags(tmp_path / "ref", toy_data, *common, "--run-name", "ref")))
 
     out = tmp_path / "killed"
@@ -80,11 +118,15 @@ def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_lo
     proc.wait()
     logged_before_kill = max(metrics(run), default=0)
     kept = sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*"))
-    assert kept and all((run / f"checkpoint-{k}" / "optimizer.pt").exists() for k in kept)  # never a partial checkpoint-N
+    assert kept and all(
+        (run / f"checkpoint-{k}" / "optimizer.pt").exists() for k in kept
+    )  # never a partial checkpoint-N
     assert logged_before_kill < 6, "the run finished before it was killed; nothing was tested"
     assert logged_before_kill - max(kept) <= 2, "more than one checkpoint interval lost"
 
-    resumed = subprocess.run([*cmd, "--resume", "latest"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [*cmd, "--resume", "latest"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {run / f'checkpoint-{max(kept)}'}" in resumed.stdout
     got, want = metrics(run), metrics(reference)
@@ -97,12 +139,23 @@ def test_a_killed_run_resumes_from_latest_and_logs_what_the_uninterrupted_run_lo
 
 
 def test_ctrl_c_inside_an_accumulation_window_resumes_at_its_start_and_trains_what_the_uninterrupted_run_trains(
-        tmp_path, toy_data, monkeypatch):  # fmt: skip
+    tmp_path, toy_data, monkeypatch
+):
     """Ctrl-C after micro-batch 5 of a run with accumulation 2 (inside step 3's window): the checkpoint records
     the window's start (step 2, micro-batch 4), so the resumed run reads micro-batch 5 again and ends where the
     uninterrupted run ends."""
-    common = ["--gradient-accumulation-steps", "2", "--train-batch-size", "1", "--max-train-steps", "4",
-              "--checkpointing-steps", "10", "--disc-frames", "1"]  # fmt: skip
+    common = [
+        "--gradient-accumulation-steps",
+        "2",
+        "--train-batch-size",
+        "1",
+        "--max-train-steps",
+        "4",
+        "--checkpointing-steps",
+        "10",
+        "--disc-frames",
+        "1",
+    ]
     reference = distill.train(distill.parse_args(flags(tmp_path, toy_data, *common, "--run-name", "ref")))
     real_micro_step, calls = distill.micro_step, []
 
@@ -122,7 +175,10 @@ def test_ctrl_c_inside_an_accumulation_window_resumes_at_its_start_and_trains_wh
     assert (saved["global_step"], saved["micro_batches"], saved["data_positions"]) == (2, 4, [4])
     distill.train(distill.parse_args(flags(tmp_path, toy_data, *common, "--run-name", "run", "--resume", str(run))))
     got, want = metrics(run), metrics(reference)
-    assert sorted(got) == [1, 2, 3, 4] and all(got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-7) for k in want), (got, want)
+    assert sorted(got) == [1, 2, 3, 4] and all(got[k] == pytest.approx(want[k], rel=1e-4, abs=1e-7) for k in want), (
+        got,
+        want,
+    )
     a, b = lora(run / "final" / "adapter.safetensors"), lora(reference / "final" / "adapter.safetensors")
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
 
@@ -157,7 +213,9 @@ def test_prune_unmarks_a_checkpoint_it_cannot_remove_and_says_so(tmp_path, monke
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
         (tmp_path / f"checkpoint-{step}" / "optimizer.pt").write_bytes(b"x")
-    monkeypatch.setattr(checkpoints.shutil, "rmtree", lambda path, ignore_errors=False: None)  # e.g. a permission error, ignored
+    monkeypatch.setattr(
+        checkpoints.shutil, "rmtree", lambda path, ignore_errors=False: None
+    )  # e.g. a permission error, ignored
     logged = []
     checkpoints.prune(tmp_path, 2, logged.append)
     assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]
@@ -198,7 +256,10 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path):
     assert checkpoints.set_aside_newer(tmp_path / "checkpoint-3", print) is None  # the newest: nothing to move
     logged = []
     aside = checkpoints.set_aside_newer(tmp_path / "checkpoint-1", logged.append)
-    assert aside.name == "abandoned-after-1" and sorted(p.name for p in aside.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    assert aside.name == "abandoned-after-1" and sorted(p.name for p in aside.iterdir()) == [
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
     assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["checkpoint-1"]
     assert logged == ["resuming from checkpoint-1: moved the newer checkpoint-2, checkpoint-3 to abandoned-after-1/"]
     make(2)  # the resumed run writes its own checkpoint-2; a second resume from checkpoint-1 keeps both continuations
@@ -225,14 +286,41 @@ def one_and_two_processes(tmp_path, toy_data, steps: list, flags_of=None) -> tup
     flags_of = flags_of or flags
     if shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists():
         pytest.skip("the accelerate launcher is not installed")
-    one = distill.train(distill.parse_args(flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")))
+    one = distill.train(
+        distill.parse_args(
+            flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")
+        )
+    )
     # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU the
     # trainer asks accelerate for CPU processes, which join over gloo on localhost
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]  # fmt: skip
-    proc = subprocess.run([*launcher, "training/distill.py", *flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1",
-                                                                        "--run-name", "two")],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
+    proc = subprocess.run(
+        [
+            *launcher,
+            "training/distill.py",
+            *flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "1", "--run-name", "two"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if proc.returncode != 0 and "gloo" in proc.stderr.lower() and "connect" in proc.stderr.lower():
         pytest.skip(f"the accelerate launcher could not start two CPU processes: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -247,7 +335,9 @@ def test_two_accelerate_processes_train_what_one_process_with_accumulation_train
     assert metrics(two) == pytest.approx(metrics(one), rel=1e-4)
     a, b = lora(two / "adapter.safetensors"), lora(one / "adapter.safetensors")
     assert set(a) == set(b) and any(v.abs().max() > 0 for v in b.values())
-    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b), max((a[k] - b[k]).abs().max().item() for k in b)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b), max(
+        (a[k] - b[k]).abs().max().item() for k in b
+    )
 
 
 def test_each_process_gets_the_micro_batches_one_process_would_use(toy_data):
@@ -279,17 +369,36 @@ def _nan_after(monkeypatch, calls: set[int] | None = None, from_call: int | None
 
 def test_a_non_finite_step_is_skipped_and_the_run_goes_on(tmp_path, toy_data, monkeypatch, capsys):
     _nan_after(monkeypatch, calls={2})
-    run = distill.train(distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "10", "--no-disc")))
+    run = distill.train(
+        distill.parse_args(
+            flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "10", "--no-disc")
+        )
+    )
     assert "non-finite loss or gradient at step 2: step skipped (1 in a row)" in capsys.readouterr().out
     rows = metrics(run)
     assert sorted(rows) == [1, 2, 3] and all(v == v for v in rows.values())  # no NaN logged
     assert all(torch.isfinite(v).all() for v in lora(run / "adapter.safetensors").values())
 
 
-def test_non_finite_steps_in_a_row_stop_the_run_with_a_checkpoint_of_the_last_good_state(tmp_path, toy_data, monkeypatch):
+def test_non_finite_steps_in_a_row_stop_the_run_with_a_checkpoint_of_the_last_good_state(
+    tmp_path, toy_data, monkeypatch
+):
     _nan_after(monkeypatch, from_call=3)
-    args = distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "10", "--checkpointing-steps", "10", "--no-disc",
-                                    "--max-nonfinite-steps", "3", "--run-name", "nan"))  # fmt: skip
+    args = distill.parse_args(
+        flags(
+            tmp_path,
+            toy_data,
+            "--max-train-steps",
+            "10",
+            "--checkpointing-steps",
+            "10",
+            "--no-disc",
+            "--max-nonfinite-steps",
+            "3",
+            "--run-name",
+            "nan",
+        )
+    )
     with pytest.raises(distill.NonFiniteLoss, match="3 steps in a row had a non-finite loss") as err:
         distill.train(args)
     run = tmp_path / "nan"
@@ -310,17 +419,51 @@ def _disk_full_at(monkeypatch, step: int):
     monkeypatch.setattr(torch, "save", save)
 
 
-def test_a_failed_save_keeps_the_previous_checkpoint_and_training_goes_on_or_stops(tmp_path, toy_data, monkeypatch, capsys):
+def test_a_failed_save_keeps_the_previous_checkpoint_and_training_goes_on_or_stops(
+    tmp_path, toy_data, monkeypatch, capsys
+):
     _disk_full_at(monkeypatch, 2)
-    run = distill.train(distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "1",
-                                                 "--no-disc", "--run-name", "full")))  # fmt: skip
-    assert "could not write checkpoint-2 ([Errno 28] No space left on device); the earlier checkpoints are intact" in capsys.readouterr().out
-    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-1", "checkpoint-3"]  # no temporary left
+    run = distill.train(
+        distill.parse_args(
+            flags(
+                tmp_path,
+                toy_data,
+                "--max-train-steps",
+                "3",
+                "--checkpointing-steps",
+                "1",
+                "--no-disc",
+                "--run-name",
+                "full",
+            )
+        )
+    )
+    assert (
+        "could not write checkpoint-2 ([Errno 28] No space left on device); the earlier checkpoints are intact"
+        in capsys.readouterr().out
+    )
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == [
+        "checkpoint-1",
+        "checkpoint-3",
+    ]  # no temporary left
     assert json.loads((run / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
     assert (run / "summary.json").exists()
 
-    args = distill.parse_args(flags(tmp_path, toy_data, "--max-train-steps", "3", "--checkpointing-steps", "1", "--no-disc",
-                                    "--run-name", "stop", "--on-save-error", "stop"))  # fmt: skip
+    args = distill.parse_args(
+        flags(
+            tmp_path,
+            toy_data,
+            "--max-train-steps",
+            "3",
+            "--checkpointing-steps",
+            "1",
+            "--no-disc",
+            "--run-name",
+            "stop",
+            "--on-save-error",
+            "stop",
+        )
+    )
     with pytest.raises(CheckpointError, match="could not write checkpoint-2"):
         distill.train(args)
     stopped = tmp_path / "stop"
@@ -332,11 +475,15 @@ def test_a_full_disk_in_torch_save_is_a_checkpoint_error_and_leaves_nothing(tmp_
     from training.checkpoints import write_checkpoint
 
     def save(obj, f, *a, **k):  # what torch.save raises on a full disk (its C++ writer), not an OSError
-        raise RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: file write failed")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: file write failed"
+        )
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(CheckpointError, match="could not write checkpoint-3 .*file write failed"):
-        write_checkpoint(tmp_path / "checkpoint-3", lambda tmp: torch.save({}, tmp / "optimizer.pt"), {"global_step": 3}, [])
+        write_checkpoint(
+            tmp_path / "checkpoint-3", lambda tmp: torch.save({}, tmp / "optimizer.pt"), {"global_step": 3}, []
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -356,27 +503,57 @@ def bad_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     good = [toy_clip(i, frames=8, size=16) for i in range(4)]
     mp4 = encode_mp4(good[0][0])
-    _shard(root / "bad-00000.tar", [
-        ("a.mp4", encode_mp4(good[0][0])), ("a.json", json.dumps({"caption": good[0][1]}).encode()),
-        ("b.mp4", mp4[: len(mp4) // 2]), ("b.json", b'{"caption": "truncated"}'),
-        ("c.mp4", encode_mp4(good[1][0])),  # no caption
-        ("d.mp4", b""), ("d.json", b'{"caption": "zero bytes"}'),
-        ("e.mp4", encode_mp4(good[2][0][:2])), ("e.json", b'{"caption": "two frames"}'),
-        ("f.mp4", encode_mp4(good[3][0])), ("f.json", b'{"caption": '),
-        ("g.mp4", encode_mp4(good[3][0])), ("g.json", json.dumps({"caption": good[3][1]}).encode()),
-    ])  # fmt: skip
+    _shard(
+        root / "bad-00000.tar",
+        [
+            ("a.mp4", encode_mp4(good[0][0])),
+            ("a.json", json.dumps({"caption": good[0][1]}).encode()),
+            ("b.mp4", mp4[: len(mp4) // 2]),
+            ("b.json", b'{"caption": "truncated"}'),
+            ("c.mp4", encode_mp4(good[1][0])),  # no caption
+            ("d.mp4", b""),
+            ("d.json", b'{"caption": "zero bytes"}'),
+            ("e.mp4", encode_mp4(good[2][0][:2])),
+            ("e.json", b'{"caption": "two frames"}'),
+            ("f.mp4", encode_mp4(good[3][0])),
+            ("f.json", b'{"caption": '),
+            ("g.mp4", encode_mp4(good[3][0])),
+            ("g.json", json.dumps({"caption": good[3][1]}).encode()),
+        ],
+    )
     return root
 
 
 def test_bad_samples_are_skipped_with_their_reason(bad_data):
     items = [x for x, _ in zip(iter(VideoClips(bad_data, 4, 1, 16, "center")), range(7))]
-    assert [x.get("reason") for x in items] == [None, "undecodable", "no caption", "empty file", "too short", "bad caption", None]
+    assert [x.get("reason") for x in items] == [
+        None,
+        "undecodable",
+        "no caption",
+        "empty file",
+        "too short",
+        "bad caption",
+        None,
+    ]
     assert [x["position"] for x in items] == list(range(1, 8))
 
 
 def test_a_run_on_bad_shards_finishes_and_reports_the_skips_by_reason(tmp_path, bad_data):
-    run = distill.train(distill.parse_args(flags(tmp_path, bad_data, "--max-train-steps", "2", "--checkpointing-steps", "10",
-                                                 "--train-batch-size", "2", "--no-disc")))  # fmt: skip
+    run = distill.train(
+        distill.parse_args(
+            flags(
+                tmp_path,
+                bad_data,
+                "--max-train-steps",
+                "2",
+                "--checkpointing-steps",
+                "10",
+                "--train-batch-size",
+                "2",
+                "--no-disc",
+            )
+        )
+    )
     summary = json.loads((run / "summary.json").read_text())
     reasons = summary["skipped_by_reason"]
     assert set(reasons) == {"undecodable", "no caption", "empty file", "too short", "bad caption"}

@@ -32,18 +32,29 @@ pytestmark = [
 def host_report(tmp_path_factory):
     for sub, name in (("checkpoints", CKPT), ("animatediff_models", MOTION)):
         if not (Path(COMFYUI_DIR) / "models" / sub / name).exists():
-            pytest.skip(f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)")
+            pytest.skip(
+                f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)"
+            )
     adapters = tmp_path_factory.mktemp("mcm-adapters")
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if os.environ.get("COMFYUI_PYTHONPATH"):  # e.g. the host harness's torchvision shim
         env["PYTHONPATH"] = os.environ["COMFYUI_PYTHONPATH"]
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     script = ROOT / "tests" / "host" / "check_nodes.py"
-    proc = subprocess.run([python, str(script), COMFYUI_DIR, str(ROOT), CKPT, MOTION, str(adapters)],
-                          env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+    proc = subprocess.run(
+        [python, str(script), COMFYUI_DIR, str(ROOT), CKPT, MOTION, str(adapters)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     return report
@@ -215,7 +226,10 @@ def test_mcm_sampler_draws_the_same_noise_as_stock_lcm(tn_report):
     [
         ("frames_without_motion_model", "Load MCM LoRA: temporal_norm 'frames'"),
         ("frames_without_motion_model", "no motion model reached this node"),
-        ("unknown_format", "Load MCM LoRA: temporal_norm 'frames' knows the motion modules of AnimateDiff, AnimateLCM, PIA"),
+        (
+            "unknown_format",
+            "Load MCM LoRA: temporal_norm 'frames' knows the motion modules of AnimateDiff, AnimateLCM, PIA",
+        ),
         ("unknown_format", "is HotshotXL"),
     ],
 )

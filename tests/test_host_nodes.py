@@ -35,8 +35,13 @@ def listing():
     if os.environ.get("COMFYUI_PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["COMFYUI_PYTHONPATH"]
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    proc = subprocess.run([python, str(ROOT / "tests" / "host" / "dump_node_info.py"), COMFYUI_DIR, str(ROOT)],
-                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [python, str(ROOT / "tests" / "host" / "dump_node_info.py"), COMFYUI_DIR, str(ROOT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -35,18 +35,29 @@ pytestmark = [
 def report(tmp_path_factory):
     for sub, name in (("checkpoints", CKPT), ("animatediff_models", MOTION)):
         if not (Path(COMFYUI_DIR) / "models" / sub / name).exists():
-            pytest.skip(f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)")
+            pytest.skip(
+                f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)"
+            )
     tmp = tmp_path_factory.mktemp("host-workflows")
     adapters = tmp / "adapters"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # run_workflows.py passes COMFYUI_PYTHONPATH on
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     out = tmp / "report.json"
     script = ROOT / "tests" / "host" / "run_workflows.py"
-    proc = subprocess.run([python, str(script), COMFYUI_DIR, str(ROOT), str(adapters), str(out)],
-                          env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    proc = subprocess.run(
+        [python, str(script), COMFYUI_DIR, str(ROOT), str(adapters), str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
     data = json.loads(out.read_text(encoding="utf-8"))
     assert not data["fatal"], f"{data['fatal']}\n--- server log ---\n{data.get('server_log_tail', '')}"
@@ -70,9 +81,16 @@ def test_ui_workflow_validates_against_object_info(report, name):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing_control_after_generate", "combo_value_not_in_list", "number_below_min", "widgets_out_of_order",
-     "unknown_node_type", "link_type_mismatch", "output_type_changed"],
-)  # fmt: skip
+    [
+        "missing_control_after_generate",
+        "combo_value_not_in_list",
+        "number_below_min",
+        "widgets_out_of_order",
+        "unknown_node_type",
+        "link_type_mismatch",
+        "output_type_changed",
+    ],
+)
 def test_the_validator_catches_broken_workflows(report, case):
     assert report["validator_catches"][case], f"{case}: no problem reported"
 

@@ -82,7 +82,9 @@ def test_handcrafted_representations_follow_their_definitions():
     assert torch.allclose(c[:, 0, :, 1:, 1:], (x[:, :, :-1, 1:, 1:] * x[:, :, 1:, :-1, :-1]).sum(1) / 4)
     g = global_correlation(x)
     assert g.shape == (2, 4, 36, 36)
-    assert torch.allclose(g[0, 1, 7, 11], (x[0, :, 1].reshape(4, -1)[:, 7] * x[0, :, 2].reshape(4, -1)[:, 11]).sum() / 2)
+    assert torch.allclose(
+        g[0, 1, 7, 11], (x[0, :, 1].reshape(4, -1)[:, 7] * x[0, :, 2].reshape(4, -1)[:, 11]).sum() / 2
+    )
     with pytest.raises(ValueError, match="unknown motion representation 'optical'"):
         make_motion_representation("optical")
     assert set(MOTION_REPRESENTATIONS) == {"learn", "hlearn", "raw", "diff", "freql", "freqh", "lcor", "gcor"}
@@ -124,8 +126,9 @@ def test_distillation_step_equals_the_hand_computed_reference():
     cond, uncond = torch.tensor([1.0, -0.5], dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
     student, teacher = Linear(0.3, 0.2), Linear(0.5, 0.7)
     index, w = torch.tensor([10, 0]), torch.tensor([5.0, 12.0], dtype=torch.float64)
-    out = distillation_step(student, teacher, x0, cond, uncond, sched, DistillConfig(loss_type="l2"),
-                            index=index, w=w, noise=noise)  # fmt: skip
+    out = distillation_step(
+        student, teacher, x0, cond, uncond, sched, DistillConfig(loss_type="l2"), index=index, w=w, noise=noise
+    )
 
     def cskip_cout(t):
         s = 4.0 * t
@@ -173,9 +176,19 @@ def test_only_the_student_and_the_online_head_receive_gradients():
     head, target_head = make_motion_representation("learn")
     torch.nn.init.normal_(head.out.weight, std=0.1)
     x0 = video(dtype=torch.float32)
-    out = distillation_step(student, teacher, x0, None, None, sched, index=torch.tensor([5, 49]),
-                            w=torch.tensor([6.0, 9.0]), noise=video(4, dtype=torch.float32),
-                            motion=head, target_motion=target_head)  # fmt: skip
+    out = distillation_step(
+        student,
+        teacher,
+        x0,
+        None,
+        None,
+        sched,
+        index=torch.tensor([5, 49]),
+        w=torch.tensor([6.0, 9.0]),
+        noise=video(4, dtype=torch.float32),
+        motion=head,
+        target_motion=target_head,
+    )
     out["loss"].backward()
     assert conv_s.weight.grad is not None and conv_s.weight.grad.abs().sum() > 0
     assert head.out.weight.grad is not None and head.out.weight.grad.abs().sum() > 0

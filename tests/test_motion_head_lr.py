@@ -16,9 +16,28 @@ from tests.test_faults import flags, one_thread, toy_data  # noqa: F401 - fixtur
 
 
 def one_step(tmp_path, data, mult: float):
-    run = distill.train(distill.parse_args(flags(tmp_path, data, "--no-toy-eval", "--no-disc", "--motion-repr", "learn",
-                                                 "--lr-scheduler", "constant", "--max-train-steps", 1, "--checkpointing-steps", 1,
-                                                 "--motion-head-lr-mult", mult, "--run-name", f"mult-{mult}")))  # fmt: skip
+    run = distill.train(
+        distill.parse_args(
+            flags(
+                tmp_path,
+                data,
+                "--no-toy-eval",
+                "--no-disc",
+                "--motion-repr",
+                "learn",
+                "--lr-scheduler",
+                "constant",
+                "--max-train-steps",
+                1,
+                "--checkpointing-steps",
+                1,
+                "--motion-head-lr-mult",
+                mult,
+                "--run-name",
+                f"mult-{mult}",
+            )
+        )
+    )
     heads = load_file(str(run / "checkpoint-1" / "trainable_extra.safetensors"))
     return heads, run
 

@@ -65,8 +65,9 @@ def test_every_saved_workflow_finds_its_sockets_and_widgets_where_they_were(mcm_
         links = [(i.id, i.io_type) for i in schema.inputs if i.io_type not in WIDGETS]
         saved_links = [(i["name"], i["type"]) for i in node["inputs"] if "widget" not in i]
         assert saved_links == [link for link in links if link in saved_links], (name, node["type"])
-        assert [i.optional for i in schema.inputs if (i.id, i.io_type) not in saved_links and i.io_type not in WIDGETS] \
-            == [True] * (len(links) - len(saved_links)), (name, node["type"])  # only optional sockets may be absent
+        assert [
+            i.optional for i in schema.inputs if (i.id, i.io_type) not in saved_links and i.io_type not in WIDGETS
+        ] == [True] * (len(links) - len(saved_links)), (name, node["type"])  # only optional sockets may be absent
         outputs = [(o.display_name or o.io_type, o.io_type) for o in schema.outputs]
         assert [(o["name"], o["type"]) for o in node["outputs"]] == outputs, (name, node["type"])
         assert len(node["widgets_values"]) == _widget_values(schema), (name, node["type"])
@@ -106,7 +107,15 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-COMFY_INTERNALS = {"comfy", "folder_paths", "latent_preview", "nodes", "comfy_extras", "comfy_execution", "node_helpers"}
+COMFY_INTERNALS = {
+    "comfy",
+    "folder_paths",
+    "latent_preview",
+    "nodes",
+    "comfy_extras",
+    "comfy_execution",
+    "node_helpers",
+}
 
 
 def test_only_the_glue_touches_comfyuis_internals():
@@ -125,7 +134,9 @@ def test_node_files_only_declare(module):
     for cls in classes:
         for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
             body = [s for s in fn.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))]
-            assert len(body) == 1 and isinstance(body[0], ast.Return), f"{module}: {cls.name}.{fn.name} does more than declare"
+            assert len(body) == 1 and isinstance(body[0], ast.Return), (
+                f"{module}: {cls.name}.{fn.name} does more than declare"
+            )
     for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):  # input factories: one return as well
         assert len(fn.body) == 1 and isinstance(fn.body[0], ast.Return), f"{module}: {fn.name}"
 

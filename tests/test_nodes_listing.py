@@ -54,8 +54,12 @@ def _bad_files(root: Path) -> dict[str, str]:
 
     with safe_open(str(good), "pt") as f:
         metadata = dict(f.metadata())
-    save_file(load_file(good), root / "loras" / "not_json.safetensors", metadata={**metadata, "mcm.format": "mcm-adapter"})
-    save_file(load_file(good), root / "loras" / "other_format.safetensors", metadata={**metadata, "mcm.format": '"lycoris"'})
+    save_file(
+        load_file(good), root / "loras" / "not_json.safetensors", metadata={**metadata, "mcm.format": "mcm-adapter"}
+    )
+    save_file(
+        load_file(good), root / "loras" / "other_format.safetensors", metadata={**metadata, "mcm.format": '"lycoris"'}
+    )
     (root / "loras" / "truncated.safetensors").write_bytes(good.read_bytes()[:50])
     save_file({"x": torch.zeros(1)}, root / "loras" / "plain_lora.safetensors")  # not MCM: left out silently
     return {
@@ -89,8 +93,13 @@ def test_a_bad_peft_config_picked_in_the_node_names_the_file_and_field(models):
     root, nodes = models
     folder = root / "mcm" / "animatediff-webvid"
     folder.mkdir()
-    save_file({f"base_model.model.{PATH}.lora_A.weight": torch.randn(2, 8),
-               f"base_model.model.{PATH}.lora_B.weight": torch.randn(8, 2)}, folder / "adapter_model.safetensors")  # fmt: skip
+    save_file(
+        {
+            f"base_model.model.{PATH}.lora_A.weight": torch.randn(2, 8),
+            f"base_model.model.{PATH}.lora_B.weight": torch.randn(8, 2),
+        },
+        folder / "adapter_model.safetensors",
+    )
     (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": "sixteen"}))
     assert _choices(nodes) == ["animatediff-webvid"]
     error = importlib.import_module(nodes.__name__.rsplit(".", 2)[0] + ".mcm.weights").AdapterError

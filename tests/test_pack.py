@@ -92,10 +92,13 @@ def test_only_one_template_folder_is_packed():
 def test_comfy_clis_own_zip_equals_the_rule(tmp_path):
     python = Path(COMFY_CLI).resolve().parent / "python"
     out = tmp_path / "node.zip"
-    code = ("import os, sys; os.chdir(sys.argv[1]); from comfy_cli.file_utils import zip_files; "
-            "zip_files(sys.argv[2], includes=sys.argv[3:])")  # fmt: skip
-    proc = subprocess.run([str(python), "-c", code, str(ROOT), str(out), *_includes()],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    code = (
+        "import os, sys; os.chdir(sys.argv[1]); from comfy_cli.file_utils import zip_files; "
+        "zip_files(sys.argv[2], includes=sys.argv[3:])"
+    )
+    proc = subprocess.run(
+        [str(python), "-c", code, str(ROOT), str(out), *_includes()], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     with zipfile.ZipFile(out) as zf:
         assert sorted(n for n in zf.namelist() if not n.endswith("/")) == pack_files()
@@ -104,8 +107,14 @@ def test_comfy_clis_own_zip_equals_the_rule(tmp_path):
 @pytest.mark.skipif(not COMFY_CLI, reason="comfy-cli not installed (set MCM_COMFY_CLI to its `comfy` executable)")
 def test_comfy_node_validate_passes(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}  # comfy-cli writes its settings under HOME
-    proc = subprocess.run([COMFY_CLI, "--skip-prompt", "--no-enable-telemetry", "node", "validate"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [COMFY_CLI, "--skip-prompt", "--no-enable-telemetry", "node", "validate"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "All validation checks passed" in out, out[-3000:]
     assert "Traceback" not in out and "Security warnings" not in out, out[-3000:]

@@ -21,8 +21,14 @@ ALL_NODES = ["MCM_KSampler", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sampler
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, *args, "-c", code] if code else [sys.executable, *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args, "-c", code] if code else [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_entry_point_imports_without_comfyui_and_registers_the_nodes_the_v3_way():
@@ -51,7 +57,9 @@ print(json.dumps({{"ids": sorted(s.node_id for s in schemas), "names": {{s.node_
 
 
 def test_core_imports_without_comfyui_or_diffusers():
-    proc = run_python("import sys, mcm, mcm.weights; print([n for n in ('comfy', 'diffusers', 'nodes') if n in sys.modules])")
+    proc = run_python(
+        "import sys, mcm, mcm.weights; print([n for n in ('comfy', 'diffusers', 'nodes') if n in sys.modules])"
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -68,7 +76,9 @@ def test_beta_choices_cover_both_schedules_and_name_both_conventions(package):
 def test_the_fallback_schedule_is_the_official_demos_by_name_not_by_dictionary_order(package):
     choices = importlib.import_module(f"{package.__name__}.nodes.choices")
     assert choices.DEMO_BETA_SCHEDULE == "linear"  # diffusers linear = ComfyUI sqrt_linear, the official demo's
-    assert choices.BETA_CHOICES[choices.DEMO_BETA_LABEL] == "linear" and choices.DEMO_BETA_LABEL.startswith("sqrt_linear")
+    assert choices.BETA_CHOICES[choices.DEMO_BETA_LABEL] == "linear" and choices.DEMO_BETA_LABEL.startswith(
+        "sqrt_linear"
+    )
 
 
 class _FakeModelSampling:
@@ -111,8 +121,13 @@ def test_distill_default_runs_end_to_end(tmp_path):
         "'--eval-prompts', '2', '--eval-seeds', '1', '--eval-teacher-steps', '4']; "
         "runpy.run_path('training/distill.py', run_name='__main__')"
     )
-    run = subprocess.run([sys.executable, "-c", env_code, str(tmp_path / "toy"), str(tmp_path / "runs")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-c", env_code, str(tmp_path / "toy"), str(tmp_path / "runs")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -123,7 +138,9 @@ def test_distill_default_runs_end_to_end(tmp_path):
     assert any(name.startswith("teacher 4-step") for name in metrics["metrics"])
     (pair,) = [v for k, v in metrics["paired"].items() if k.startswith("MCM 4-step vs teacher 4-step")]
     assert set(pair) == {"correct", "coherent", "visible"} and metrics["clips"] == 2
-    assert (run_dir / "preview" / "preview.gif").stat().st_size > 0 and (run_dir / "preview" / "preview.png").stat().st_size > 0
+    assert (run_dir / "preview" / "preview.gif").stat().st_size > 0 and (
+        run_dir / "preview" / "preview.png"
+    ).stat().st_size > 0
 
 
 def test_readme_ci_and_requirements_agree():
@@ -150,5 +167,7 @@ def test_pyproject_bounds_torch_from_below_only_and_has_the_registry_table():
     assert meta["tool"]["comfy"]["PublisherId"] and meta["tool"]["comfy"]["DisplayName"]
     packages = meta["tool"]["setuptools"]["packages"]
     assert all(p == "mcm" or p.startswith("mcm.") for p in packages)  # never install a top-level `nodes`
-    on_disk = {str(d.relative_to(ROOT)).replace("/", ".") for d in (ROOT / "mcm").rglob("*") if (d / "__init__.py").exists()}
+    on_disk = {
+        str(d.relative_to(ROOT)).replace("/", ".") for d in (ROOT / "mcm").rglob("*") if (d / "__init__.py").exists()
+    }
     assert on_disk | {"mcm"} == set(packages), "every mcm subpackage must be installed"

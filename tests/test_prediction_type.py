@@ -16,8 +16,14 @@ from training import distill
 from training.data import write_toy_shards
 from training.models import call_unet, noise_settings, read_scheduler_config, tiny_teacher
 
-V_CONFIG = {"_class_name": "DDIMScheduler", "prediction_type": "v_prediction", "beta_schedule": "scaled_linear",
-            "beta_start": 0.00085, "beta_end": 0.012, "num_train_timesteps": 1000}  # fmt: skip
+V_CONFIG = {
+    "_class_name": "DDIMScheduler",
+    "prediction_type": "v_prediction",
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "num_train_timesteps": 1000,
+}
 
 
 def v_teacher():
@@ -27,8 +33,15 @@ def v_teacher():
 
 
 def diffusers_scheduler(cls, **extra):
-    return cls(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
-               clip_sample=False, set_alpha_to_one=False, **extra)  # fmt: skip
+    return cls(
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="v_prediction",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        **extra,
+    )
 
 
 def test_the_scheduler_config_is_read_from_the_teacher_folder(tmp_path):
@@ -53,7 +66,12 @@ def test_flag_over_teacher_config_over_default_and_contradictions_are_refused():
         noise_settings(teacher, "epsilon")
     with pytest.raises(ValueError, match=r"--beta-schedule linear contradicts"):
         noise_settings(teacher, "auto", "linear")
-    for key, value in (("beta_end", 0.02), ("trained_betas", [0.1]), ("prediction_type", "flow"), ("rescale_betas_zero_snr", True)):
+    for key, value in (
+        ("beta_end", 0.02),
+        ("trained_betas", [0.1]),
+        ("prediction_type", "flow"),
+        ("rescale_betas_zero_snr", True),
+    ):
         teacher.scheduler_config = {**V_CONFIG, key: value}
         with pytest.raises(ValueError, match=key):
             noise_settings(teacher)
@@ -68,12 +86,16 @@ def _spy(monkeypatch):
     def spy_step(student, teacher, x0, cond, uncond, schedule, config, **kw):
         out = step(student, teacher, x0, cond, uncond, schedule, config, **kw)
         keep = {k: out[k].detach().clone() for k in ("x_t", "x_prev", "target", "t_start", "t_end")}
-        calls["step"].append({"pt": config.prediction_type, "cond": cond.clone(), "uncond": uncond.clone(), "w": kw["w"], **keep})
+        calls["step"].append(
+            {"pt": config.prediction_type, "cond": cond.clone(), "uncond": uncond.clone(), "w": kw["w"], **keep}
+        )
         return out
 
     def spy_generated(student, noise, cond, schedule, prediction_type="epsilon"):
         out = generated(student, noise, cond, schedule, prediction_type)
-        calls["generated"].append({"pt": prediction_type, "noise": noise.clone(), "cond": cond.clone(), "x0": out.clone()})
+        calls["generated"].append(
+            {"pt": prediction_type, "noise": noise.clone(), "cond": cond.clone(), "x0": out.clone()}
+        )
         return out
 
     monkeypatch.setattr(distill, "distillation_step", spy_step)
@@ -90,12 +112,46 @@ def test_a_v_prediction_teacher_is_trained_recorded_and_sampled_as_v(tmp_path, t
     from diffusers import DDIMScheduler, LCMScheduler
 
     calls = _spy(monkeypatch)
-    args = distill.parse_args([
-        "--teacher", "tiny-animatediff", "--data", str(toy_data), "--output-dir", str(tmp_path / "runs"), "--resolution", "16",
-        "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
-        "--gradient-accumulation-steps", "1", "--no-scale-lr", "--learning-rate", "1e-2", "--lr-warmup-steps", "0",
-        "--max-train-steps", "2", "--checkpointing-steps", "100", "--train-batch-size", "2", "--no-disc", "--lambda-real", "0", "--motion-repr", "raw",
-    ])  # fmt: skip
+    args = distill.parse_args(
+        [
+            "--teacher",
+            "tiny-animatediff",
+            "--data",
+            str(toy_data),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--resolution",
+            "16",
+            "--num-frames",
+            "4",
+            "--frame-interval",
+            "1",
+            "--num-workers",
+            "0",
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "4",
+            "--gradient-accumulation-steps",
+            "1",
+            "--no-scale-lr",
+            "--learning-rate",
+            "1e-2",
+            "--lr-warmup-steps",
+            "0",
+            "--max-train-steps",
+            "2",
+            "--checkpointing-steps",
+            "100",
+            "--train-batch-size",
+            "2",
+            "--no-disc",
+            "--lambda-real",
+            "0",
+            "--motion-repr",
+            "raw",
+        ]
+    )
     run = distill.train(args, teacher=v_teacher())
     assert {c["pt"] for c in calls["step"] + calls["generated"]} == {"v_prediction"} and len(calls["generated"]) == 2
     unet = tiny_teacher("animatediff").unet  # the untrained student (zero LoRA) of the first micro-batch is the teacher
@@ -114,10 +170,15 @@ def test_a_v_prediction_teacher_is_trained_recorded_and_sampled_as_v(tmp_path, t
         step = calls["step"][0]  # the teacher's guided DDIM hop and the consistency target, both read as v
         for i in range(2):
             t, t_end, x_t = int(step["t_start"][i]), int(step["t_end"][i]), step["x_t"][i : i + 1]
-            v_c, v_u = model(x_t, torch.tensor([t]), step["cond"][i : i + 1]), model(x_t, torch.tensor([t]), step["uncond"][i : i + 1])
+            v_c, v_u = (
+                model(x_t, torch.tensor([t]), step["cond"][i : i + 1]),
+                model(x_t, torch.tensor([t]), step["uncond"][i : i + 1]),
+            )
             v_g = v_c + float(step["w"][i]) * (v_c - v_u)
             # t = 19 hops to ᾱ_0 in both (the clamp; set_alpha_to_one=False)
-            torch.testing.assert_close(step["x_prev"][i : i + 1], ddim.step(v_g, t, x_t).prev_sample, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                step["x_prev"][i : i + 1], ddim.step(v_g, t, x_t).prev_sample, atol=1e-4, rtol=1e-4
+            )
             lcm = diffusers_scheduler(LCMScheduler, timestep_scaling=4.0)
             lcm.set_timesteps(timesteps=[t_end])
             x_prev = step["x_prev"][i : i + 1]
@@ -141,9 +202,16 @@ def _sampled_as_v(adapter):
 
     def ours(prediction_type):
         g = torch.Generator().manual_seed(8)
-        return sample_consistency(lambda x, t, c: call_unet(trained, x, t, c), z, lcm_timesteps(4), NoiseSchedule(adapter.meta.beta_schedule),
-                                  cond, prediction_type=prediction_type, timestep_scaling=adapter.meta.timestep_scaling,
-                                  noise_sampler=lambda x: torch.randn(x.shape, generator=g))  # fmt: skip
+        return sample_consistency(
+            lambda x, t, c: call_unet(trained, x, t, c),
+            z,
+            lcm_timesteps(4),
+            NoiseSchedule(adapter.meta.beta_schedule),
+            cond,
+            prediction_type=prediction_type,
+            timestep_scaling=adapter.meta.timestep_scaling,
+            noise_sampler=lambda x: torch.randn(x.shape, generator=g),
+        )
 
     lcm = diffusers_scheduler(LCMScheduler, timestep_scaling=adapter.meta.timestep_scaling)
     lcm.set_timesteps(4, original_inference_steps=adapter.meta.num_ddim_timesteps)

@@ -57,7 +57,9 @@ def test_sampling_loop_equals_diffusers_lcm_scheduler(
 def test_sampling_agrees_with_stock_float32_diffusers_to_float32_precision(toy_eps_model, seeded_noise):
     z = torch.randn(VIDEO_SHAPE, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     ref = diffusers_lcm_loop(toy_eps_model, z, 4, "linear", 4.0, "epsilon", 5, False)
-    ours = sample_consistency(toy_eps_model, z, lcm_timesteps(4), NoiseSchedule("linear"), noise_sampler=seeded_noise(5))
+    ours = sample_consistency(
+        toy_eps_model, z, lcm_timesteps(4), NoiseSchedule("linear"), noise_sampler=seeded_noise(5)
+    )
     assert (ours - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
 
 
@@ -148,8 +150,13 @@ def test_float32_inputs_stay_float32(toy_eps_model):
 
 def test_callback_reports_every_step(toy_eps_model):
     events = []
-    sample_consistency(toy_eps_model, torch.randn(VIDEO_SHAPE, dtype=torch.float64), lcm_timesteps(4),
-                       NoiseSchedule(), callback=events.append)
+    sample_consistency(
+        toy_eps_model,
+        torch.randn(VIDEO_SHAPE, dtype=torch.float64),
+        lcm_timesteps(4),
+        NoiseSchedule(),
+        callback=events.append,
+    )
     assert [(e["i"], e["t"], e["total"]) for e in events] == [(0, 999, 4), (1, 759, 4), (2, 499, 4), (3, 259, 4)]
     assert all(e["denoised"].shape == VIDEO_SHAPE for e in events)
 
@@ -166,8 +173,13 @@ def test_interrupt_hook_stops_before_the_next_model_call(toy_eps_model):
             raise Stop
 
     with pytest.raises(Stop):
-        sample_consistency(toy_eps_model, torch.randn(VIDEO_SHAPE, dtype=torch.float64), lcm_timesteps(8),
-                           NoiseSchedule(), check_interrupt=check)
+        sample_consistency(
+            toy_eps_model,
+            torch.randn(VIDEO_SHAPE, dtype=torch.float64),
+            lcm_timesteps(8),
+            NoiseSchedule(),
+            check_interrupt=check,
+        )
     assert toy_eps_model.calls == 2
 
 
@@ -179,17 +191,23 @@ def test_sample_mcm_callback_and_interrupt(toy_eps_model):
     assert [e["i"] for e in events] == [0, 1, 2, 3] and out.shape == (2, 4, 4, 4)
     assert torch.equal(events[0]["sigma"], sigmas[0])
     with pytest.raises(KeyboardInterrupt):
-        sample_mcm(lambda x, s: x, torch.ones(1, 4), sigmas, check_interrupt=lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
+        sample_mcm(
+            lambda x, s: x, torch.ones(1, 4), sigmas, check_interrupt=lambda: (_ for _ in ()).throw(KeyboardInterrupt())
+        )
 
 
 def test_comfy_sigmas_are_the_grid_sigmas_then_zero():
     schedule = NoiseSchedule("linear")
     sigmas = comfy_sigmas(lcm_timesteps(4), schedule)
     assert sigmas.dtype == torch.float32 and len(sigmas) == 5 and sigmas[-1] == 0
-    assert torch.allclose(schedule.t_at(sigmas[:-1].double()), torch.tensor([999.0, 759, 499, 259], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(
+        schedule.t_at(sigmas[:-1].double()), torch.tensor([999.0, 759, 499, 259], dtype=torch.float64), atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("timesteps, match", [([259, 499], "strictly descending"), ([], "non-empty")])
 def test_bad_timesteps_are_refused(toy_eps_model, timesteps, match):
     with pytest.raises(ValueError, match=match):
-        sample_consistency(toy_eps_model, torch.zeros(1, 4, 2, 2), torch.tensor(timesteps, dtype=torch.long), NoiseSchedule())
+        sample_consistency(
+            toy_eps_model, torch.zeros(1, 4, 2, 2), torch.tensor(timesteps, dtype=torch.long), NoiseSchedule()
+        )

@@ -105,7 +105,9 @@ def test_equals_the_norm_in_diffusers_motion_module():
     x5, y5 = seen["x"], seen["y"]  # (b, c, f, h, w)
     assert x5.shape[:3] == (2, 32, frames)
     as_batch = x5.transpose(1, 2).reshape(-1, *x5.shape[1:2], *x5.shape[3:])  # ComfyUI's (b·f, c, h, w)
-    ours = group_norm_over_frames(as_batch, frames, module.norm.num_groups, module.norm.weight, module.norm.bias, module.norm.eps)
+    ours = group_norm_over_frames(
+        as_batch, frames, module.norm.num_groups, module.norm.weight, module.norm.bias, module.norm.eps
+    )
     assert torch.allclose(ours, y5.transpose(1, 2).reshape(as_batch.shape), atol=1e-5)
 
 
@@ -164,7 +166,9 @@ def test_the_trainer_writes_frames():
     from training.models import tiny_teacher
     from training.stages import adapter_meta
 
-    args = parse_args(["--teacher", "tiny-animatediff", "--data", "toy-folder", "--resolution", "16", "--num-frames", "4"])
+    args = parse_args(
+        ["--teacher", "tiny-animatediff", "--data", "toy-folder", "--resolution", "16", "--num-frames", "4"]
+    )
     assert adapter_meta(tiny_teacher("animatediff"), args, step=1, seconds=0.0).temporal_norm == FRAMES
 
 
@@ -237,7 +241,9 @@ def test_frames_patches_a_clone_and_normalises_over_the_video(glue):
     patcher = original.clone()
     assert glue.set_temporal_norm(patcher, "frames", "Load MCM LoRA") == 4
     assert sorted(patcher.object_patches) == [
-        f"{b}.motion_modules.{i}.temporal_transformer.norm.forward" for b in ("down_blocks.0", "mid_block") for i in (0, 1)
+        f"{b}.motion_modules.{i}.temporal_transformer.norm.forward"
+        for b in ("down_blocks.0", "mid_block")
+        for i in (0, 1)
     ]
     assert original.object_patches == {}
     patcher.apply()
@@ -262,7 +268,10 @@ def test_per_frame_removes_the_patch_and_frames_never_doubles_it(glue):
 
 def test_a_format_the_patch_does_not_know_is_refused_with_the_node_name(glue):
     for fmt in ("HotshotXL", "FancyVideo", "SomethingNew"):
-        with pytest.raises(glue.Error, match=rf"^Load MCM LoRA: temporal_norm 'frames' knows .* AnimateDiff, AnimateLCM, PIA .* is {fmt}"):
+        with pytest.raises(
+            glue.Error,
+            match=rf"^Load MCM LoRA: temporal_norm 'frames' knows .* AnimateDiff, AnimateLCM, PIA .* is {fmt}",
+        ):
             glue.set_temporal_norm(_Patcher(_AnimateDiffModel(fmt)), "frames", "Load MCM LoRA")
         assert glue.set_temporal_norm(_Patcher(_AnimateDiffModel(fmt)), "per_frame", "Load MCM LoRA") == 0
     with pytest.raises(glue.Error, match="expected an AnimateDiff-Evolved motion model .* got Linear"):
@@ -277,9 +286,15 @@ def test_a_format_the_patch_does_not_know_is_refused_with_the_node_name(glue):
 
 @pytest.mark.parametrize(
     ("fmt", "version", "apply_v2_properly", "expected"),
-    [("AnimateDiff", "v1", None, True), ("PIA", "v3", None, True), ("AnimateDiff", "v2", False, True),
-     ("AnimateDiff", "v2", True, False), ("AnimateDiff", "v2", None, None), ("AnimateDiff", "v3", None, False)],
-)  # fmt: skip
+    [
+        ("AnimateDiff", "v1", None, True),
+        ("PIA", "v3", None, True),
+        ("AnimateDiff", "v2", False, True),
+        ("AnimateDiff", "v2", True, False),
+        ("AnimateDiff", "v2", None, None),
+        ("AnimateDiff", "v3", None, False),
+    ],
+)
 def test_when_ades_groupnorm_hack_spans_every_norm(glue, fmt, version, apply_v2_properly, expected):
     params = None if apply_v2_properly is None else types.SimpleNamespace(apply_v2_properly=apply_v2_properly)
     assert glue.groupnorm_hack(_Patcher(_AnimateDiffModel(fmt, version)), params) is expected

@@ -61,11 +61,16 @@ def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_
     right = toy_eval.score_videos(videos, captions, *references)
     assert right["correct"] >= 0.9 and right["velocity_error"] < 0.5
     # a quick circle's 8-frame window can start or end with the shape outside the frame (not visible: residual 8)
-    assert right["coherent"] >= 0.9 and np.median([toy_eval.motion_of(v, c)["track_residual"] for v, c in zip(videos, captions)]) < 0.5
+    assert (
+        right["coherent"] >= 0.9
+        and np.median([toy_eval.motion_of(v, c)["track_residual"] for v, c in zip(videos, captions)]) < 0.5
+    )
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     flipped = [" ".join(opposite.get(w, w) for w in c.split()) for c in captions]
     assert toy_eval.score_videos(videos, flipped, *references)["direction_correct"] <= 0.1
-    other_speed = [c.replace("slowly", "QUICK").replace("quickly", "slowly").replace("QUICK", "quickly") for c in captions]
+    other_speed = [
+        c.replace("slowly", "QUICK").replace("quickly", "slowly").replace("QUICK", "quickly") for c in captions
+    ]
     assert toy_eval.score_videos(videos, other_speed, *references)["speed_class_correct"] <= 0.1
     static = [np.repeat(v[:1], len(v), axis=0) for v in videos]  # a still frame moves nowhere
     assert toy_eval.score_videos(static, captions, *references)["correct"] == 0.0
@@ -141,7 +146,11 @@ def test_cached_toy_shards_are_written_anew_for_another_world(tmp_path):
     def tied(caps):
         return all(ways[c.split()[1]] == c.split()[4] for c in caps)
 
-    assert not tied(captions(write_toy_shards(tmp_path / "v", num_clips=24, per_shard=12, frames=2, size=16, world="marked"), ".json"))
+    assert not tied(
+        captions(
+            write_toy_shards(tmp_path / "v", num_clips=24, per_shard=12, frames=2, size=16, world="marked"), ".json"
+        )
+    )
     assert tied(captions(write_toy_shards(tmp_path / "v", num_clips=24, per_shard=12, frames=2, size=16), ".json"))
     assert not tied(captions(write_toy_image_shards(tmp_path / "i", num_images=24, size=16, world="marked"), ".txt"))
     assert tied(captions(write_toy_image_shards(tmp_path / "i", num_images=24, size=16), ".txt"))
@@ -154,7 +163,9 @@ def test_frame_quality_separates_clean_images_from_degraded_video(references):
     assert clean["watermark"] < 0.05 < 0.2 < dirty["watermark"]
     assert clean["sharpness"] > dirty["sharpness"] + 0.2
     # a shape leaving the frame (a few pixels left) must not make the sharpness or the FD explode
-    many = toy_eval.score_videos(*toy_eval.reference_clips(toy_eval.toy_prompts(), 4, 8, 32, degraded=False), *references)
+    many = toy_eval.score_videos(
+        *toy_eval.reference_clips(toy_eval.toy_prompts(), 4, 8, 32, degraded=False), *references
+    )
     assert many["sharpness"] < 1.2 and many["fd_clean"] < 0.2, many
     assert clean["grain"] < dirty["grain"] and clean["background"] < dirty["background"]
     assert clean["fd_clean"] < clean["fd_degraded"] and dirty["fd_degraded"] < dirty["fd_clean"]
@@ -186,7 +197,10 @@ def test_previews_are_an_animated_gif_and_a_png_strip(tmp_path):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    rows = {name: [rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for _ in range(3)] for name in ("teacher", "MCM 4-step")}
+    rows = {
+        name: [rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
+        for name in ("teacher", "MCM 4-step")
+    }
     paths = toy_eval.write_previews(tmp_path, rows, ["p1", "p2", "p3"])
     with Image.open(paths["gif"]) as gif:
         assert gif.n_frames == 8
@@ -240,7 +254,19 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
     size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
     assert size <= 20 * 2**20, f"{size / 2**20:.1f} MB"
     settings = json.loads((SHIPPED / "toy_teacher.json").read_text())
-    assert [stage["step"] for stage in settings["stages"]] == [3500, 900, 1000, 1000, 1500, 1000, 2500, 1000, 1500, 1500, 1500]  # the commands in training/toy_teacher.py
+    assert [stage["step"] for stage in settings["stages"]] == [
+        3500,
+        900,
+        1000,
+        1000,
+        1500,
+        1000,
+        2500,
+        1000,
+        1500,
+        1500,
+        1500,
+    ]  # the commands in training/toy_teacher.py
     teacher = load_teacher(str(SHIPPED))
     assert teacher.max_frames == 32 and math.isfinite(teacher.scaling_factor) and teacher.vae_downsample == 2
     assert Path(teacher.source) == SHIPPED
@@ -249,15 +275,28 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
 def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_probes_run():
     from transformers import CLIPTokenizer
 
-    from training.toy_teacher import data_circles, data_mean_track, load_models, noise_track, probe_caption, text_feature_change, tint_spread
+    from training.toy_teacher import (
+        data_circles,
+        data_mean_track,
+        load_models,
+        noise_track,
+        probe_caption,
+        text_feature_change,
+        tint_spread,
+    )
 
-    assert [probe_caption(d) for d in ("left", "down")] == ["a green circle moving left quickly", "a yellow circle moving down quickly"]
+    assert [probe_caption(d) for d in ("left", "down")] == [
+        "a green circle moving left quickly",
+        "a yellow circle moving down quickly",
+    ]
     for direction, (dx, dy) in {"left": (-1, 0), "down": (0, 1)}.items():
         track = data_mean_track(direction, clips=16)
         moved = (track[-1][0] - track[0][0], track[-1][1] - track[0][1])
         # a circle moves 2 px/frame: 14 px over 8 frames, changed a little by the trainer's zooming crop and the frame's edge
         assert 8 < dx * moved[0] + dy * moved[1] < 18 and abs(dy * moved[0] + dx * moved[1]) < 2, (direction, track)
-        along, across = tint_spread(data_circles(direction, clips=16), probe_caption(direction).split()[1])[:: 1 if dx else -1]
+        along, across = tint_spread(data_circles(direction, clips=16), probe_caption(direction).split()[1])[
+            :: 1 if dx else -1
+        ]
         assert along > 1.5 * across, (direction, along, across)  # a band along the motion
     if (SHIPPED / "toy_teacher.json").exists():
         tokenizer = CLIPTokenizer.from_pretrained(SHIPPED / "tokenizer")
@@ -271,13 +310,25 @@ def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_pr
 def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
     from training.ablate import mcm_rows, table
 
-    metrics = {f"MCM {n}-step": {"correct": n / 4, "coherent": 0.75, "velocity_error": 0.5, "watermark": 0.1, "sharpness": 0.8, "grain": 0.0,
-                                 "fd_clean": 0.2} for n in (1, 2, 4)}  # fmt: skip
+    metrics = {
+        f"MCM {n}-step": {
+            "correct": n / 4,
+            "coherent": 0.75,
+            "velocity_error": 0.5,
+            "watermark": 0.1,
+            "sharpness": 0.8,
+            "grain": 0.0,
+            "fd_clean": 0.2,
+        }
+        for n in (1, 2, 4)
+    }
     report = {"metrics": metrics, "d_accuracy": 0.625}
     text = table("ladder", [("full", mcm_rows(report, [1, 2, 4])), ("teacher", {4: metrics["MCM 4-step"]})], [1, 2, 4])
     lines = text.splitlines()
     assert lines[0] == "### ladder" and "motion correct ↑ (1-step)" in lines[2]
-    assert lines[4].startswith("| full | 0.25 | 0.5 | 1 | 0.75 | 0.75 | 0.75 |  |  |  | 0.5 |")  # no teacher clips: no "moves like"
+    assert lines[4].startswith(
+        "| full | 0.25 | 0.5 | 1 | 0.75 | 0.75 | 0.75 |  |  |  | 0.5 |"
+    )  # no teacher clips: no "moves like"
     assert lines[4].endswith("| 0.625 |")  # the discriminator's accuracy, last column
     assert lines[5].startswith("| teacher |  |  | 1 |  |  | 0.75 |  |  |  |") and lines[5].endswith("|  |")
 
@@ -288,13 +339,21 @@ def test_agreement_counts_clips_that_move_like_the_teacher_where_the_teacher_mov
     teacher = [toy_eval.motion_of(v, c) for v, c in zip(videos, captions)]
     assert sum(t["coherent"] for t in teacher) >= 14
     same = toy_eval.agreement(teacher, teacher)
-    assert same["moves_like"] == 1.0 and same["velocity_gap"] == 0.0 and same["reference_clips"] == sum(t["coherent"] for t in teacher)
+    assert (
+        same["moves_like"] == 1.0
+        and same["velocity_gap"] == 0.0
+        and same["reference_clips"] == sum(t["coherent"] for t in teacher)
+    )
     backwards = [toy_eval.motion_of(v[::-1], c) for v, c in zip(videos, captions)]  # the same shapes, played in reverse
     reverse = toy_eval.agreement(backwards, teacher)
-    assert reverse["moves_like"] == 0.0 and reverse["velocity_gap"] > 1.5  # |v - (-v)| = 2|v| ≥ 2 px/frame at 1 px/frame
+    assert (
+        reverse["moves_like"] == 0.0 and reverse["velocity_gap"] > 1.5
+    )  # |v - (-v)| = 2|v| ≥ 2 px/frame at 1 px/frame
     still = [toy_eval.motion_of(np.repeat(v[:1], 8, axis=0), c) for v, c in zip(videos, captions)]
     assert toy_eval.agreement(still, teacher)["moves_like"] == 0.0
-    assert toy_eval.agreement(teacher, still)["reference_clips"] == 0  # a teacher that does not move sets nothing to copy
+    assert (
+        toy_eval.agreement(teacher, still)["reference_clips"] == 0
+    )  # a teacher that does not move sets nothing to copy
     with pytest.raises(ValueError, match="the same clips"):
         toy_eval.agreement(teacher[:3], teacher)
 
@@ -303,18 +362,29 @@ def test_ablation_rows_are_compared_clip_by_clip_and_against_the_teachers_motion
     from training.ablate import mcm_rows, paired_rows
 
     def clips(correct, velocities):
-        return [{"correct": float(c), "coherent": float(c), "visible": 1.0, "velocity": v} for c, v in zip(correct, velocities)]
+        return [
+            {"correct": float(c), "coherent": float(c), "visible": 1.0, "velocity": v}
+            for c, v in zip(correct, velocities)
+        ]
 
     right, left = (2.0, 0.0), (-2.0, 0.0)
     teacher = clips([1, 1, 1, 0], [right, right, left, None])  # the last clip: the teacher does not move
-    row = {"metrics": {"MCM 4-step": {"correct": 0.75}}, "per_clip": {"MCM 4-step": clips([1, 1, 1, 0], [right, right, left, right])}}
-    base = {"metrics": {"MCM 4-step": {"correct": 0.25}}, "per_clip": {"MCM 4-step": clips([1, 0, 0, 0], [right, left, right, right])}}
+    row = {
+        "metrics": {"MCM 4-step": {"correct": 0.75}},
+        "per_clip": {"MCM 4-step": clips([1, 1, 1, 0], [right, right, left, right])},
+    }
+    base = {
+        "metrics": {"MCM 4-step": {"correct": 0.25}},
+        "per_clip": {"MCM 4-step": clips([1, 0, 0, 0], [right, left, right, right])},
+    }
     assert mcm_rows(row, [4], teacher)[4]["moves_like_teacher"] == 1.0  # 3 of the 3 clips where the teacher moves
     assert mcm_rows(base, [4], teacher)[4]["moves_like_teacher"] == pytest.approx(1 / 3, abs=1e-4)
     lines = paired_rows("ladder", [("row", row, "base", base)], 4, teacher).splitlines()
     assert lines[2] == "| row | against | correct (4-step) | coherent (4-step) | moves_like_teacher (4-step) |"
     # correct: clips 2 and 3 only in row → +2/4; standard error of [0, 1, 1, 0]: 0.2887; sign test 2:0 → p = 0.5
-    assert lines[4].startswith("| row | base | +0.500 ± 0.289 (2:0, p 0.5) | +0.500 ± 0.289 (2:0, p 0.5) | +0.667 ± 0.333 (2:0, p 0.5) |")
+    assert lines[4].startswith(
+        "| row | base | +0.500 ± 0.289 (2:0, p 0.5) | +0.500 ± 0.289 (2:0, p 0.5) | +0.667 ± 0.333 (2:0, p 0.5) |"
+    )
 
 
 def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path, monkeypatch):
@@ -323,17 +393,27 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     right = (2.0, 0.0)
 
     def report(score, with_teacher):  # a run's metrics.json: every clip correct (1) or not (0)
-        clips = [{"correct": float(s), "coherent": float(s), "visible": 1.0, "velocity": right if s else None} for s in score]
+        clips = [
+            {"correct": float(s), "coherent": float(s), "visible": 1.0, "velocity": right if s else None} for s in score
+        ]
         metrics = {f"MCM {n}-step": {"correct": float(np.mean(score))} for n in (1, 2, 4)}
         per_clip = {f"MCM {n}-step": clips for n in (1, 2, 4)}
         if with_teacher:
             metrics["teacher 50-step cfg 5"] = {"correct": 1.0}
-            per_clip["teacher 50-step cfg 5"] = [{"correct": 1.0, "coherent": 1.0, "visible": 1.0, "velocity": right}] * len(score)
+            per_clip["teacher 50-step cfg 5"] = [
+                {"correct": 1.0, "coherent": 1.0, "visible": 1.0, "velocity": right}
+            ] * len(score)
         return {"metrics": metrics, "per_clip": per_clip, "run": {"steps": 7}, "d_accuracy": 0.6}
 
     scores = {  # per row: 4 clips; the ladder improves one clip a row, λ_real 0 equals the mix
-        "00": [0, 0, 0, 0], "01": [1, 0, 0, 0], "02": [1, 1, 0, 0], "03": [1, 1, 1, 0], "04": [1, 1, 1, 0], "05": [1, 0, 1, 0], "07": [0, 1, 0, 0],
-    }  # fmt: skip
+        "00": [0, 0, 0, 0],
+        "01": [1, 0, 0, 0],
+        "02": [1, 1, 0, 0],
+        "03": [1, 1, 1, 0],
+        "04": [1, 1, 1, 0],
+        "05": [1, 0, 1, 0],
+        "07": [0, 1, 0, 0],
+    }
     calls = []
 
     def fake_run_row(args, name, flags, index, with_teacher):
@@ -346,7 +426,10 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     assert [c[0] for c in calls] == [0, 1, 2, 3, 4, 5, 7] and [c[2] for c in calls] == [True] + [False] * 6
     text = (tmp_path / "ablations.md").read_text()
     ladder = text.split("### Table 4, each row against the one before")[1].split("###")[0]
-    assert "| + frame discriminator (clean images) | CD only (raw latents, real trajectories, no discriminator) | +0.250 ± 0.250 (1:0, p 1) |" in ladder
+    assert (
+        "| + frame discriminator (clean images) | CD only (raw latents, real trajectories, no discriminator) | +0.250 ± 0.250 (1:0, p 1) |"
+        in ladder
+    )
     assert ladder.count("+0.250 ± 0.250 (1:0, p 1)") == 3 * 3  # each step adds one clip, in all three columns
     sweep = text.split("### Table 6, each λ_real against the mix λ_real 0.5")[1].split("###")[0]
     assert "| λ_real 0 | λ_real 0.5 | +0.000 ± 0.000 (0:0, p 1) |" in sweep  # equal clips: no discordant pair
@@ -357,8 +440,12 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     assert "moves like the teacher ↑ (4-step)" in text and (tmp_path / "ablations.json").exists()
     # the full method ([1, 1, 1, 0], visible everywhere) against the first run's teacher (every clip right):
     # correct and coherent [0, 0, 0, -1] (0 wins, 1 loss, p 1; standard error 0.5 / 2), visible all equal
-    against = text.split("### The full method (the toy default) against its teacher (4-step, paired)")[1].split("###")[0]
-    row = "| MCM, 4-step | teacher 50-step cfg 5 | " + "-0.250 ± 0.250 (0:1, p 1) | " * 2 + "+0.000 ± 0.000 (0:0, p 1) |"
+    against = text.split("### The full method (the toy default) against its teacher (4-step, paired)")[1].split("###")[
+        0
+    ]
+    row = (
+        "| MCM, 4-step | teacher 50-step cfg 5 | " + "-0.250 ± 0.250 (0:1, p 1) | " * 2 + "+0.000 ± 0.000 (0:0, p 1) |"
+    )
     assert row in against, against
 
 
@@ -366,7 +453,9 @@ def test_evaluate_passes_eval_seeds_on_and_refuses_none_and_fresh_text_needs_ini
     from training import toy_teacher
 
     seen = []
-    monkeypatch.setattr(toy_teacher, "evaluate_teacher", lambda folder, guidance, steps, seed, seeds: seen.append((steps, seeds)))
+    monkeypatch.setattr(
+        toy_teacher, "evaluate_teacher", lambda folder, guidance, steps, seed, seeds: seen.append((steps, seeds))
+    )
     toy_teacher.main(["--evaluate", "somewhere", "--eval-steps", "4,50", "--eval-seeds", "3"])
     toy_teacher.main(["--evaluate", "somewhere"])
     assert seen == [([4, 50], 3), ([50], 6)]  # 6 by default: 48 clips
@@ -391,24 +480,59 @@ def test_a_continued_stage_can_restart_or_freeze_the_text_encoder_train_parts_an
     vae.register_to_config(scaling_factor=1.0)
     save_teacher(tmp_path / "start", unet, vae, text, tokenizer, {"step": 5, "stages": [{"step": 5, "world": "plain"}]})
     common = ["--steps", "2", "--batch", "1", "--frames", "2", "--warmup", "1", "--save-every", "0", "--log-every", "1"]
-    toy_teacher.main(["--init", str(tmp_path / "start"), "--out", str(tmp_path / "frozen"), "--fresh-text", "--freeze-text", "--seed", "9", *common])
-    toy_teacher.main(["--init", str(tmp_path / "start"), "--out", str(tmp_path / "trained"), "--world", "plain", "--seed", "9", *common])
+    toy_teacher.main(
+        [
+            "--init",
+            str(tmp_path / "start"),
+            "--out",
+            str(tmp_path / "frozen"),
+            "--fresh-text",
+            "--freeze-text",
+            "--seed",
+            "9",
+            *common,
+        ]
+    )
+    toy_teacher.main(
+        [
+            "--init",
+            str(tmp_path / "start"),
+            "--out",
+            str(tmp_path / "trained"),
+            "--world",
+            "plain",
+            "--seed",
+            "9",
+            *common,
+        ]
+    )
     fresh = build_models(tokenizer, seed=9)[2].state_dict()
     frozen = CLIPTextModel.from_pretrained(tmp_path / "frozen" / "text_encoder").state_dict()
     trained = CLIPTextModel.from_pretrained(tmp_path / "trained" / "text_encoder").state_dict()
     assert all(torch.equal(frozen[k], fresh[k]) for k in fresh)  # exactly as built from seed 9
-    assert not torch.equal(frozen["embeddings.token_embedding.weight"], text.state_dict()["embeddings.token_embedding.weight"])
+    assert not torch.equal(
+        frozen["embeddings.token_embedding.weight"], text.state_dict()["embeddings.token_embedding.weight"]
+    )
     assert any(not torch.equal(trained[k], text.state_dict()[k]) for k in trained)  # without the flags it trains
     before = unet.state_dict()
     after = toy_teacher.load_models(tmp_path / "frozen", tokenizer)[0].state_dict()
     assert any(not torch.equal(after[k], before[k]) for k in before if "motion_modules" in k)
     assert any(not torch.equal(after[k], before[k]) for k in before if "motion_modules" not in k)
-    for part in ("spatial", "motion"):  # an image stage trains the spatial layers only, a motion stage the motion modules
+    for part in (
+        "spatial",
+        "motion",
+    ):  # an image stage trains the spatial layers only, a motion stage the motion modules
         toy_teacher.main(["--init", str(tmp_path / "start"), "--out", str(tmp_path / part), "--train", part, *common])
         after = toy_teacher.load_models(tmp_path / part, tokenizer)[0].state_dict()
         changed = {"motion_modules" in k for k in before if not torch.equal(after[k], before[k])}
         assert changed == {part == "motion"}, (part, changed)
     stages = json.loads((tmp_path / "frozen" / "toy_teacher.json").read_text())["stages"]
-    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "tied", True)]
+    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [
+        (5, "plain", None),
+        (2, "tied", True),
+    ]
     stages = json.loads((tmp_path / "trained" / "toy_teacher.json").read_text())["stages"]
-    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [(5, "plain", None), (2, "plain", False)]
+    assert [(s["step"], s.get("world"), s.get("freeze_text")) for s in stages] == [
+        (5, "plain", None),
+        (2, "plain", False),
+    ]

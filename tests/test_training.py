@@ -31,13 +31,42 @@ def toy_data(tmp_path_factory):
 
 
 def args_for(tmp_path, data, *extra):
-    return distill.parse_args([
-        "--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(tmp_path / "runs"),
-        "--resolution", "16", "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0",
-        "--lora-rank", "4", "--lora-alpha", "4", "--gradient-accumulation-steps", "1", "--no-scale-lr",
-        "--learning-rate", "1e-3", "--lr-warmup-steps", "0", "--max-train-steps", "2", "--checkpointing-steps", "1",
-        "--disc-backbone", "tiny", *extra,
-    ])  # fmt: skip
+    return distill.parse_args(
+        [
+            "--teacher",
+            "tiny-animatediff",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--resolution",
+            "16",
+            "--num-frames",
+            "4",
+            "--frame-interval",
+            "1",
+            "--num-workers",
+            "0",
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "4",
+            "--gradient-accumulation-steps",
+            "1",
+            "--no-scale-lr",
+            "--learning-rate",
+            "1e-3",
+            "--lr-warmup-steps",
+            "0",
+            "--max-train-steps",
+            "2",
+            "--checkpointing-steps",
+            "1",
+            "--disc-backbone",
+            "tiny",
+            *extra,
+        ]
+    )
 
 
 def test_official_defaults_and_toy_defaults():
@@ -45,13 +74,19 @@ def test_official_defaults_and_toy_defaults():
     assert (official.learning_rate, official.lora_rank, official.lora_alpha) == (5e-6, 64, 64.0)
     assert (official.w_min, official.w_max, official.loss_type, official.huber_c) == (5.0, 15.0, "huber", 0.001)
     assert (official.motion_repr, official.lambda_real, official.ema_decay) == ("learn", 0.5, 0.95)
-    assert (official.beta_schedule, official.timestep_scaling, official.num_ddim_timesteps) == ("auto", 4.0, 50)  # auto: the teacher's
+    assert (official.beta_schedule, official.timestep_scaling, official.num_ddim_timesteps) == (
+        "auto",
+        4.0,
+        50,
+    )  # auto: the teacher's
     assert (official.max_grad_norm, official.lr_warmup_steps, official.scale_lr) == (10.0, 500, True)
     toy = distill.parse_args([])
     assert toy.teacher == str(distill.TOY_TEACHER) and toy.data == "toy" and toy.toy_eval and toy.disc_real == "images"
     assert toy.max_train_steps == distill.TOY_DEFAULTS["max_train_steps"] and not official.toy_eval
     assert distill.parse_args(["--max-train-steps", "3"]).max_train_steps == 3
-    assert distill.parse_args(["--lora-rank=4"]).lora_rank == 4 and distill.parse_args(["--lora-rank", "4"]).lora_rank == 4
+    assert (
+        distill.parse_args(["--lora-rank=4"]).lora_rank == 4 and distill.parse_args(["--lora-rank", "4"]).lora_rank == 4
+    )
     assert (toy.frame_interval, official.frame_interval) == (1, 8)  # a documented default, no longer set inside train()
     assert official.disc_augment and not toy.disc_augment and distill.parse_args(["--disc-augment"]).disc_augment
 
@@ -120,7 +155,9 @@ def test_a_run_updates_only_lora_and_head_and_writes_a_node_adapter(tmp_path, to
     for steps in (1, 2, 4):
         z = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(steps))
         with torch.no_grad():
-            x = sample_consistency(lambda x, t, c: call_unet(fresh.unet, x, t, c), z, lcm_timesteps(steps), schedule, cond)
+            x = sample_consistency(
+                lambda x, t, c: call_unet(fresh.unet, x, t, c), z, lcm_timesteps(steps), schedule, cond
+            )
         assert x.shape == z.shape and torch.isfinite(x).all()
 
 
@@ -135,7 +172,9 @@ def test_resume_continues_from_the_latest_checkpoint(tmp_path, toy_data):
 
 
 def test_modelscope_teacher_runs_through_the_same_script(tmp_path, toy_data):
-    args = args_for(tmp_path, toy_data, "--teacher", "tiny-modelscope", "--teacher-kind", "modelscope", "--max-train-steps", "1")
+    args = args_for(
+        tmp_path, toy_data, "--teacher", "tiny-modelscope", "--teacher-kind", "modelscope", "--max-train-steps", "1"
+    )
     run = distill.train(args, teacher=tiny_teacher("modelscope"))
     adapter = load_adapter(run / "adapter.safetensors")
     assert adapter.meta.base == "modelscope-t2v" and adapter.temporal_layers()
@@ -144,8 +183,13 @@ def test_modelscope_teacher_runs_through_the_same_script(tmp_path, toy_data):
 def test_distillation_lowers_the_consistency_error_on_held_out_noise(tmp_path, toy_data):
     teacher = tiny_teacher("animatediff")
     schedule = NoiseSchedule("scaled_linear")
-    batch = next(iter(torch.utils.data.DataLoader(VideoClips(toy_data, 4, 1, 16, "center", seed=99), batch_size=2,
-                                                  collate_fn=collate)))  # fmt: skip
+    batch = next(
+        iter(
+            torch.utils.data.DataLoader(
+                VideoClips(toy_data, 4, 1, 16, "center", seed=99), batch_size=2, collate_fn=collate
+            )
+        )
+    )
     with torch.no_grad():
         frames = batch["video"].permute(0, 2, 1, 3, 4).reshape(-1, 3, 16, 16)
         x0 = teacher.vae.encode(frames).latent_dist.mean * teacher.scaling_factor
@@ -160,14 +204,44 @@ def test_distillation_lowers_the_consistency_error_on_held_out_noise(tmp_path, t
             return call_unet(unet, x, t, c)
 
         with torch.no_grad():
-            return sum(distillation_step(model, lambda x, t, c: call_unet(teacher_unet, x, t, c), x0, cond, uncond, schedule,
-                                         DistillConfig(loss_type="l2"), index=i, w=torch.full((2,), 7.0, dtype=torch.float64),
-                                         noise=n)["loss"].item() for i, n in held_out)  # fmt: skip
+            return sum(
+                distillation_step(
+                    model,
+                    lambda x, t, c: call_unet(teacher_unet, x, t, c),
+                    x0,
+                    cond,
+                    uncond,
+                    schedule,
+                    DistillConfig(loss_type="l2"),
+                    index=i,
+                    w=torch.full((2,), 7.0, dtype=torch.float64),
+                    noise=n,
+                )["loss"].item()
+                for i, n in held_out
+            )
 
     teacher_unet = tiny_teacher("animatediff").unet
     before = error(teacher_unet)  # the untrained student is the teacher
-    run = distill.train(args_for(tmp_path, toy_data, "--max-train-steps", "25", "--checkpointing-steps", "100",
-                                 "--motion-repr", "raw", "--w-min", "7", "--w-max", "7", "--lambda-real", "1", "--no-disc"), teacher=teacher)  # fmt: skip
+    run = distill.train(
+        args_for(
+            tmp_path,
+            toy_data,
+            "--max-train-steps",
+            "25",
+            "--checkpointing-steps",
+            "100",
+            "--motion-repr",
+            "raw",
+            "--w-min",
+            "7",
+            "--w-max",
+            "7",
+            "--lambda-real",
+            "1",
+            "--no-disc",
+        ),
+        teacher=teacher,
+    )
     trained = tiny_teacher("animatediff").unet
     trained.load_state_dict(merge_lora(trained.state_dict(), load_adapter(run / "adapter.safetensors").layers))
     after = error(trained)
@@ -180,9 +254,14 @@ def test_distillation_lowers_the_consistency_error_on_held_out_noise(tmp_path, t
 def test_corrupt_and_short_samples_are_skipped_and_counted(tmp_path):
     shard = tmp_path / "bad.tar"
     clip, caption = toy_clip(0, frames=8, size=16)
-    items = [("a.mp4", encode_mp4(clip)), ("a.json", json.dumps({"caption": caption}).encode()),
-             ("b.mp4", b"not a video"), ("b.json", b'{"caption": "broken"}'),
-             ("c.mp4", encode_mp4(clip[:2])), ("c.json", b'{"caption": "too short"}')]  # fmt: skip
+    items = [
+        ("a.mp4", encode_mp4(clip)),
+        ("a.json", json.dumps({"caption": caption}).encode()),
+        ("b.mp4", b"not a video"),
+        ("b.json", b'{"caption": "broken"}'),
+        ("c.mp4", encode_mp4(clip[:2])),
+        ("c.json", b'{"caption": "too short"}'),
+    ]
     with tarfile.open(shard, "w") as tar:
         for name, data in items:
             info = tarfile.TarInfo(name)
@@ -212,12 +291,15 @@ def test_a_folder_of_videos_with_captions(tmp_path):
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "training/distill.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "training/distill.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_bad_input_gives_clear_errors(tmp_path, capsys):
-    proc = _run("--teacher", "tiny-animatediff", "--data", tmp_path / "nowhere", "--output-dir", tmp_path)  # the real CLI, once
+    proc = _run(
+        "--teacher", "tiny-animatediff", "--data", tmp_path / "nowhere", "--output-dir", tmp_path
+    )  # the real CLI, once
     assert proc.returncode == 2 and "no such video dataset" in proc.stderr
 
     def run(*args):  # the same entry point in this process (a subprocess costs seconds of imports per case)
@@ -253,12 +335,49 @@ def test_an_earlier_run_is_never_reused(tmp_path):
 
 def test_two_processes_average_their_lora_gradients(tmp_path, toy_data):
     """Two CPU processes (torchrun; accelerate picks them up) on different data: the LoRA stays identical."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "training/distill.py", "--teacher", "tiny-animatediff",
-           "--data", str(toy_data), "--output-dir", str(tmp_path / "runs"), "--run-name", "ddp", "--resolution", "16",
-           "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
-           "--gradient-accumulation-steps", "2", "--no-scale-lr", "--learning-rate", "1e-3", "--lr-warmup-steps", "0",
-           "--max-train-steps", "2", "--checkpointing-steps", "10", "--disc-backbone", "tiny"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "training/distill.py",
+        "--teacher",
+        "tiny-animatediff",
+        "--data",
+        str(toy_data),
+        "--output-dir",
+        str(tmp_path / "runs"),
+        "--run-name",
+        "ddp",
+        "--resolution",
+        "16",
+        "--num-frames",
+        "4",
+        "--frame-interval",
+        "1",
+        "--num-workers",
+        "0",
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "4",
+        "--gradient-accumulation-steps",
+        "2",
+        "--no-scale-lr",
+        "--learning-rate",
+        "1e-3",
+        "--lr-warmup-steps",
+        "0",
+        "--max-train-steps",
+        "2",
+        "--checkpointing-steps",
+        "10",
+        "--disc-backbone",
+        "tiny",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
@@ -266,11 +385,21 @@ def test_two_processes_average_their_lora_gradients(tmp_path, toy_data):
 
 
 def test_dry_run_reports_time_per_part_and_peak_memory(tmp_path, toy_data):
-    run = distill.train(args_for(tmp_path, toy_data, "--dry-run", "--lambda-real", "0"), teacher=tiny_teacher("animatediff"))
+    run = distill.train(
+        args_for(tmp_path, toy_data, "--dry-run", "--lambda-real", "0"), teacher=tiny_teacher("animatediff")
+    )
     report = json.loads((run / "dry_run.json").read_text())
     parts = set(report["seconds"])
-    assert {"data", "encode", "student one-step sample", "distillation step (student, teacher x2, target)", "backward",
-            "optimizer", "adversarial: decode frames, discriminator (generator side)", "discriminator step"} <= parts  # fmt: skip
+    assert {
+        "data",
+        "encode",
+        "student one-step sample",
+        "distillation step (student, teacher x2, target)",
+        "backward",
+        "optimizer",
+        "adversarial: decode frames, discriminator (generator side)",
+        "discriminator step",
+    } <= parts
     assert report["peak_memory_gib"] > 0 and not (run / "checkpoint-1").exists()
 
 
@@ -283,8 +412,15 @@ def test_disc_augment_switches_the_augmentation_of_both_sides(tmp_path, toy_data
     original = mcm.discriminator.diff_augment
     monkeypatch.setattr(mcm.discriminator, "diff_augment", lambda x, g=None: calls.append(len(x)) or original(x, g))
     args = args_for(tmp_path, toy_data, "--disc-augment" if augment else "--no-disc-augment")
-    adv = Adversary(args, tiny_teacher("animatediff"), torch.device("cpu"), SimpleNamespace(num_processes=1), 1e-3, 10,
-                    torch.Generator().manual_seed(0))  # fmt: skip
+    adv = Adversary(
+        args,
+        tiny_teacher("animatediff"),
+        torch.device("cpu"),
+        SimpleNamespace(num_processes=1),
+        1e-3,
+        10,
+        torch.Generator().manual_seed(0),
+    )
     c = adv.text(["a red square", "a blue circle"], "cpu")
     _, fake, c_fake = adv.generator_term(torch.randn(2, 4, 4, 8, 8), c)
     adv.discriminator_step(torch.rand(4, 3, 16, 16) * 2 - 1, c_fake, fake, c_fake, 0)
@@ -356,12 +492,16 @@ def test_a_single_file_unet_in_ldm_or_diffusers_layout_loads_into_the_teacher(tm
     from mcm.weights import UNetLayout, diffusers_to_ldm
     from training.models import TINY_UNET, load_unet_checkpoint
 
-    blocks = dict(down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    blocks = dict(
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")
+    )
     torch.manual_seed(1)
     source = UNet2DConditionModel(**TINY_UNET, **blocks)
     layout = UNetLayout.from_diffusers_config(dict(source.config))
-    whole = {f"model.diffusion_model.{diffusers_to_ldm(k.rsplit('.', 1)[0], layout)}.{k.rsplit('.', 1)[1]}": v
-             for k, v in source.state_dict().items()}  # fmt: skip
+    whole = {
+        f"model.diffusion_model.{diffusers_to_ldm(k.rsplit('.', 1)[0], layout)}.{k.rsplit('.', 1)[1]}": v
+        for k, v in source.state_dict().items()
+    }
     whole["first_stage_model.decoder.conv_in.weight"] = torch.zeros(1)  # a whole-checkpoint's VAE, ignored
     save_file(whole, tmp_path / "sd_single_file.safetensors")
     save_file(source.state_dict(), tmp_path / "diffusers_unet.safetensors")

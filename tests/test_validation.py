@@ -27,12 +27,39 @@ def toy_data(tmp_path_factory):
 
 
 def args_for(tmp_path, data, *extra):
-    return distill.parse_args([
-        "--teacher", "tiny-animatediff", "--data", str(data), "--output-dir", str(tmp_path / "runs"), "--resolution", "16",
-        "--num-frames", "4", "--frame-interval", "1", "--num-workers", "0", "--lora-rank", "4", "--lora-alpha", "4",
-        "--gradient-accumulation-steps", "1", "--no-scale-lr", "--learning-rate", "1e-2", "--lr-warmup-steps", "0",
-        "--checkpointing-steps", "1", "--no-disc", *extra,
-    ])  # fmt: skip
+    return distill.parse_args(
+        [
+            "--teacher",
+            "tiny-animatediff",
+            "--data",
+            str(data),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--resolution",
+            "16",
+            "--num-frames",
+            "4",
+            "--frame-interval",
+            "1",
+            "--num-workers",
+            "0",
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "4",
+            "--gradient-accumulation-steps",
+            "1",
+            "--no-scale-lr",
+            "--learning-rate",
+            "1e-2",
+            "--lr-warmup-steps",
+            "0",
+            "--checkpointing-steps",
+            "1",
+            "--no-disc",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +80,11 @@ def test_validation_writes_videos_for_1_2_4_steps_and_the_error_column(validated
     for step in (2, 4):
         folder = validated_run / "validation" / f"step-{step}"
         assert sorted(p.name for p in folder.iterdir()) == sorted(
-            ["prompts.txt"] + [f"mcm-{n}-step.{ext}" for n in (1, 2, 4) for ext in ("gif", "png", "mp4")])
-        assert folder.joinpath("prompts.txt").read_text().splitlines() == [f"seed {i}: {p}" for i, p in enumerate(DEFAULT_PROMPTS)]
+            ["prompts.txt"] + [f"mcm-{n}-step.{ext}" for n in (1, 2, 4) for ext in ("gif", "png", "mp4")]
+        )
+        assert folder.joinpath("prompts.txt").read_text().splitlines() == [
+            f"seed {i}: {p}" for i, p in enumerate(DEFAULT_PROMPTS)
+        ]
         gif = Image.open(folder / "mcm-4-step.gif")
         assert (gif.n_frames, gif.size) == (4, (16 * len(DEFAULT_PROMPTS), 16))
     assert not (validated_run / "validation" / "step-1").exists()
@@ -82,9 +112,16 @@ def test_validation_videos_are_what_mcm_sampler_gives_for_the_saved_adapter(vali
             z = torch.randn((1, 4, 4, 8, 8), generator=g)
             with torch.no_grad():
                 cond = teacher.text_encoder(teacher.tokenizer([prompt]))[0]
-                x = sample_consistency(lambda x, t, c: call_unet(student, x, t, c), z, lcm_timesteps(steps), NoiseSchedule(meta.beta_schedule),
-                                       cond, prediction_type=meta.prediction_type, timestep_scaling=meta.timestep_scaling,
-                                       noise_sampler=lambda like: torch.randn(like.shape, generator=g))  # fmt: skip
+                x = sample_consistency(
+                    lambda x, t, c: call_unet(student, x, t, c),
+                    z,
+                    lcm_timesteps(steps),
+                    NoiseSchedule(meta.beta_schedule),
+                    cond,
+                    prediction_type=meta.prediction_type,
+                    timestep_scaling=meta.timestep_scaling,
+                    noise_sampler=lambda like: torch.randn(like.shape, generator=g),
+                )
                 pixels = teacher.vae.decode(x[0].transpose(0, 1) / teacher.scaling_factor).sample
             frames = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
             row = strip[seed * 16 : (seed + 1) * 16].reshape(16, 4, 16, 3).transpose(1, 0, 2, 3)
@@ -99,14 +136,30 @@ def test_the_logged_error_is_the_consistency_error_on_held_out_noise(validated_r
     g = torch.Generator().manual_seed(HELD_OUT_SEED)
     with torch.no_grad():
         frames = batch["video"].permute(0, 2, 1, 3, 4).reshape(-1, 3, 16, 16)
-        x0 = (teacher.vae.encode(frames).latent_dist.sample(g) * teacher.scaling_factor).reshape(2, 4, 4, 8, 8).permute(0, 2, 1, 3, 4)
+        x0 = (
+            (teacher.vae.encode(frames).latent_dist.sample(g) * teacher.scaling_factor)
+            .reshape(2, 4, 4, 8, 8)
+            .permute(0, 2, 1, 3, 4)
+        )
         cond = teacher.text_encoder(teacher.tokenizer(batch["caption"]))[0]
         uncond = teacher.text_encoder(teacher.tokenizer(["", ""]))[0]
         draws = [(torch.randint(0, 50, (2,), generator=g), torch.randn(x0.shape, generator=g)) for _ in range(4)]
         plain = tiny_teacher("animatediff").unet
-        losses = [distillation_step(lambda x, t, c: call_unet(student, x, t, c), lambda x, t, c: call_unet(plain, x, t, c), x0, cond,
-                                    uncond, NoiseSchedule(), DistillConfig(loss_type="l2"), index=i, noise=n,
-                                    w=torch.full((2,), 10.0, dtype=torch.float64))["loss"].item() for i, n in draws]  # fmt: skip
+        losses = [
+            distillation_step(
+                lambda x, t, c: call_unet(student, x, t, c),
+                lambda x, t, c: call_unet(plain, x, t, c),
+                x0,
+                cond,
+                uncond,
+                NoiseSchedule(),
+                DistillConfig(loss_type="l2"),
+                index=i,
+                noise=n,
+                w=torch.full((2,), 10.0, dtype=torch.float64),
+            )["loss"].item()
+            for i, n in draws
+        ]
     assert float(logged_errors(validated_run)[2]) == pytest.approx(sum(losses) / 4, rel=1e-4)
 
 
@@ -122,11 +175,28 @@ def test_keep_best_keeps_the_adapter_of_the_lowest_logged_error(validated_run):
 
 
 def test_validation_leaves_training_unchanged_and_is_off_for_the_toy_default(tmp_path, toy_data):
-    assert distill.parse_args([]).validation_steps == 0 and distill.parse_args(["--teacher", "x/y", "--data", "d"]).validation_steps == 500
+    assert (
+        distill.parse_args([]).validation_steps == 0
+        and distill.parse_args(["--teacher", "x/y", "--data", "d"]).validation_steps == 500
+    )
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square moving left slowly\n")
-    runs = [distill.train(args_for(tmp_path, toy_data, "--max-train-steps", "2", "--validation-steps", n, "--validation-prompts", str(prompts)),
-                          teacher=tiny_teacher("animatediff")) for n in ("1", "0")]  # fmt: skip
+    runs = [
+        distill.train(
+            args_for(
+                tmp_path,
+                toy_data,
+                "--max-train-steps",
+                "2",
+                "--validation-steps",
+                n,
+                "--validation-prompts",
+                str(prompts),
+            ),
+            teacher=tiny_teacher("animatediff"),
+        )
+        for n in ("1", "0")
+    ]
     with_validation, without = (load_adapter(r / "adapter.safetensors") for r in runs)
     assert all(torch.equal(with_validation.layers[k].up, without.layers[k].up) for k in without.layers)
     assert (runs[0] / "validation" / "step-2").is_dir() and not (runs[1] / "validation").exists()
@@ -136,10 +206,14 @@ def test_unreadable_or_empty_prompt_files_and_keep_best_without_validation_are_r
     """Refused when the flags are parsed, before anything is built: exit 2, the flag named, no traceback."""
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n  \n")
-    cases = [(["--validation-steps", "1", "--validation-prompts", str(tmp_path / "missing.txt")],
-              f"--validation-prompts {tmp_path / 'missing.txt'}: cannot read it"),
-             (["--validation-steps", "1", "--validation-prompts", str(empty)], f"--validation-prompts {empty}: no prompts"),
-             (["--validation-steps", "0", "--keep-best"], "--keep-best needs --validation-steps")]  # fmt: skip
+    cases = [
+        (
+            ["--validation-steps", "1", "--validation-prompts", str(tmp_path / "missing.txt")],
+            f"--validation-prompts {tmp_path / 'missing.txt'}: cannot read it",
+        ),
+        (["--validation-steps", "1", "--validation-prompts", str(empty)], f"--validation-prompts {empty}: no prompts"),
+        (["--validation-steps", "0", "--keep-best"], "--keep-best needs --validation-steps"),
+    ]
     for extra, message in cases:
         with pytest.raises(SystemExit) as exit_:
             args_for(tmp_path, toy_data, *extra)

@@ -99,9 +99,7 @@ def test_every_official_target_of_a_full_size_animatediff_unet_has_a_comfy_or_ad
     assert "output_blocks.2.1.conv" in ldm and "output_blocks.5.2.conv" in ldm  # the upsamplers
     assert "input_blocks.3.0.op" in ldm and "input_blocks.4.0.skip_connection" in ldm
     assert "middle_block.0.emb_layers.1" in ldm
-    assert (
-        "up_blocks.3.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_out.0" in ade
-    )
+    assert "up_blocks.3.motion_modules.2.temporal_transformer.transformer_blocks.0.attention_blocks.1.to_out.0" in ade
     assert "mid_block.motion_modules.0.temporal_transformer.transformer_blocks.0.ff.net.0.proj" in ade
     assert all(ade_to_motion(motion_to_ade(t)) == t for t in motion)
 
@@ -113,11 +111,17 @@ def test_motion_module_state_dict_names_follow_the_animatediff_layout():
         keys = [k for k in MotionAdapter().state_dict() if not k.endswith(".pe")]
     mapped = {motion_to_ade(k.rsplit(".", 1)[0]) + "." + k.rsplit(".", 1)[1] for k in keys}
     expected_inner = {
-        "norm.weight", "proj_in.weight", "proj_out.bias",
-        "transformer_blocks.0.attention_blocks.0.to_q.weight", "transformer_blocks.0.attention_blocks.1.to_out.0.bias",
-        "transformer_blocks.0.norms.0.weight", "transformer_blocks.0.norms.1.bias", "transformer_blocks.0.ff_norm.weight",
-        "transformer_blocks.0.ff.net.0.proj.weight", "transformer_blocks.0.ff.net.2.weight",
-    }  # fmt: skip
+        "norm.weight",
+        "proj_in.weight",
+        "proj_out.bias",
+        "transformer_blocks.0.attention_blocks.0.to_q.weight",
+        "transformer_blocks.0.attention_blocks.1.to_out.0.bias",
+        "transformer_blocks.0.norms.0.weight",
+        "transformer_blocks.0.norms.1.bias",
+        "transformer_blocks.0.ff_norm.weight",
+        "transformer_blocks.0.ff.net.0.proj.weight",
+        "transformer_blocks.0.ff.net.2.weight",
+    }
     prefix = "down_blocks.0.motion_modules.0.temporal_transformer."
     assert {prefix + e for e in expected_inner} <= mapped
     assert len(mapped) == len(keys)
@@ -125,9 +129,15 @@ def test_motion_module_state_dict_names_follow_the_animatediff_layout():
 
 @pytest.mark.parametrize(
     "bad",
-    ["down_blocks.3.downsamplers.0.conv", "down_blocks.3.attentions.0", "mid_block.resnets.2.conv1",
-     "down_blocks.0.resnets.0.nonsense", "conv_in2", "up_blocks.0.attentions.0.proj_in"],
-)  # fmt: skip
+    [
+        "down_blocks.3.downsamplers.0.conv",
+        "down_blocks.3.attentions.0",
+        "mid_block.resnets.2.conv1",
+        "down_blocks.0.resnets.0.nonsense",
+        "conv_in2",
+        "up_blocks.0.attentions.0.proj_in",
+    ],
+)
 def test_paths_without_a_counterpart_are_errors_naming_the_path(bad):
     with pytest.raises(KeyError) as info:
         diffusers_to_ldm(bad)
@@ -229,7 +239,9 @@ def test_per_layer_alpha_and_rank_survive_every_format(tmp_path, peft_folder):
 def test_comfy_and_ade_exports_read_back_to_the_same_updates(tmp_path, peft_folder):
     folder, _, _ = peft_folder
     adapter = load_adapter(folder)
-    spatial = load_adapter(export_comfy_lora(adapter, tmp_path / "spatial.safetensors", layout=TINY_LAYOUT), layout=TINY_LAYOUT)
+    spatial = load_adapter(
+        export_comfy_lora(adapter, tmp_path / "spatial.safetensors", layout=TINY_LAYOUT), layout=TINY_LAYOUT
+    )
     keys = load_file(tmp_path / "spatial.safetensors").keys()
     assert all(k.startswith("diffusion_model.") for k in keys)
     motion = load_adapter(export_ade_motion_lora(adapter, tmp_path / "motion.safetensors"))
@@ -278,10 +290,15 @@ def test_modelscope_adapter_is_recognised_and_kept_out_of_comfyui(tmp_path):
 
     torch.manual_seed(0)
     unet = UNet3DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-        norm_num_groups=8, sample_size=8,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+        sample_size=8,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+    )
     peft_model = with_random_lora(unet, targets=official_targets(unet, drop_temporal_convs=True))
     peft_model.save_pretrained(tmp_path / "modelscopet2v-anime")
     adapter = load_adapter(tmp_path / "modelscopet2v-anime")
@@ -346,8 +363,12 @@ def test_truncated_and_corrupt_files_name_the_file(tmp_path, mcm_file):
 def test_foreign_base_families_are_refused(tmp_path):
     g = torch.Generator().manual_seed(0)
     sdxl = {
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.randn(4, 2048, generator=g),
-        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.randn(640, 4, generator=g),
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight": torch.randn(
+            4, 2048, generator=g
+        ),
+        "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight": torch.randn(
+            640, 4, generator=g
+        ),
     }
     save_file(sdxl, tmp_path / "sdxl.safetensors")
     with pytest.raises(AdapterError, match=r"sdxl\.safetensors.*Stable Diffusion XL"):
@@ -463,17 +484,30 @@ def test_a_replaced_folder_is_never_missing_and_survives_a_failed_rename(tmp_pat
 
 def test_official_target_list_matches_the_notes():
     assert set(OFFICIAL_TARGET_MODULES) == {
-        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-        "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
-    }  # fmt: skip
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "proj_in",
+        "proj_out",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "conv1",
+        "conv2",
+        "conv_shortcut",
+        "downsamplers.0.conv",
+        "upsamplers.0.conv",
+        "time_emb_proj",
+    }
 
 
 # --- command line ------------------------------------------------------------------------------------
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "mcm.weights", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "mcm.weights", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
 
 
 def test_cli_inspect_and_convert(tmp_path, peft_motion_unet):
@@ -486,8 +520,19 @@ def test_cli_inspect_and_convert(tmp_path, peft_motion_unet):
     assert "79 spatial, 84 motion-module" in proc.stdout
 
     out = tmp_path / "webvid.safetensors"
-    proc = _cli("convert", tmp_path / "mcm", out, "--to", "mcm", "--variant", "animatediff-webvid",
-                "--set", "beta_schedule=scaled_linear", "--set", "recommended_steps=[2,4]")  # fmt: skip
+    proc = _cli(
+        "convert",
+        tmp_path / "mcm",
+        out,
+        "--to",
+        "mcm",
+        "--variant",
+        "animatediff-webvid",
+        "--set",
+        "beta_schedule=scaled_linear",
+        "--set",
+        "recommended_steps=[2,4]",
+    )
     assert proc.returncode == 0, proc.stderr
     meta = load_adapter(out).meta
     assert meta.beta_schedule == "scaled_linear" and meta.recommended_steps == (2, 4) and meta.style == "webvid"
@@ -518,8 +563,14 @@ def test_peft_patterns_match_the_module_names_peft_matched(tmp_path):
             self.unet = tiny_motion_unet()
 
     one = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"  # a full name: matches one layer only
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_v"], lora_dropout=0.0,
-                        rank_pattern={one: 2}, alpha_pattern={one: 6, r"up_blocks\.1\..*to_v": 3})  # fmt: skip
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["to_q", "to_v"],
+        lora_dropout=0.0,
+        rank_pattern={one: 2},
+        alpha_pattern={one: 6, r"up_blocks\.1\..*to_v": 3},
+    )
     model = get_peft_model(Holder(), config)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -528,7 +579,9 @@ def test_peft_patterns_match_the_module_names_peft_matched(tmp_path):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     model.save_pretrained(tmp_path / "holder")
     adapter = load_adapter(tmp_path / "holder")
-    peft_layers = {n.removeprefix("base_model.model.unet."): m for n, m in model.named_modules() if hasattr(m, "get_delta_weight")}
+    peft_layers = {
+        n.removeprefix("base_model.model.unet."): m for n, m in model.named_modules() if hasattr(m, "get_delta_weight")
+    }
     assert set(adapter.layers) == set(peft_layers) and len(peft_layers) > 4
     ranks = {}
     for path, module in peft_layers.items():

@@ -76,9 +76,13 @@ def _spoil(kind: str) -> dict[str, torch.Tensor]:
     elif kind == "rank-mismatch":
         t[up] = torch.randn(8, 3)
     else:  # an .alpha entry
-        t[f"{MOTION}.alpha"] = {"alpha-vector": torch.ones(2), "alpha-zero": torch.tensor(0.0),
-                                "alpha-nan": torch.tensor(float("nan")), "alpha-negative": torch.tensor(-4.0),
-                                "alpha-bool": torch.tensor(True)}[kind]  # fmt: skip
+        t[f"{MOTION}.alpha"] = {
+            "alpha-vector": torch.ones(2),
+            "alpha-zero": torch.tensor(0.0),
+            "alpha-nan": torch.tensor(float("nan")),
+            "alpha-negative": torch.tensor(-4.0),
+            "alpha-bool": torch.tensor(True),
+        }[kind]
     return t
 
 
@@ -113,7 +117,10 @@ def test_a_good_file_still_converts(tmp_path, capsys):
     save_file(factors(), src)
     code, _, err = cli(capsys, "convert", src, tmp_path / "out.safetensors", "--to", "ade")
     assert code == 0, err
-    assert set(load_file(tmp_path / "out.safetensors")) == {f"{ADE_MOTION}_lora.down.weight", f"{ADE_MOTION}_lora.up.weight"}
+    assert set(load_file(tmp_path / "out.safetensors")) == {
+        f"{ADE_MOTION}_lora.down.weight",
+        f"{ADE_MOTION}_lora.up.weight",
+    }
 
 
 # --- class 7: PEFT configs and our own metadata ------------------------------------------------------------
@@ -136,7 +143,10 @@ BAD_CONFIGS = {
     "bool-r": ({**GOOD_CONFIG, "r": True}, "r = True"),
     "string-alpha": ({**GOOD_CONFIG, "lora_alpha": "4"}, "lora_alpha = '4'; expected a finite positive number"),
     "not-utf8": (b'{"r": 2, "lora_alpha": "\xff\xfe"}', "not UTF-8 text"),
-    "alpha-regex": ({**GOOD_CONFIG, "alpha_pattern": {"to_q[": 2}}, r"alpha_pattern key 'to_q\[' is not a valid regular"),
+    "alpha-regex": (
+        {**GOOD_CONFIG, "alpha_pattern": {"to_q[": 2}},
+        r"alpha_pattern key 'to_q\[' is not a valid regular",
+    ),
     "rank-regex": ({**GOOD_CONFIG, "rank_pattern": {"(to_q": 2}}, r"rank_pattern key '\(to_q' is not a valid regular"),
     "alpha-pattern-list": ({**GOOD_CONFIG, "alpha_pattern": [1]}, "alpha_pattern = \\[1\\]; expected an object"),
     "alpha-pattern-value": ({**GOOD_CONFIG, "alpha_pattern": {"to_q": "x"}}, r"alpha_pattern\['to_q'\] = 'x'"),
@@ -221,7 +231,12 @@ def test_replacing_a_peft_folder_keeps_its_mode_and_other_files(tmp_path, capsys
     assert code == 0, err
     assert stat.S_IMODE(peft.stat().st_mode) == 0o750
     assert (peft / "README.md").read_text() == "my notes" and (peft / "samples" / "a.txt").read_text() == "sample"
-    assert sorted(p.name for p in peft.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "samples"]
+    assert sorted(p.name for p in peft.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "samples",
+    ]
     assert torch.equal(load_adapter(peft).layers[MOTION].down, load_adapter(new).layers[MOTION].down)
 
 
@@ -234,7 +249,9 @@ def test_a_peft_folder_replaced_with_force_never_pairs_new_weights_with_an_old_c
     (peft / "README.md").write_text("my notes")
     before = {p.name: p.read_bytes() for p in peft.iterdir()}
     newer = adapter(seed=1)
-    newer.layers[MOTION] = type(newer.layers[MOTION])(newer.layers[MOTION].down, newer.layers[MOTION].up, 5.0)  # a new alpha
+    newer.layers[MOTION] = type(newer.layers[MOTION])(
+        newer.layers[MOTION].down, newer.layers[MOTION].up, 5.0
+    )  # a new alpha
     real_replace = os.replace
     for fail_at in (1, 2):  # replacing two files takes two renames, however it is done
         calls = []
@@ -322,8 +339,17 @@ def test_a_crafted_ckpt_runs_no_code_even_with_allow_pickle(tmp_path, capsys):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "mm.ckpt"
     torch.save({"x": _Marker(str(marker))}, ckpt)
-    code, _, err = cli(capsys, "convert", src, tmp_path / "o.safetensors", "--to", "ade", "--base-motion-module", ckpt,
-                       "--allow-pickle")  # fmt: skip
+    code, _, err = cli(
+        capsys,
+        "convert",
+        src,
+        tmp_path / "o.safetensors",
+        "--to",
+        "ade",
+        "--base-motion-module",
+        ckpt,
+        "--allow-pickle",
+    )
     assert code == 2 and f"{ckpt}: cannot be read as a tensors-only pickle" in err
     code, _, err = cli(capsys, "to-safetensors", ckpt, tmp_path / "o.safetensors")
     assert code == 2 and not marker.exists() and not (tmp_path / "o.safetensors").exists()
@@ -343,8 +369,13 @@ def test_the_suggested_command_for_a_pickled_adapter_works(tmp_path, capsys):
 
 def test_real_cli_prints_one_error_line_and_no_traceback(tmp_path):
     folder = _peft_folder(tmp_path, {**GOOD_CONFIG, "alpha_pattern": {"[": 1}})
-    proc = subprocess.run([sys.executable, "-m", "mcm.weights", "convert", str(folder), str(tmp_path / "o"), "--to", "peft"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "mcm.weights", "convert", str(folder), str(tmp_path / "o"), "--to", "peft"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "alpha_pattern key '['" in proc.stderr
 
@@ -364,7 +395,6 @@ def test_a_peft_folder_with_a_pickled_adapter_suggests_converting_the_folder(tmp
     assert all(w.alpha == 4.0 for w in load_adapter(dst).layers.values())  # the config's lora_alpha was used
 
 
-
 def test_a_new_peft_folder_is_readable_by_others_and_float8_factors_are_checked(tmp_path):
     """A new PEFT export gets the usual modes (safetensors alone writes 0600), and a float8 factor is checked for
     NaN/inf like any other instead of failing inside torch (which has no CPU isfinite for float8)."""
@@ -374,7 +404,9 @@ def test_a_new_peft_folder_is_readable_by_others_and_float8_factors_are_checked(
     os.umask(umask)
     folder = export_peft(adapter(), tmp_path / "peft")
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {
-        "adapter_config.json": 0o666 & ~umask, "adapter_model.safetensors": 0o666 & ~umask}
+        "adapter_config.json": 0o666 & ~umask,
+        "adapter_model.safetensors": 0o666 & ~umask,
+    }
     assert load_adapter(folder).layers.keys() == adapter().layers.keys()
     if not hasattr(torch, "float8_e4m3fn"):
         return

@@ -39,8 +39,12 @@ def test_every_workflow_is_shipped_in_both_formats(build):
 
 
 def test_generated_files_are_up_to_date(tmp_path):
-    proc = subprocess.run([sys.executable, str(WORKFLOWS / "build_workflows.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(WORKFLOWS / "build_workflows.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     # only the UI files and the API files: nothing in a second template folder
@@ -48,7 +52,9 @@ def test_generated_files_are_up_to_date(tmp_path):
     for sub in ("workflows", "workflows/api"):
         fresh = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / sub).glob("*.json")}
         shipped = {p.name: p.read_text(encoding="utf-8") for p in (ROOT / sub).glob("*.json")}
-        assert sorted(shipped) == sorted(fresh), f"{sub}: stale or missing files; run python workflows/build_workflows.py"
+        assert sorted(shipped) == sorted(fresh), (
+            f"{sub}: stale or missing files; run python workflows/build_workflows.py"
+        )
         stale = [name for name in fresh if fresh[name] != shipped[name]]
         assert not stale, f"{sub}: {stale} differ from build_workflows.py; run python workflows/build_workflows.py"
 
@@ -59,7 +65,9 @@ TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "wor
 
 def test_templates_live_in_one_folder_only():
     holding = [sub for sub in TEMPLATE_FOLDERS if any((ROOT / sub).glob("*.json"))]
-    assert holding == ["workflows"], f"template folders with .json files: {holding} (each file would be listed per folder)"
+    assert holding == ["workflows"], (
+        f"template folders with .json files: {holding} (each file would be listed per folder)"
+    )
 
 
 @pytest.mark.parametrize("name", UI_NAMES)

@@ -23,9 +23,12 @@ def tiny_motion_unet(seed: int = 0):
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET)
     adapter = MotionAdapter(
-        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-        motion_num_attention_heads=2, motion_max_seq_length=32,
-    )  # fmt: skip
+        block_out_channels=(32, 64),
+        motion_layers_per_block=1,
+        motion_norm_num_groups=8,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=32,
+    )
     return UNetMotionModel.from_unet2d(unet, adapter).eval()
 
 

@@ -33,7 +33,10 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from training.toy_eval import PAIRED, agreement, alike_where_reference_moves, paired_difference  # noqa: E402
 
 LADDER = [
-    ("CD only (raw latents, real trajectories, no discriminator)", ["--motion-repr", "raw", "--lambda-real", "1", "--no-disc"]),
+    (
+        "CD only (raw latents, real trajectories, no discriminator)",
+        ["--motion-repr", "raw", "--lambda-real", "1", "--no-disc"],
+    ),
     ("+ frame discriminator (clean images)", ["--motion-repr", "raw", "--lambda-real", "1"]),
     ("+ motion loss (learnable head)", ["--motion-repr", "learn", "--lambda-real", "1"]),
     ("+ mixed trajectories (λ_real 0.5) = MCM", ["--motion-repr", "learn", "--lambda-real", "0.5"]),
@@ -56,8 +59,19 @@ COLUMNS = [  # (metric, header, better)
 
 def run_row(args, name: str, flags: list[str], index: int, with_teacher: bool) -> dict:
     run_name = f"{index:02d}-" + "".join(c if c.isalnum() else "-" for c in name.lower())[:40].strip("-")
-    cmd = [sys.executable, str(ROOT / "training" / "distill.py"), "--output-dir", str(args.output_dir), "--run-name", run_name,
-           "--eval-seeds", str(args.eval_seeds), "--eval-teacher-steps", "4,50" if with_teacher else "", *flags]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "training" / "distill.py"),
+        "--output-dir",
+        str(args.output_dir),
+        "--run-name",
+        run_name,
+        "--eval-seeds",
+        str(args.eval_seeds),
+        "--eval-teacher-steps",
+        "4,50" if with_teacher else "",
+        *flags,
+    ]
     if args.steps:
         cmd += ["--max-train-steps", str(args.steps)]
     done = Path(args.output_dir) / run_name / "metrics.json"
@@ -123,7 +137,12 @@ def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int,
     from the same noise): for each ``(name, report, baseline name, baseline report)``, the difference in
     each 0/1 score with its standard error and the exact sign test (``toy_eval.paired_difference``)."""
     keys = ["correct", "coherent"] + (["moves_like_teacher"] if teacher else [])
-    lines = [f"### {title}", "", "| row | against | " + " | ".join(f"{k} ({step}-step)" for k in keys) + " |", "|---" * (len(keys) + 2) + "|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| row | against | " + " | ".join(f"{k} ({step}-step)" for k in keys) + " |",
+        "|---" * (len(keys) + 2) + "|",
+    ]
     for name, report, base_name, base in pairs:
         a, b = report["per_clip"][f"MCM {step}-step"], base["per_clip"][f"MCM {step}-step"]
         cells = []
@@ -144,8 +163,12 @@ def teacher_pair_rows(name: str, report: dict, teacher_report: dict, step: int) 
     from the teacher's 50 steps?"""
     teachers = [k for k in teacher_report.get("per_clip", {}) if k.startswith("teacher")]
     ours = report["per_clip"][f"MCM {step}-step"]
-    lines = [f"### The full method (the toy default) against its teacher ({step}-step, paired)", "",
-             "| row | against | " + " | ".join(PAIRED) + " |", "|---" * (len(PAIRED) + 2) + "|"]  # fmt: skip
+    lines = [
+        f"### The full method (the toy default) against its teacher ({step}-step, paired)",
+        "",
+        "| row | against | " + " | ".join(PAIRED) + " |",
+        "|---" * (len(PAIRED) + 2) + "|",
+    ]
     for t in teachers:
         theirs = teacher_report["per_clip"][t]
         cells = []
@@ -157,10 +180,16 @@ def teacher_pair_rows(name: str, report: dict, teacher_report: dict, step: int) 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default=None, help="folder for the runs and the table (default: runs/ablations-<date-time>)")
+    p.add_argument(
+        "--output-dir", default=None, help="folder for the runs and the table (default: runs/ablations-<date-time>)"
+    )
     p.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the toy default's)")
-    p.add_argument("--eval-seeds", type=int, default=16,
-                   help="samples per toy prompt (16: 128 clips a row, so that a paired difference of 0.1 is resolved)")
+    p.add_argument(
+        "--eval-seeds",
+        type=int,
+        default=16,
+        help="samples per toy prompt (16: 128 clips a row, so that a paired difference of 0.1 is resolved)",
+    )
     p.add_argument("--only", choices=["ladder", "sweep"], default=None, help="run one of the two tables")
     args = p.parse_args(argv)
     args.output_dir = Path(args.output_dir or ROOT / "runs" / dt.datetime.now().strftime("ablations-%Y%m%d-%H%M%S"))
@@ -170,7 +199,8 @@ def main(argv=None) -> int:
 
     results, done = {}, {}
     plan = ([("ladder", n, f) for n, f in LADDER] if args.only != "sweep" else []) + (
-        [("sweep", n, f) for n, f in SWEEP] if args.only != "ladder" else [])  # fmt: skip
+        [("sweep", n, f) for n, f in SWEEP] if args.only != "ladder" else []
+    )
     for i, (part, name, flags) in enumerate(plan):
         key = tuple(flags) if part == "ladder" else ("--motion-repr", "learn", "--lambda-real", flags[1])
         if key in done:  # the same configuration in both tables (the full method): run it once
@@ -181,15 +211,20 @@ def main(argv=None) -> int:
     first = next(iter(results.values()))
     steps = [1, 2, 4]
     reference = [(k, {steps[-1]: v}) for k, v in first["metrics"].items() if not k.startswith("MCM")]
-    out = [f"# Toy ablations ({dt.date.today()}, {first['run']['steps']} steps per run, {args.eval_seeds} samples per prompt)", ""]
-    out.append("MCM columns are the distilled student; the reference rows (teacher, data) score the teacher's samples and the "
-               "toy data themselves with the same metrics. Motion correct: share of clips whose tracked shape moves in the "
-               "captioned direction at the captioned speed class. Coherent motion: share of clips whose shape moves along a "
-               "straight constant-speed path, whatever the caption. Moves like the teacher: share of the clips where the "
-               "teacher's 50-step sample (same prompt, same noise) moves coherently in which the student moves the same way "
-               "(within 45°, same speed class). FD: Fréchet distance of frame-quality features. Paired tables: every run "
-               "samples the same prompts from the same noise, so rows are compared clip by clip (wins:losses are the clips "
-               "where only one of the two succeeds; p is the exact sign test on them).\n")  # fmt: skip
+    out = [
+        f"# Toy ablations ({dt.date.today()}, {first['run']['steps']} steps per run, {args.eval_seeds} samples per prompt)",
+        "",
+    ]
+    out.append(
+        "MCM columns are the distilled student; the reference rows (teacher, data) score the teacher's samples and the "
+        "toy data themselves with the same metrics. Motion correct: share of clips whose tracked shape moves in the "
+        "captioned direction at the captioned speed class. Coherent motion: share of clips whose shape moves along a "
+        "straight constant-speed path, whatever the caption. Moves like the teacher: share of the clips where the "
+        "teacher's 50-step sample (same prompt, same noise) moves coherently in which the student moves the same way "
+        "(within 45°, same speed class). FD: Fréchet distance of frame-quality features. Paired tables: every run "
+        "samples the same prompts from the same noise, so rows are compared clip by clip (wins:losses are the clips "
+        "where only one of the two succeeds; p is the exact sign test on them).\n"
+    )
     teacher = teacher_clips(first)
     for part, title in (("ladder", "Table 4 ladder"), ("sweep", "Table 6: λ_real")):
         rows = [(name, mcm_rows(r, steps, teacher)) for (p_, name), r in results.items() if p_ == part]
@@ -199,19 +234,33 @@ def main(argv=None) -> int:
         ladder = [(n, r) for (p_, n), r in results.items() if p_ == "ladder"]
         sweep = [(n, r) for (p_, n), r in results.items() if p_ == "sweep"]
         mix = next((r for n, r in sweep if n == "λ_real 0.5"), None)
-        pairs = [("ladder", f"Table 4, each row against the one before ({steps[-1]}-step, paired: wins:losses, sign test)",
-                  [(n, r, bn, br) for (bn, br), (n, r) in zip(ladder, ladder[1:])]),
-                 ("sweep", f"Table 6, each λ_real against the mix λ_real 0.5 ({steps[-1]}-step, paired)",
-                  [(n, r, "λ_real 0.5", mix) for n, r in sweep if r is not mix] if mix else [])]  # fmt: skip
+        pairs = [
+            (
+                "ladder",
+                f"Table 4, each row against the one before ({steps[-1]}-step, paired: wins:losses, sign test)",
+                [(n, r, bn, br) for (bn, br), (n, r) in zip(ladder, ladder[1:])],
+            ),
+            (
+                "sweep",
+                f"Table 6, each λ_real against the mix λ_real 0.5 ({steps[-1]}-step, paired)",
+                [(n, r, "λ_real 0.5", mix) for n, r in sweep if r is not mix] if mix else [],
+            ),
+        ]
         for _, title, rows in pairs:
             if rows:
                 out.append(paired_rows(title, rows, steps[-1], teacher))
         full = next((r for n, r in ladder if n.endswith("= MCM")), mix)
         if full is not None and teacher:
             out.append(teacher_pair_rows("MCM", full, first, steps[-1]))
-    out.append(table("Reference rows (motion correct and metrics of these samples)", reference, steps[-1:], skip=("d_accuracy",)))
+    out.append(
+        table(
+            "Reference rows (motion correct and metrics of these samples)", reference, steps[-1:], skip=("d_accuracy",)
+        )
+    )
     (args.output_dir / "ablations.md").write_text("\n".join(out))
-    (args.output_dir / "ablations.json").write_text(json.dumps({f"{k[0]}: {k[1]}": v for k, v in results.items()}, indent=2))
+    (args.output_dir / "ablations.json").write_text(
+        json.dumps({f"{k[0]}: {k[1]}": v for k, v in results.items()}, indent=2)
+    )
     print("\n".join(out))
     print(f"wrote {args.output_dir / 'ablations.md'}")
     return 0

@@ -37,10 +37,18 @@ def build_backbone(name: str, layers: tuple[int, ...]):
     if name == "tiny" or name.startswith("tiny:"):
         patch = name.partition(":")[2] or "14"
         if not patch.isdigit() or 56 % int(patch):
-            raise ValueError(f"--disc-backbone {name}: the tiny backbone's patch size must divide its 56-px input (e.g. 7 or 14)")
+            raise ValueError(
+                f"--disc-backbone {name}: the tiny backbone's patch size must divide its 56-px input (e.g. 7 or 14)"
+            )
         torch.manual_seed(1234)
-        config = Dinov2Config(hidden_size=32, num_hidden_layers=12, num_attention_heads=2, intermediate_size=64,
-                              image_size=56, patch_size=int(patch))  # fmt: skip
+        config = Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=12,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=56,
+            patch_size=int(patch),
+        )
         return Dinov2Features(Dinov2Model(config), layers, input_size=56)  # the tiny backbone keeps its own size
     try:
         return Dinov2Features.from_pretrained(name, layers)
@@ -82,12 +90,18 @@ class Adversary:
         self.every = int(getattr(args, "disc_update_every", 1))
         self.start = int(getattr(args, "disc_start_step", 0))
         if self.every < 1:
-            raise ValueError(f"--disc-update-every {self.every}: must be at least 1 (optimizer steps per discriminator update)")
+            raise ValueError(
+                f"--disc-update-every {self.every}: must be at least 1 (optimizer steps per discriminator update)"
+            )
         self.total_updates = max(1, math.ceil((max_steps - self.start) / self.every))
-        warmup = math.ceil(args.lr_warmup_steps / self.every) if self.start == 0 else 0  # official: no warm-up for a late start
+        warmup = (
+            math.ceil(args.lr_warmup_steps / self.every) if self.start == 0 else 0
+        )  # official: no warm-up for a late start
         self.scheduler = clamped_scheduler(args.lr_scheduler, self.optimizer, warmup, self.total_updates)
         # fp16 needs loss scaling (the 1e-5-weighted penalty's gradient underflows without it); bf16 and fp32 do not
-        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=getattr(accelerator, "mixed_precision", "no") == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            torch.device(device).type, enabled=getattr(accelerator, "mixed_precision", "no") == "fp16"
+        )
         self.share = 1.0 / int(getattr(args, "gradient_accumulation_steps", 1))
         self.penalty = AdaptivePenaltyWeight(args.disc_gp)
         self.updates, self.skipped, self.window = 0, 0, []
@@ -110,7 +124,9 @@ class Adversary:
     def decode_frames(self, latents: torch.Tensor, index: list[int]) -> torch.Tensor:
         return self.frozen.decode_frames(latents, index)
 
-    def generator_term(self, model_pred: torch.Tensor, c_video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def generator_term(
+        self, model_pred: torch.Tensor, c_video: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """λ_adv · L_G on ``disc_frames`` decoded frames; returns (term, fake frames, their text embeddings)."""
         self._restart_power_iteration()
         index = sparse_frame_indices(model_pred.shape[2], self.args.disc_frames, self.generator)
@@ -129,10 +145,20 @@ class Adversary:
         """Official ``video`` mode: k segments of the clip, one random frame from each (TSN sampling)."""
         f, k = video.shape[2], self.args.disc_frames
         bounds = [round(i * f / k) for i in range(k + 1)]
-        index = [int(torch.randint(bounds[i], max(bounds[i] + 1, bounds[i + 1]), (), generator=self.generator)) for i in range(k)]
+        index = [
+            int(torch.randint(bounds[i], max(bounds[i] + 1, bounds[i + 1]), (), generator=self.generator))
+            for i in range(k)
+        ]
         return video[:, :, index].permute(0, 2, 1, 3, 4).flatten(0, 1)
 
-    def accumulate(self, real: torch.Tensor, c_real: torch.Tensor, fake: torch.Tensor, c_fake: torch.Tensor, share: float | None = None):
+    def accumulate(
+        self,
+        real: torch.Tensor,
+        c_real: torch.Tensor,
+        fake: torch.Tensor,
+        c_fake: torch.Tensor,
+        share: float | None = None,
+    ):
         """D's loss on one micro-batch, backpropagated (through the loss scaler) times ``share``
         (default 1 / accumulation steps) into the heads' gradients; :meth:`update` steps."""
         args, disc = self.args, self.disc
@@ -152,9 +178,15 @@ class Adversary:
             loss = loss + args.disc_r1 * r1_penalty(disc, real_px, c_real)
         share = self.share if share is None else share
         self.scaler.scale(loss if share == 1 else loss * share).backward()
-        self.window.append({"d_loss": loss.item(), "real_logit": real_logits.mean().item(), "fake_logit": fake_logits.mean().item(),
-                            "d_accuracy": discriminator_accuracy(real_logits.detach(), fake_logits.detach()),
-                            "gp": float(gp.detach())})  # fmt: skip
+        self.window.append(
+            {
+                "d_loss": loss.item(),
+                "real_logit": real_logits.mean().item(),
+                "fake_logit": fake_logits.mean().item(),
+                "d_accuracy": discriminator_accuracy(real_logits.detach(), fake_logits.detach()),
+                "gp": float(gp.detach()),
+            }
+        )
 
     def update(self, step: int) -> bool:
         """One D update from the gradients accumulated since the last one (averaged across processes,
@@ -178,7 +210,9 @@ class Adversary:
         self.optimizer.zero_grad(set_to_none=True)
         stats = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[0]}
         if self.processes > 1:  # means over all processes' micro-batches: every process adapts the penalty alike
-            values = self.accelerator.reduce(torch.tensor(list(stats.values()), device=self.params[0].device), reduction="mean")
+            values = self.accelerator.reduce(
+                torch.tensor(list(stats.values()), device=self.params[0].device), reduction="mean"
+            )
             stats = dict(zip(stats, values.tolist()))
         self.window = []
         self._power_start = [b.clone() for b in self._power]
@@ -194,7 +228,9 @@ class Adversary:
         for buffer, start in zip(self._power, self._power_start, strict=True):
             buffer.copy_(start)
 
-    def discriminator_step(self, real: torch.Tensor, c_real: torch.Tensor, fake: torch.Tensor, c_fake: torch.Tensor, step: int):
+    def discriminator_step(
+        self, real: torch.Tensor, c_real: torch.Tensor, fake: torch.Tensor, c_fake: torch.Tensor, step: int
+    ):
         """One micro-batch and one update (a window of one)."""
         self.accumulate(real, c_real, fake, c_fake, share=1.0)
         self.update(step)
@@ -202,9 +238,15 @@ class Adversary:
     # checkpoints: the state at the start of the open window (one interrupted inside a window resumes at its start)
     def state_dict(self) -> dict:
         self._restart_power_iteration()  # the window's micro-batches advanced the power iteration; its start is what resumes
-        return {"heads": self.disc.heads.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "penalty": self.penalty.state_dict(),
-                "scaler": self.scaler.state_dict(), "updates": self.updates, "skipped": self.skipped}  # fmt: skip
+        return {
+            "heads": self.disc.heads.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "penalty": self.penalty.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "updates": self.updates,
+            "skipped": self.skipped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.disc.heads.load_state_dict(state["heads"])

@@ -24,8 +24,13 @@ def build_vae(kind: str):
     from diffusers import AutoencoderKL
 
     if kind == "sd":
-        return AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4)  # fmt: skip
+        return AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2,
+            latent_channels=4,
+        )
     from training.models import _tiny_vae
 
     return _tiny_vae(0)
@@ -61,7 +66,9 @@ def main(argv=None) -> None:
     sparse = time_decode(vae, latents, index, args.repeats)
     full = time_decode(vae, latents, list(range(args.frames)), args.repeats)
     print(f"device {device}, VAE {args.vae}, {args.frames} frames at {args.size}px")
-    print(f"decode+backward of {args.judged} frames: {sparse * 1000:.1f} ms; of all {args.frames}: {full * 1000:.1f} ms")
+    print(
+        f"decode+backward of {args.judged} frames: {sparse * 1000:.1f} ms; of all {args.frames}: {full * 1000:.1f} ms"
+    )
     print(f"ratio sparse/full = {sparse / full:.3f} (ideal {args.judged / args.frames:.3f})")
 
 

@@ -125,8 +125,10 @@ def resolve_resume(resume: str, output_dir: str, run_name: str | None, log=print
         try:
             verify_checkpoint(path)
         except CorruptCheckpoint as exc:
-            raise CorruptCheckpoint(f"--resume {resume}: {exc}; nothing was moved (resume from an earlier checkpoint, "
-                                    f"or --resume latest for the newest one that verifies)") from None  # fmt: skip
+            raise CorruptCheckpoint(
+                f"--resume {resume}: {exc}; nothing was moved (resume from an earlier checkpoint, "
+                f"or --resume latest for the newest one that verifies)"
+            ) from None
         return path
     parent = Path(output_dir)
     if run_name:
@@ -143,7 +145,9 @@ def prune(run_dir: Path, keep: int | None, log) -> None:
     if not keep:
         return
     for old in checkpoints(run_dir)[:-keep]:
-        (old / "trainer_state.json").unlink(missing_ok=True)  # first: a half-removed folder is not listed as a checkpoint
+        (old / "trainer_state.json").unlink(
+            missing_ok=True
+        )  # first: a half-removed folder is not listed as a checkpoint
         shutil.rmtree(old, ignore_errors=True)
         if old.exists():
             log(f"warning: could not remove all of {old.name} (--checkpoints-total-limit {keep}); remove it by hand")
@@ -152,8 +156,12 @@ def prune(run_dir: Path, keep: int | None, log) -> None:
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -170,11 +178,22 @@ def encode_rng(states: list[dict]) -> dict:
     def one(s):
         name, keys, pos, has_gauss, cached = s["numpy"]
         version, internal, gauss_next = s["python"]
-        return {"torch": s["torch"], "cuda": list(s["cuda"]) if s.get("cuda") is not None else None,
-                "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-                "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
-                           "gauss_next": gauss_next}}  # fmt: skip
+        return {
+            "torch": s["torch"],
+            "cuda": list(s["cuda"]) if s.get("cuda") is not None else None,
+            "numpy": {
+                "name": str(name),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "python": {
+                "version": int(version),
+                "internal": torch.tensor(internal, dtype=torch.int64),
+                "gauss_next": gauss_next,
+            },
+        }
 
     return {"format": RNG_FORMAT, "processes": [one(s) for s in states]}
 
@@ -185,14 +204,28 @@ def decode_rng(obj) -> list[dict]:
         raise ValueError(f"not a {RNG_FORMAT!r} file")
     for p in obj["processes"]:
         torch_state, keys = (p.get("torch"), p.get("numpy", {}).get("keys")) if isinstance(p, dict) else (None, None)
-        if not (isinstance(torch_state, torch.Tensor) and torch_state.dtype == torch.uint8 and isinstance(keys, torch.Tensor)):
+        if not (
+            isinstance(torch_state, torch.Tensor)
+            and torch_state.dtype == torch.uint8
+            and isinstance(keys, torch.Tensor)
+        ):
             raise ValueError("an RNG state is not a uint8 torch state with numpy keys")
     try:
-        return [{"torch": p["torch"], "cuda": p["cuda"],
-                 "numpy": (p["numpy"]["name"], p["numpy"]["keys"].numpy().astype(np.uint32), p["numpy"]["pos"],
-                           p["numpy"]["has_gauss"], p["numpy"]["cached_gaussian"]),
-                 "python": (p["python"]["version"], tuple(p["python"]["internal"].tolist()), p["python"]["gauss_next"])}
-                for p in obj["processes"]]  # fmt: skip
+        return [
+            {
+                "torch": p["torch"],
+                "cuda": p["cuda"],
+                "numpy": (
+                    p["numpy"]["name"],
+                    p["numpy"]["keys"].numpy().astype(np.uint32),
+                    p["numpy"]["pos"],
+                    p["numpy"]["has_gauss"],
+                    p["numpy"]["cached_gaussian"],
+                ),
+                "python": (p["python"]["version"], tuple(p["python"]["internal"].tolist()), p["python"]["gauss_next"]),
+            }
+            for p in obj["processes"]
+        ]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"an RNG state lacks {exc}") from None
 
@@ -227,7 +260,11 @@ def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -
             _fsync(folder.parent)  # the rename itself; the checkpoint is complete whatever this says
         except OSError:
             pass
-    except (OSError, RuntimeError, SafetensorError) as exc:  # a full disk: OSError from Python, RuntimeError from torch.save
+    except (
+        OSError,
+        RuntimeError,
+        SafetensorError,
+    ) as exc:  # a full disk: OSError from Python, RuntimeError from torch.save
         raise CheckpointError(f"could not write {folder.name} ({exc})") from exc
 
 
@@ -260,16 +297,24 @@ def load_pickle_free(path: Path, name: str | None = None):
     except pickle.UnpicklingError:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     if path.name == RNG_FILE and unsafe and all(g.startswith("numpy.") for g in unsafe):
-        raise CorruptCheckpoint(f"{name} is in the format of earlier versions (numpy arrays in a pickle, which cannot be read "
-                                f"without letting the file run code); delete it to resume without the saved RNG states (the "
-                                f"resumed run is then not bit-exact), or resume from a checkpoint written by this version")  # fmt: skip
-    raise CorruptCheckpoint(f"{name} holds {', '.join(unsafe[:3]) or 'objects'} besides tensors and plain values "
-                            f"(a pickle that could run code when loaded); not loaded")  # fmt: skip
+        raise CorruptCheckpoint(
+            f"{name} is in the format of earlier versions (numpy arrays in a pickle, which cannot be read "
+            f"without letting the file run code); delete it to resume without the saved RNG states (the "
+            f"resumed run is then not bit-exact), or resume from a checkpoint written by this version"
+        )
+    raise CorruptCheckpoint(
+        f"{name} holds {', '.join(unsafe[:3]) or 'objects'} besides tensors and plain values "
+        f"(a pickle that could run code when loaded); not loaded"
+    )
 
 
 def _check_listed(folder: Path, rel: str, entry) -> None:
     path, name = folder / rel, f"{folder.name}/{rel}"
-    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("sha256"), str):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("size"), int)
+        or not isinstance(entry.get("sha256"), str)
+    ):
         raise CorruptCheckpoint(f"{folder.name}/{MANIFEST}: the entry of {rel} is not {{'size': int, 'sha256': str}}")
     if not path.is_file():
         raise CorruptCheckpoint(f"{name} is missing (listed in {MANIFEST})")
@@ -302,7 +347,9 @@ def _listed_files(folder: Path) -> list[str]:
 def _parse(path: Path, name: str) -> None:
     if path.suffix == ".json":
         value = json.loads(path.read_text(encoding="utf-8"))
-        if path.name == "trainer_state.json" and not (isinstance(value, dict) and isinstance(value.get("global_step"), int)):
+        if path.name == "trainer_state.json" and not (
+            isinstance(value, dict) and isinstance(value.get("global_step"), int)
+        ):
             raise CorruptCheckpoint(f"{name} is not an object with an integer 'global_step'")
     elif path.suffix == ".safetensors":
         with safe_open(path, "pt"):  # checks the header and that the tensors cover the file exactly
@@ -311,7 +358,11 @@ def _parse(path: Path, name: str) -> None:
         decode_rng(load_pickle_free(path, name))
     elif path.name == "optimizer.pt":
         value = load_pickle_free(path, name)
-        if not (isinstance(value, dict) and isinstance(value.get("optimizer"), dict) and isinstance(value.get("scheduler"), dict)):
+        if not (
+            isinstance(value, dict)
+            and isinstance(value.get("optimizer"), dict)
+            and isinstance(value.get("scheduler"), dict)
+        ):
             raise CorruptCheckpoint(f"{name} is not an object with the 'optimizer' and 'scheduler' states")
     elif path.suffix == ".pt":
         load_pickle_free(path, name)
@@ -353,17 +404,26 @@ def read_state(folder: Path) -> tuple[dict, list | None]:
         raise CorruptCheckpoint(f"{rng_path}: {exc}") from None
 
 
-def check_layout(state: dict, folder: Path, num_processes: int, batch_size: int, accumulation: int, seed: int | None = None) -> None:
+def check_layout(
+    state: dict, folder: Path, num_processes: int, batch_size: int, accumulation: int, seed: int | None = None
+) -> None:
     """An exact resume needs the layout and the seed the checkpoint was written with (the seed picks the
     data order and every random draw)."""
     saved_seed = state.get("args", {}).get("seed")
     if seed is not None and saved_seed is not None and saved_seed != seed:
-        raise ValueError(f"--resume {folder}: written with --seed {saved_seed}; this run has --seed {seed} (resume with the same seed)")
-    saved = (state.get("num_processes", num_processes), state.get("train_batch_size", batch_size),
-             state.get("gradient_accumulation_steps", accumulation))  # fmt: skip
+        raise ValueError(
+            f"--resume {folder}: written with --seed {saved_seed}; this run has --seed {seed} (resume with the same seed)"
+        )
+    saved = (
+        state.get("num_processes", num_processes),
+        state.get("train_batch_size", batch_size),
+        state.get("gradient_accumulation_steps", accumulation),
+    )
     if saved != (num_processes, batch_size, accumulation):
-        raise ValueError(f"--resume {folder}: written by {saved[0]} processes × batch {saved[1]} × accumulation {saved[2]}; "
-                         f"this run has {num_processes} × {batch_size} × {accumulation} (resume with the same layout)")  # fmt: skip
+        raise ValueError(
+            f"--resume {folder}: written by {saved[0]} processes × batch {saved[1]} × accumulation {saved[2]}; "
+            f"this run has {num_processes} × {batch_size} × {accumulation} (resume with the same layout)"
+        )
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -372,7 +432,9 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     rows = path.read_text().splitlines(keepends=True)
-    kept = rows[:1] + [r for r in rows[1:] if r.endswith("\n") and r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step]
+    kept = rows[:1] + [
+        r for r in rows[1:] if r.endswith("\n") and r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step
+    ]
     if kept != rows:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(kept))

@@ -32,17 +32,29 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .samples import (CAPTION_SUFFIXES, DataError, SkipSample, caption_from_bytes, caption_reader,  # noqa: F401 - re-exported
-                      decode_image, decode_video, folder_captions)  # fmt: skip
+from .samples import (
+    CAPTION_SUFFIXES,
+    DataError,
+    SkipSample,
+    caption_from_bytes,
+    caption_reader,  # noqa: F401 - re-exported
+    decode_image,
+    decode_video,
+    folder_captions,
+)
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
-def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, crop: str, rng: random.Random) -> torch.Tensor:
+def select_clip(
+    frames: np.ndarray, num_frames: int, interval: int, size: int, crop: str, rng: random.Random
+) -> torch.Tensor:
     """``num_frames`` frames ``interval`` apart, cropped and resized to ``size``², in [-1, 1]."""
     span = (num_frames - 1) * interval + 1
     if len(frames) < span:
-        raise SkipSample("too short", f"{len(frames)} frames, {span} needed ({num_frames} frames × interval {interval})")
+        raise SkipSample(
+            "too short", f"{len(frames)} frames, {span} needed ({num_frames} frames × interval {interval})"
+        )
     start = rng.randint(0, len(frames) - span)
     clip = torch.from_numpy(frames[start : start + span : interval]).permute(3, 0, 1, 2).float() / 127.5 - 1.0
     _, _, h, w = clip.shape
@@ -55,7 +67,9 @@ def select_clip(frames: np.ndarray, num_frames: int, interval: int, size: int, c
         ch = cw = min(h, w)
         top, left = (h - ch) // 2, (w - cw) // 2
     clip = clip[:, :, top : top + ch, left : left + cw]
-    clip = F.interpolate(clip.permute(1, 0, 2, 3), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    clip = F.interpolate(
+        clip.permute(1, 0, 2, 3), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
     return clip.permute(1, 0, 2, 3).clamp(-1, 1).contiguous()
 
 
@@ -118,7 +132,9 @@ class _CaptionedStream(IterableDataset):
         what = f"{self.name} dataset"
         if not self.root.exists():
             raise DataError(f"{self.root}: no such {what} (expected *.tar shards or a folder of {self.name}s)")
-        self.shards = sorted(self.root.glob("*.tar")) if self.root.is_dir() else [self.root] if self.root.suffix == ".tar" else []
+        self.shards = (
+            sorted(self.root.glob("*.tar")) if self.root.is_dir() else [self.root] if self.root.suffix == ".tar" else []
+        )
         self.files = [] if self.shards else sorted(p for p in self.root.rglob("*") if p.suffix.lower() in self.suffixes)
         if not self.shards and not self.files:
             raise DataError(f"{self.root}: empty {what}: no *.tar shards and no {self.name} files")
@@ -183,7 +199,10 @@ class _CaptionedStream(IterableDataset):
                     decoded_now += 1
                     item = self._sample(i - 1, key, media, text)
                     if "skipped" in item:
-                        if item["reason"].startswith("unreadable shard ") and f"skipped:{item['reason']}" not in self.stats:
+                        if (
+                            item["reason"].startswith("unreadable shard ")
+                            and f"skipped:{item['reason']}" not in self.stats
+                        ):
                             print(f"warning: {self.root}: {item['detail']}; skipped and counted", file=sys.stderr)
                         self.stats["skipped"] += 1
                         self.stats[f"skipped:{item['reason']}"] += 1
@@ -193,14 +212,22 @@ class _CaptionedStream(IterableDataset):
                     yield {**item, "position": j, "epoch": epoch}
             epoch += 1
             problem = None
-            if worker is None and decoded_now and not good_now and not self.stats["ok"]:  # workers: Batches judges them all
-                problem = no_usable(self.root, self.name, {k[len("skipped:") :]: v for k, v in self.stats.items() if k.startswith("skipped:")})
+            if (
+                worker is None and decoded_now and not good_now and not self.stats["ok"]
+            ):  # workers: Batches judges them all
+                problem = no_usable(
+                    self.root,
+                    self.name,
+                    {k[len("skipped:") :]: v for k, v in self.stats.items() if k.startswith("skipped:")},
+                )
             idle_epochs = 0 if owned_now else idle_epochs + 1
             if idle_epochs > self.block * self.world_size:
                 problem = f"{self.root}: {i // epoch} samples per epoch, too few for {self.world_size} processes × {self.block}"
             if problem and worker is None:
                 raise DataError(problem)
-            if problem:  # a worker hands it on as an item: torch re-raises a worker's error with its traceback in the message
+            if (
+                problem
+            ):  # a worker hands it on as an item: torch re-raises a worker's error with its traceback in the message
                 yield {"error": problem}
                 return
 
@@ -243,12 +270,16 @@ class Batches:
     def __next__(self) -> dict:
         good, reasons = [], Counter()
         while len(good) < self.size:
-            self.items = self.items if self.items is not None else iter(self.loader)  # workers start with the first batch
+            self.items = (
+                self.items if self.items is not None else iter(self.loader)
+            )  # workers start with the first batch
             item = next(self.items)
             if "error" in item:
                 raise DataError(item["error"])
             self.first_epoch = item["epoch"] if self.first_epoch is None else self.first_epoch
-            if item["epoch"] > self.first_epoch + 1 and not self.good:  # items come in stream order: a whole pass is over
+            if (
+                item["epoch"] > self.first_epoch + 1 and not self.good
+            ):  # items come in stream order: a whole pass is over
                 raise DataError(no_usable(self.root, self.name, dict(self.reasons)))
             self.position = int(item["position"])
             if "skipped" in item:
@@ -257,8 +288,13 @@ class Batches:
             else:
                 good.append(item)
                 self.good += 1
-        return {self.name: torch.stack([g[self.name] for g in good]), "caption": [g["caption"] for g in good],
-                "skipped": sum(reasons.values()), "skip_reasons": dict(reasons), "position": self.position}  # fmt: skip
+        return {
+            self.name: torch.stack([g[self.name] for g in good]),
+            "caption": [g["caption"] for g in good],
+            "skipped": sum(reasons.values()),
+            "skip_reasons": dict(reasons),
+            "position": self.position,
+        }
 
 
 def data_stopped(exc: BaseException, root) -> tuple[DataError | None, bool]:
@@ -269,8 +305,10 @@ def data_stopped(exc: BaseException, root) -> tuple[DataError | None, bool]:
     if isinstance(exc, DataError):
         error = exc
     elif isinstance(exc, RuntimeError) and str(exc).startswith("DataLoader worker"):
-        error = DataError(f"{root}: a data loader worker died ({str(exc).splitlines()[0].split('. ')[0]}): a crash in a decoder "
-                          "(Python errors are skipped and counted); --num-workers 0 shows the sample that crashes")  # fmt: skip
+        error = DataError(
+            f"{root}: a data loader worker died ({str(exc).splitlines()[0].split('. ')[0]}): a crash in a decoder "
+            "(Python errors are skipped and counted); --num-workers 0 shows the sample that crashes"
+        )
     else:
         return None, False
     fetching = any(frame.f_code is Batches.__next__.__code__ for frame, _ in traceback.walk_tb(exc.__traceback__))
@@ -292,8 +330,19 @@ class VideoClips(_CaptionedStream):
     suffixes = VIDEO_SUFFIXES
     name = "video"
 
-    def __init__(self, root: str | Path, num_frames: int = 16, interval: int = 1, size: int = 512,
-                 crop: str = "random", seed: int = 0, rank: int = 0, world_size: int = 1, block: int = 1, start: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        num_frames: int = 16,
+        interval: int = 1,
+        size: int = 512,
+        crop: str = "random",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        block: int = 1,
+        start: int = 0,
+    ):
         if crop not in ("random", "center"):
             raise DataError(f"--crop {crop!r}; expected 'random' or 'center'")
         self.num_frames, self.interval, self.size, self.crop = num_frames, interval, size, crop
@@ -323,7 +372,9 @@ MARKER = (245, 245, 245)  # the stripe on the shape's leading side
 MARKER_WIDTH = 2  # px
 
 
-def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True, world: str = "tied") -> tuple[np.ndarray, str]:
+def toy_clip(
+    seed: int, frames: int = 16, size: int = 32, degraded: bool = True, world: str = "tied"
+) -> tuple[np.ndarray, str]:
     """One clip of a shape moving across a plain background, and its caption (all drawn from ``seed``).
 
     The motion can be read off every single frame, as in real video where a walking person faces the way
@@ -353,8 +404,17 @@ def toy_clip(seed: int, frames: int = 16, size: int = 32, degraded: bool = True,
     return render_toy_clip(colour, shape, direction, speed, rng, frames, size, degraded, world != "plain")
 
 
-def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np.random.Generator, frames: int = 16,
-                    size: int = 32, degraded: bool = True, marked: bool = True) -> tuple[np.ndarray, str]:  # fmt: skip
+def render_toy_clip(
+    colour: str,
+    shape: str,
+    direction: str,
+    speed: int,
+    rng: np.random.Generator,
+    frames: int = 16,
+    size: int = 32,
+    degraded: bool = True,
+    marked: bool = True,
+) -> tuple[np.ndarray, str]:
     """A clip of the given scene (background, start jitter and noise from ``rng``) and its caption."""
     background = rng.integers(0, 60, size=3)
     r = size // 8
@@ -365,7 +425,11 @@ def render_toy_clip(colour: str, shape: str, direction: str, speed: int, rng: np
     out = np.empty((frames, size, size, 3), dtype=np.float32)
     for f in range(frames):
         cx, cy = x0 + dx * speed * f, y0 + dy * speed * f
-        mask = (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r) if shape == "square" else (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        mask = (
+            (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+            if shape == "square"
+            else (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+        )
         frame = np.broadcast_to(background, (size, size, 3)).astype(np.float32).copy()
         frame[mask] = COLOURS[colour]
         if marked:  # the stripe: the shape's pixels within MARKER_WIDTH of its leading edge
@@ -397,13 +461,27 @@ def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
     return buf.getvalue()
 
 
-def write_toy_shards(root: str | Path, num_clips: int = 64, per_shard: int = 32, frames: int = 16, size: int = 32,
-                     seed: int = 0, world: str = "tied") -> Path:  # fmt: skip
+def write_toy_shards(
+    root: str | Path,
+    num_clips: int = 64,
+    per_shard: int = 32,
+    frames: int = 16,
+    size: int = 32,
+    seed: int = 0,
+    world: str = "tied",
+) -> Path:
     """Write the toy video set as webdataset shards (``toy-00000.tar`` …); reuses existing shards written
     with the same settings and toy ``world`` (shards of another world are written anew)."""
     root = Path(root)
     marker = root / "toy.json"
-    spec = {"num_clips": num_clips, "per_shard": per_shard, "frames": frames, "size": size, "seed": seed, "world": world}
+    spec = {
+        "num_clips": num_clips,
+        "per_shard": per_shard,
+        "frames": frames,
+        "size": size,
+        "seed": seed,
+        "world": world,
+    }
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return root
     root.mkdir(parents=True, exist_ok=True)
@@ -446,7 +524,16 @@ class ImageCaptions(_CaptionedStream):
     suffixes = IMAGE_SUFFIXES
     name = "image"
 
-    def __init__(self, root: str | Path, size: int, seed: int = 0, rank: int = 0, world_size: int = 1, block: int = 1, start: int = 0):
+    def __init__(
+        self,
+        root: str | Path,
+        size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        block: int = 1,
+        start: int = 0,
+    ):
         self.size = size
         super().__init__(root, seed, rank, world_size, block, start)
 
@@ -458,7 +545,9 @@ def collate_images(items: list[dict]) -> dict:
     return _collate(items, "image")
 
 
-def write_toy_image_shards(root: str | Path, num_images: int = 128, size: int = 32, seed: int = 0, world: str = "tied") -> Path:
+def write_toy_image_shards(
+    root: str | Path, num_images: int = 128, size: int = 32, seed: int = 0, world: str = "tied"
+) -> Path:
     """The toy high-quality image set: clean single frames of the toy scenes of ``world``, as PNG + caption
     shards; reused like :func:`write_toy_shards`."""
     from PIL import Image

@@ -121,8 +121,17 @@ def make_run(args, state, frozen, noise, timer, log) -> Run:
             return call_unet(unwrapped, x, t, c)
 
     target_fn = VideoUNet(state.ema_student) if state.ema_student is not None else student_fn
-    config = DistillConfig(args.num_ddim_timesteps, args.timestep_scaling, args.w_min, args.w_max, args.loss_type,
-                           args.huber_c, noise.prediction_type, args.lambda_real, args.teacher_cfg_batch)  # fmt: skip
+    config = DistillConfig(
+        args.num_ddim_timesteps,
+        args.timestep_scaling,
+        args.w_min,
+        args.w_max,
+        args.loss_type,
+        args.huber_c,
+        noise.prediction_type,
+        args.lambda_real,
+        args.teacher_cfg_batch,
+    )
     return Run(args, frozen, NoiseSchedule(noise.beta_schedule), config, student_fn, teacher_fn, target_fn, timer, log)
 
 
@@ -143,15 +152,34 @@ def micro_step(state, run: Run, batch: dict, generator: torch.Generator) -> dict
     generated = state.global_step >= args.mixed_start_step and use_generated_trajectories(args.lambda_real, generator)
     if generated:
         with timer("student one-step sample"), accelerator.autocast():
-            x0 = generated_x0(run.student, torch.randn(x0.shape, generator=generator).to(device), cond, run.schedule, run.config.prediction_type).float()
+            x0 = generated_x0(
+                run.student,
+                torch.randn(x0.shape, generator=generator).to(device),
+                cond,
+                run.schedule,
+                run.config.prediction_type,
+            ).float()
     # 3. consistency distillation on the motion representation: noise x0 to t_{n+k}, one teacher DDIM step (CFG weight w) to t_n,
     #    the loss between the motion heads of the student's output at t_{n+k} and the target's at t_n
     index = sample_indices(b, args.num_ddim_timesteps, generator)
     w = sample_guidance(b, args.w_min, args.w_max, generator)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     with timer("distillation step (student, teacher x2, target)"), accelerator.autocast():
-        out = distillation_step(run.student, run.teacher, x0, cond, uncond, run.schedule, run.config, index=index.to(device), w=w,
-                                noise=noise, target_model=run.target, motion=state.head, target_motion=state.target_head)  # fmt: skip
+        out = distillation_step(
+            run.student,
+            run.teacher,
+            x0,
+            cond,
+            uncond,
+            run.schedule,
+            run.config,
+            index=index.to(device),
+            w=w,
+            noise=noise,
+            target_model=run.target,
+            motion=state.head,
+            target_motion=state.target_head,
+        )
         loss = out["loss"]
         # 4. the adversarial generator term: a few frames of the student's output decoded and judged by the discriminator
         adversarial = state.adversary is not None and state.global_step >= args.disc_start_step
@@ -171,7 +199,11 @@ def micro_step(state, run: Run, batch: dict, generator: torch.Generator) -> dict
         with timer("discriminator step"), accelerator.autocast():
             discriminator_micro_step(state, batch, fake_frames, c_fake)
     state.micro_batches += 1
-    return {"loss": out["loss"].detach().float().item() if finite else None, "generated": float(generated), "finite": finite}
+    return {
+        "loss": out["loss"].detach().float().item() if finite else None,
+        "generated": float(generated),
+        "finite": finite,
+    }
 
 
 def discriminator_micro_step(state, batch: dict, fake_frames: torch.Tensor, c_fake: torch.Tensor) -> None:
@@ -198,7 +230,9 @@ def optimizer_step(state, run: Run, window: Window) -> dict | None:
             state.scheduler.step()
         else:
             window.finite = False
-            if norm is not None and accelerator.scaler is not None:  # fp16: the clip unscaled the gradients; without the
+            if (
+                norm is not None and accelerator.scaler is not None
+            ):  # fp16: the clip unscaled the gradients; without the
                 accelerator.scaler.update()  # optimizer's step the scaler would refuse the next unscale (and keep its scale)
         state.optimizer.zero_grad(set_to_none=True)
     if state.adversary is not None:
@@ -215,10 +249,15 @@ def optimizer_step(state, run: Run, window: Window) -> dict | None:
     state.global_step += 1
     marks = {1: "start", (args.max_train_steps + 1) // 2: "middle", args.max_train_steps: "end"}
     if state.global_step in marks:  # the learning rates in effect at the start, middle and end (summary.json)
-        state.lr_seen[marks[state.global_step]] = {"step": state.global_step, "generator": g_lr,
-                                                   "discriminator": state.adversary.last.get("d_lr") if state.adversary else None}  # fmt: skip
+        state.lr_seen[marks[state.global_step]] = {
+            "step": state.global_step,
+            "generator": g_lr,
+            "discriminator": state.adversary.last.get("d_lr") if state.adversary else None,
+        }
     device = accelerator.device
-    mean_loss = accelerator.reduce(torch.tensor([sum(window.losses) / len(window.losses)], device=device), "mean").item()
+    mean_loss = accelerator.reduce(
+        torch.tensor([sum(window.losses) / len(window.losses)], device=device), "mean"
+    ).item()
     row = {"loss": mean_loss, "generated": sum(window.generated) / len(window.generated)}
     window.reset()
     return row
@@ -230,12 +269,16 @@ def skip_step(state, run: Run, window: Window) -> None:
     state.nonfinite_run += 1
     window.reset()
     state.mark_sync()
-    run.log(f"warning: non-finite loss or gradient at step {state.global_step + 1}: step skipped ({state.nonfinite_run} in a row)")
+    run.log(
+        f"warning: non-finite loss or gradient at step {state.global_step + 1}: step skipped ({state.nonfinite_run} in a row)"
+    )
     if state.nonfinite_run >= args.max_nonfinite_steps:
         state.checkpoint(run.log)
-        raise NonFiniteLoss(f"{state.nonfinite_run} steps in a row had a non-finite loss or gradient (--max-nonfinite-steps "
-                            f"{args.max_nonfinite_steps}); the last good state (step {state.global_step}) is in "
-                            f"{state.run_dir / f'checkpoint-{state.global_step}'}; lower the learning rate or try --mixed-precision bf16 / no")  # fmt: skip
+        raise NonFiniteLoss(
+            f"{state.nonfinite_run} steps in a row had a non-finite loss or gradient (--max-nonfinite-steps "
+            f"{args.max_nonfinite_steps}); the last good state (step {state.global_step}) is in "
+            f"{state.run_dir / f'checkpoint-{state.global_step}'}; lower the learning rate or try --mixed-precision bf16 / no"
+        )
 
 
 @dataclass
@@ -253,7 +296,9 @@ class Reports:
         self.progress.set_postfix(loss=f"{row['loss']:.4g}", lr=f"{lr:.2e}", skipped=skipped_total)
         validated = self.validation(state.global_step, state.seconds())  # every --validation-steps, main process only
         values = {**row, "lr": lr, "skipped": skipped_total, "seconds": state.seconds()}
-        self.metrics.write(state.global_step, values, state.adversary.last if state.adversary is not None else {}, validated)
+        self.metrics.write(
+            state.global_step, values, state.adversary.last if state.adversary is not None else {}, validated
+        )
 
     def close(self) -> None:
         self.progress.close()
@@ -297,12 +342,29 @@ def train(args, teacher=None) -> Path:
         state.load(resume_from, resumed, rngs, log)
     state.mark_sync()
     metrics = MetricsLog(run_dir, state.global_step, accelerator.is_main_process)
-    validation = Validation(SimpleNamespace(args=args, teacher=teacher, student=state.unwrapped, run_dir=run_dir, data_root=data_root,
-                                            device=accelerator.device, encode_text=frozen.encode_text, encode_video=frozen.encode_video,
-                                            log=log, autocast=accelerator.autocast, tensorboard=metrics.tb,
-                                            is_main=accelerator.is_main_process))  # fmt: skip
-    progress = tqdm(total=args.max_train_steps, initial=state.global_step, disable=not accelerator.is_main_process,
-                    desc="distilling", dynamic_ncols=True)  # fmt: skip
+    validation = Validation(
+        SimpleNamespace(
+            args=args,
+            teacher=teacher,
+            student=state.unwrapped,
+            run_dir=run_dir,
+            data_root=data_root,
+            device=accelerator.device,
+            encode_text=frozen.encode_text,
+            encode_video=frozen.encode_video,
+            log=log,
+            autocast=accelerator.autocast,
+            tensorboard=metrics.tb,
+            is_main=accelerator.is_main_process,
+        )
+    )
+    progress = tqdm(
+        total=args.max_train_steps,
+        initial=state.global_step,
+        disable=not accelerator.is_main_process,
+        desc="distilling",
+        dynamic_ncols=True,
+    )
     reports = Reports(progress, metrics, validation)
     # 6. the loop: micro-batches (each its own slot of random draws) until max-train-steps optimizer steps
     window, row = Window(), None
@@ -333,7 +395,12 @@ def train(args, teacher=None) -> Path:
         if stopped is None:
             raise
         # one process alone may see it: a checkpoint (collective) only where every process is here
-        if between_steps and world == 1 and state.global_step and not (run_dir / f"checkpoint-{state.global_step}").exists():
+        if (
+            between_steps
+            and world == 1
+            and state.global_step
+            and not (run_dir / f"checkpoint-{state.global_step}").exists()
+        ):
             state.checkpoint(log)
         raise stopped from None
     finally:
@@ -360,11 +427,21 @@ def export_and_summarize(state, run: Run, in_sync: bool, reasons: dict) -> None:
         shutil.copyfile(adapter_path, tmp_adapter)
         os.replace(tmp_adapter, run_dir / "adapter.safetensors")
         adapter_path = run_dir / "adapter.safetensors"
-    summary = {"steps": state.global_step, "skipped_samples": sum(reasons.values()), "skipped_by_reason": reasons,
-               "seconds": round(state.seconds(), 1), "num_processes": state.accelerator.num_processes, "processes_in_sync": in_sync,
-               "adapter": str(adapter_path), "peft": str(final / "peft"), "optimizer_steps": state.global_step,
-               "micro_batches": state.micro_batches, "discriminator_updates": adversary.updates if adversary else 0,
-               "discriminator_updates_skipped": adversary.skipped if adversary else 0, "learning_rates": state.lr_seen}  # fmt: skip
+    summary = {
+        "steps": state.global_step,
+        "skipped_samples": sum(reasons.values()),
+        "skipped_by_reason": reasons,
+        "seconds": round(state.seconds(), 1),
+        "num_processes": state.accelerator.num_processes,
+        "processes_in_sync": in_sync,
+        "adapter": str(adapter_path),
+        "peft": str(final / "peft"),
+        "optimizer_steps": state.global_step,
+        "micro_batches": state.micro_batches,
+        "discriminator_updates": adversary.updates if adversary else 0,
+        "discriminator_updates_skipped": adversary.skipped if adversary else 0,
+        "learning_rates": state.lr_seen,
+    }
     if adversary is not None:
         from training.adversarial import adversarial_summary
 
@@ -392,12 +469,28 @@ def toy_evaluation(args, student, frozen, run_dir: Path, log) -> Path:
     noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)
     log(f"toy evaluation ({args.eval_seeds} samples per prompt, teacher cfg {guidance:g}):")
     with frozen.placed() as (vae, _):
-        sampler = ToySampler(student, vae, lambda captions: frozen.encode_text(captions)[0], teacher.scaling_factor,
-                             args.num_frames, args.resolution, teacher.vae_downsample, NoiseSchedule(noise.beta_schedule), guidance,
-                             timestep_scaling=args.timestep_scaling, prediction_type=noise.prediction_type,
-                             num_ddim_timesteps=args.num_ddim_timesteps)  # fmt: skip
-        report = evaluate(sampler, run_dir / "preview", toy_prompts()[: args.eval_prompts], seeds=args.eval_seeds,
-                          teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()], log=log)  # fmt: skip
+        sampler = ToySampler(
+            student,
+            vae,
+            lambda captions: frozen.encode_text(captions)[0],
+            teacher.scaling_factor,
+            args.num_frames,
+            args.resolution,
+            teacher.vae_downsample,
+            NoiseSchedule(noise.beta_schedule),
+            guidance,
+            timestep_scaling=args.timestep_scaling,
+            prediction_type=noise.prediction_type,
+            num_ddim_timesteps=args.num_ddim_timesteps,
+        )
+        report = evaluate(
+            sampler,
+            run_dir / "preview",
+            toy_prompts()[: args.eval_prompts],
+            seeds=args.eval_seeds,
+            teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()],
+            log=log,
+        )
     report["run"] = {"steps": args.max_train_steps, "seconds_since_start": round(time.time() - PROCESS_START, 1)}
     path = run_dir / "metrics.json"
     tmp = run_dir / ".metrics.json.tmp"

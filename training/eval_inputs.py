@@ -27,7 +27,9 @@ def _frames_folder(frames: list[Path]) -> np.ndarray:
 def _skip_note(root: Path, skipped: dict[str, str], kept: int, what: str, log) -> None:
     if skipped:
         reasons = Counter(detail.split(":")[0] for detail in skipped.values())
-        log(f"warning: {root}: skipped {len(skipped)} of {len(skipped) + kept} {what} ({dict(reasons)}); listed in results.json")
+        log(
+            f"warning: {root}: skipped {len(skipped)} of {len(skipped) + kept} {what} ({dict(reasons)}); listed in results.json"
+        )
 
 
 def read_videos(folder: str | Path, min_frames: int = 1, require_captions: bool = False, log=None):
@@ -64,7 +66,9 @@ def read_videos(folder: str | Path, min_frames: int = 1, require_captions: bool 
     if not videos and skipped:
         raise DataError(f"{root}: no usable videos; skipped {json.dumps(skipped)}")
     if not videos:
-        raise FileNotFoundError(f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(IMAGE_SUFFIXES)} frames)")
+        raise FileNotFoundError(
+            f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(IMAGE_SUFFIXES)} frames)"
+        )
     return videos, texts, skipped
 
 

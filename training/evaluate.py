@@ -46,9 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mcm.metrics import frechet_distance_of  # noqa: E402
 from training.eval_inputs import read_images, read_prompts, read_videos  # noqa: E402
 
-I3D_SOURCE = ("i3d_torchscript.pt", "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's FVD detector)")
-INCEPTION_SOURCE = ("inception-2015-12-05.pt",
-                    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt (NVlabs)")  # fmt: skip
+I3D_SOURCE = (
+    "i3d_torchscript.pt",
+    "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt (StyleGAN-V's FVD detector)",
+)
+INCEPTION_SOURCE = (
+    "inception-2015-12-05.pt",
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt (NVlabs)",
+)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 METRICS = (("fvd", "FVD ↓"), ("fid", "FID ↓"), ("clipsim", "CLIPSIM ↑"))
@@ -86,7 +91,9 @@ class Detector:
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as exc:
-            raise self._error(f"the detector failed on a {str(x.dtype).replace('torch.', '')} {list(x.shape)} batch ({_last_line(exc)})") from None
+            raise self._error(
+                f"the detector failed on a {str(x.dtype).replace('torch.', '')} {list(x.shape)} batch ({_last_line(exc)})"
+            ) from None
         if not torch.is_tensor(out) or out.ndim != 2 or len(out) != len(x):
             got = f"a tensor of shape {list(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
             raise self._error(f"the detector returned {got} for {len(x)} inputs, not features [batch, d]")
@@ -103,15 +110,19 @@ def load_detector(path: str | Path, source: tuple[str, str], device="cpu") -> De
     try:
         module = torch.jit.load(str(path), map_location="cpu").eval()
     except (RuntimeError, ValueError, OSError, EOFError) as exc:
-        raise DetectorError(f"{path}: not a TorchScript module ({_last_line(exc)}); expected {name}, from {where}") from None
+        raise DetectorError(
+            f"{path}: not a TorchScript module ({_last_line(exc)}); expected {name}, from {where}"
+        ) from None
     try:
         takes = [a.name for a in module.forward.schema.arguments]
     except (AttributeError, RuntimeError):
         takes = []
     missing = [k for k in DETECTOR_KEYWORDS.get(name, ()) if k not in takes]
     if missing:
-        raise DetectorError(f"{path}: a TorchScript module whose forward takes {takes[1:]}, without {missing}: "
-                            f"not the detector expected here ({name}, from {where})")  # fmt: skip
+        raise DetectorError(
+            f"{path}: a TorchScript module whose forward takes {takes[1:]}, without {missing}: "
+            f"not the detector expected here ({name}, from {where})"
+        )
     return Detector(module.to(device), path, source)
 
 
@@ -120,13 +131,17 @@ def i3d_features(videos: list[np.ndarray], detector, frames: int = 16, batch: in
     """``[n, d]`` I3D features of ``uint8 [f, h, w, 3]`` videos (their first ``frames`` frames)."""
     short = [i for i, v in enumerate(videos) if len(v) < frames]
     if short:
-        raise ValueError(f"FVD needs {frames} frames per video; videos {short[:5]} have {[len(videos[i]) for i in short[:5]]}")
+        raise ValueError(
+            f"FVD needs {frames} frames per video; videos {short[:5]} have {[len(videos[i]) for i in short[:5]]}"
+        )
     feats = []
     for start in range(0, len(videos), batch):
         chunk = [v[:frames] for v in videos[start : start + batch]]
         shapes = {v.shape for v in chunk}
         if len(shapes) > 1:
-            raise ValueError(f"videos {start}..{start + len(chunk) - 1} differ in size {sorted(shapes)}; FVD batches need one size")
+            raise ValueError(
+                f"videos {start}..{start + len(chunk) - 1} differ in size {sorted(shapes)}; FVD batches need one size"
+            )
         x = torch.from_numpy(np.stack(chunk)).permute(0, 4, 1, 2, 3).to(device)  # [b, 3, f, h, w] uint8
         feats.append(detector(x, rescale=True, resize=True, return_features=True).float().cpu())
     return torch.cat(feats)
@@ -170,8 +185,10 @@ class ClipScorer:
             model = CLIPModel.from_pretrained(name)
             tokenizer = HFTokenizer(CLIPTokenizer.from_pretrained(name))
         except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"--clip {name}: cannot load a CLIP model and tokenizer ({str(exc).splitlines()[0]}); "
-                                    "give a local folder of openai/clip-vit-base-patch16 (the paper's ViT-B/16)") from None  # fmt: skip
+            raise FileNotFoundError(
+                f"--clip {name}: cannot load a CLIP model and tokenizer ({str(exc).splitlines()[0]}); "
+                "give a local folder of openai/clip-vit-base-patch16 (the paper's ViT-B/16)"
+            ) from None
         return cls(model, tokenizer, scale, device)
 
     def preprocess(self, frames: np.ndarray) -> torch.Tensor:
@@ -179,7 +196,13 @@ class ClipScorer:
         x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
-        x = F.interpolate(x, size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))), mode="bicubic", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x,
+            size=(max(self.size, round(h * scale)), max(self.size, round(w * scale))),
+            mode="bicubic",
+            antialias=True,
+            align_corners=False,
+        )
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         x = x[..., top : top + self.size, left : left + self.size].clamp(0, 1)
         mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -190,10 +213,14 @@ class ClipScorer:
         """Mean over videos of the mean over frames of ``scale · cos(image, text)``."""
         if len(videos) != len(prompts):
             raise ValueError(f"{len(videos)} videos but {len(prompts)} prompts")
-        text = F.normalize(_as_tensor(self.model.get_text_features(input_ids=self.tokenizer(prompts).to(self.device))).float(), dim=-1)
+        text = F.normalize(
+            _as_tensor(self.model.get_text_features(input_ids=self.tokenizer(prompts).to(self.device))).float(), dim=-1
+        )
         scores = []
         for video, t in zip(videos, text):
-            image = F.normalize(_as_tensor(self.model.get_image_features(pixel_values=self.preprocess(video))).float(), dim=-1)
+            image = F.normalize(
+                _as_tensor(self.model.get_image_features(pixel_values=self.preprocess(video))).float(), dim=-1
+            )
             scores.append(float((image @ t).mean()) * self.scale)
         return float(np.mean(scores))
 
@@ -235,13 +262,17 @@ def adapter_sampling(path: str | Path, log=print):
         recorded = read_safetensors_metadata(header)
         missing = [f"mcm.{k}" for k in SAMPLING_ENTRIES if f"mcm.{k}" not in recorded]
         if missing:
-            raise AdapterError(f"{header}: metadata entries {missing} missing; the MCM rows are sampled with "
-                               f"{['mcm.' + k for k in SAMPLING_ENTRIES]} as the adapter was trained")  # fmt: skip
+            raise AdapterError(
+                f"{header}: metadata entries {missing} missing; the MCM rows are sampled with "
+                f"{['mcm.' + k for k in SAMPLING_ENTRIES]} as the adapter was trained"
+            )
     else:
         log(f"{header}: no MCM metadata; sampling with the official settings ({adapter.meta.summary()})")
     if adapter.meta.temporal_norm != "frames":
-        raise AdapterError(f"{header}: mcm.temporal_norm = {adapter.meta.temporal_norm!r}; evaluate samples with diffusers' "
-                           "motion modules, which normalise over the frames ('frames')")  # fmt: skip
+        raise AdapterError(
+            f"{header}: mcm.temporal_norm = {adapter.meta.temporal_norm!r}; evaluate samples with diffusers' "
+            "motion modules, which normalise over the frames ('frames')"
+        )
     return adapter, {k: getattr(adapter.meta, k) for k in SAMPLING_ENTRIES}
 
 
@@ -277,8 +308,18 @@ def load_generator(args):
 
     beta = args.beta_schedule or settings.pop("beta_schedule", None) or "scaled_linear"
     settings.pop("beta_schedule", None)
-    sampler = ToySampler(unet, teacher.vae, encode_text, teacher.scaling_factor, args.frames, args.resolution, teacher.vae_downsample,
-                         NoiseSchedule(beta), args.guidance, **settings)  # fmt: skip
+    sampler = ToySampler(
+        unet,
+        teacher.vae,
+        encode_text,
+        teacher.scaling_factor,
+        args.frames,
+        args.resolution,
+        teacher.vae_downsample,
+        NoiseSchedule(beta),
+        args.guidance,
+        **settings,
+    )
     return sampler
 
 
@@ -320,13 +361,19 @@ class Scorer:
     def __call__(self, videos: list[np.ndarray], prompts: list[str | None]) -> dict:
         out = {"videos": len(videos)}
         if self.i3d is not None:
-            out["fvd"] = frechet_distance_of(i3d_features(videos, self.i3d, self.args.fvd_frames, device=self.args.device), self.real_video_feats)
+            out["fvd"] = frechet_distance_of(
+                i3d_features(videos, self.i3d, self.args.fvd_frames, device=self.args.device), self.real_video_feats
+            )
         if self.inception is not None:
             frames = [f for v in videos for f in v]
-            out["fid"] = frechet_distance_of(inception_features(frames, self.inception, device=self.args.device), self.real_image_feats)
+            out["fid"] = frechet_distance_of(
+                inception_features(frames, self.inception, device=self.args.device), self.real_image_feats
+            )
         if self.clip is not None:
             if any(p is None for p in prompts):
-                raise ValueError("CLIPSIM needs a prompt for every video (captions.jsonl or <name>.txt sidecars for --videos)")
+                raise ValueError(
+                    "CLIPSIM needs a prompt for every video (captions.jsonl or <name>.txt sidecars for --videos)"
+                )
             out["clipsim"] = self.clip(videos, prompts)
         return out
 
@@ -353,18 +400,33 @@ def markdown_table(rows: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_argument_group("videos to score: generated (--teacher …) and/or read (--videos)")
-    g.add_argument("--teacher", default=None, help="as training/distill.py: diffusers folder, hub id or tiny-animatediff")
+    g.add_argument(
+        "--teacher", default=None, help="as training/distill.py: diffusers folder, hub id or tiny-animatediff"
+    )
     g.add_argument("--teacher-kind", default="animatediff", choices=["animatediff", "modelscope"])
     g.add_argument("--motion-adapter", default=None)
     g.add_argument("--unet-checkpoint", default=None)
-    g.add_argument("--adapter", default=None, help="MCM adapter (.safetensors of this package or a PEFT folder): the student")
+    g.add_argument(
+        "--adapter", default=None, help="MCM adapter (.safetensors of this package or a PEFT folder): the student"
+    )
     g.add_argument("--prompts", default=None, help="text file, one prompt per line (needed to generate)")
-    g.add_argument("--methods", default="teacher:50,mcm:1,mcm:2,mcm:4,mcm:8", help="rows to generate: teacher:N (DDIM + CFG), mcm:N")
-    g.add_argument("--videos", action="append", default=[], metavar="METHOD:STEPS=FOLDER", help="score a folder of videos as a row")
+    g.add_argument(
+        "--methods",
+        default="teacher:50,mcm:1,mcm:2,mcm:4,mcm:8",
+        help="rows to generate: teacher:N (DDIM + CFG), mcm:N",
+    )
+    g.add_argument(
+        "--videos", action="append", default=[], metavar="METHOD:STEPS=FOLDER", help="score a folder of videos as a row"
+    )
     g.add_argument("--frames", type=int, default=16)
     g.add_argument("--resolution", type=int, default=512)
     g.add_argument("--guidance", type=float, default=7.5, help="teacher CFG scale")
-    g.add_argument("--beta-schedule", default=None, choices=["linear", "scaled_linear"], help="diffusers name (default: the adapter's)")
+    g.add_argument(
+        "--beta-schedule",
+        default=None,
+        choices=["linear", "scaled_linear"],
+        help="diffusers name (default: the adapter's)",
+    )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--batch", type=int, default=4, help="prompts sampled at once")
     g = p.add_argument_group("metrics (each runs when its inputs are given)")
@@ -375,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--real-images", default=None, help="FID reference: a folder of images")
     g.add_argument("--max-real-images", type=int, default=None)
     g.add_argument("--clip", default=None, help="CLIP model for CLIPSIM: local folder or hub id (paper: ViT-B/16)")
-    g.add_argument("--clipsim-scale", type=float, default=100.0, help="CLIPSIM = scale × cosine (100: the usual table scale)")
+    g.add_argument(
+        "--clipsim-scale", type=float, default=100.0, help="CLIPSIM = scale × cosine (100: the usual table scale)"
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="eval", help="folder for results.json and results.md")
     return p
@@ -392,7 +456,9 @@ def evaluate(argv=None) -> dict:
         method, _, steps = head.rpartition(":")
         if not sep or not method or not steps.isdigit():
             raise ValueError(f"--videos {spec!r}: expected METHOD:STEPS=FOLDER, e.g. 'MCM:4=samples/mcm4'")
-        videos, captions, skipped[(method, int(steps))] = read_videos(folder, args.fvd_frames if args.i3d else 1, bool(args.clip))
+        videos, captions, skipped[(method, int(steps))] = read_videos(
+            folder, args.fvd_frames if args.i3d else 1, bool(args.clip)
+        )
         rows_in.append((method, int(steps), videos, captions))
     sampling = None  # the settings the rows were generated with (the adapter's metadata)
     if args.teacher:
@@ -400,20 +466,32 @@ def evaluate(argv=None) -> dict:
             raise ValueError("generating needs --prompts (a text file, one prompt per line)")
         prompts = read_prompts(args.prompts)
         sampler = load_generator(args)
-        sampling = {"beta_schedule": sampler.schedule.beta_schedule, "timestep_scaling": sampler.timestep_scaling,
-                    "prediction_type": sampler.prediction_type, "num_ddim_timesteps": sampler.num_ddim_timesteps}  # fmt: skip
+        sampling = {
+            "beta_schedule": sampler.schedule.beta_schedule,
+            "timestep_scaling": sampler.timestep_scaling,
+            "prediction_type": sampler.prediction_type,
+            "num_ddim_timesteps": sampler.num_ddim_timesteps,
+        }
         for kind, steps in parse_methods(args.methods):
             name = "MCM" if kind == "mcm" else f"teacher (DDIM, CFG {args.guidance:g})"
             rows_in.append((name, steps, generate(sampler, prompts, kind, steps, args.seed, args.batch), prompts))
     if not rows_in:
         raise ValueError("nothing to score: give --teacher (+ --prompts) to generate, or --videos METHOD:STEPS=FOLDER")
-    rows = [{"method": m, "steps": n, **scorer(v, c), **({"skipped": skipped[(m, n)]} if skipped.get((m, n)) else {})}
-            for m, n, v, c in rows_in]  # fmt: skip
-    report = {"rows": rows, "settings": {k: v for k, v in vars(args).items()}, "sampling": sampling,
-              "reference_skipped": scorer.skipped,
-              "conventions": {"clipsim": f"{args.clipsim_scale:g} x mean cosine(frame, prompt), CLIP {args.clip}",
-                              "fvd": f"I3D (StyleGAN-V TorchScript) logits, first {args.fvd_frames} frames, rescale+resize in the detector",
-                              "fid": "Inception-v3 pool3 (NVlabs TorchScript), every generated frame vs --real-images"}}  # fmt: skip
+    rows = [
+        {"method": m, "steps": n, **scorer(v, c), **({"skipped": skipped[(m, n)]} if skipped.get((m, n)) else {})}
+        for m, n, v, c in rows_in
+    ]
+    report = {
+        "rows": rows,
+        "settings": {k: v for k, v in vars(args).items()},
+        "sampling": sampling,
+        "reference_skipped": scorer.skipped,
+        "conventions": {
+            "clipsim": f"{args.clipsim_scale:g} x mean cosine(frame, prompt), CLIP {args.clip}",
+            "fvd": f"I3D (StyleGAN-V TorchScript) logits, first {args.fvd_frames} frames, rescale+resize in the detector",
+            "fid": "Inception-v3 pool3 (NVlabs TorchScript), every generated frame vs --real-images",
+        },
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2))

@@ -28,7 +28,9 @@ def frozen_dtype(name: str | None, mixed_precision: str) -> torch.dtype:
     if name in (None, "auto"):
         name = {"fp16": "fp16", "bf16": "bf16"}.get(mixed_precision, "fp32")
     if name != "fp32" and mixed_precision == "no":
-        raise ValueError(f"--frozen-dtype {name}: half-precision frozen weights need --mixed-precision fp16 or bf16 (autocast)")
+        raise ValueError(
+            f"--frozen-dtype {name}: half-precision frozen weights need --mixed-precision fp16 or bf16 (autocast)"
+        )
     return DTYPES[name]
 
 

@@ -45,8 +45,13 @@ class HFTokenizer:
         self.tokenizer = tokenizer
 
     def __call__(self, captions: list[str]) -> torch.Tensor:
-        out = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
-                             truncation=True, return_tensors="pt")  # fmt: skip
+        out = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
         return out.input_ids
 
 
@@ -86,7 +91,11 @@ class Teacher:
     def lora_targets(self) -> list[str]:
         """The official target list: every module ending in one of the suffixes (ModelScope: without
         the temporal convolutions, which PEFT cannot wrap)."""
-        names = [n for n, _ in self.unet.named_modules() if any(n == s or n.endswith("." + s) for s in OFFICIAL_TARGET_MODULES)]
+        names = [
+            n
+            for n, _ in self.unet.named_modules()
+            if any(n == s or n.endswith("." + s) for s in OFFICIAL_TARGET_MODULES)
+        ]
         if self.kind == "modelscope":
             names = [n for n in names if not ("temp" in n and "conv" in n)]
         return names
@@ -96,9 +105,17 @@ def _tiny_text(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-                            vocab_size=ByteTokenizer.vocab_size, max_position_embeddings=MAX_TOKENS,
-                            bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=ByteTokenizer.vocab_size,
+        max_position_embeddings=MAX_TOKENS,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return CLIPTextModel(config)
 
 
@@ -106,15 +123,24 @@ def _tiny_vae(seed: int):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                         sample_size=32)  # fmt: skip
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
 
 
 TINY_UNET = dict(
-    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-    norm_num_groups=8, sample_size=16,
-)  # fmt: skip
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    sample_size=16,
+)
 
 
 def tiny_teacher(kind: str, seed: int = 0) -> Teacher:
@@ -122,14 +148,25 @@ def tiny_teacher(kind: str, seed: int = 0) -> Teacher:
 
     torch.manual_seed(seed)
     if kind == "animatediff":
-        unet2d = UNet2DConditionModel(**TINY_UNET, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                      up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))  # fmt: skip
-        adapter = MotionAdapter(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-                                motion_num_attention_heads=2, motion_max_seq_length=32)  # fmt: skip
+        unet2d = UNet2DConditionModel(
+            **TINY_UNET,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        )
+        adapter = MotionAdapter(
+            block_out_channels=(32, 64),
+            motion_layers_per_block=1,
+            motion_norm_num_groups=8,
+            motion_num_attention_heads=2,
+            motion_max_seq_length=32,
+        )
         unet = UNetMotionModel.from_unet2d(unet2d, adapter)
     elif kind == "modelscope":
-        unet = UNet3DConditionModel(**TINY_UNET, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                                    up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))  # fmt: skip
+        unet = UNet3DConditionModel(
+            **TINY_UNET,
+            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        )
     else:
         raise ValueError(f"unknown teacher kind {kind!r}; expected one of {KINDS}")
     return Teacher(kind, unet, _tiny_vae(seed + 1), _tiny_text(seed + 2), ByteTokenizer(), f"tiny-{kind}")
@@ -139,10 +176,14 @@ def _local_or_hub(path: str) -> str:
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
-        raise FileNotFoundError(f"--teacher {path}: a file; expected a diffusers folder (unet/, vae/, text_encoder/, tokenizer/)")
+        raise FileNotFoundError(
+            f"--teacher {path}: a file; expected a diffusers folder (unet/, vae/, text_encoder/, tokenizer/)"
+        )
     if "/" in path and not path.startswith((".", "/")) and path.count("/") == 1:
         return path  # a hub id; from_pretrained reports whether it is reachable
-    raise FileNotFoundError(f"--teacher {path}: no such folder (expected a diffusers folder or a hub id such as org/name)")
+    raise FileNotFoundError(
+        f"--teacher {path}: no such folder (expected a diffusers folder or a hub id such as org/name)"
+    )
 
 
 def load_unet_checkpoint(unet, path: str | Path, allow_pickle: bool = False) -> None:
@@ -185,8 +226,9 @@ def load_unet_checkpoint(unet, path: str | Path, allow_pickle: bool = False) -> 
     unet.load_state_dict(state, strict=True)
 
 
-def load_teacher(teacher: str, kind: str = "animatediff", motion_adapter: str | None = None,
-                 unet_checkpoint: str | None = None) -> Teacher:  # fmt: skip
+def load_teacher(
+    teacher: str, kind: str = "animatediff", motion_adapter: str | None = None, unet_checkpoint: str | None = None
+) -> Teacher:
     """A teacher from ``tiny-*``, a local diffusers folder or a hub id.
 
     AnimateDiff: ``teacher`` is an SD1.5 diffusers folder (``unet/``, ``vae/``, ``text_encoder/``,
@@ -261,8 +303,10 @@ def _setting(name: str, flag: str, config: dict, where: str, default: str, allow
     option = f"--{name.replace('_', '-')}"
     if flag != "auto":
         if value is not None and value != flag:
-            raise ValueError(f"{option} {flag} contradicts {where} ({name}: {value!r}); leave {option} at auto "
-                             f"or give the teacher's own value")  # fmt: skip
+            raise ValueError(
+                f"{option} {flag} contradicts {where} ({name}: {value!r}); leave {option} at auto "
+                f"or give the teacher's own value"
+            )
         return flag, option
     return (value, where) if value is not None else (default, "default")
 
@@ -277,7 +321,11 @@ def noise_settings(teacher: Teacher, prediction_type: str = "auto", beta_schedul
         raise ValueError(f"{where}: trained_betas (an explicit beta table) is not supported; expected a beta_schedule")
     if config.get("rescale_betas_zero_snr"):
         raise ValueError(f"{where}: rescale_betas_zero_snr true is not supported (MCM adapters record the plain betas)")
-    for key, expected in (("beta_start", BETA_START), ("beta_end", BETA_END), ("num_train_timesteps", NUM_TRAIN_TIMESTEPS)):
+    for key, expected in (
+        ("beta_start", BETA_START),
+        ("beta_end", BETA_END),
+        ("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
+    ):
         if key in config and abs(float(config[key]) - expected) > 1e-9:
             raise ValueError(f"{where}: {key} {config[key]} is not supported; MCM adapters assume {expected}")
     pt, pt_from = _setting("prediction_type", prediction_type, config, where, "epsilon", ("epsilon", "v_prediction"))

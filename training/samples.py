@@ -124,13 +124,19 @@ def folder_captions(root: Path) -> dict[str, object]:
     for n, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
-        text = line.decode("utf-8-sig" if n == 1 else "utf-8", errors="surrogateescape")  # bad bytes in a caption: that sample's skip
+        text = line.decode(
+            "utf-8-sig" if n == 1 else "utf-8", errors="surrogateescape"
+        )  # bad bytes in a caption: that sample's skip
         try:
             item = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{index}:{n}: not JSON ({exc.msg} at column {exc.colno}); {expected}") from None
         if not isinstance(item, dict) or not isinstance(item.get("file"), str):
-            got = f"an object with 'file' = {item.get('file')!r}" if isinstance(item, dict) else f"a JSON {type(item).__name__}"
+            got = (
+                f"an object with 'file' = {item.get('file')!r}"
+                if isinstance(item, dict)
+                else f"a JSON {type(item).__name__}"
+            )
             raise DataError(f"{index}:{n}: {got}; {expected}")
         captions[item["file"]] = item.get("caption", MISSING)
     return captions

@@ -58,12 +58,22 @@ def adapter_meta(teacher, args, step: int, seconds: float):
         style=args.style,
         name=args.adapter_name or f"{args.style} (step {step})",
         training={
-            "teacher": str(args.teacher), "teacher_kind": args.teacher_kind, "data": str(args.data), "step": step,
-            "motion_repr": args.motion_repr, "lambda_real": args.lambda_real, "w": [args.w_min, args.w_max],
-            "loss": args.loss_type, "lr": args.learning_rate, "frames": args.num_frames, "resolution": args.resolution,
-            "seed": args.seed, "seconds": round(seconds, 1), "comfyui_mcm": mcm.__version__,
+            "teacher": str(args.teacher),
+            "teacher_kind": args.teacher_kind,
+            "data": str(args.data),
+            "step": step,
+            "motion_repr": args.motion_repr,
+            "lambda_real": args.lambda_real,
+            "w": [args.w_min, args.w_max],
+            "loss": args.loss_type,
+            "lr": args.learning_rate,
+            "frames": args.num_frames,
+            "resolution": args.resolution,
+            "seed": args.seed,
+            "seconds": round(seconds, 1),
+            "comfyui_mcm": mcm.__version__,
         },
-    )  # fmt: skip
+    )
 
 
 def export_adapter(student, teacher, args, step: int, folder: Path, seconds: float) -> None:
@@ -74,7 +84,9 @@ def export_adapter(student, teacher, args, step: int, folder: Path, seconds: flo
 
     state = {k: v.detach().float().cpu() for k, v in get_peft_model_state_dict(student).items()}
     layers = parse_lora_tensors(state, f"student at step {step}", lambda p, r: float(args.lora_alpha))
-    adapter = Adapter(meta=adapter_meta(teacher, args, step, seconds), layers=layers, source=str(folder / "adapter.safetensors"))
+    adapter = Adapter(
+        meta=adapter_meta(teacher, args, step, seconds), layers=layers, source=str(folder / "adapter.safetensors")
+    )
     save_adapter(adapter, folder / "adapter.safetensors")
     export_peft(adapter, folder / "peft")
 
@@ -90,8 +102,16 @@ class MetricsLog:
     """``metrics.csv``, one row per optimizer step (a resumed run first drops the rows logged after its
     checkpoint), and TensorBoard scalars where TensorBoard is installed; only the main process writes."""
 
-    COLUMNS = ("step", "loss", "lr", "generated_trajectory_fraction", "skipped_samples", "seconds", *ADVERSARIAL_COLUMNS,
-               *VALIDATION_COLUMNS)  # fmt: skip
+    COLUMNS = (
+        "step",
+        "loss",
+        "lr",
+        "generated_trajectory_fraction",
+        "skipped_samples",
+        "seconds",
+        *ADVERSARIAL_COLUMNS,
+        *VALIDATION_COLUMNS,
+    )
 
     def __init__(self, run_dir: Path, resumed_step: int, enabled: bool = True):
         self.path, self.file, self.writer, self.tb = run_dir / "metrics.csv", None, None, None
@@ -114,9 +134,11 @@ class MetricsLog:
         validation = validation or {}
         loss, lr, generated, skipped, seconds = (row[k] for k in ("loss", "lr", "generated", "skipped", "seconds"))
         if self.writer:
-            self.writer.writerow([step, f"{loss:.6g}", f"{lr:.6g}", generated, skipped, round(seconds, 2)]
-                                 + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS]
-                                 + [f"{validation[k]:.6g}" if k in validation else "" for k in VALIDATION_COLUMNS])  # fmt: skip
+            self.writer.writerow(
+                [step, f"{loss:.6g}", f"{lr:.6g}", generated, skipped, round(seconds, 2)]
+                + [f"{adversarial[k]:.6g}" if k in adversarial else "" for k in ADVERSARIAL_COLUMNS]
+                + [f"{validation[k]:.6g}" if k in validation else "" for k in VALIDATION_COLUMNS]
+            )
             self.file.flush()
         if self.tb:
             for key, value in validation.items():
@@ -146,7 +168,9 @@ def make_accelerator(args):
     mixed = args.mixed_precision or ("fp16" if torch.cuda.is_available() else "no")
     weight_dtype = frozen_dtype(args.frozen_dtype, mixed)
     accelerate_on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed, cpu=accelerate_on_cpu)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=mixed, cpu=accelerate_on_cpu
+    )
     set_seed(args.seed + accelerator.process_index)
     return accelerator, weight_dtype
 
@@ -156,10 +180,14 @@ def check_teacher(args, teacher):
     from training.models import noise_settings
 
     if args.resolution % (teacher.vae_downsample * 4):
-        raise ValueError(f"--resolution {args.resolution}: must be a multiple of {teacher.vae_downsample * 4} for this teacher")
+        raise ValueError(
+            f"--resolution {args.resolution}: must be a multiple of {teacher.vae_downsample * 4} for this teacher"
+        )
     max_frames = teacher.max_frames
     if max_frames is not None and args.num_frames > max_frames:
-        raise ValueError(f"--num-frames {args.num_frames}: this teacher's motion module takes at most {max_frames} frames")
+        raise ValueError(
+            f"--num-frames {args.num_frames}: this teacher's motion module takes at most {max_frames} frames"
+        )
     return noise_settings(teacher, args.prediction_type, args.beta_schedule)
 
 
@@ -172,7 +200,9 @@ def resume_point(args, accelerator, log):
     folder = resolve_resume(args.resume, args.output_dir, args.run_name, log)  # verified
     state, rngs = read_state(folder)
     check_resume(args, folder, state)  # a value an exact resume depends on may not change
-    check_layout(state, folder, accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps, args.seed)
+    check_layout(
+        state, folder, accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps, args.seed
+    )
     return folder, state, rngs
 
 
@@ -184,10 +214,24 @@ def open_data(args, accelerator, resumed: dict):
     data_root = args.data
     if data_root == "toy":
         frames = toy_clip_frames(args.num_frames)
-        data_root = write_toy_shards(toy_cache() / f"{args.resolution}px-{frames}f-seed{args.seed}", frames=frames,
-                                     size=args.resolution, seed=args.seed)  # fmt: skip
-    dataset = VideoClips(data_root, args.num_frames, args.frame_interval, args.resolution, args.crop, args.seed, rank, world,
-                         block=args.train_batch_size, start=resumed.get("data_positions", [0] * world)[rank])  # fmt: skip
+        data_root = write_toy_shards(
+            toy_cache() / f"{args.resolution}px-{frames}f-seed{args.seed}",
+            frames=frames,
+            size=args.resolution,
+            seed=args.seed,
+        )
+    dataset = VideoClips(
+        data_root,
+        args.num_frames,
+        args.frame_interval,
+        args.resolution,
+        args.crop,
+        args.seed,
+        rank,
+        world,
+        block=args.train_batch_size,
+        start=resumed.get("data_positions", [0] * world)[rank],
+    )
     return data_root, Batches(dataset, args.train_batch_size, args.num_workers)
 
 
@@ -200,7 +244,9 @@ def run_folder(args, accelerator, resume_from: Path | None, resumed: dict) -> Pa
         run_dir = resume_from.parent
     else:
         run_dir = new_run_dir(args.output_dir, args.run_name) if accelerator.is_main_process else None
-        run_dir = Path(gather_object([str(run_dir) if run_dir else ""])[0]) if accelerator.num_processes > 1 else run_dir
+        run_dir = (
+            Path(gather_object([str(run_dir) if run_dir else ""])[0]) if accelerator.num_processes > 1 else run_dir
+        )
     if accelerator.is_main_process:
         write_config(args, run_dir, resumed["global_step"] if resume_from is not None else None)
     return run_dir
@@ -221,11 +267,13 @@ def processes_in_sync(state, log) -> bool:
 def write_dry_run(state, timer, loss, log) -> Path:
     """``dry_run.json``: seconds and peak memory per part of one optimizer step."""
     gib = 2**30
-    report = {"seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
-              "peak_memory_gib": round(getattr(timer, "overall", 0) / gib, 3),
-              "peak_memory_gib_per_part": {k: round(v / gib, 3) for k, v in timer.peak_bytes.items()},
-              "memory": "CUDA allocated" if torch.cuda.is_available() else "process peak resident set (VmHWM)",
-              "loss": loss}  # fmt: skip
+    report = {
+        "seconds": {k: round(v, 3) for k, v in timer.seconds.items()},
+        "peak_memory_gib": round(getattr(timer, "overall", 0) / gib, 3),
+        "peak_memory_gib_per_part": {k: round(v / gib, 3) for k, v in timer.peak_bytes.items()},
+        "memory": "CUDA allocated" if torch.cuda.is_available() else "process peak resident set (VmHWM)",
+        "loss": loss,
+    }
     log(json.dumps(report, indent=2))
     if state.accelerator.is_main_process:
         (state.run_dir / "dry_run.json").write_text(json.dumps(report, indent=2))
@@ -234,7 +282,9 @@ def write_dry_run(state, timer, loss, log) -> Path:
 
 def describe_plan(cfg) -> str:
     """What the run will do, in a few lines (``--plan`` prints it and exits; every run logs it)."""
-    betas = cfg.beta_schedule + (" (the teacher's scheduler config, else scaled_linear)" if cfg.beta_schedule == "auto" else "")
+    betas = cfg.beta_schedule + (
+        " (the teacher's scheduler config, else scaled_linear)" if cfg.beta_schedule == "auto" else ""
+    )
     steps = ", ".join(f"{n}-step ({', '.join(map(str, lcm_timesteps(n).tolist()))})" for n in (1, 2, 4))
     return (
         f"MCM distillation (arXiv 2406.06890)\n"
@@ -244,7 +294,10 @@ def describe_plan(cfg) -> str:
         f"  motion loss on '{cfg.motion_repr}' ({cfg.loss_type}), mixed trajectories λ_real = {cfg.lambda_real:g}\n"
         f"  LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g}; {cfg.max_train_steps} steps\n"
         f"  the adapter samples with the MCM nodes at {steps}\n"
-        + (f"  frame discriminator: DINOv2 {cfg.disc_backbone}, {cfg.disc_loss}, λ_adv {cfg.disc_weight:g}, "
-           f"{cfg.disc_frames} frames per clip, real = {cfg.disc_images if cfg.disc_real == 'images' else 'video frames'}"
-           if cfg.disc else "  frame discriminator: off (--no-disc)")
-    )  # fmt: skip
+        + (
+            f"  frame discriminator: DINOv2 {cfg.disc_backbone}, {cfg.disc_loss}, λ_adv {cfg.disc_weight:g}, "
+            f"{cfg.disc_frames} frames per clip, real = {cfg.disc_images if cfg.disc_real == 'images' else 'video frames'}"
+            if cfg.disc
+            else "  frame discriminator: off (--no-disc)"
+        )
+    )

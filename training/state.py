@@ -106,8 +106,13 @@ class TrainState:
         """Where this process is now: micro-batches, data positions, skip counts and RNG states."""
         from training.checkpoints import rng_state
 
-        return {"micro_batches": self.micro_batches, "data": self.loader.position, "images": self.images.position if self.images else 0,
-                "skip_local": dict(self.skip_local), "rng": rng_state()}  # fmt: skip
+        return {
+            "micro_batches": self.micro_batches,
+            "data": self.loader.position,
+            "images": self.images.position if self.images else 0,
+            "skip_local": dict(self.skip_local),
+            "rng": rng_state(),
+        }
 
     def checkpoint(self, log) -> None:
         """:meth:`save` at the current step; a failed write stops the run or, by default, warns (``--on-save-error``)."""
@@ -131,10 +136,17 @@ class TrainState:
         sync = self.sync_point or self._position()
         mine = (sync["data"], sync["images"], sync["rng"])
         parts = gather_object([mine]) if world > 1 else [mine]
-        extra = {"micro_batches": sync["micro_batches"], "skip_reasons": self.skip_counts(sync["skip_local"]),
-                 "data_positions": [p[0] for p in parts], "image_positions": [p[1] for p in parts], "num_processes": world,
-                 "train_batch_size": args.train_batch_size, "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                 "nonfinite_run": self.nonfinite_run, "learning_rates_seen": self.lr_seen}  # fmt: skip
+        extra = {
+            "micro_batches": sync["micro_batches"],
+            "skip_reasons": self.skip_counts(sync["skip_local"]),
+            "data_positions": [p[0] for p in parts],
+            "image_positions": [p[1] for p in parts],
+            "num_processes": world,
+            "train_batch_size": args.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "nonfinite_run": self.nonfinite_run,
+            "learning_rates_seen": self.lr_seen,
+        }
         step, seconds = self.global_step, self.seconds()
         accelerator.wait_for_everyone()
         final = self.run_dir / f"checkpoint-{step}"
@@ -166,11 +178,19 @@ class TrainState:
         if self.ema_student is not None:
             heads.update({f"ema_student.{k}": v for k, v in get_peft_model_state_dict(self.ema_student).items()})
         if heads:
-            save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors"))
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(tmp / "trainable_extra.safetensors")
+            )
         scaler = self.accelerator.scaler  # the generator's fp16 loss scaler (None without fp16)
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "adversary": self.adversary.state_dict() if self.adversary is not None else None}, tmp / "optimizer.pt")  # fmt: skip
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "adversary": self.adversary.state_dict() if self.adversary is not None else None,
+            },
+            tmp / "optimizer.pt",
+        )
 
     def load(self, folder: Path, trainer_state: dict, rngs: list | None, log=print) -> None:
         """Continue from a verified checkpoint (``trainer_state``, ``rngs``: :func:`training.checkpoints.read_state`):
@@ -199,12 +219,16 @@ class TrainState:
         extra = load_file(extra_path) if extra_path.exists() else {}
         state = load_pickle_free(folder / "optimizer.pt")
         if self.adversary is not None and state.get("adversary") is None:
-            raise ValueError(f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)")
+            raise ValueError(
+                f"--resume {folder}: the checkpoint has no discriminator state (it was trained with --no-disc)"
+            )
         try:
             self._load_parts(folder, extra, state)
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:  # shapes or keys of another configuration
-            raise ValueError(f"--resume {folder}: does not fit this run's model and flags (written with other --lora-rank, "
-                             f"--motion-repr, --ema-target or optimizer flags?): {str(exc).strip().splitlines()[0][:200]}") from None  # fmt: skip
+            raise ValueError(
+                f"--resume {folder}: does not fit this run's model and flags (written with other --lora-rank, "
+                f"--motion-repr, --ema-target or optimizer flags?): {str(exc).strip().splitlines()[0][:200]}"
+            ) from None
 
     def _load_parts(self, folder: Path, extra: dict, state: dict) -> None:
         from peft import set_peft_model_state_dict
@@ -221,7 +245,9 @@ class TrainState:
             set_peft_model_state_dict(self.ema_student, part("ema_student."))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.accelerator.scaler is not None and state.get("scaler"):  # older checkpoints hold none: the scale starts afresh
+        if self.accelerator.scaler is not None and state.get(
+            "scaler"
+        ):  # older checkpoints hold none: the scale starts afresh
             self.accelerator.scaler.load_state_dict(state["scaler"])
         if self.adversary is not None:
             self.adversary.load_state_dict(state["adversary"])
@@ -259,8 +285,12 @@ def build_state(args, accelerator, teacher, frozen, loader, run_dir: Path, resum
     lr = scaled_lr(args, world)
     groups = [{"params": lora_params}, {"params": head_params, "lr": lr * args.motion_head_lr_mult}]
     optimizer = make_optimizer(groups, args, lr, torch.cuda.is_available())
-    scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps * world,
-                              num_training_steps=args.max_train_steps * world)  # fmt: skip
+    scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * world,
+        num_training_steps=args.max_train_steps * world,
+    )
     modules = [student] + ([head] if head_params else [])
     prepared = accelerator.prepare(*modules, optimizer, scheduler)
     student_p, head_p = prepared[0], (prepared[1] if head_params else head)
@@ -270,8 +300,21 @@ def build_state(args, accelerator, teacher, frozen, loader, run_dir: Path, resum
     if isinstance(target_head, torch.nn.Module):
         target_head.to(device)
     ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False) if args.ema_target else None
-    state = TrainState(accelerator, args, teacher, student_p, head_p, target_head, ema_student, prepared[-2], prepared[-1],
-                       lora_params, modules, loader, run_dir)  # fmt: skip
+    state = TrainState(
+        accelerator,
+        args,
+        teacher,
+        student_p,
+        head_p,
+        target_head,
+        ema_student,
+        prepared[-2],
+        prepared[-1],
+        lora_params,
+        modules,
+        loader,
+        run_dir,
+    )
     if args.disc:
         state.adversary, state.images = build_adversary(args, accelerator, frozen, resumed)
     return state
@@ -293,13 +336,24 @@ def build_adversary(args, accelerator, frozen, resumed: dict):
     rank, world = accelerator.process_index, accelerator.num_processes
     total_batch = args.train_batch_size * world * args.gradient_accumulation_steps
     disc_lr = args.disc_lr * (total_batch * args.disc_frames / 128 if args.scale_lr else 1.0)
-    adversary = Adversary(args, frozen, accelerator.device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank))
+    adversary = Adversary(
+        args, frozen, accelerator.device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank)
+    )
     if args.disc_real != "images":
         return adversary, None
     root = args.disc_images  # given: training/config.py refuses --disc-real images without it
     if root == "toy":
-        root = write_toy_image_shards(toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed)
+        root = write_toy_image_shards(
+            toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed
+        )
     per_batch = args.train_batch_size * args.disc_frames
-    image_set = ImageCaptions(root, args.resolution, args.seed, rank, world, block=per_batch,
-                              start=resumed.get("image_positions", [0] * world)[rank])  # fmt: skip
+    image_set = ImageCaptions(
+        root,
+        args.resolution,
+        args.seed,
+        rank,
+        world,
+        block=per_batch,
+        start=resumed.get("image_positions", [0] * world)[rank],
+    )
     return adversary, Batches(image_set, per_batch, min(args.num_workers, 2))

@@ -43,7 +43,17 @@ from mcm.sampler import sample_consistency
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
 from mcm.solver import ddim_solver_step
 
-from .data import COLOUR_DIRECTIONS, COLOURS, DIRECTIONS, SHAPE_SPEEDS, SHAPES, SPEED_WORDS, render_toy_clip, select_clip, toy_clip
+from .data import (
+    COLOUR_DIRECTIONS,
+    COLOURS,
+    DIRECTIONS,
+    SHAPE_SPEEDS,
+    SHAPES,
+    SPEED_WORDS,
+    render_toy_clip,
+    select_clip,
+    toy_clip,
+)
 
 MIN_CONTRAST = 25.5  # 0-255 scale: the sharpness denominator's floor
 COHERENT_RESIDUAL = 1.0  # px: RMS distance of a coherent track from a straight constant-speed path
@@ -70,7 +80,9 @@ def parse_caption(caption: str) -> tuple[np.ndarray, float]:
     direction = next((DIRECTIONS[w] for w in words if w in DIRECTIONS), None)
     speed = next((SPEEDS[w] for w in words if w in SPEEDS), None)
     if direction is None or speed is None:
-        raise ValueError(f"not a toy caption (needs a direction {list(DIRECTIONS)} and a speed {list(SPEEDS)}): {caption!r}")
+        raise ValueError(
+            f"not a toy caption (needs a direction {list(DIRECTIONS)} and a speed {list(SPEEDS)}): {caption!r}"
+        )
     return np.asarray(direction, dtype=np.float64), speed
 
 
@@ -154,8 +166,13 @@ def frame_features(frames: np.ndarray) -> np.ndarray:
     return np.stack([watermark, sharpness, median / 255.0, grain], axis=1)
 
 
-def score_videos(videos: list[np.ndarray], captions: list[str], clean: np.ndarray, degraded: np.ndarray,
-                 motion: list[dict] | None = None) -> dict:  # fmt: skip
+def score_videos(
+    videos: list[np.ndarray],
+    captions: list[str],
+    clean: np.ndarray,
+    degraded: np.ndarray,
+    motion: list[dict] | None = None,
+) -> dict:
     """Mean motion and frame-quality scores of clips ``uint8 [f, h, w, 3]``; ``clean`` / ``degraded``
     are the reference frame features (:func:`frame_features`); ``motion``: the clips' :func:`motion_of`
     where already computed."""
@@ -177,13 +194,20 @@ def paired_difference(a: list[float], b: list[float]) -> dict:
     method were better.
     """
     if len(a) != len(b) or len(a) < 2:
-        raise ValueError(f"paired_difference needs two equally long lists of at least 2 clips, got {len(a)} and {len(b)}")
+        raise ValueError(
+            f"paired_difference needs two equally long lists of at least 2 clips, got {len(a)} and {len(b)}"
+        )
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     m, k = wins + losses, min(wins, losses)
     p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
-    return {"difference": round(float(d.mean()), 4), "standard_error": round(float(d.std(ddof=1) / math.sqrt(len(d))), 4),
-            "wins": wins, "losses": losses, "sign_test_p": round(p, 4)}  # fmt: skip
+    return {
+        "difference": round(float(d.mean()), 4),
+        "standard_error": round(float(d.std(ddof=1) / math.sqrt(len(d))), 4),
+        "wins": wins,
+        "losses": losses,
+        "sign_test_p": round(p, 4),
+    }
 
 
 def moves_alike(velocity, reference) -> float:
@@ -216,8 +240,11 @@ def agreement(clips: list[dict], reference: list[dict]) -> dict:
     alike = alike_where_reference_moves(clips, reference)
     both = [i for i in range(len(clips)) if clips[i]["velocity"] is not None and reference[i]["velocity"] is not None]
     gap = [float(np.linalg.norm(np.subtract(clips[i]["velocity"], reference[i]["velocity"]))) for i in both]
-    return {"moves_like": round(float(np.mean(alike)), 4) if alike else None, "reference_clips": len(alike),
-            "velocity_gap": round(float(np.mean(gap)), 4) if gap else None}  # fmt: skip
+    return {
+        "moves_like": round(float(np.mean(alike)), 4) if alike else None,
+        "reference_clips": len(alike),
+        "velocity_gap": round(float(np.mean(gap)), 4) if gap else None,
+    }
 
 
 def reference_clips(prompts: list[str], per_prompt: int, frames: int, size: int, degraded: bool, seed: int = 12345):
@@ -227,7 +254,9 @@ def reference_clips(prompts: list[str], per_prompt: int, frames: int, size: int,
     for prompt in prompts:
         words = prompt.split()  # "a <colour> <shape> moving <direction> <slowly|quickly>"
         for _ in range(per_prompt):
-            clip, caption = render_toy_clip(words[1], words[2], words[4], int(SPEEDS[words[5]]), np_rng, 16, size, degraded)
+            clip, caption = render_toy_clip(
+                words[1], words[2], words[4], int(SPEEDS[words[5]]), np_rng, 16, size, degraded
+            )
             videos.append(to_uint8(select_clip(clip, frames, 1, size, "random", rng).transpose(0, 1)))
             captions.append(caption)
     return videos, captions
@@ -236,7 +265,9 @@ def reference_clips(prompts: list[str], per_prompt: int, frames: int, size: int,
 def reference_features(frames: int, size: int, n: int = 96, seed: int = 777) -> tuple[np.ndarray, np.ndarray]:
     """Frame features of clean toy images and of degraded toy video frames."""
     clean = np.concatenate([frame_features(toy_clip(seed + i, 1, size, degraded=False)[0]) for i in range(n)])
-    degraded = np.concatenate([frame_features(toy_clip(seed + i, frames, size, degraded=True)[0][:1]) for i in range(n)])
+    degraded = np.concatenate(
+        [frame_features(toy_clip(seed + i, frames, size, degraded=True)[0][:1]) for i in range(n)]
+    )
     return clean, degraded
 
 
@@ -257,14 +288,31 @@ class ToySampler:
     ``mcm.*`` metadata; the defaults are MCM's).
     """
 
-    def __init__(self, unet, vae, encode_text, scaling_factor: float, frames: int, size: int, down: int = 2,
-                 schedule: NoiseSchedule | None = None, guidance: float = 4.0, *, timestep_scaling: float = MCM_TIMESTEP_SCALING,
-                 prediction_type: str = "epsilon", num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS):  # fmt: skip
+    def __init__(
+        self,
+        unet,
+        vae,
+        encode_text,
+        scaling_factor: float,
+        frames: int,
+        size: int,
+        down: int = 2,
+        schedule: NoiseSchedule | None = None,
+        guidance: float = 4.0,
+        *,
+        timestep_scaling: float = MCM_TIMESTEP_SCALING,
+        prediction_type: str = "epsilon",
+        num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS,
+    ):
         self.unet, self.vae, self.encode_text = unet, vae, encode_text
         self.scaling_factor, self.frames, self.size, self.down = scaling_factor, frames, size, down
         self.schedule = schedule or NoiseSchedule("scaled_linear")
         self.guidance = guidance
-        self.timestep_scaling, self.prediction_type, self.num_ddim_timesteps = timestep_scaling, prediction_type, num_ddim_timesteps
+        self.timestep_scaling, self.prediction_type, self.num_ddim_timesteps = (
+            timestep_scaling,
+            prediction_type,
+            num_ddim_timesteps,
+        )
 
     def _noise(self, n: int, seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
@@ -306,7 +354,9 @@ class ToySampler:
 
     def _eps(self, output, x, t):
         alpha, sigma = self.schedule.alpha_sigma(t)
-        return predicted_eps(output, x, alpha.view(-1, 1, 1, 1, 1).to(x), sigma.view(-1, 1, 1, 1, 1).to(x), self.prediction_type)
+        return predicted_eps(
+            output, x, alpha.view(-1, 1, 1, 1, 1).to(x), sigma.view(-1, 1, 1, 1, 1).to(x), self.prediction_type
+        )
 
     def _teacher_context(self):
         import contextlib
@@ -317,9 +367,16 @@ class ToySampler:
     def mcm(self, prompts: list[str], steps: int, seed: int) -> torch.Tensor:
         cond = self.encode_text(prompts)
         g = torch.Generator().manual_seed(seed + 1)
-        return sample_consistency(self._call, self._noise(len(prompts), seed), lcm_timesteps(steps, num_ddim_timesteps=self.num_ddim_timesteps),
-                                  self.schedule, cond, prediction_type=self.prediction_type, timestep_scaling=self.timestep_scaling,
-                                  noise_sampler=lambda x: torch.randn(x.shape, generator=g))  # fmt: skip
+        return sample_consistency(
+            self._call,
+            self._noise(len(prompts), seed),
+            lcm_timesteps(steps, num_ddim_timesteps=self.num_ddim_timesteps),
+            self.schedule,
+            cond,
+            prediction_type=self.prediction_type,
+            timestep_scaling=self.timestep_scaling,
+            noise_sampler=lambda x: torch.randn(x.shape, generator=g),
+        )
 
 
 def timed(fn, *args, **kwargs):
@@ -331,7 +388,9 @@ def timed(fn, *args, **kwargs):
 # --- previews ---------------------------------------------------------------------------------------
 
 
-def write_previews(out_dir: Path, rows: dict[str, list[np.ndarray]], prompts: list[str], scale: int = 3) -> dict[str, str]:
+def write_previews(
+    out_dir: Path, rows: dict[str, list[np.ndarray]], prompts: list[str], scale: int = 3
+) -> dict[str, str]:
     """An animated GIF (rows: methods, columns: prompts) and a PNG strip (every frame of the first two
     prompts, one row per method)."""
     from PIL import Image
@@ -357,7 +416,11 @@ def write_previews(out_dir: Path, rows: dict[str, list[np.ndarray]], prompts: li
     gif = out_dir / "preview.gif"
     gif_frames[0].save(gif, save_all=True, append_images=gif_frames[1:], duration=200, loop=0)
     strip_prompts = prompts[:2]
-    strip = Image.new("RGB", (label_w + len(strip_prompts) * frames * (cell + pad) + pad * 4, 12 + len(names) * (cell + pad)), (24, 24, 24))
+    strip = Image.new(
+        "RGB",
+        (label_w + len(strip_prompts) * frames * (cell + pad) + pad * 4, 12 + len(names) * (cell + pad)),
+        (24, 24, 24),
+    )
     for r, name in enumerate(names):
         y = 12 + r * (cell + pad)
         _label_at(strip, name, (2, y + cell // 2 - 5))
@@ -382,8 +445,16 @@ def _label_at(image, text, xy):
 # --- the whole evaluation ---------------------------------------------------------------------------
 
 
-def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | None = None, seeds: int = 2,
-             mcm_steps=(1, 2, 4), teacher_steps=(4, 50), seed: int = 1000, log=print) -> dict:  # fmt: skip
+def evaluate(
+    sampler: ToySampler,
+    out_dir: Path | None,
+    prompts: list[str] | None = None,
+    seeds: int = 2,
+    mcm_steps=(1, 2, 4),
+    teacher_steps=(4, 50),
+    seed: int = 1000,
+    log=print,
+) -> dict:
     """Sample teacher and MCM for every prompt × seed, score them, compare them clip by clip
     (``paired``: :func:`paired_difference` of each MCM step count against each teacher one), time them,
     and write previews."""
@@ -409,24 +480,48 @@ def evaluate(sampler: ToySampler, out_dir: Path | None, prompts: list[str] | Non
     speed = {k: round(seconds[teacher50] / v, 2) for k, v in seconds.items() if k.startswith("MCM") and teacher50}
     # every method starts each clip from the same noise, so MCM and teacher can be compared clip by clip
     ours, theirs = [k for k in per_clip if k.startswith("MCM")], [k for k in per_clip if k.startswith("teacher")]
-    paired = {f"{a} vs {b}": {key: paired_difference([m[key] for m in per_clip[a]], [m[key] for m in per_clip[b]]) for key in PAIRED}
-              for a in ours for b in theirs} if len(batch) > 1 else {}  # fmt: skip
+    paired = (
+        {
+            f"{a} vs {b}": {
+                key: paired_difference([m[key] for m in per_clip[a]], [m[key] for m in per_clip[b]]) for key in PAIRED
+            }
+            for a in ours
+            for b in theirs
+        }
+        if len(batch) > 1
+        else {}
+    )
     # does the student move like its teacher on the same noise (where the teacher moves coherently)? The teacher's
     # own fewer-step samples are the yardstick
     for a in [k for k in per_clip if k != teacher50] if teacher50 and len(batch) > 1 else []:
         like = agreement(per_clip[a], per_clip[teacher50])
         results[a]["moves_like_teacher"] = like["moves_like"]
         paired.setdefault(f"{a} vs {teacher50}", {})["agreement"] = like
-        log(f"  {a} moves like {teacher50} on {like['moves_like']} of the {like['reference_clips']} clips where the teacher "
-            f"moves coherently; velocity gap {like['velocity_gap']} px/frame")  # fmt: skip
+        log(
+            f"  {a} moves like {teacher50} on {like['moves_like']} of the {like['reference_clips']} clips where the teacher "
+            f"moves coherently; velocity gap {like['velocity_gap']} px/frame"
+        )
     for pair, diff in paired.items():
         diff = {k: v for k, v in diff.items() if k in PAIRED}
         if diff:
-            log(f"  {pair}: " + ", ".join(f"{key} {d['difference']:+.3f} ± {d['standard_error']:.3f} (p {d['sign_test_p']:.2g})"
-                                          for key, d in diff.items()))  # fmt: skip
-    report = {"prompts": prompts, "seeds_per_prompt": seeds, "clips": len(batch), "guidance": sampler.guidance, "metrics": results,
-              "paired": paired, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "speedup_vs_teacher_50_step_cfg": speed,
-              "per_clip": {k: [{key: m[key] for key in ("velocity", *PAIRED)} for m in v] for k, v in per_clip.items()}}  # fmt: skip
+            log(
+                f"  {pair}: "
+                + ", ".join(
+                    f"{key} {d['difference']:+.3f} ± {d['standard_error']:.3f} (p {d['sign_test_p']:.2g})"
+                    for key, d in diff.items()
+                )
+            )
+    report = {
+        "prompts": prompts,
+        "seeds_per_prompt": seeds,
+        "clips": len(batch),
+        "guidance": sampler.guidance,
+        "metrics": results,
+        "paired": paired,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "speedup_vs_teacher_50_step_cfg": speed,
+        "per_clip": {k: [{key: m[key] for key in ("velocity", *PAIRED)} for m in v] for k, v in per_clip.items()},
+    }
     if out_dir is not None:
         report["previews"] = write_previews(out_dir, rows, prompts)
     return report

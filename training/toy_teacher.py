@@ -89,14 +89,30 @@ SHIPPED = Path(__file__).resolve().parent / "toy_teacher"
 CLIP_FRAMES = 16  # toy clips are generated this long; training windows are cut from them like the trainer does
 
 UNET_CONFIG = dict(
-    block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-    norm_num_groups=8, sample_size=16, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    sample_size=16,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-)  # fmt: skip
-MOTION_CONFIG = dict(block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-                     motion_num_attention_heads=2, motion_max_seq_length=32)  # fmt: skip
-VAE_CONFIG = dict(block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=32)  # fmt: skip
+)
+MOTION_CONFIG = dict(
+    block_out_channels=(32, 64),
+    motion_layers_per_block=1,
+    motion_norm_num_groups=8,
+    motion_num_attention_heads=2,
+    motion_max_seq_length=32,
+)
+VAE_CONFIG = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=32,
+)
 TEXT_CONFIG = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)
 
 
@@ -162,9 +178,16 @@ def build_models(tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     unet = UNetMotionModel.from_unet2d(UNet2DConditionModel(**UNET_CONFIG), MotionAdapter(**MOTION_CONFIG))
     vae = AutoencoderKL(**VAE_CONFIG)
-    text = CLIPTextModel(CLIPTextConfig(**TEXT_CONFIG, vocab_size=len(tokenizer), max_position_embeddings=77,
-                                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                        pad_token_id=tokenizer.pad_token_id))  # fmt: skip
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            **TEXT_CONFIG,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
     return unet, vae, text
 
 
@@ -174,9 +197,16 @@ def load_models(path: Path, tokenizer):
     from transformers import CLIPTextModel
 
     path = Path(path)
-    unet = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_pretrained(path / "unet"), MotionAdapter.from_pretrained(path / "motion_adapter"))
+    unet = UNetMotionModel.from_unet2d(
+        UNet2DConditionModel.from_pretrained(path / "unet"), MotionAdapter.from_pretrained(path / "motion_adapter")
+    )
     history = json.loads((path / "toy_teacher.json").read_text())
-    return unet, AutoencoderKL.from_pretrained(path / "vae"), CLIPTextModel.from_pretrained(path / "text_encoder"), history
+    return (
+        unet,
+        AutoencoderKL.from_pretrained(path / "vae"),
+        CLIPTextModel.from_pretrained(path / "text_encoder"),
+        history,
+    )
 
 
 def save_teacher(out: Path, unet, vae, text, tokenizer, settings: dict) -> None:
@@ -214,7 +244,9 @@ def save_teacher(out: Path, unet, vae, text, tokenizer, settings: dict) -> None:
 # --- data ------------------------------------------------------------------------------------------
 
 
-def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True, world: str = "tied") -> tuple[torch.Tensor, list[str]]:
+def toy_batch(
+    rng: random.Random, batch: int, frames: int, size: int, degraded: bool = True, world: str = "tied"
+) -> tuple[torch.Tensor, list[str]]:
     """``batch`` clips ``[b, 3, frames, size, size]`` in [-1, 1] cut from fresh 16-frame toy clips the way
     the trainer cuts them (random window, random-resized crop); ``world``: the toy world (see
     :func:`training.data.toy_clip`)."""
@@ -229,7 +261,9 @@ def toy_batch(rng: random.Random, batch: int, frames: int, size: int, degraded: 
 # --- training --------------------------------------------------------------------------------------
 
 
-def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100, world: str = "tied") -> float:
+def train_vae(
+    vae, steps: int, batch: int, lr: float, rng: random.Random, log_every: int = 100, world: str = "tied"
+) -> float:
     """Reconstruction (L1 + MSE) with a small KL term on single frames, half clean, half degraded."""
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
@@ -272,13 +306,18 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
     abar = schedule.alphas_cumprod.float()
     if args.freeze_text:
         text.requires_grad_(False)
-    for name, prm in unet.named_parameters():  # --train: the spatial layers (an image stage), the motion modules, or all
+    for (
+        name,
+        prm,
+    ) in unet.named_parameters():  # --train: the spatial layers (an image stage), the motion modules, or all
         prm.requires_grad_(args.train == "all" or (args.train == "motion") == ("motion_modules" in name))
     params = [p for p in unet.parameters() if p.requires_grad] + ([] if args.freeze_text else list(text.parameters()))
     motion = [p for n, p in unet.named_parameters() if "motion_modules" in n]
     motion_ids = {id(p) for p in motion}
-    groups = [{"params": [p for p in params if id(p) not in motion_ids], "scale": 1.0},
-              {"params": motion, "scale": args.motion_lr_mult}]  # fmt: skip
+    groups = [
+        {"params": [p for p in params if id(p) not in motion_ids], "scale": 1.0},
+        {"params": motion, "scale": args.motion_lr_mult},
+    ]
     opt = torch.optim.AdamW(groups, lr=args.lr, weight_decay=0.0)
     ema = [p.detach().clone() for p in params]
     unet.train()
@@ -298,7 +337,9 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
         eps = unet(zt, t, encoder_hidden_states=cond.repeat_interleave(args.frames, 0)).sample
         snr = abar[t] / (1 - abar[t])
         weight = torch.clamp(snr, max=args.min_snr) / snr  # min-SNR-γ for ε-prediction
-        weight = weight * torch.clamp(1 / snr, min=1.0, max=args.high_noise_weight)  # toward x0-space error where SNR < 1
+        weight = weight * torch.clamp(
+            1 / snr, min=1.0, max=args.high_noise_weight
+        )  # toward x0-space error where SNR < 1
         loss = (weight * ((eps - noise) ** 2).mean(dim=(1, 2, 3, 4))).mean()
         lr = args.lr * min(1.0, step / args.warmup) * (0.5 * (1 + math.cos(math.pi * step / args.steps)) * 0.9 + 0.1)
         for group in opt.param_groups:
@@ -314,8 +355,11 @@ def train_unet(unet, text, vae, tokenizer, args, rng: random.Random) -> dict:
         losses.append(loss.item())
         if step % args.log_every == 0 or step == args.steps:
             rate = step / (time.time() - start)
-            print(f"unet {step}/{args.steps} loss {np.mean(losses[-args.log_every:]):.4f} lr {lr:.2e} "
-                  f"{rate:.2f} it/s, {(args.steps - step) / rate / 60:.1f} min left", flush=True)  # fmt: skip
+            print(
+                f"unet {step}/{args.steps} loss {np.mean(losses[-args.log_every :]):.4f} lr {lr:.2e} "
+                f"{rate:.2f} it/s, {(args.steps - step) / rate / 60:.1f} min left",
+                flush=True,
+            )
         if args.save_every and step % args.save_every == 0 and step < last:
             _save_ema(args, unet, vae, text, tokenizer, params, ema, step, losses)
     _save_ema(args, unet, vae, text, tokenizer, params, ema, last, losses)
@@ -356,8 +400,11 @@ def text_use(unet, text, vae, tokenizer, timesteps=(200, 400, 600, 800, 950), cl
     gen = torch.Generator().manual_seed(seed)
     video, captions = toy_batch(rng, clips, 8, 32)
     z0 = encode_video(vae, video)
-    variants = {"true": captions, **{k: [" ".join(table.get(w, w) for w in c.split()) for c in captions] for k, table in SWAPS.items()},
-                "empty": [""] * len(captions)}  # fmt: skip
+    variants = {
+        "true": captions,
+        **{k: [" ".join(table.get(w, w) for w in c.split()) for c in captions] for k, table in SWAPS.items()},
+        "empty": [""] * len(captions),
+    }
     out = {}
     for t in timesteps:
         noise = torch.randn(z0.shape, generator=gen)
@@ -401,7 +448,9 @@ def _tint(videos: torch.Tensor, colour: str, dims) -> tuple[torch.Tensor, torch.
     axis = (rgb - rgb.mean()) / (rgb - rgb.mean()).norm()
     background = videos.flatten(3).median(-1).values[..., None, None]  # [n, 3, f, 1, 1]
     tint = torch.einsum("nc...,c->n...", videos - background, axis).mean(dims).clamp(min=0)
-    ys, xs = torch.meshgrid(torch.arange(tint.shape[-2], dtype=tint.dtype), torch.arange(tint.shape[-1], dtype=tint.dtype), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(tint.shape[-2], dtype=tint.dtype), torch.arange(tint.shape[-1], dtype=tint.dtype), indexing="ij"
+    )
     return tint, xs, ys
 
 
@@ -421,7 +470,10 @@ def tint_track(videos: torch.Tensor, colour: str) -> list[tuple[float, float]]:
     shape of that colour is on average, frame by frame."""
     tint, xs, ys = _tint(videos, colour, 0)  # [f, h, w]
     mass = tint.sum((1, 2)).clamp(min=1e-9)
-    return [(round(float(x), 2), round(float(y), 2)) for x, y in zip((tint * xs).sum((1, 2)) / mass, (tint * ys).sum((1, 2)) / mass)]
+    return [
+        (round(float(x), 2), round(float(y), 2))
+        for x, y in zip((tint * xs).sum((1, 2)) / mass, (tint * ys).sum((1, 2)) / mass)
+    ]
 
 
 def data_circles(direction: str, clips: int = 64, frames: int = 8, seed: int = 0) -> torch.Tensor:
@@ -438,7 +490,9 @@ def data_mean_track(direction: str, clips: int = 64, frames: int = 8, seed: int 
 
 
 @torch.no_grad()
-def noise_x0(unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0) -> torch.Tensor:
+def noise_x0(
+    unet, text, vae, tokenizer, direction: str, t: int = 999, noises: int = 16, frames: int = 8, seed: int = 0
+) -> torch.Tensor:
     """The teacher's x̂0 ``[n, 3, f, 32, 32]`` (decoded) from pure noise at ``t`` for :func:`probe_caption`:
     what the model predicts before it has seen anything but the caption."""
     abar = NoiseSchedule("scaled_linear").alphas_cumprod.float()[t]
@@ -473,14 +527,20 @@ def evaluate_teacher(folder: Path, guidance: float, steps: list[int], seed: int 
         print(f"  t={t}: {ratios}")
     features = text_feature_change(text, tokenizer)
     print(f"text encoder output change when one word is swapped (mean over the tokens after it): {features}")
-    videos = {d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_circles(d)} for d in DIRECTIONS}
+    videos = {
+        d: {"teacher x0 at t=999": noise_x0(unet, text, vae, tokenizer, d), "data": data_circles(d)} for d in DIRECTIONS
+    }
     tracks = {d: {k: tint_track(v, DIRECTION_COLOURS[d]) for k, v in pair.items()} for d, pair in videos.items()}
     spreads = {d: {k: tint_spread(v, DIRECTION_COLOURS[d]) for k, v in pair.items()} for d, pair in videos.items()}
-    print('the circle of "a <colour> circle moving <its direction> quickly" on average: track (x, y) first → last frame, '
-          "spread (x, y) over all frames:")  # fmt: skip
+    print(
+        'the circle of "a <colour> circle moving <its direction> quickly" on average: track (x, y) first → last frame, '
+        "spread (x, y) over all frames:"
+    )
     for d, pair in tracks.items():
         print(f"  {d:5s} " + "; ".join(f"{k} {v[0]} → {v[-1]}, spread {spreads[d][k]}" for k, v in pair.items()))
-    sampler = ToySampler(unet, vae, partial(encode_captions, text, tokenizer), vae.config.scaling_factor, 8, 32, guidance=guidance)
+    sampler = ToySampler(
+        unet, vae, partial(encode_captions, text, tokenizer), vae.config.scaling_factor, 8, 32, guidance=guidance
+    )
     report = evaluate(sampler, None, seeds=seeds, teacher_steps=steps, seed=1000 + seed)
     report["text_use"] = use
     report["mean_track"] = tracks
@@ -501,33 +561,72 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=4000, help="UNet + text encoder steps")
     p.add_argument("--batch", type=int, default=4, help="clips per step")
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--stop-after", type=int, default=None, help="stop (and save) after this many steps of the --steps schedule")
+    p.add_argument(
+        "--stop-after", type=int, default=None, help="stop (and save) after this many steps of the --steps schedule"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--min-snr", type=float, default=5.0)
     p.add_argument("--uncond-prob", type=float, default=0.1)
-    p.add_argument("--t-min", type=int, default=0, help="train on timesteps [t-min, 1000) only (layout and motion live at high noise)")
-    p.add_argument("--high-noise-weight", type=float, default=1.0,
-                   help="where SNR < 1, weight the ε loss by min(1/SNR, this): the x0-space error, capped (1: off)")
-    p.add_argument("--init", default=None, help="continue from a saved toy teacher folder (its VAE is kept; no VAE stage)")
+    p.add_argument(
+        "--t-min",
+        type=int,
+        default=0,
+        help="train on timesteps [t-min, 1000) only (layout and motion live at high noise)",
+    )
+    p.add_argument(
+        "--high-noise-weight",
+        type=float,
+        default=1.0,
+        help="where SNR < 1, weight the ε loss by min(1/SNR, this): the x0-space error, capped (1: off)",
+    )
+    p.add_argument(
+        "--init", default=None, help="continue from a saved toy teacher folder (its VAE is kept; no VAE stage)"
+    )
     p.add_argument("--motion-lr-mult", type=float, default=1.0, help="learning-rate multiplier of the motion modules")
-    p.add_argument("--fresh-text", action="store_true",
-                   help="with --init: start the text encoder afresh (from --seed) instead of continuing the saved one")
+    p.add_argument(
+        "--fresh-text",
+        action="store_true",
+        help="with --init: start the text encoder afresh (from --seed) instead of continuing the saved one",
+    )
     p.add_argument("--freeze-text", action="store_true", help="do not train the text encoder")
-    p.add_argument("--train", choices=("all", "spatial", "motion"), default="all",
-                   help="UNet weights to train: all, the spatial layers only (an image stage, with --frames 1) or the motion modules only")
-    p.add_argument("--world", choices=WORLDS, default="tied",
-                   help="toy world to train on: tied (a stripe on the leading side, the direction set by the colour and the speed "
-                        "by the shape; what the default run distils on), marked (the direction drawn apart from the colour) or "
-                        "plain (no stripe, no tie: the world of the first two stages)")
+    p.add_argument(
+        "--train",
+        choices=("all", "spatial", "motion"),
+        default="all",
+        help="UNet weights to train: all, the spatial layers only (an image stage, with --frames 1) or the motion modules only",
+    )
+    p.add_argument(
+        "--world",
+        choices=WORLDS,
+        default="tied",
+        help="toy world to train on: tied (a stripe on the leading side, the direction set by the colour and the speed "
+        "by the shape; what the default run distils on), marked (the direction drawn apart from the colour) or "
+        "plain (no stripe, no tie: the world of the first two stages)",
+    )
     p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)")
-    p.add_argument("--evaluate", default=None, metavar="FOLDER",
-                   help="score a saved toy teacher (which caption words it uses; motion and frame quality of its DDIM + CFG samples) and exit")
-    p.add_argument("--eval-guidance", type=float, default=None, help="CFG scale of --evaluate (default: the default run's, 1 + mean w)")
-    p.add_argument("--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated (empty: none)")
-    p.add_argument("--eval-seeds", type=int, default=6, help="noises per prompt that --evaluate samples (8 prompts each)")
+    p.add_argument(
+        "--save-every", type=int, default=500, help="write the EMA weights every N steps (0: only at the end)"
+    )
+    p.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="FOLDER",
+        help="score a saved toy teacher (which caption words it uses; motion and frame quality of its DDIM + CFG samples) and exit",
+    )
+    p.add_argument(
+        "--eval-guidance",
+        type=float,
+        default=None,
+        help="CFG scale of --evaluate (default: the default run's, 1 + mean w)",
+    )
+    p.add_argument(
+        "--eval-steps", default="50", help="DDIM step counts that --evaluate samples, comma-separated (empty: none)"
+    )
+    p.add_argument(
+        "--eval-seeds", type=int, default=6, help="noises per prompt that --evaluate samples (8 prompts each)"
+    )
     args = p.parse_args(argv)
     if args.eval_seeds < 1:
         p.error(f"--eval-seeds must be at least 1 (noises per prompt), got {args.eval_seeds}")
@@ -553,9 +652,12 @@ def main(argv=None):
     else:
         unet, vae, text = build_models(tokenizer, args.seed)
         args.history = []
-    print(f"toy teacher: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, VAE "
-          f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M, text {sum(p.numel() for p in text.parameters()) / 1e6:.3f}M "
-          f"parameters; vocabulary {len(tokenizer)}", flush=True)  # fmt: skip
+    print(
+        f"toy teacher: UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M, VAE "
+        f"{sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M, text {sum(p.numel() for p in text.parameters()) / 1e6:.3f}M "
+        f"parameters; vocabulary {len(tokenizer)}",
+        flush=True,
+    )
     if not args.init:
         t0 = time.time()
         scale = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_lr, rng, world=args.world)

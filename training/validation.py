@@ -91,7 +91,10 @@ class Validation:
         student.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                videos = {n: [self._sample(prompt, seed, n, meta) for seed, prompt in enumerate(self.prompts)] for n in MCM_STEPS}
+                videos = {
+                    n: [self._sample(prompt, seed, n, meta) for seed, prompt in enumerate(self.prompts)]
+                    for n in MCM_STEPS
+                }
                 error = self._held_out_error(meta)
         finally:
             student.train(was_training)
@@ -116,10 +119,16 @@ class Validation:
         latent = args.resolution // teacher.vae_downsample
         g = torch.Generator().manual_seed(seed)
         z = torch.randn((1, teacher.latent_channels, args.num_frames, latent, latent), generator=g).to(device)
-        x = sample_consistency(self._unet, z, lcm_timesteps(steps, num_ddim_timesteps=meta.num_ddim_timesteps),
-                               NoiseSchedule(meta.beta_schedule), cond, prediction_type=meta.prediction_type,
-                               timestep_scaling=meta.timestep_scaling,
-                               noise_sampler=lambda like: torch.randn(like.shape, generator=g).to(like))  # fmt: skip
+        x = sample_consistency(
+            self._unet,
+            z,
+            lcm_timesteps(steps, num_ddim_timesteps=meta.num_ddim_timesteps),
+            NoiseSchedule(meta.beta_schedule),
+            cond,
+            prediction_type=meta.prediction_type,
+            timestep_scaling=meta.timestep_scaling,
+            noise_sampler=lambda like: torch.randn(like.shape, generator=g).to(like),
+        )
         return decode_video(teacher, x, device, args.offload_frozen)
 
     def _write(self, step: int, videos: dict[int, list[np.ndarray]]) -> Path:
@@ -130,7 +139,9 @@ class Validation:
             n += 1
             final = root / f"step-{step}-{n}"
         with atomic_dir(final) as tmp:
-            (tmp / "prompts.txt").write_text("".join(f"seed {i}: {p}\n" for i, p in enumerate(self.prompts)), encoding="utf-8")
+            (tmp / "prompts.txt").write_text(
+                "".join(f"seed {i}: {p}\n" for i, p in enumerate(self.prompts)), encoding="utf-8"
+            )
             for steps, clips in videos.items():
                 write_videos(tmp / f"mcm-{steps}-step", clips)
         tb = self.run.tensorboard
@@ -145,13 +156,17 @@ class Validation:
         from training.data import Batches, VideoClips
 
         args = self.run.args
-        clips = VideoClips(self.run.data_root, args.num_frames, args.frame_interval, args.resolution, "center", seed=HELD_OUT_SEED)
+        clips = VideoClips(
+            self.run.data_root, args.num_frames, args.frame_interval, args.resolution, "center", seed=HELD_OUT_SEED
+        )
         batch = next(Batches(clips, HELD_OUT_CLIPS))
         g = torch.Generator().manual_seed(HELD_OUT_SEED)
         x0 = self.run.encode_video(batch["video"], g)
         b = x0.shape[0]
-        draws = [(torch.randint(0, meta.num_ddim_timesteps, (b,), generator=g), torch.randn(x0.shape, generator=g))
-                 for _ in range(HELD_OUT_DRAWS)]  # fmt: skip
+        draws = [
+            (torch.randint(0, meta.num_ddim_timesteps, (b,), generator=g), torch.randn(x0.shape, generator=g))
+            for _ in range(HELD_OUT_DRAWS)
+        ]
         return x0, self.run.encode_text(batch["caption"])[0], self.run.encode_text([""] * b)[0], draws
 
     def _held_out_error(self, meta) -> float:
@@ -159,7 +174,9 @@ class Validation:
             self.held_out = self._draw_held_out(meta)
         x0, cond, uncond, draws = self.held_out
         args, device, student = self.run.args, self.run.device, self.run.student
-        config = DistillConfig(meta.num_ddim_timesteps, meta.timestep_scaling, loss_type="l2", prediction_type=meta.prediction_type)
+        config = DistillConfig(
+            meta.num_ddim_timesteps, meta.timestep_scaling, loss_type="l2", prediction_type=meta.prediction_type
+        )
         w = torch.full((x0.shape[0],), (args.w_min + args.w_max) / 2, dtype=torch.float64)
 
         def teacher(x, t, c):
@@ -167,8 +184,21 @@ class Validation:
                 return self._unet(x, t, c)
 
         schedule = NoiseSchedule(meta.beta_schedule)
-        losses = [distillation_step(self._unet, teacher, x0, cond, uncond, schedule, config, index=index.to(device), w=w,
-                                    noise=noise.to(device))["loss"].item() for index, noise in draws]  # fmt: skip
+        losses = [
+            distillation_step(
+                self._unet,
+                teacher,
+                x0,
+                cond,
+                uncond,
+                schedule,
+                config,
+                index=index.to(device),
+                w=w,
+                noise=noise.to(device),
+            )["loss"].item()
+            for index, noise in draws
+        ]
         return sum(losses) / len(losses)
 
     # --- best adapter ----------------------------------------------------------------------------------

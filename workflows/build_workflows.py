@@ -53,31 +53,55 @@ NODE_SCHEMAS: dict[str, dict] = {
     },
     "ADE_ApplyAnimateDiffModelSimple": {
         "title": "Apply AnimateDiff Model 🎭🅐🅓②",
-        "inputs": [("motion_model", "MOTION_MODEL_ADE"), ("motion_lora", "MOTION_LORA"), ("scale_multival", "MULTIVAL"),
-                   ("effect_multival", "MULTIVAL"), ("ad_keyframes", "AD_KEYFRAMES"), ("per_block", "PER_BLOCK")],  # fmt: skip
+        "inputs": [
+            ("motion_model", "MOTION_MODEL_ADE"),
+            ("motion_lora", "MOTION_LORA"),
+            ("scale_multival", "MULTIVAL"),
+            ("effect_multival", "MULTIVAL"),
+            ("ad_keyframes", "AD_KEYFRAMES"),
+            ("per_block", "PER_BLOCK"),
+        ],
         "widgets": [],
         "outputs": [("M_MODELS", "M_MODELS")],
     },
     "ADE_UseEvolvedSampling": {
         "title": "Use Evolved Sampling 🎭🅐🅓②",
-        "inputs": [("model", "MODEL"), ("m_models", "M_MODELS"), ("context_options", "CONTEXT_OPTIONS"),
-                   ("sample_settings", "SAMPLE_SETTINGS")],  # fmt: skip
+        "inputs": [
+            ("model", "MODEL"),
+            ("m_models", "M_MODELS"),
+            ("context_options", "CONTEXT_OPTIONS"),
+            ("sample_settings", "SAMPLE_SETTINGS"),
+        ],
         "widgets": [("beta_schedule", "COMBO")],
         "outputs": [("MODEL", "MODEL")],
     },
     "ADE_AnimateDiffLoaderGen1": {
         "title": "AnimateDiff Loader 🎭🅐🅓①",
-        "inputs": [("model", "MODEL"), ("context_options", "CONTEXT_OPTIONS"), ("motion_lora", "MOTION_LORA"),
-                   ("ad_settings", "AD_SETTINGS"), ("ad_keyframes", "AD_KEYFRAMES"), ("sample_settings", "SAMPLE_SETTINGS"),
-                   ("scale_multival", "MULTIVAL"), ("effect_multival", "MULTIVAL"), ("per_block", "PER_BLOCK")],  # fmt: skip
+        "inputs": [
+            ("model", "MODEL"),
+            ("context_options", "CONTEXT_OPTIONS"),
+            ("motion_lora", "MOTION_LORA"),
+            ("ad_settings", "AD_SETTINGS"),
+            ("ad_keyframes", "AD_KEYFRAMES"),
+            ("sample_settings", "SAMPLE_SETTINGS"),
+            ("scale_multival", "MULTIVAL"),
+            ("effect_multival", "MULTIVAL"),
+            ("per_block", "PER_BLOCK"),
+        ],
         "widgets": [("model_name", "COMBO"), ("beta_schedule", "COMBO")],
         "outputs": [("MODEL", "MODEL")],
     },
     "ADE_StandardStaticContextOptions": {
         "title": "Context Options◆Standard Static 🎭🅐🅓",
         "inputs": [("prev_context", "CONTEXT_OPTIONS"), ("view_opts", "VIEW_OPTS")],
-        "widgets": [("context_length", "INT"), ("context_overlap", "INT"), ("fuse_method", "COMBO"),
-                    ("use_on_equal_length", "BOOLEAN"), ("start_percent", "FLOAT"), ("guarantee_steps", "INT")],  # fmt: skip
+        "widgets": [
+            ("context_length", "INT"),
+            ("context_overlap", "INT"),
+            ("fuse_method", "COMBO"),
+            ("use_on_equal_length", "BOOLEAN"),
+            ("start_percent", "FLOAT"),
+            ("guarantee_steps", "INT"),
+        ],
         "outputs": [("CONTEXT_OPTS", "CONTEXT_OPTIONS")],
     },
     "CLIPTextEncode": {
@@ -94,8 +118,14 @@ NODE_SCHEMAS: dict[str, dict] = {
     },
     "SamplerCustom": {
         "title": "SamplerCustom",
-        "inputs": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("sampler", "SAMPLER"),
-                   ("sigmas", "SIGMAS"), ("latent_image", "LATENT")],  # fmt: skip
+        "inputs": [
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("sampler", "SAMPLER"),
+            ("sigmas", "SIGMAS"),
+            ("latent_image", "LATENT"),
+        ],
         "widgets": [("add_noise", "BOOLEAN"), ("noise_seed", "SEED"), ("cfg", "FLOAT")],
         "outputs": [("output", "LATENT"), ("denoised_output", "LATENT")],
     },
@@ -114,8 +144,13 @@ NODE_SCHEMAS: dict[str, dict] = {
     "SaveAnimatedWEBP": {
         "title": "SaveAnimatedWEBP",
         "inputs": [("images", "IMAGE")],
-        "widgets": [("filename_prefix", "STRING"), ("fps", "FLOAT"), ("lossless", "BOOLEAN"), ("quality", "INT"),
-                    ("method", "COMBO")],  # fmt: skip
+        "widgets": [
+            ("filename_prefix", "STRING"),
+            ("fps", "FLOAT"),
+            ("lossless", "BOOLEAN"),
+            ("quality", "INT"),
+            ("method", "COMBO"),
+        ],
         "outputs": [],
     },
     "LoadVideo": {
@@ -145,8 +180,12 @@ NODE_SCHEMAS: dict[str, dict] = {
     "MCM_LoraLoader": {
         "title": "Load MCM LoRA",
         "inputs": [("model", "MODEL"), ("mcm_adapter", "MCM_ADAPTER"), ("motion_model", "MOTION_MODEL_ADE")],
-        "widgets": [("strength_model", "FLOAT"), ("strength_motion", "FLOAT"), ("mcm_sampling", "BOOLEAN"),
-                    ("temporal_norm", "COMBO")],  # fmt: skip
+        "widgets": [
+            ("strength_model", "FLOAT"),
+            ("strength_motion", "FLOAT"),
+            ("mcm_sampling", "BOOLEAN"),
+            ("temporal_norm", "COMBO"),
+        ],
         "outputs": [("model", "MODEL"), ("motion_model", "MOTION_MODEL_ADE")],
     },
     "MCM_Scheduler": {
@@ -163,7 +202,12 @@ NODE_SCHEMAS: dict[str, dict] = {
     },
     "MCM_KSampler": {
         "title": "MCM KSampler",
-        "inputs": [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
+        "inputs": [
+            ("model", "MODEL"),
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("latent_image", "LATENT"),
+        ],
         "widgets": [("seed", "SEED"), ("steps", "INT"), ("cfg", "FLOAT"), ("denoise", "FLOAT")],
         "outputs": [("LATENT", "LATENT")],
     },
@@ -183,8 +227,15 @@ class Graph:
         self.name, self.description = name, description
         self.nodes: list[dict] = []
 
-    def add(self, type_: str, col: int, widgets: dict | None = None, links: dict | None = None,
-            title: str | None = None, group: str | None = None) -> int:  # fmt: skip
+    def add(
+        self,
+        type_: str,
+        col: int,
+        widgets: dict | None = None,
+        links: dict | None = None,
+        title: str | None = None,
+        group: str | None = None,
+    ) -> int:
         schema = NODE_SCHEMAS[type_]
         widgets, links = dict(widgets or {}), dict(links or {})
         names = [w for w, _ in schema["widgets"]]
@@ -198,8 +249,18 @@ class Graph:
             if out_type != inputs[key]:
                 raise ValueError(f"{self.name}: {type_}.{key} takes {inputs[key]}, got {out_type} from node {src}")
         node_id = len(self.nodes) + 1
-        self.nodes.append({"id": node_id, "type": type_, "schema": schema, "col": col, "widgets": widgets,
-                           "links": links, "title": title, "group": group})  # fmt: skip
+        self.nodes.append(
+            {
+                "id": node_id,
+                "type": type_,
+                "schema": schema,
+                "col": col,
+                "widgets": widgets,
+                "links": links,
+                "title": title,
+                "group": group,
+            }
+        )
         return node_id
 
     def node(self, node_id: int) -> dict:
@@ -219,9 +280,16 @@ def _gen2_models(g: Graph, context: dict | None = None) -> dict:
     """Checkpoint + motion model + MCM adapter, LoRA, Apply AnimateDiff, Use Evolved Sampling ('use existing')."""
     ckpt = g.add("CheckpointLoaderSimple", 0, {"ckpt_name": CHECKPOINT}, group="Models")
     motion = g.add("ADE_LoadAnimateDiffModel", 0, {"model_name": MOTION_MODULE}, group="Models")
-    style = g.add("MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models")
-    lora = g.add("MCM_LoraLoader", 1, LORA_WIDGETS,
-                 {"model": out(ckpt, 0), "mcm_adapter": out(style, 0), "motion_model": out(motion, 0)}, group="MCM")  # fmt: skip
+    style = g.add(
+        "MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models"
+    )
+    lora = g.add(
+        "MCM_LoraLoader",
+        1,
+        LORA_WIDGETS,
+        {"model": out(ckpt, 0), "mcm_adapter": out(style, 0), "motion_model": out(motion, 0)},
+        group="MCM",
+    )
     apply = g.add("ADE_ApplyAnimateDiffModelSimple", 1, {}, {"motion_model": out(lora, 1)}, group="MCM")
     ade_links = {"model": out(lora, 0), "m_models": out(apply, 0)}
     if context is not None:
@@ -232,26 +300,50 @@ def _gen2_models(g: Graph, context: dict | None = None) -> dict:
 
 
 def _prompts(g: Graph, ckpt: int, col: int) -> tuple[int, int]:
-    pos = g.add("CLIPTextEncode", col, {"text": POSITIVE}, {"clip": out(ckpt, 1)}, title="Positive prompt", group="Prompt")
-    neg = g.add("CLIPTextEncode", col, {"text": NEGATIVE}, {"clip": out(ckpt, 1)},
-                title="Negative prompt (unused at cfg 1)", group="Prompt")  # fmt: skip
+    pos = g.add(
+        "CLIPTextEncode", col, {"text": POSITIVE}, {"clip": out(ckpt, 1)}, title="Positive prompt", group="Prompt"
+    )
+    neg = g.add(
+        "CLIPTextEncode",
+        col,
+        {"text": NEGATIVE},
+        {"clip": out(ckpt, 1)},
+        title="Negative prompt (unused at cfg 1)",
+        group="Prompt",
+    )
     return pos, neg
 
 
 def _save(g: Graph, samples: tuple[int, int], ckpt: int, col: int, prefix: str) -> None:
     decode = g.add("VAEDecode", col, {}, {"samples": samples, "vae": out(ckpt, 2)}, group="Output")
-    g.add("SaveAnimatedWEBP", col + 1,
-          {"filename_prefix": prefix, "fps": FPS, "lossless": False, "quality": 90, "method": "default"},
-          {"images": out(decode, 0)}, group="Output")  # fmt: skip
+    g.add(
+        "SaveAnimatedWEBP",
+        col + 1,
+        {"filename_prefix": prefix, "fps": FPS, "lossless": False, "quality": 90, "method": "default"},
+        {"images": out(decode, 0)},
+        group="Output",
+    )
 
 
 def _custom_sampling(g: Graph, m: dict, latent: int, pos: int, neg: int, steps: int, denoise: float, col: int):
-    sched = g.add("MCM_Scheduler", col, {"steps": steps, "denoise": denoise}, {"model": out(m["model"], 0)}, group="Sample")
+    sched = g.add(
+        "MCM_Scheduler", col, {"steps": steps, "denoise": denoise}, {"model": out(m["model"], 0)}, group="Sample"
+    )
     sampler = g.add("MCM_Sampler", col, {}, group="Sample")
-    return g.add("SamplerCustom", col + 1, {"add_noise": True, "noise_seed": SEED, "cfg": 1.0},
-                 {"model": out(m["model"], 0), "positive": out(pos, 0), "negative": out(neg, 0),
-                  "sampler": out(sampler, 0), "sigmas": out(sched, 0), "latent_image": out(latent, 0)},
-                 group="Sample")  # fmt: skip
+    return g.add(
+        "SamplerCustom",
+        col + 1,
+        {"add_noise": True, "noise_seed": SEED, "cfg": 1.0},
+        {
+            "model": out(m["model"], 0),
+            "positive": out(pos, 0),
+            "negative": out(neg, 0),
+            "sampler": out(sampler, 0),
+            "sigmas": out(sched, 0),
+            "latent_image": out(latent, 0),
+        },
+        group="Sample",
+    )
 
 
 def t2v_gen2(name: str, steps: int, frames: int = 16, context: dict | None = None, description: str = "") -> Graph:
@@ -269,27 +361,44 @@ def t2v_gen2_ksampler(name: str) -> Graph:
     m = _gen2_models(g)
     pos, neg = _prompts(g, m["ckpt"], 2)
     latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")
-    sample = g.add("MCM_KSampler", 3, {"seed": SEED, "steps": 4, "cfg": 1.0, "denoise": 1.0},
-                   {"model": out(m["model"], 0), "positive": out(pos, 0), "negative": out(neg, 0),
-                    "latent_image": out(latent, 0)}, group="Sample")  # fmt: skip
+    sample = g.add(
+        "MCM_KSampler",
+        3,
+        {"seed": SEED, "steps": 4, "cfg": 1.0, "denoise": 1.0},
+        {"model": out(m["model"], 0), "positive": out(pos, 0), "negative": out(neg, 0), "latent_image": out(latent, 0)},
+        group="Sample",
+    )
     _save(g, out(sample, 0), m["ckpt"], 4, f"MCM/{name}")
     return g
 
 
 def t2v_gen1(name: str) -> Graph:
-    g = Graph(name, "Gen1 text-to-video: AnimateDiff Loader, then Load MCM LoRA (patches the attached motion model), "
-                    "then MCM KSampler (4 steps).")  # fmt: skip
+    g = Graph(
+        name,
+        "Gen1 text-to-video: AnimateDiff Loader, then Load MCM LoRA (patches the attached motion model), "
+        "then MCM KSampler (4 steps).",
+    )
     ckpt = g.add("CheckpointLoaderSimple", 0, {"ckpt_name": CHECKPOINT}, group="Models")
-    style = g.add("MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models")
-    ad = g.add("ADE_AnimateDiffLoaderGen1", 1, {"model_name": MOTION_MODULE, "beta_schedule": "autoselect"},
-               {"model": out(ckpt, 0)}, group="MCM")  # fmt: skip
-    lora = g.add("MCM_LoraLoader", 1, LORA_WIDGETS,
-                 {"model": out(ad, 0), "mcm_adapter": out(style, 0)}, group="MCM")  # fmt: skip
+    style = g.add(
+        "MCM_StyleAdapter", 0, {"adapter": ADAPTER, "beta_schedule": "auto (from the adapter)"}, group="Models"
+    )
+    ad = g.add(
+        "ADE_AnimateDiffLoaderGen1",
+        1,
+        {"model_name": MOTION_MODULE, "beta_schedule": "autoselect"},
+        {"model": out(ckpt, 0)},
+        group="MCM",
+    )
+    lora = g.add("MCM_LoraLoader", 1, LORA_WIDGETS, {"model": out(ad, 0), "mcm_adapter": out(style, 0)}, group="MCM")
     pos, neg = _prompts(g, ckpt, 2)
     latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")
-    sample = g.add("MCM_KSampler", 3, {"seed": SEED, "steps": 4, "cfg": 1.0, "denoise": 1.0},
-                   {"model": out(lora, 0), "positive": out(pos, 0), "negative": out(neg, 0),
-                    "latent_image": out(latent, 0)}, group="Sample")  # fmt: skip
+    sample = g.add(
+        "MCM_KSampler",
+        3,
+        {"seed": SEED, "steps": 4, "cfg": 1.0, "denoise": 1.0},
+        {"model": out(lora, 0), "positive": out(pos, 0), "negative": out(neg, 0), "latent_image": out(latent, 0)},
+        group="Sample",
+    )
     _save(g, out(sample, 0), ckpt, 4, f"MCM/{name}")
     return g
 
@@ -300,8 +409,13 @@ def v2v_gen2(name: str) -> Graph:
     pos, neg = _prompts(g, m["ckpt"], 2)
     video = g.add("LoadVideo", 2, {"file": INPUT_VIDEO}, group="Input video")
     frames = g.add("GetVideoComponents", 2, {}, {"video": out(video, 0)}, group="Input video")
-    scaled = g.add("ImageScale", 2, {"upscale_method": "bilinear", "width": 512, "height": 512, "crop": "center"},
-                   {"image": out(frames, 0)}, group="Input video")  # fmt: skip
+    scaled = g.add(
+        "ImageScale",
+        2,
+        {"upscale_method": "bilinear", "width": 512, "height": 512, "crop": "center"},
+        {"image": out(frames, 0)},
+        group="Input video",
+    )
     latent = g.add("VAEEncode", 3, {}, {"pixels": out(scaled, 0), "vae": out(m["ckpt"], 2)}, group="Sample")
     sample = _custom_sampling(g, m, latent, pos, neg, 4, 0.6, 3)
     _save(g, out(sample, 0), m["ckpt"], 5, f"MCM/{name}")
@@ -309,20 +423,33 @@ def v2v_gen2(name: str) -> Graph:
 
 
 WORKFLOWS = {
-    "mcm_t2v_gen2_4step": lambda n: t2v_gen2(n, 4, description="Default: Gen2 text-to-video, 16 frames 512x512, "
-                                             "4 MCM steps with SamplerCustom + MCM Scheduler + MCM Sampler, cfg 1."),
+    "mcm_t2v_gen2_4step": lambda n: t2v_gen2(
+        n,
+        4,
+        description="Default: Gen2 text-to-video, 16 frames 512x512, "
+        "4 MCM steps with SamplerCustom + MCM Scheduler + MCM Sampler, cfg 1.",
+    ),
     "mcm_t2v_gen2_1step": lambda n: t2v_gen2(n, 1, description="As the default, 1 step."),
     "mcm_t2v_gen2_2step": lambda n: t2v_gen2(n, 2, description="As the default, 2 steps."),
     "mcm_t2v_gen2_8step": lambda n: t2v_gen2(n, 8, description="As the default, 8 steps."),
     "mcm_t2v_gen2_ksampler": t2v_gen2_ksampler,
     "mcm_t2v_gen1_4step": t2v_gen1,
     "mcm_long_video_context": lambda n: t2v_gen2(
-        n, 4, frames=48,
-        context={"context_length": 16, "context_overlap": 4, "fuse_method": "pyramid", "use_on_equal_length": False,
-                 "start_percent": 0.0, "guarantee_steps": 1},
-        description="Gen2 long video: 48 frames sampled in sliding 16-frame context windows (overlap 4)."),  # fmt: skip
+        n,
+        4,
+        frames=48,
+        context={
+            "context_length": 16,
+            "context_overlap": 4,
+            "fuse_method": "pyramid",
+            "use_on_equal_length": False,
+            "start_percent": 0.0,
+            "guarantee_steps": 1,
+        },
+        description="Gen2 long video: 48 frames sampled in sliding 16-frame context windows (overlap 4).",
+    ),
     "mcm_v2v_gen2": v2v_gen2,
-}  # fmt: skip
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,10 +519,14 @@ def to_ui(g: Graph) -> dict:
             "flags": {},
             "order": order[node["id"]],
             "mode": 0,
-            "inputs": [{"name": name, "type": type_, "link": incoming.get((node["id"], name))}
-                       for name, type_ in node["schema"]["inputs"]],  # fmt: skip
-            "outputs": [{"name": name, "type": type_, "links": outgoing.get((node["id"], slot), []), "slot_index": slot}
-                        for slot, (name, type_) in enumerate(node["schema"]["outputs"])],  # fmt: skip
+            "inputs": [
+                {"name": name, "type": type_, "link": incoming.get((node["id"], name))}
+                for name, type_ in node["schema"]["inputs"]
+            ],
+            "outputs": [
+                {"name": name, "type": type_, "links": outgoing.get((node["id"], slot), []), "slot_index": slot}
+                for slot, (name, type_) in enumerate(node["schema"]["outputs"])
+            ],
             "properties": {"Node name for S&R": node["type"]},
             "widgets_values": _widget_values(node),
         }
@@ -410,8 +541,16 @@ def to_ui(g: Graph) -> dict:
         y0 = min(n["pos"][1] for n in members) - 45
         x1 = max(n["pos"][0] + n["size"][0] for n in members) + 15
         y1 = max(n["pos"][1] + n["size"][1] for n in members) + 15
-        groups.append({"id": len(groups) + 1, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0],
-                       "color": GROUP_COLOR, "font_size": 24, "flags": {}})  # fmt: skip
+        groups.append(
+            {
+                "id": len(groups) + 1,
+                "title": title,
+                "bounding": [x0, y0, x1 - x0, y1 - y0],
+                "color": GROUP_COLOR,
+                "font_size": 24,
+                "flags": {},
+            }
+        )
     return {
         "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-mcm/workflows/{g.name}")),
         "revision": 0,
@@ -458,7 +597,10 @@ def write_all(root: Path) -> list[Path]:
     written = []
     for name in WORKFLOWS:
         ui, api = render(name)
-        for path, data in ((root / "workflows" / f"{name}.json", ui), (root / "workflows" / "api" / f"{name}.json", api)):
+        for path, data in (
+            (root / "workflows" / f"{name}.json", ui),
+            (root / "workflows" / "api" / f"{name}.json", api),
+        ):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(dumps(data), encoding="utf-8")
             written.append(path)

@@ -32,7 +32,9 @@ def describe(adapter) -> dict:
     dtypes = Counter(str(w.down.dtype).removeprefix("torch.") for w in adapter.layers.values())
     return {
         "source": adapter.source,
-        "metadata": "from the file" if adapter.metadata_source == "file" else "none in the file; official defaults used",
+        "metadata": "from the file"
+        if adapter.metadata_source == "file"
+        else "none in the file; official defaults used",
         "summary": meta.summary(),
         "base": meta.base,
         "motion_module": meta.motion_module,
@@ -116,17 +118,22 @@ def cmd_convert(args) -> int:
         raise FileExistsError(f"{dst}: already exists; choose another name or pass --force")
     if dst.exists() and (exporter.target == "folder") != dst.is_dir():
         kind = "folder" if dst.is_dir() else "file"
-        raise AdapterError(f"{dst}: is a {kind}, but --to {args.to} writes a {exporter.target}; give another DST "
-                           "(--force replaces only a DST of the same kind)")  # fmt: skip
+        raise AdapterError(
+            f"{dst}: is a {kind}, but --to {args.to} writes a {exporter.target}; give another DST "
+            "(--force replaces only a DST of the same kind)"
+        )
     adapter = load_adapter(args.src, args.variant, allow_pickle=args.allow_pickle)
     if args.set:
         changes = _parse_set(args.set)
         unknown = set(changes) - set(adapter.meta.__dict__)
         if unknown:
-            raise AdapterError(f"--set: unknown metadata fields {sorted(unknown)}; known: {sorted(adapter.meta.__dict__)}")
+            raise AdapterError(
+                f"--set: unknown metadata fields {sorted(unknown)}; known: {sorted(adapter.meta.__dict__)}"
+            )
         adapter.meta = adapter.meta.replace(**changes)
-    options = ExportOptions(base_motion_module=args.base_motion_module, strength=args.strength,
-                            allow_pickle=args.allow_pickle)  # fmt: skip
+    options = ExportOptions(
+        base_motion_module=args.base_motion_module, strength=args.strength, allow_pickle=args.allow_pickle
+    )
     written = exporter.write(adapter, dst, args.force, options)
     note = exporter.leaves_out(adapter)
     if note:
@@ -151,17 +158,32 @@ def main(argv=None) -> int:
     p = sub.add_parser("convert", help="write an adapter in another format")
     p.add_argument("src", help="an adapter file, a PEFT folder, or a folder of adapters (with --variant)")
     p.add_argument("dst", help="output file (mcm, comfy-lora, ade) or folder (peft)")
-    p.add_argument("--to", required=True, choices=TARGETS,
-                   help="output format: " + "; ".join(f"{e.name}: {e.help} ({e.target})" for e in EXPORTERS.values()))  # fmt: skip
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=TARGETS,
+        help="output format: " + "; ".join(f"{e.name}: {e.help} ({e.target})" for e in EXPORTERS.values()),
+    )
     p.add_argument("--variant", help="which adapter of a folder holding several (e.g. animatediff-webvid)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a metadata field, e.g. --set style=anime --set beta_schedule=scaled_linear")  # fmt: skip
-    p.add_argument("--base-motion-module", help="with --to ade: merge into this motion module instead of writing a LoRA "
-                   "(a .ckpt only with --allow-pickle)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a metadata field, e.g. --set style=anime --set beta_schedule=scaled_linear",
+    )
+    p.add_argument(
+        "--base-motion-module",
+        help="with --to ade: merge into this motion module instead of writing a LoRA "
+        "(a .ckpt only with --allow-pickle)",
+    )
     p.add_argument("--strength", type=float, default=1.0, help="merge strength for --base-motion-module")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="read a pickle-based SRC or --base-motion-module (.bin/.ckpt/.pt) with "
-                   "torch.load(weights_only=True), tensors only")  # fmt: skip
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a pickle-based SRC or --base-motion-module (.bin/.ckpt/.pt) with "
+        "torch.load(weights_only=True), tensors only",
+    )
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=cmd_convert)
     p = sub.add_parser("to-safetensors", help="rewrite a tensors-only pickle (.ckpt/.bin/.pt) as .safetensors")

@@ -70,7 +70,9 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, *, overwrite: bool =
         tensors[f"{p}.lora_B.weight"] = _tensor(w.up)
         if w.alpha != adapter.meta.lora_alpha:
             tensors[f"{p}.alpha"] = torch.tensor(float(w.alpha))
-    return atomic_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=adapter.meta.to_metadata()), overwrite)
+    return atomic_file(
+        Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=adapter.meta.to_metadata()), overwrite
+    )
 
 
 def _peft_config(adapter: Adapter) -> dict:
@@ -120,7 +122,9 @@ def export_peft(adapter: Adapter, folder: str | os.PathLike, *, overwrite: bool 
     with atomic_dir(folder) as tmp:
         for name, write in writes.items():
             write(tmp / name)
-            os.chmod(tmp / name, new_file_mode())  # safetensors creates its files 0600: a shared models folder could not read them
+            os.chmod(
+                tmp / name, new_file_mode()
+            )  # safetensors creates its files 0600: a shared models folder could not read them
     return folder
 
 
@@ -157,8 +161,9 @@ def _export_meta(adapter: Adapter, part: str, **changes) -> dict[str, str]:
     return adapter.meta.replace(training=training, **changes).to_metadata()
 
 
-def export_comfy_lora(adapter: Adapter, path: str | os.PathLike, *, layout: UNetLayout = SD15_LAYOUT,
-                      overwrite: bool = False) -> Path:  # fmt: skip
+def export_comfy_lora(
+    adapter: Adapter, path: str | os.PathLike, *, layout: UNetLayout = SD15_LAYOUT, overwrite: bool = False
+) -> Path:
     """The spatial part as a LoRA that ComfyUI's core ``LoraLoader`` applies to the SD1.5 MODEL.
 
     Keys are ``diffusion_model.<LDM path>.lora_up/lora_down.weight`` + ``.alpha``. The motion part is
@@ -172,7 +177,9 @@ def export_comfy_lora(adapter: Adapter, path: str | os.PathLike, *, layout: UNet
         tensors[f"diffusion_model.{p}.lora_down.weight"] = _tensor(w.down)
         tensors[f"diffusion_model.{p}.lora_up.weight"] = _tensor(w.up)
         tensors[f"diffusion_model.{p}.alpha"] = torch.tensor(float(w.alpha))
-    return save_tensors(tensors, Path(path), _export_meta(adapter, "spatial", base="sd15", motion_module=None), overwrite)
+    return save_tensors(
+        tensors, Path(path), _export_meta(adapter, "spatial", base="sd15", motion_module=None), overwrite
+    )
 
 
 def export_ade_motion_lora(adapter: Adapter, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -194,8 +201,15 @@ def export_ade_motion_lora(adapter: Adapter, path: str | os.PathLike, *, overwri
     return save_tensors(tensors, Path(path), metadata, overwrite)
 
 
-def merge_motion_module(adapter: Adapter, base: str | os.PathLike, path: str | os.PathLike, *,
-                        strength: float = 1.0, overwrite: bool = False, allow_pickle: bool = False) -> Path:  # fmt: skip
+def merge_motion_module(
+    adapter: Adapter,
+    base: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    strength: float = 1.0,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
     """A motion-module file with the adapter's motion LoRA merged in (``W + strength·ΔW``).
 
     ``base`` is the motion module the adapter was trained on, in AnimateDiff layout (``mm_sd_v15_v2``
@@ -214,7 +228,9 @@ def merge_motion_module(adapter: Adapter, base: str | os.PathLike, path: str | o
     layers = _mapped(motion, motion_to_ade, adapter.source, "AnimateDiff") if ade_layout else motion
     missing = [p for p in layers if f"{p}.weight" not in tensors]
     if missing:
-        raise AdapterError(f"{base}: is not the motion module this adapter fits; {len(missing)} layers missing, e.g. {missing[:5]}")
+        raise AdapterError(
+            f"{base}: is not the motion module this adapter fits; {len(missing)} layers missing, e.g. {missing[:5]}"
+        )
     not_float = [f"{p}.weight" for p in layers if not tensors[f"{p}.weight"].is_floating_point()]
     if not_float:
         raise AdapterError(f"{base}: {len(not_float)} weights are not floating-point tensors, e.g. {not_float[:3]}")
@@ -223,8 +239,14 @@ def merge_motion_module(adapter: Adapter, base: str | os.PathLike, path: str | o
     except ValueError as exc:
         raise AdapterError(f"{base}: {exc}") from None
     out_meta = {k: v for k, v in metadata.items() if not k.startswith(META_PREFIX)}
-    out_meta["mcm.merged_from"] = json.dumps({"adapter": adapter.source, "strength": strength, "style": adapter.meta.style,
-                                              "temporal_norm": adapter.meta.temporal_norm})  # fmt: skip
+    out_meta["mcm.merged_from"] = json.dumps(
+        {
+            "adapter": adapter.source,
+            "strength": strength,
+            "style": adapter.meta.style,
+            "temporal_norm": adapter.meta.temporal_norm,
+        }
+    )
     return save_tensors(merged, Path(path), out_meta, overwrite)
 
 
@@ -258,8 +280,14 @@ class Exporter:
 
 def _write_ade(adapter: Adapter, dst: Path, overwrite: bool, options: ExportOptions) -> Path:
     if options.base_motion_module:
-        return merge_motion_module(adapter, options.base_motion_module, dst, strength=options.strength,
-                                   overwrite=overwrite, allow_pickle=options.allow_pickle)  # fmt: skip
+        return merge_motion_module(
+            adapter,
+            options.base_motion_module,
+            dst,
+            strength=options.strength,
+            overwrite=overwrite,
+            allow_pickle=options.allow_pickle,
+        )
     return export_ade_motion_lora(adapter, dst, overwrite=overwrite)
 
 
@@ -277,10 +305,22 @@ EXPORTERS: dict[str, Exporter] = {
     e.name: e
     for e in (
         Exporter("mcm", FILE, lambda a, dst, ow, o: save_adapter(a, dst, overwrite=ow), "the MCM adapter file"),
-        Exporter("comfy-lora", FILE, lambda a, dst, ow, o: export_comfy_lora(a, dst, layout=o.layout, overwrite=ow),
-                 "the spatial part, for ComfyUI's LoraLoader", _no_motion),  # fmt: skip
-        Exporter("ade", FILE, _write_ade, "the motion part: an ADE motion LoRA, or merged into --base-motion-module",
-                 _no_spatial),  # fmt: skip
-        Exporter("peft", FOLDER, lambda a, dst, ow, o: export_peft(a, dst, overwrite=ow), "a PEFT folder, for diffusers"),
+        Exporter(
+            "comfy-lora",
+            FILE,
+            lambda a, dst, ow, o: export_comfy_lora(a, dst, layout=o.layout, overwrite=ow),
+            "the spatial part, for ComfyUI's LoraLoader",
+            _no_motion,
+        ),
+        Exporter(
+            "ade",
+            FILE,
+            _write_ade,
+            "the motion part: an ADE motion LoRA, or merged into --base-motion-module",
+            _no_spatial,
+        ),
+        Exporter(
+            "peft", FOLDER, lambda a, dst, ow, o: export_peft(a, dst, overwrite=ow), "a PEFT folder, for diffusers"
+        ),
     )
 }

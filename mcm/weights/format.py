@@ -69,9 +69,21 @@ BETA_SCHEDULES = ("scaled_linear", "linear")
 
 #: The official MCM LoRA targets (module-name suffixes), for both AnimateDiff and ModelScope.
 OFFICIAL_TARGET_MODULES = (
-    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
-)  # fmt: skip
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+)
 
 
 def _is_int(value) -> bool:
@@ -127,8 +139,11 @@ class AdapterMeta:
 
         if self.format_version != FORMAT_VERSION or isinstance(self.format_version, bool):
             if _is_int(self.format_version) and self.format_version > FORMAT_VERSION:
-                bad("format_version", self.format_version,
-                    f"{FORMAT_VERSION}: this file was written by a newer comfyui-mcm, update the package")  # fmt: skip
+                bad(
+                    "format_version",
+                    self.format_version,
+                    f"{FORMAT_VERSION}: this file was written by a newer comfyui-mcm, update the package",
+                )
             bad("format_version", self.format_version, str(FORMAT_VERSION))
         if not isinstance(self.base, str) or self.base not in BASES:
             bad("base", self.base, f"one of {sorted(BASES)}")
@@ -141,7 +156,11 @@ class AdapterMeta:
             bad("lora_rank", self.lora_rank, "a positive integer")
         if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
             bad("lora_alpha", self.lora_alpha, "a positive number")
-        if not isinstance(self.target_modules, (tuple, list)) or not self.target_modules or not all(isinstance(t, str) and t for t in self.target_modules):
+        if (
+            not isinstance(self.target_modules, (tuple, list))
+            or not self.target_modules
+            or not all(isinstance(t, str) and t for t in self.target_modules)
+        ):
             bad("target_modules", self.target_modules, "a non-empty list of module-name suffixes")
         if not isinstance(self.beta_schedule, str) or self.beta_schedule not in BETA_SCHEDULES:
             hint = " (ComfyUI names differ: diffusers 'scaled_linear' is ComfyUI 'linear')"
@@ -202,7 +221,9 @@ class AdapterMeta:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise AdapterError(f"{where}: unknown metadata entries {['mcm.' + k for k in unknown]} for format version {version}")
+            raise AdapterError(
+                f"{where}: unknown metadata entries {['mcm.' + k for k in unknown]} for format version {version}"
+            )
         missing = sorted({"format_version", "base", "lora_rank", "lora_alpha", "beta_schedule"} - set(values))
         if missing:
             raise AdapterError(f"{where}: required metadata entries missing: {['mcm.' + k for k in missing]}")
@@ -279,8 +300,9 @@ class Adapter:
                 f"and cannot be applied to a {want} model"
             )
 
-    def check_shapes(self, shapes: dict[str, tuple[int, ...]], where: str = "the model",
-                     layers: dict[str, LoraWeights] | None = None) -> None:  # fmt: skip
+    def check_shapes(
+        self, shapes: dict[str, tuple[int, ...]], where: str = "the model", layers: dict[str, LoraWeights] | None = None
+    ) -> None:
         """Every layer must exist in ``shapes`` (path → weight shape) with the shape the LoRA updates.
 
         ``layers`` checks a translated subset instead (e.g. the spatial layers under ComfyUI's names).
@@ -307,14 +329,14 @@ def detect_base(paths) -> str:
     from SD2/ModelScope's 1024 and SDXL's 2048).
     """
     names = list(paths)
-    context_dims = {
-        int(w.down.shape[1]) for p, w in paths.items() if p.endswith("attn2.to_k") and not is_motion(p)
-    }
+    context_dims = {int(w.down.shape[1]) for p, w in paths.items() if p.endswith("attn2.to_k") and not is_motion(p)}
     if any(is_modelscope_temporal(p) for p in names):
         return "modelscope-t2v"
     motion = any(is_motion(p) for p in names)
-    sdxl = 2048 in context_dims or any(p.startswith("add_embedding") for p in names) or any(
-        re.match(r"(down|up)_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.[1-9]", p) for p in names
+    sdxl = (
+        2048 in context_dims
+        or any(p.startswith("add_embedding") for p in names)
+        or any(re.match(r"(down|up)_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.[1-9]", p) for p in names)
     )
     if sdxl:
         return "sdxl-animatediff" if motion else "sdxl"

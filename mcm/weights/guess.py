@@ -32,8 +32,9 @@ def check_base(base: str, where: str) -> None:
         )
 
 
-def default_meta(layers: dict[str, LoraWeights], where: str, *, rank: int, alpha: float, style: str, name: str,
-                 training: dict) -> AdapterMeta:  # fmt: skip
+def default_meta(
+    layers: dict[str, LoraWeights], where: str, *, rank: int, alpha: float, style: str, name: str, training: dict
+) -> AdapterMeta:
     """Metadata for files that carry none (the official releases): the official demo's settings."""
     base = detect_base(layers)
     check_base(base, where)

@@ -173,14 +173,18 @@ def ldm_to_diffusers(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
                 raise KeyMappingError(f"{path!r}: input block {k} holds only a downsampler 'op'")
             return f"down_blocks.{i}.downsamplers.0.conv{rest[2:]}"
         if slot == 0:
-            return _join(f"down_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path))
+            return _join(
+                f"down_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+            )
         if slot == 1 and layout.down_attention[i]:
             return _join(f"down_blocks.{i}.attentions.{j}", rest)
         raise KeyMappingError(f"{path!r}: input block {k} has no slot {slot}")
     if m := _MIDDLE.match(path):
         slot, rest = int(m[1]), m[2]
         if slot in (0, 2):
-            return _join(f"mid_block.resnets.{slot // 2}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path))
+            return _join(
+                f"mid_block.resnets.{slot // 2}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+            )
         if slot == 1:
             return _join("mid_block.attentions.0", rest)
         raise KeyMappingError(f"{path!r}: the middle block has slots 0-2 only")
@@ -190,7 +194,9 @@ def ldm_to_diffusers(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
         if i >= layout.num_blocks:
             raise KeyMappingError(f"{path!r}: output block {k} does not exist in layout {layout}")
         if slot == 0:
-            return _join(f"up_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path))
+            return _join(
+                f"up_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+            )
         upsampler_slot = 2 if layout.up_attention[i] else 1
         if j == n and slot == upsampler_slot and (rest == "conv" or (rest or "").startswith("conv.")):
             return f"up_blocks.{i}.upsamplers.0.conv{rest[4:]}"

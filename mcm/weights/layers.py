@@ -84,8 +84,10 @@ def check_alpha(value, what: str) -> float:
     """One finite positive number, or ValueError saying what ``what`` was."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
-            raise ValueError(f"{what} is a {str(value.dtype).removeprefix('torch.')} tensor of shape "
-                             f"{tuple(value.shape)}; expected one number")  # fmt: skip
+            raise ValueError(
+                f"{what} is a {str(value.dtype).removeprefix('torch.')} tensor of shape "
+                f"{tuple(value.shape)}; expected one number"
+            )
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{what} = {value!r}; expected a finite positive number")
@@ -118,12 +120,16 @@ def _group(tensors: Mapping[str, torch.Tensor], where: str, layout: UNetLayout):
             raise AdapterError(f"{where}: two tensors give the {kind} factor of layer {path!r} (second: {key!r})")
         slot[kind] = tensor
     if unknown:
-        hint = "DoRA/LoHa/LoKr and other non-LoRA adapters are not supported" if any(
-            "magnitude" in k or "hada" in k or "lokr" in k for k in unknown
-        ) else "expected LoRA factors such as '<layer>.lora_A.weight' / '<layer>.lora_B.weight'"
+        hint = (
+            "DoRA/LoHa/LoKr and other non-LoRA adapters are not supported"
+            if any("magnitude" in k or "hada" in k or "lokr" in k for k in unknown)
+            else "expected LoRA factors such as '<layer>.lora_A.weight' / '<layer>.lora_B.weight'"
+        )
         raise AdapterError(f"{where}: {len(unknown)} tensors are not LoRA factors ({hint}), e.g. {unknown[:8]}")
     if unmapped:
-        raise AdapterError(f"{where}: {len(unmapped)} layer names could not be mapped: " + "; ".join(list(unmapped.values())[:8]))
+        raise AdapterError(
+            f"{where}: {len(unmapped)} layer names could not be mapped: " + "; ".join(list(unmapped.values())[:8])
+        )
     return parts, folded, names
 
 

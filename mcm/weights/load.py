@@ -61,9 +61,14 @@ def _load_peft_folder(folder: Path, allow_pickle: bool, layout: UNetLayout) -> A
         meta, how = AdapterMeta.from_metadata(metadata, str(weights)), "file"
     else:
         meta = default_meta(
-            layers, where, rank=config.r, alpha=config.lora_alpha, style=style_from_name(folder.name), name=folder.name,
+            layers,
+            where,
+            rank=config.r,
+            alpha=config.lora_alpha,
+            style=style_from_name(folder.name),
+            name=folder.name,
             training={"source": "peft", "base_model_name_or_path": config.base_model_name_or_path},
-        )  # fmt: skip
+        )
         how = "defaults"
     adapter = Adapter(meta=meta, layers=layers, source=where, metadata_source=how)
     check_consistent(adapter)
@@ -82,9 +87,14 @@ def _load_file(path: Path, allow_pickle: bool, layout: UNetLayout) -> Adapter:
         layers = parse_lora_tensors(tensors, where, lambda p, r: default_alpha or float(r), layout)
         rank = max(w.rank for w in layers.values()) if layers else 1
         meta = default_meta(
-            layers, where, rank=rank, alpha=default_alpha or rank, style=style_from_name(path.name), name=path.stem,
+            layers,
+            where,
+            rank=rank,
+            alpha=default_alpha or rank,
+            style=style_from_name(path.name),
+            name=path.stem,
             training={"source": "lora-file"},
-        )  # fmt: skip
+        )
         adapter = Adapter(meta=meta, layers=layers, source=where, metadata_source="defaults")
     check_consistent(adapter)
     return adapter
@@ -100,8 +110,12 @@ def _pick(path: Path, variant: str | None) -> Path:
     if len(found) == 1:
         return next(iter(found.values()))
     raise AdapterError(
-        f"{path}: " + (f"holds several adapters {sorted(found)}; choose one (--variant NAME)" if found else
-                       "holds no adapter (no .safetensors file and no PEFT folder)")  # fmt: skip
+        f"{path}: "
+        + (
+            f"holds several adapters {sorted(found)}; choose one (--variant NAME)"
+            if found
+            else "holds no adapter (no .safetensors file and no PEFT folder)"
+        )
     )
 
 

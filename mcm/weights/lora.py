@@ -25,11 +25,15 @@ class LoraWeights:
     def __post_init__(self):
         down, up = self.down, self.up
         if down.ndim not in (2, 4) or up.ndim != down.ndim:
-            raise ValueError(f"LoRA factors must both be 2-D (linear) or 4-D (conv); got {tuple(down.shape)} and {tuple(up.shape)}")
+            raise ValueError(
+                f"LoRA factors must both be 2-D (linear) or 4-D (conv); got {tuple(down.shape)} and {tuple(up.shape)}"
+            )
         if down.shape[0] < 1:
             raise ValueError(f"LoRA rank must be at least 1; down {tuple(down.shape)} has rank {down.shape[0]}")
         if up.shape[1] != down.shape[0]:
-            raise ValueError(f"LoRA rank mismatch: down {tuple(down.shape)} has rank {down.shape[0]}, up {tuple(up.shape)} has {up.shape[1]}")
+            raise ValueError(
+                f"LoRA rank mismatch: down {tuple(down.shape)} has rank {down.shape[0]}, up {tuple(up.shape)} has {up.shape[1]}"
+            )
         if up.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
             raise ValueError(f"LoRA up factor of a conv must be 1×1, got {tuple(up.shape)}")
 

@@ -65,8 +65,10 @@ class PeftConfig:
         key, expected = self._match(self.rank_pattern, name)
         field, expected = (f"rank_pattern[{key!r}]", expected) if key is not None else ("r", self.r)
         if expected != rank:
-            raise AdapterError(f"{self.path}: {field} = {expected} but layer {name!r} of the weights beside it has "
-                               f"rank {rank}; the config does not belong to these weights")  # fmt: skip
+            raise AdapterError(
+                f"{self.path}: {field} = {expected} but layer {name!r} of the weights beside it has "
+                f"rank {rank}; the config does not belong to these weights"
+            )
         _, alpha = self._match(self.alpha_pattern, name)
         alpha = self.lora_alpha if alpha is None else float(alpha)
         return alpha * math.sqrt(rank) if self.use_rslora else alpha  # rsLoRA: alpha/sqrt(r) = alpha'/r
@@ -118,8 +120,10 @@ def _refuse_unsupported(config: dict, path: Path) -> None:
 
 def _check_types(config: dict, path: Path) -> None:
     targets = config.get("target_modules")
-    if targets is not None and not isinstance(targets, str) and not (
-        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    if (
+        targets is not None
+        and not isinstance(targets, str)
+        and not (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
     ):
         raise AdapterError(f"{path}: target_modules = {targets!r}; expected a module-name string or a list of them")
     for field in ("use_rslora", "use_dora", "lora_bias", "fan_in_fan_out", "inference_mode"):
@@ -145,7 +149,9 @@ def read_peft_config(path: Path) -> PeftConfig:
         path=path,
         r=r,
         lora_alpha=float(alpha),
-        alpha_pattern=_pattern(config, "alpha_pattern", lambda v: _is_number(v) and v > 0, "a finite positive number", path),
+        alpha_pattern=_pattern(
+            config, "alpha_pattern", lambda v: _is_number(v) and v > 0, "a finite positive number", path
+        ),
         rank_pattern=_pattern(config, "rank_pattern", _is_rank, "a positive whole number", path),
         use_rslora=bool(config.get("use_rslora", False)),
         base_model_name_or_path=config.get("base_model_name_or_path"),

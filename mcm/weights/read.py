@@ -96,7 +96,9 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def read_tensors(path: Path, allow_pickle: bool, given_as: str = "adapter") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tensors(
+    path: Path, allow_pickle: bool, given_as: str = "adapter"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, header metadata) of a safetensors file or, with ``allow_pickle``, a tensors-only pickle."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:

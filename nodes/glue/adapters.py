@@ -31,8 +31,16 @@ log = logging.getLogger("comfyui-mcm")
 
 MODEL_FOLDER = "mcm"
 #: ComfyUI model-config class → the adapter base family it can take.
-COMFY_FAMILIES = {"SD15": "sd15", "SD15_instructpix2pix": "sd15", "SD20": "sd2", "SD21UnclipL": "sd2",
-                  "SD21UnclipH": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl", "SSD1B": "sdxl"}  # fmt: skip
+COMFY_FAMILIES = {
+    "SD15": "sd15",
+    "SD15_instructpix2pix": "sd15",
+    "SD20": "sd2",
+    "SD21UnclipL": "sd2",
+    "SD21UnclipH": "sd2",
+    "SDXL": "sdxl",
+    "SDXLRefiner": "sdxl",
+    "SSD1B": "sdxl",
+}
 
 
 def register_model_folders() -> None:
@@ -162,7 +170,9 @@ def _lora_patches(layers: dict[str, LoraWeights], prefix: str) -> dict:
 
 def _check_fits(adapter: Adapter, layers: dict[str, LoraWeights], patcher_state: dict, prefix: str, what: str):
     """The adapter's (translated) layers against the shapes of a ComfyUI model's weights."""
-    shapes = {p: tuple(patcher_state[f"{prefix}{p}.weight"].shape) for p in layers if f"{prefix}{p}.weight" in patcher_state}
+    shapes = {
+        p: tuple(patcher_state[f"{prefix}{p}.weight"].shape) for p in layers if f"{prefix}{p}.weight" in patcher_state
+    }
     adapter.check_shapes(shapes, where=f"this {what}", layers=layers)
 
 
@@ -233,8 +243,15 @@ def _no_motion_model(what: str, fix: str) -> AdapterError:
     )
 
 
-def patch_motion(model, motion_model, adapter: Adapter, strength: float, temporal_norm: str = FRAMES,
-                 norm_source: str = "node", where: str = "Load MCM LoRA"):  # fmt: skip
+def patch_motion(
+    model,
+    motion_model,
+    adapter: Adapter,
+    strength: float,
+    temporal_norm: str = FRAMES,
+    norm_source: str = "node",
+    where: str = "Load MCM LoRA",
+):
     """Apply the motion-module LoRA and the motion-module normalisation to ADE's motion model(s).
 
     ``motion_model`` (Gen2, MOTION_MODEL_ADE) is cloned and patched. Without it, the motion models that
@@ -249,12 +266,18 @@ def patch_motion(model, motion_model, adapter: Adapter, strength: float, tempora
         raise _no_motion_model(f"{adapter.source}: has {len(layers)} motion-module layers", "set strength_motion to 0")
     if not targets:
         if temporal_norm == FRAMES and norm_source == "node":
-            raise _no_motion_model(f"{where}: temporal_norm '{FRAMES}' (the motion module's input normalised over "
-                                   "the frames) asks for changes to the AnimateDiff motion model",
-                                   f"choose temporal_norm '{PER_FRAME}'")  # fmt: skip
+            raise _no_motion_model(
+                f"{where}: temporal_norm '{FRAMES}' (the motion module's input normalised over "
+                "the frames) asks for changes to the AnimateDiff motion model",
+                f"choose temporal_norm '{PER_FRAME}'",
+            )
         if temporal_norm == FRAMES:
-            log.warning("%s: no motion model reached this node, so the adapter's temporal_norm '%s' is not applied "
-                        "(image-only use). In Gen1 place this node after 'AnimateDiff Loader'.", where, FRAMES)  # fmt: skip
+            log.warning(
+                "%s: no motion model reached this node, so the adapter's temporal_norm '%s' is not applied "
+                "(image-only use). In Gen1 place this node after 'AnimateDiff Loader'.",
+                where,
+                FRAMES,
+            )
         return model, mm, 0
     count = 0
     params = model.get_attachment("ADE_params") if hasattr(model, "get_attachment") else None
@@ -283,8 +306,15 @@ def _checked_norm(selected, strength_model, strength_motion, temporal_norm: str)
     return temporal_norm, "node"
 
 
-def load_mcm_lora(model, selected, strength_model: float, strength_motion: float, mcm_sampling: bool,
-                  temporal_norm: str = AUTO_NORM, motion_model=None):  # fmt: skip
+def load_mcm_lora(
+    model,
+    selected,
+    strength_model: float,
+    strength_motion: float,
+    mcm_sampling: bool,
+    temporal_norm: str = AUTO_NORM,
+    motion_model=None,
+):
     """Load MCM LoRA: the adapter's UNet LoRA on a clone of MODEL, its motion LoRA and normalisation on the
     motion model(s), then (``mcm_sampling``) MCM model sampling. Returns (model, motion_model or None)."""
     from ...mcm.schedule import NoiseSchedule

@@ -30,8 +30,9 @@ def prediction_type_of(model_sampling) -> str:
     )
 
 
-def build_model_sampling(model_patcher, schedule: NoiseSchedule, timestep_scaling: float,
-                         num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS):  # fmt: skip
+def build_model_sampling(
+    model_patcher, schedule: NoiseSchedule, timestep_scaling: float, num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS
+):
     """A ComfyUI model-sampling object with MCM's schedule, grid and boundary condition.
 
     Its sigma table holds only the DDIM grid the student was distilled on (t = 19, 39, …, 999), the way
@@ -121,8 +122,9 @@ def comfy_sample_mcm(model, x, sigmas, extra_args=None, callback=None, disable=N
     )
 
 
-def with_mcm_sampling(model, schedule: NoiseSchedule, timestep_scaling: float,
-                      num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS):  # fmt: skip
+def with_mcm_sampling(
+    model, schedule: NoiseSchedule, timestep_scaling: float, num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS
+):
     """A clone of MODEL that samples with MCM's model sampling (the input is left untouched)."""
     m = model.clone()
     m.add_object_patch("model_sampling", build_model_sampling(m, schedule, timestep_scaling, num_ddim_timesteps))
@@ -153,8 +155,11 @@ def ensure_mcm_sampling(model):
     demo's (beta schedule :data:`~..choices.DEMO_BETA_SCHEDULE`, timestep scaling 4), stated in the log."""
     if is_mcm_sampling(model.get_model_object("model_sampling")):
         return model
-    log.info("MCM KSampler: the model has no MCM model sampling; using the official demo's (betas %s, "
-             "timestep scaling %g)", DEMO_BETA_SCHEDULE, TIMESTEP_SCALING)  # fmt: skip
+    log.info(
+        "MCM KSampler: the model has no MCM model sampling; using the official demo's (betas %s, timestep scaling %g)",
+        DEMO_BETA_SCHEDULE,
+        TIMESTEP_SCALING,
+    )
     return with_mcm_sampling(model, NoiseSchedule(DEMO_BETA_SCHEDULE), TIMESTEP_SCALING)
 
 
@@ -174,8 +179,17 @@ def ksample(model, seed: int, steps: int, cfg: float, positive, negative, latent
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
     callback = latent_preview.prepare_callback(model, sigmas.shape[-1] - 1, {})
     latent["samples"] = comfy.sample.sample_custom(
-        model, noise, cfg, mcm_sampler(), sigmas, positive, negative, samples,
-        noise_mask=latent.get("noise_mask"), callback=callback,
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed,
-    )  # fmt: skip
+        model,
+        noise,
+        cfg,
+        mcm_sampler(),
+        sigmas,
+        positive,
+        negative,
+        samples,
+        noise_mask=latent.get("noise_mask"),
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
+    )
     return latent

@@ -73,7 +73,9 @@ def _schedule(loaded: Adapter, beta_schedule: str) -> tuple[str, str]:
         return loaded.meta.beta_schedule, note
     if beta_schedule in BETA_CHOICES:
         return BETA_CHOICES[beta_schedule], "chosen in the node"
-    raise AdapterError(f"MCM Style Adapter: unknown beta_schedule {beta_schedule!r}; expected one of {SCHEDULE_CHOICES}")
+    raise AdapterError(
+        f"MCM Style Adapter: unknown beta_schedule {beta_schedule!r}; expected one of {SCHEDULE_CHOICES}"
+    )
 
 
 def select(adapter: str, beta_schedule: str) -> tuple[SelectedAdapter, int, float, str]:

@@ -42,7 +42,9 @@ log = logging.getLogger("comfyui-mcm")
 
 #: ADE motion-model formats with the AnimateDiff motion module that diffusers' UNetMotionModel runs.
 KNOWN_FORMATS = ("AnimateDiff", "AnimateLCM", "PIA")
-_TEMPORAL_TRANSFORMER = re.compile(r"(?:down_blocks\.\d+|up_blocks\.\d+|mid_block)\.motion_modules\.\d+\.temporal_transformer")
+_TEMPORAL_TRANSFORMER = re.compile(
+    r"(?:down_blocks\.\d+|up_blocks\.\d+|mid_block)\.motion_modules\.\d+\.temporal_transformer"
+)
 
 
 class FramesGroupNorm:
@@ -67,8 +69,11 @@ class FramesGroupNorm:
                 f"whole number of {frames}-frame videos (ADE's video_length); the statistics cannot be split by video"
             )
         norm = self.norm
-        casts = (getattr(norm, "comfy_cast_weights", False) or getattr(norm, "weight_function", None)
-                 or getattr(norm, "bias_function", None))  # fmt: skip
+        casts = (
+            getattr(norm, "comfy_cast_weights", False)
+            or getattr(norm, "weight_function", None)
+            or getattr(norm, "bias_function", None)
+        )
         if casts:  # ComfyUI casts or offloads this layer's weights (low VRAM, fp8, weight patches applied on the fly)
             return self._cast_and_norm(x, frames)
         return group_norm_over_frames(x, frames, norm.num_groups, norm.weight, norm.bias, norm.eps)
@@ -162,6 +167,8 @@ def describe(patcher, mode: str, count: int, hack: bool | None) -> str:
     else:
         text += "motion-module input norms per frame (stock ADE)"
     if hack:
-        text += ("; ADE's GroupNorm hack is on for this motion model, so the UNet's other GroupNorms span the "
-                 "frames too, which diffusers does not: not training-exact")  # fmt: skip
+        text += (
+            "; ADE's GroupNorm hack is on for this motion model, so the UNet's other GroupNorms span the "
+            "frames too, which diffusers does not: not training-exact"
+        )
     return text

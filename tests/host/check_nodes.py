@@ -41,7 +41,11 @@ class ToyEps:
 def check_sampling(M, model, clip, out):
     import torch
 
-    label = next(c for c in combo_options(M["MCM_ModelSampling"].INPUT_TYPES()["required"]["beta_schedule"]) if c.startswith("sqrt_linear"))
+    label = next(
+        c
+        for c in combo_options(M["MCM_ModelSampling"].INPUT_TYPES()["required"]["beta_schedule"])
+        if c.startswith("sqrt_linear")
+    )
     (patched,) = run_node(M["MCM_ModelSampling"], model, label, 4.0)
     ms = patched.get_model_object("model_sampling")
     out["model_sampling"] = type(ms).__name__
@@ -96,8 +100,9 @@ def check_parity(M, patched, pos, neg, out):
         else:
             alpha, sigma = schedule.alpha_sigma(timesteps[:1])
             x = alpha.item() * m.model.process_latent_in(init).double() + sigma.item() * noise
-        ref = sample_consistency(toy, x, timesteps, schedule, timestep_scaling=4.0,
-                                 noise_sampler=lambda like: ns(None, None).double())  # fmt: skip
+        ref = sample_consistency(
+            toy, x, timesteps, schedule, timestep_scaling=4.0, noise_sampler=lambda like: ns(None, None).double()
+        )
         scale = ref.abs().max().item()
         results[f"{steps}@{denoise}"] = (got - ref).abs().max().item() / scale
     out["parity_rel_err"] = results
@@ -137,8 +142,13 @@ def check_adapters(M, model, motion_name, out):
     out["adapter_choices"] = combo_options(node.INPUT_TYPES()["required"]["adapter"])
     webvid, steps, cfg, info = _selected(M, "animatediff-webvid")
     laion = _selected(M, "mcm-test-laion.safetensors")[0]
-    out["selected"] = {"webvid_betas": webvid.beta_schedule, "laion_betas": laion.beta_schedule,
-                       "steps": steps, "cfg": cfg, "info": info}  # fmt: skip
+    out["selected"] = {
+        "webvid_betas": webvid.beta_schedule,
+        "laion_betas": laion.beta_schedule,
+        "steps": steps,
+        "cfg": cfg,
+        "info": info,
+    }
 
     # our LDM names == ComfyUI's own diffusers→LDM map
     cmap = comfy.utils.unet_to_diffusers(model.model.model_config.unet_config)
@@ -165,21 +175,38 @@ def check_adapters(M, model, motion_name, out):
     base = {p: m.model.diffusion_model.get_submodule(p).weight.detach().float().clone() for p in probe}
     _load(m)  # the way sampling loads it (this unloads whatever used the same weights before)
     try:
-        err = max((_effective_weight(m.model.diffusion_model.get_submodule(p)) - base[p] - 0.8 * spatial[p].delta()).abs().max().item() for p in probe)
+        err = max(
+            (_effective_weight(m.model.diffusion_model.get_submodule(p)) - base[p] - 0.8 * spatial[p].delta())
+            .abs()
+            .max()
+            .item()
+            for p in probe
+        )
     finally:
         _unload()
-    restored = max((_effective_weight(m.model.diffusion_model.get_submodule(p)) - base[p]).abs().max().item() for p in probe)
+    restored = max(
+        (_effective_weight(m.model.diffusion_model.get_submodule(p)) - base[p]).abs().max().item() for p in probe
+    )
     motion = ade_motion_layers(webvid.adapter)
     mprobe = [p for i, p in enumerate(sorted(motion)) if i % 7 == 0]
     _unload()
     mbase = {p: mm2.model.get_submodule(p).weight.detach().float().clone() for p in mprobe}
     _load(mm2)
     try:
-        merr = max((_effective_weight(mm2.model.get_submodule(p)) - mbase[p] - motion[p].delta()).abs().max().item() for p in mprobe)
+        merr = max(
+            (_effective_weight(mm2.model.get_submodule(p)) - mbase[p] - motion[p].delta()).abs().max().item()
+            for p in mprobe
+        )
     finally:
         _unload()
-    out["gen2"].update({"unet_weight_err": err, "unet_restored_err": restored, "motion_weight_err": merr,
-                        "probed": [len(probe), len(mprobe)]})  # fmt: skip
+    out["gen2"].update(
+        {
+            "unet_weight_err": err,
+            "unet_restored_err": restored,
+            "motion_weight_err": merr,
+            "probed": [len(probe), len(mprobe)],
+        }
+    )
 
     # Gen1: the motion model rides on MODEL; the loader patches it there
     gen1 = M["ADE_AnimateDiffLoaderGen1"]().load_mm_and_inject_params(model, motion_name, "autoselect")[0]
@@ -252,12 +279,20 @@ def check_errors_impl(M, model, out):
     errors["missing_adapter"] = _error_of(lambda: _selected(M, "no-such-adapter"))
     errors["escape_folder"] = _error_of(lambda: _selected(M, "../../etc/passwd"))
     w = LoraWeights(torch.zeros(4, 8), torch.zeros(8, 4), 4.0)
-    modelscope = Adapter(AdapterMeta(base="modelscope-t2v", motion_module=None), {"transformer_in.proj_in": w}, source="ms.safetensors")
-    errors["wrong_base"] = _error_of(lambda: run_node(loader, model, selected_cls("ms", modelscope, "linear", "x"), 1.0, 1.0, True))
+    modelscope = Adapter(
+        AdapterMeta(base="modelscope-t2v", motion_module=None), {"transformer_in.proj_in": w}, source="ms.safetensors"
+    )
+    errors["wrong_base"] = _error_of(
+        lambda: run_node(loader, model, selected_cls("ms", modelscope, "linear", "x"), 1.0, 1.0, True)
+    )
     bad_layers = dict(webvid.adapter.layers)
-    bad_layers["down_blocks.0.attentions.0.proj_in"] = LoraWeights(torch.zeros(4, 7, 1, 1), torch.zeros(320, 4, 1, 1), 4.0)
+    bad_layers["down_blocks.0.attentions.0.proj_in"] = LoraWeights(
+        torch.zeros(4, 7, 1, 1), torch.zeros(320, 4, 1, 1), 4.0
+    )
     wrong = Adapter(webvid.adapter.meta, bad_layers, source="wrong-rank.safetensors")
-    errors["shape_mismatch"] = _error_of(lambda: run_node(loader, model, selected_cls("w", wrong, "linear", "x"), 1.0, 0.0, True))
+    errors["shape_mismatch"] = _error_of(
+        lambda: run_node(loader, model, selected_cls("w", wrong, "linear", "x"), 1.0, 0.0, True)
+    )
     errors["no_motion_model"] = _error_of(lambda: run_node(loader, model, webvid, 1.0, 1.0, True))
     saved = {k: nodes.NODE_CLASS_MAPPINGS.pop(k) for k in list(nodes.NODE_CLASS_MAPPINGS) if k.startswith("ADE_")}
     try:

@@ -145,8 +145,16 @@ class Graphs:
 
     def lora(self, temporal_norm, strength=1.0):
         """Load MCM LoRA (MCM model sampling on) on the checkpoint and a fresh Load AnimateDiff Model."""
-        return run_node(self.M["MCM_LoraLoader"], self.model, self.selected, strength, strength, True, temporal_norm,
-                                               motion_model=self.motion_model())  # fmt: skip
+        return run_node(
+            self.M["MCM_LoraLoader"],
+            self.model,
+            self.selected,
+            strength,
+            strength,
+            True,
+            temporal_norm,
+            motion_model=self.motion_model(),
+        )
 
     def evolved(self, lora, context=None, beta="use existing"):
         """→ Apply AnimateDiff Model → Use Evolved Sampling. Graphs built on one Load MCM LoRA output share its
@@ -308,8 +316,9 @@ def check_hack(g: Graphs, out):
 
     M = g.M
     latent = M["EmptyLatentImage"]().generate(SIZE, SIZE, FRAMES)[0]
-    gen1 = M["AnimateDiffLoaderV1"]().load_mm_and_inject_params(g.model, latent, g.motion_name, False,
-                                                                 "sqrt_linear (AnimateDiff)")[0]  # fmt: skip
+    gen1 = M["AnimateDiffLoaderV1"]().load_mm_and_inject_params(
+        g.model, latent, g.motion_name, False, "sqrt_linear (AnimateDiff)"
+    )[0]
     results, swapped, patched, owner_names = {}, [], {}, {}
     original = torch.nn.GroupNorm.forward
     for mode in ("frames", "per_frame"):  # strength 0: the span is what is compared, no weights to patch
@@ -327,9 +336,12 @@ def check_hack(g: Graphs, out):
             results[mode] = g.sample(m, 1, 1.0, g.zero, g.zero, FRAMES)
         finally:
             handle.remove()
-    out["hack"] = {"active": bool(swapped) and all(swapped), "patched_norms": patched,
-                   "norm_forward": {k: sorted(v) for k, v in owner_names.items()},
-                   "frames_vs_per_frame": rel_err(results["frames"], results["per_frame"])}  # fmt: skip
+    out["hack"] = {
+        "active": bool(swapped) and all(swapped),
+        "patched_norms": patched,
+        "norm_forward": {k: sorted(v) for k, v in owner_names.items()},
+        "frames_vs_per_frame": rel_err(results["frames"], results["per_frame"]),
+    }
 
 
 def check_sampler_vs_lcm(M, patched, pos, neg, out):
@@ -350,8 +362,13 @@ def check_sampler_vs_lcm(M, patched, pos, neg, out):
     latent = {"samples": torch.zeros(FRAMES, 4, 8, 8)}
     sigmas = run_node(M["MCM_Scheduler"], m, 4, 1.0)[0]
     got = {}
-    for name, sampler in (("mcm", run_node(M["MCM_Sampler"])[0]), ("lcm", _result(M["KSamplerSelect"]().get_sampler("lcm")))):
-        got[name] = _result(M["SamplerCustom"]().sample(m, True, SEED, 1.0, pos, neg, sampler, sigmas, latent))["samples"]
+    for name, sampler in (
+        ("mcm", run_node(M["MCM_Sampler"])[0]),
+        ("lcm", _result(M["KSamplerSelect"]().get_sampler("lcm"))),
+    ):
+        got[name] = _result(M["SamplerCustom"]().sample(m, True, SEED, 1.0, pos, neg, sampler, sigmas, latent))[
+            "samples"
+        ]
     out["sampler_vs_lcm"] = float((got["mcm"] - got["lcm"]).abs().max())
 
 
@@ -360,15 +377,23 @@ def check_errors(g: Graphs, out):
     M = g.M
     errors = {}
     loader = M["MCM_LoraLoader"]
-    errors["frames_without_motion_model"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "frames"))
-    errors["auto_without_motion_model_image_only"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "auto"))
+    errors["frames_without_motion_model"] = error_of(
+        lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "frames")
+    )
+    errors["auto_without_motion_model_image_only"] = error_of(
+        lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "auto")
+    )
     mm = g.motion_model()
     info = mm.model.mm_info
     saved = info.mm_format
     info.mm_format = "HotshotXL"  # the format ADE would report for a Hotshot-XL motion model
     try:
-        errors["unknown_format"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "frames", motion_model=mm))
-        errors["unknown_format_per_frame"] = error_of(lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "per_frame", motion_model=mm))
+        errors["unknown_format"] = error_of(
+            lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "frames", motion_model=mm)
+        )
+        errors["unknown_format_per_frame"] = error_of(
+            lambda: run_node(loader, g.model, g.selected, 1.0, 0.0, True, "per_frame", motion_model=mm)
+        )
     finally:
         info.mm_format = saved
     _, mm2 = run_node(loader, g.model, g.selected, 1.0, 1.0, True, "frames", motion_model=mm)

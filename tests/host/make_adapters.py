@@ -62,8 +62,12 @@ def main(argv=None) -> None:
     weights = folder / "adapter_model.safetensors"
     save_file(load_file(weights), str(weights), metadata={"format": "pt"})
     laion = Adapter(
-        meta=adapter.meta.replace(style="laion", name="mcm test laion", beta_schedule="scaled_linear",
-                                  training={"note": "random weights for host tests"}),  # fmt: skip
+        meta=adapter.meta.replace(
+            style="laion",
+            name="mcm test laion",
+            beta_schedule="scaled_linear",
+            training={"note": "random weights for host tests"},
+        ),
         layers=adapter.layers,
     )
     save_adapter(laion, out / "mcm-test-laion.safetensors", overwrite=True)

@@ -40,8 +40,16 @@ SIZE, FRAMES, LONG_FRAMES = 64, 8, 24
 LONG_STEPS = 2  # the context-window run (4 windows of 8 frames per step); the step workflows cover 4 and 8 steps
 VIDEO_NAME = "mcm_test_input.mp4"
 #: Run order (others follow, sorted): consecutive prompts share cached loaders and patched models.
-RUN_ORDER = ["mcm_t2v_gen1_4step", "mcm_t2v_gen2_1step", "mcm_t2v_gen2_2step", "mcm_t2v_gen2_4step", "mcm_t2v_gen2_8step",
-             "mcm_t2v_gen2_ksampler", "mcm_v2v_gen2", "mcm_long_video_context"]  # fmt: skip
+RUN_ORDER = [
+    "mcm_t2v_gen1_4step",
+    "mcm_t2v_gen2_1step",
+    "mcm_t2v_gen2_2step",
+    "mcm_t2v_gen2_4step",
+    "mcm_t2v_gen2_8step",
+    "mcm_t2v_gen2_ksampler",
+    "mcm_v2v_gen2",
+    "mcm_long_video_context",
+]
 
 
 def template_listing(client: Client, ui_workflows: dict) -> dict:
@@ -186,8 +194,14 @@ def first_node_error(body) -> dict:
         errs = ne.get("errors") or []
         if errs:
             e = errs[0]
-            out.update(node_id=nid, class_type=ne.get("class_type"), type=e.get("type"), message=e.get("message"),
-                       details=e.get("details"), input_name=(e.get("extra_info") or {}).get("input_name"))  # fmt: skip
+            out.update(
+                node_id=nid,
+                class_type=ne.get("class_type"),
+                type=e.get("type"),
+                message=e.get("message"),
+                details=e.get("details"),
+                input_name=(e.get("extra_info") or {}).get("input_name"),
+            )
             break
     return out
 
@@ -206,17 +220,49 @@ def no_motion_model_prompt() -> dict:
     """Gen1-style chain without ADE: Load MCM LoRA with strength_motion 1 on a model that has no motion model."""
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": HOST_CKPT}},
-        "2": {"class_type": "MCM_StyleAdapter", "inputs": {"adapter": ADAPTER_LABEL, "beta_schedule": "auto (from the adapter)"}},
-        "3": {"class_type": "MCM_LoraLoader", "inputs": {"model": ["1", 0], "mcm_adapter": ["2", 0], "strength_model": 1.0,
-                                                          "strength_motion": 1.0, "mcm_sampling": True, "temporal_norm": "auto"}},  # fmt: skip
+        "2": {
+            "class_type": "MCM_StyleAdapter",
+            "inputs": {"adapter": ADAPTER_LABEL, "beta_schedule": "auto (from the adapter)"},
+        },
+        "3": {
+            "class_type": "MCM_LoraLoader",
+            "inputs": {
+                "model": ["1", 0],
+                "mcm_adapter": ["2", 0],
+                "strength_model": 1.0,
+                "strength_motion": 1.0,
+                "mcm_sampling": True,
+                "temporal_norm": "auto",
+            },
+        },
         "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["1", 1]}},
         "6": {"class_type": "EmptyLatentImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": FRAMES}},
-        "7": {"class_type": "MCM_KSampler", "inputs": {"model": ["3", 0], "seed": 0, "steps": 1, "cfg": 1.0, "positive": ["4", 0],
-                                                        "negative": ["5", 0], "latent_image": ["6", 0], "denoise": 1.0}},  # fmt: skip
+        "7": {
+            "class_type": "MCM_KSampler",
+            "inputs": {
+                "model": ["3", 0],
+                "seed": 0,
+                "steps": 1,
+                "cfg": 1.0,
+                "positive": ["4", 0],
+                "negative": ["5", 0],
+                "latent_image": ["6", 0],
+                "denoise": 1.0,
+            },
+        },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
-        "9": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["8", 0], "filename_prefix": "mcmtest/no_motion", "fps": 8.0,
-                                                            "lossless": False, "quality": 80, "method": "default"}},  # fmt: skip
+        "9": {
+            "class_type": "SaveAnimatedWEBP",
+            "inputs": {
+                "images": ["8", 0],
+                "filename_prefix": "mcmtest/no_motion",
+                "fps": 8.0,
+                "lossless": False,
+                "quality": 80,
+                "method": "default",
+            },
+        },
     }
 
 
@@ -230,7 +276,10 @@ def bad_400(client: Client, prompt: dict) -> dict:
 
 def load_workflows(package_dir: Path) -> tuple[dict, dict]:
     ui = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted((package_dir / "workflows").glob("*.json"))}
-    api = {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted((package_dir / "workflows" / "api").glob("*.json"))}
+    api = {
+        p.stem: json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted((package_dir / "workflows" / "api").glob("*.json"))
+    }
     return ui, api
 
 
@@ -262,7 +311,8 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
             case: validate_ui(wf, object_info) for case, wf in broken_copies(ui_workflows["mcm_t2v_gen2_4step"]).items()
         }
         results["validator_accepts_appended_output"] = validate_ui(
-            ui_workflows["mcm_t2v_gen2_4step"], with_appended_output(object_info, "VAEDecode"))
+            ui_workflows["mcm_t2v_gen2_4step"], with_appended_output(object_info, "VAEDecode")
+        )
         results["workflow_templates"] = template_listing(client, ui_workflows)
 
         # d (first half). Validation errors: HTTP 400, nothing runs
@@ -285,8 +335,15 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
             small, frames = shrink(api_workflows[name], name)
             try:
                 runs[name] = run_prompt(client, small, server.output_dir, frames)
-                runs[name]["cpu_settings"] = {"frames": frames, "size": SIZE, "steps": [
-                    n["inputs"]["steps"] for n in small.values() if n["class_type"] in ("MCM_Scheduler", "MCM_KSampler")]}
+                runs[name]["cpu_settings"] = {
+                    "frames": frames,
+                    "size": SIZE,
+                    "steps": [
+                        n["inputs"]["steps"]
+                        for n in small.values()
+                        if n["class_type"] in ("MCM_Scheduler", "MCM_KSampler")
+                    ],
+                }
             except Exception as e:  # record and go on with the next workflow
                 runs[name] = {"ok": False, "exception": f"{type(e).__name__}: {e}"}
             print(f"{name}: {json.dumps(runs[name])[:400]}", file=sys.stderr, flush=True)
@@ -294,11 +351,15 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
         results["sliding_context_used"] = "Sliding context window sampling activated" in server.log_tail(10**7)
 
         # d (end). After all the errors, a valid prompt still runs
-        small, frames = shrink(api_workflows.get("mcm_t2v_gen2_1step") or api_workflows["mcm_t2v_gen2_4step"], "after_errors")
+        small, frames = shrink(
+            api_workflows.get("mcm_t2v_gen2_1step") or api_workflows["mcm_t2v_gen2_4step"], "after_errors"
+        )
         small = with_input(small, "SamplerCustom", noise_seed=1234)  # a new seed: the sampler really runs again
         after = run_prompt(client, small, server.output_dir, frames)
         _, queue = client.request("GET", "/queue")
-        after["queue_empty"] = isinstance(queue, dict) and not queue.get("queue_running") and not queue.get("queue_pending")
+        after["queue_empty"] = (
+            isinstance(queue, dict) and not queue.get("queue_running") and not queue.get("queue_pending")
+        )
         results["after_errors"] = after
     except Exception:
         results["fatal"] = traceback.format_exc()
@@ -315,7 +376,10 @@ if __name__ == "__main__":
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     res = main(*sys.argv[1:5])
-    summary = {"fatal": bool(res.get("fatal")), "registered": res.get("registered"),
-               "runs": {k: (v.get("ok"), v.get("seconds")) for k, v in (res.get("runs") or {}).items()},
-               "total_seconds": res.get("total_seconds")}  # fmt: skip
+    summary = {
+        "fatal": bool(res.get("fatal")),
+        "registered": res.get("registered"),
+        "runs": {k: (v.get("ok"), v.get("seconds")) for k, v in (res.get("runs") or {}).items()},
+        "total_seconds": res.get("total_seconds"),
+    }
     print(json.dumps(summary))

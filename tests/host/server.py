@@ -35,7 +35,9 @@ class Client:
 
     def request(self, method: str, path: str, body=None, timeout: float = 60):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 text = r.read().decode()
@@ -93,7 +95,9 @@ def server_env(package_dir: Path, python: str = sys.executable) -> tuple[dict, l
             env["PYTHONPATH"] = os.pathsep.join([str(shim), *parts])
             notes.append(f"torchvision not importable: using the host harness shim {shim}")
         else:
-            notes.append("torchvision not importable and no shim found: ADE may fail to import (set COMFYUI_PYTHONPATH)")
+            notes.append(
+                "torchvision not importable and no shim found: ADE may fail to import (set COMFYUI_PYTHONPATH)"
+            )
     if not env["PYTHONPATH"]:
         env.pop("PYTHONPATH")
     # One intra-op thread unless the caller says otherwise: on a small CPU machine shared with other jobs,
@@ -121,11 +125,28 @@ class Server:
         self._log = None
 
     def start(self) -> float:
-        cmd = [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--disable-api-nodes", "--preview-method", "none",
-               "--use-pytorch-cross-attention", "--output-directory", str(self.output_dir),
-               "--input-directory", str(self.input_dir), "--user-directory", str(self.work / "user"),
-               "--extra-model-paths-config", str(self.yaml)]  # fmt: skip
+        cmd = [
+            self.python,
+            "main.py",
+            "--cpu",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-auto-launch",
+            "--disable-api-nodes",
+            "--preview-method",
+            "none",
+            "--use-pytorch-cross-attention",
+            "--output-directory",
+            str(self.output_dir),
+            "--input-directory",
+            str(self.input_dir),
+            "--user-directory",
+            str(self.work / "user"),
+            "--extra-model-paths-config",
+            str(self.yaml),
+        ]
         self._log = open(self.log_path, "wb")
         t0 = time.time()
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)

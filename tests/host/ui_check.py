@@ -35,8 +35,16 @@ def input_specs(info: dict) -> list[dict]:
             elif type_ == "COMBO":
                 options = opts.get("options", [])
             widget = type_ in WIDGET_TYPES and not opts.get("forceInput")
-            specs.append({"name": name, "type": type_, "opts": opts, "options": options, "required": sec == "required",
-                          "widget": widget})  # fmt: skip
+            specs.append(
+                {
+                    "name": name,
+                    "type": type_,
+                    "opts": opts,
+                    "options": options,
+                    "required": sec == "required",
+                    "widget": widget,
+                }
+            )
     return specs
 
 
@@ -91,8 +99,11 @@ def output_problems(outputs: list[dict], info: dict) -> list[str]:
     types, names = list(info.get("output", [])), list(info.get("output_name", []))
     if len(outputs) > len(types):
         return [f"{len(outputs)} outputs saved, the node has {len(types)} ({names})"]
-    return [f"output {i} is {o.get('name')!r} ({o.get('type')}), the node's is {names[i]!r} ({types[i]})"
-            for i, o in enumerate(outputs) if (o.get("type"), o.get("name")) != (types[i], names[i])]  # fmt: skip
+    return [
+        f"output {i} is {o.get('name')!r} ({o.get('type')}), the node's is {names[i]!r} ({types[i]})"
+        for i, o in enumerate(outputs)
+        if (o.get("type"), o.get("name")) != (types[i], names[i])
+    ]
 
 
 def validate_ui(wf: dict, object_info: dict) -> list[str]:
@@ -126,8 +137,10 @@ def validate_ui(wf: dict, object_info: dict) -> list[str]:
             problems.append(f"{where}: widgets_values is a dict")
             continue
         if len(values) != len(seq):
-            problems.append(f"{where}: {len(values)} widgets_values, the node has {len(seq)} "
-                            f"({[s['name'] + ('' if r == 'value' else ':' + r) for s, r in seq]})")  # fmt: skip
+            problems.append(
+                f"{where}: {len(values)} widgets_values, the node has {len(seq)} "
+                f"({[s['name'] + ('' if r == 'value' else ':' + r) for s, r in seq]})"
+            )
             continue
         for (spec, role), value in zip(seq, values):
             if role == "control":
@@ -165,8 +178,10 @@ def validate_ui(wf: dict, object_info: dict) -> list[str]:
         spec = {s["name"]: s for s in input_specs(d_info)}.get(ins[dslot].get("name"))
         to_type = spec["type"] if spec else None
         if "*" not in (from_type, to_type) and from_type != to_type:
-            problems.append(f"link {lid}: {nodes[src]['type']} output {sslot} is {from_type}, "
-                            f"{nodes[dst]['type']}.{ins[dslot].get('name')} takes {to_type}")  # fmt: skip
+            problems.append(
+                f"link {lid}: {nodes[src]['type']} output {sslot} is {from_type}, "
+                f"{nodes[dst]['type']}.{ins[dslot].get('name')} takes {to_type}"
+            )
         if type_ != from_type:
             problems.append(f"link {lid}: type {type_!r}, the output is {from_type}")
     if nodes and wf.get("last_node_id", 0) < max(nodes):
@@ -178,6 +193,7 @@ def validate_ui(wf: dict, object_info: dict) -> list[str]:
 
 def broken_copies(wf: dict) -> dict[str, dict]:
     """Copies of a UI workflow with one known defect each: the validator must report every one."""
+
     def node(copy_, type_):
         return next(n for n in copy_["nodes"] if n["type"] == type_)
 
@@ -217,4 +233,3 @@ def with_appended_output(object_info: dict, class_type: str) -> dict:
     node["output"] = [*node["output"], "IMAGE"]
     node["output_name"] = [*node["output_name"], "NEW_OUTPUT"]
     return info
-
