@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedule import cpu_float64
+from .schedule import NoiseSchedule, append_dims, cpu_float64
 
 SIGMA_DATA = 0.5
 #: MCM's timestep scaling (official training scripts and demo).
@@ -29,14 +29,6 @@ def check_prediction_type(prediction_type: str) -> str:
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unknown prediction_type {prediction_type!r}; expected one of {list(PREDICTION_TYPES)}")
     return prediction_type
-
-
-def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Append trailing singleton dims so a per-sample ``(b,)`` tensor broadcasts against ``ndim`` dims."""
-    v = torch.as_tensor(v)
-    if v.ndim > ndim:
-        raise ValueError(f"cannot broadcast a {v.ndim}-d tensor against a {ndim}-d one")
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
 def boundary_scalings(
@@ -91,6 +83,21 @@ def predicted_eps(
         return (x_t - alpha_t * model_output) / sigma_t
     check_prediction_type(prediction_type)
     raise AssertionError("unreachable")
+
+
+def predictions(
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    schedule: NoiseSchedule,
+    prediction_type: str = "epsilon",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x̂_0, ε̂)`` from a model output at per-sample integer timesteps ``t`` of ``schedule``."""
+    alpha, sigma = schedule.alpha_sigma_like(t, x_t)
+    return (
+        predicted_x0(model_output, x_t, alpha, sigma, prediction_type),
+        predicted_eps(model_output, x_t, alpha, sigma, prediction_type),
+    )
 
 
 def consistency_output(

@@ -16,15 +16,8 @@ from typing import Any
 
 import torch
 
-from .boundary import (
-    MCM_TIMESTEP_SCALING,
-    append_dims,
-    check_prediction_type,
-    consistency_output,
-    predicted_eps,
-    predicted_x0,
-)
-from .schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule
+from .boundary import MCM_TIMESTEP_SCALING, check_prediction_type, consistency_output, predictions
+from .schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, append_dims
 from .solver import ddim_step, solver_timesteps
 
 __all__ = [
@@ -83,20 +76,10 @@ def use_generated_trajectories(lambda_real: float, generator=None) -> bool:
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
     """``α_t x0 + σ_t ε`` per sample, except that t = T−1 (999) gets pure noise (the hard swap)."""
-    alpha, sigma = schedule.alpha_sigma(t)
-    x_t = append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * noise
+    alpha, sigma = schedule.alpha_sigma_like(t, x0)
+    x_t = alpha * x0 + sigma * noise
     last = append_dims(t == schedule.num_train_timesteps - 1, x0.ndim).to(x0.device)
     return torch.where(last, noise, x_t)
-
-
-def _x0_eps(output, x_t, t, schedule, prediction_type):
-    alpha, sigma = schedule.alpha_sigma(t)
-    alpha = append_dims(alpha, x_t.ndim).to(x_t)
-    sigma = append_dims(sigma, x_t.ndim).to(x_t)
-    return (
-        predicted_x0(output, x_t, alpha, sigma, prediction_type),
-        predicted_eps(output, x_t, alpha, sigma, prediction_type),
-    )
 
 
 @torch.no_grad()
@@ -105,7 +88,7 @@ def generated_x0(
 ) -> torch.Tensor:
     """The student's one-step sample from pure noise at t = T−1 (plain x̂0, as the official code)."""
     t = torch.full((noise.shape[0],), schedule.num_train_timesteps - 1, dtype=torch.long)
-    x0, _ = _x0_eps(student(noise, t, cond), noise, t, schedule, prediction_type)
+    x0, _ = predictions(student(noise, t, cond), noise, t, schedule, prediction_type)
     return x0
 
 
@@ -146,7 +129,7 @@ def distillation_step(
     t_start, t_end = solver_timesteps(index, config.num_ddim_timesteps, schedule.num_train_timesteps)
     x_t = noisy_latents(x0, noise, t_start, schedule)
 
-    x0_student, _ = _x0_eps(student(x_t, t_start, cond), x_t, t_start, schedule, pt)
+    x0_student, _ = predictions(student(x_t, t_start, cond), x_t, t_start, schedule, pt)
     model_pred = consistency_output(x_t, x0_student, t_start, timestep_scaling=config.timestep_scaling)
 
     with torch.no_grad():
@@ -155,13 +138,13 @@ def distillation_step(
             out_c, out_u = both.chunk(2)
         else:
             out_c, out_u = teacher(x_t, t_start, cond), teacher(x_t, t_start, uncond)
-        x0_c, eps_c = _x0_eps(out_c, x_t, t_start, schedule, pt)
-        x0_u, eps_u = _x0_eps(out_u, x_t, t_start, schedule, pt)
+        x0_c, eps_c = predictions(out_c, x_t, t_start, schedule, pt)
+        x0_u, eps_u = predictions(out_u, x_t, t_start, schedule, pt)
         w = append_dims(w, x_t.ndim).to(x_t)
         x0_g = x0_c + w * (x0_c - x0_u)
         eps_g = eps_c + w * (eps_c - eps_u)
         x_prev = ddim_step(x0_g, eps_g, t_end, schedule)
-        x0_target, _ = _x0_eps(target_model(x_prev, t_end, cond), x_prev, t_end, schedule, pt)
+        x0_target, _ = predictions(target_model(x_prev, t_end, cond), x_prev, t_end, schedule, pt)
         target = consistency_output(x_prev, x0_target, t_end, timestep_scaling=config.timestep_scaling)
         target_repr = target_motion(target)
 

@@ -12,6 +12,9 @@ Two equivalent forms:
 
 Each step: evaluate ``f(x_{τ_i}, τ_i)``; if it is the last step return it, else re-noise it to the next
 timestep with fresh noise: ``x_{τ_{i+1}} = sqrt(ᾱ) f + sqrt(1 - ᾱ) z``.
+
+Beside them, :func:`sample_ddim` is the teacher's sampler in the same shape: deterministic DDIM (η = 0)
+with classifier-free guidance, what MCM is compared with and distils from.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import torch
 from .boundary import (
     MCM_TIMESTEP_SCALING,
     SIGMA_DATA,
-    append_dims,
     check_prediction_type,
     consistency_output,
     predicted_x0,
+    predictions,
 )
-from .schedule import NoiseSchedule, cpu_float64
+from .schedule import NoiseSchedule, append_dims, cpu_float64
+from .solver import ddim_step
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 Callback = Callable[[dict], None]
@@ -36,8 +40,8 @@ Callback = Callable[[dict], None]
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor | int, schedule: NoiseSchedule) -> torch.Tensor:
     """Forward diffusion ``x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) z`` at integer (per-sample) ``t``."""
-    alpha, sigma = schedule.alpha_sigma(t)
-    return append_dims(alpha, x0.ndim).to(x0) * x0 + append_dims(sigma, x0.ndim).to(x0) * noise
+    alpha, sigma = schedule.alpha_sigma_like(t, x0)
+    return alpha * x0 + sigma * noise
 
 
 def _per_sample(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -77,11 +81,7 @@ def sample_consistency(
         The consistency output ``f`` of the last step (the clean latent).
     """
     check_prediction_type(prediction_type)
-    timesteps = torch.as_tensor(timesteps, dtype=torch.long)
-    if timesteps.ndim != 1 or len(timesteps) == 0:
-        raise ValueError(f"timesteps must be a non-empty 1-d sequence, got shape {tuple(timesteps.shape)}")
-    if torch.any(timesteps[1:] >= timesteps[:-1]):
-        raise ValueError(f"timesteps must be strictly descending, got {timesteps.tolist()}")
+    timesteps = _check_timesteps(timesteps)
     noise_sampler = noise_sampler or torch.randn_like
     total = len(timesteps)
     for i, t in enumerate(timesteps):
@@ -89,9 +89,7 @@ def sample_consistency(
             check_interrupt()
         t_b = _per_sample(t, x)
         model_output = model(x, t_b, cond)
-        alpha, sigma = schedule.alpha_sigma(t_b)
-        alpha = append_dims(alpha, x.ndim).to(x)
-        sigma = append_dims(sigma, x.ndim).to(x)
+        alpha, sigma = schedule.alpha_sigma_like(t_b, x)
         x0_hat = predicted_x0(model_output, x, alpha, sigma, prediction_type)
         denoised = consistency_output(x, x0_hat, t_b, sigma_data, timestep_scaling)
         if callback is not None:
@@ -100,6 +98,57 @@ def sample_consistency(
             x = add_noise(denoised, noise_sampler(denoised), _per_sample(timesteps[i + 1], x), schedule)
         else:
             x = denoised
+    return x
+
+
+def _check_timesteps(timesteps) -> torch.Tensor:
+    timesteps = torch.as_tensor(timesteps, dtype=torch.long)
+    if timesteps.ndim != 1 or len(timesteps) == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-d sequence, got shape {tuple(timesteps.shape)}")
+    if torch.any(timesteps[1:] >= timesteps[:-1]):
+        raise ValueError(f"timesteps must be strictly descending, got {timesteps.tolist()}")
+    return timesteps
+
+
+@torch.no_grad()
+def sample_ddim(
+    model: ModelFn,
+    x: torch.Tensor,
+    timesteps: torch.Tensor,
+    schedule: NoiseSchedule,
+    cond: Any = None,
+    uncond: Any = None,
+    *,
+    guidance: float = 1.0,
+    prediction_type: str = "epsilon",
+    callback: Callback | None = None,
+    check_interrupt: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Deterministic DDIM (Song et al. 2021, η = 0) with classifier-free guidance, on the given (descending,
+    integer) ``timesteps``: the teacher's sampler.
+
+    With ``uncond`` the model runs once per step on ``[x; x]`` with ``[cond; uncond]`` and the output is
+    guided as ``u + guidance · (c − u)`` (guidance is linear, so it acts on a v output as on an ε one).
+    Each step moves ``x̂_0, ε̂`` to the next timestep (:func:`mcm.solver.ddim_step`); the last step returns
+    ``x̂_0``. On the 50-point grid this is diffusers' ``DDIMScheduler(timestep_spacing="trailing",
+    set_alpha_to_one=True)``. ``callback`` and ``check_interrupt`` as in :func:`sample_consistency`.
+    """
+    check_prediction_type(prediction_type)
+    timesteps = _check_timesteps(timesteps)
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        if check_interrupt is not None:
+            check_interrupt()
+        t_b = _per_sample(t, x)
+        if uncond is None:
+            output = model(x, t_b, cond)
+        else:
+            c, u = model(torch.cat([x, x]), torch.cat([t_b, t_b]), torch.cat([cond, uncond])).chunk(2)
+            output = u + guidance * (c - u)
+        x0_hat, eps_hat = predictions(output, x, t_b, schedule, prediction_type)
+        if callback is not None:
+            callback({"i": i, "t": int(t), "x": x, "denoised": x0_hat, "total": total})
+        x = ddim_step(x0_hat, eps_hat, _per_sample(timesteps[i + 1], x), schedule) if i + 1 < total else x0_hat
     return x
 
 

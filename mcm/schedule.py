@@ -37,6 +37,14 @@ def cpu_float64(x) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so a per-sample ``(b,)`` tensor broadcasts against ``ndim`` dims."""
+    v = torch.as_tensor(v)
+    if v.ndim > ndim:
+        raise ValueError(f"cannot broadcast a {v.ndim}-d tensor against a {ndim}-d one")
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
 def beta_schedule_from_comfy(name: str) -> str:
     """Translate a ComfyUI beta-schedule name (``sqrt_linear``/``linear``) to the diffusers name."""
     for diffusers_name, comfy_name in COMFY_BETA_NAMES.items():
@@ -126,6 +134,12 @@ class NoiseSchedule:
         self._check_range(t)
         a = self.alphas_cumprod[t]
         return a.sqrt(), (1.0 - a).sqrt()
+
+    def alpha_sigma_like(self, t: torch.Tensor | int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`alpha_sigma` at per-sample ``t``, shaped to broadcast against ``x`` and cast to its dtype
+        and device: the lookup every formula on ``x_t = alpha_t x_0 + sigma_t eps`` starts with."""
+        alpha, sigma = self.alpha_sigma(t)
+        return append_dims(alpha, x.ndim).to(x), append_dims(sigma, x.ndim).to(x)
 
     def sigma_at(self, t: torch.Tensor | float) -> torch.Tensor:
         """ComfyUI sigma at (possibly fractional) timestep ``t``: log-sigma linear interpolation.

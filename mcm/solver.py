@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .boundary import append_dims, predicted_eps, predicted_x0
+from .boundary import predictions
 from .schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps
 
 
@@ -40,9 +40,7 @@ def ddim_step(
     schedule: NoiseSchedule,
 ) -> torch.Tensor:
     """One deterministic DDIM step to ``t_n`` (per-sample), given x̂_0 and ε̂ at the previous time."""
-    alpha_n, sigma_n = schedule.alpha_sigma(t_n)
-    alpha_n = append_dims(alpha_n, x0_hat.ndim).to(x0_hat)
-    sigma_n = append_dims(sigma_n, x0_hat.ndim).to(x0_hat)
+    alpha_n, sigma_n = schedule.alpha_sigma_like(t_n, x0_hat)
     return alpha_n * x0_hat + sigma_n * eps_hat
 
 
@@ -59,9 +57,5 @@ def ddim_solver_step(
     For classifier-free guidance apply the guidance to the model output (equivalently to x̂_0 and ε̂,
     which are linear in it) before calling this.
     """
-    alpha, sigma = schedule.alpha_sigma(t_n_k)
-    alpha = append_dims(alpha, x_t.ndim).to(x_t)
-    sigma = append_dims(sigma, x_t.ndim).to(x_t)
-    x0_hat = predicted_x0(model_output, x_t, alpha, sigma, prediction_type)
-    eps_hat = predicted_eps(model_output, x_t, alpha, sigma, prediction_type)
+    x0_hat, eps_hat = predictions(model_output, x_t, t_n_k, schedule, prediction_type)
     return ddim_step(x0_hat, eps_hat, t_n, schedule)

@@ -211,3 +211,85 @@ def test_bad_timesteps_are_refused(toy_eps_model, timesteps, match):
         sample_consistency(
             toy_eps_model, torch.zeros(1, 4, 2, 2), torch.tensor(timesteps, dtype=torch.long), NoiseSchedule()
         )
+
+
+# --- the teacher's sampler: DDIM with classifier-free guidance -------------------------------------------
+
+
+def diffusers_ddim_cfg_loop(model, z, cond, uncond, guidance, beta_schedule, prediction_type, steps=50):
+    """diffusers' DDIMScheduler on the trailing grid (999, 979, …, 19), η = 0, the last step to ᾱ = 1, with
+    the pipelines' CFG: one call on [x; x] with [cond; uncond], then u + guidance · (c − u)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule=beta_schedule,
+        prediction_type=prediction_type,
+        timestep_spacing="trailing",
+        set_alpha_to_one=True,
+        clip_sample=False,
+    )
+    sched.alphas_cumprod = sched.alphas_cumprod.double()  # a float64 comparison of the algorithm
+    sched.set_timesteps(steps)
+    x = z.clone()
+    for t in sched.timesteps.tolist():
+        c, u = model(torch.cat([x, x]), torch.full((2 * len(x),), t), torch.cat([cond, uncond])).chunk(2)
+        x = sched.step(u + guidance * (c - u), t, x, eta=0.0, return_dict=False)[0]
+    return x
+
+
+class CondEpsModel:
+    """A fixed nonlinear model whose output depends on a per-sample conditioning vector ``(b, c)``."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, x, t, cond):
+        return self.base(x, t) + 0.3 * torch.tanh(append_dims(cond.to(x), x.ndim))
+
+
+@pytest.mark.parametrize("beta_schedule", ["linear", "scaled_linear"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_teacher_ddim_with_cfg_equals_diffusers_ddim_scheduler(toy_eps_model, beta_schedule, prediction_type):
+    from mcm.sampler import sample_ddim
+    from mcm.schedule import ddim_timesteps
+
+    g = torch.Generator().manual_seed(11)
+    z = torch.randn(VIDEO_SHAPE, generator=g, dtype=torch.float64)
+    cond, uncond = torch.randn(2, 4, generator=g, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.float64)
+    model = CondEpsModel(toy_eps_model)
+    ref = diffusers_ddim_cfg_loop(model, z, cond, uncond, 5.0, beta_schedule, prediction_type)
+    ours = sample_ddim(
+        model,
+        z.clone(),
+        ddim_timesteps(50).flip(0),
+        NoiseSchedule(beta_schedule),
+        cond,
+        uncond,
+        guidance=5.0,
+        prediction_type=prediction_type,
+    )
+    assert (ours - ref).abs().max().item() <= 1e-10 * ref.abs().max().item()
+    without_guidance = sample_ddim(model, z.clone(), ddim_timesteps(50).flip(0), NoiseSchedule(beta_schedule), cond)
+    assert (ours - without_guidance).abs().max().item() > 1e-3  # guidance changes the sample
+
+
+def test_teacher_ddim_recovers_x0_from_an_oracle_on_any_descending_timesteps(seeded_noise):
+    """With a model that returns the true noise of a fixed x0, every DDIM step stays on that x0's path."""
+    from mcm.sampler import add_noise, sample_ddim
+
+    schedule = NoiseSchedule("scaled_linear")
+    g = torch.Generator().manual_seed(3)
+    x0, eps = torch.randn(VIDEO_SHAPE, generator=g, dtype=torch.float64), torch.randn(VIDEO_SHAPE, generator=g)
+    eps = eps.double()
+
+    def oracle(x, t, cond):
+        return eps
+
+    for timesteps in (lcm_timesteps(4), torch.tensor([999, 500, 3])):
+        start = add_noise(x0, eps, timesteps[0], schedule)
+        out = sample_ddim(oracle, start, timesteps, schedule, guidance=1.0)
+        assert (out - x0).abs().max().item() < 1e-9
+    with pytest.raises(ValueError, match="strictly descending"):
+        sample_ddim(oracle, x0, torch.tensor([259, 499]), schedule)
