@@ -15,7 +15,7 @@ NODE_IDS = ["MCM_StyleAdapter", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sche
 
 async def comfy_entrypoint():
     """ComfyUI's V3 entry point: the extension whose ``get_node_list`` returns the MCM node classes."""
-    from .extension import MCMExtension
+    from .extension import MCMExtension  # here, not at the top: extension imports comfy_api (only inside ComfyUI)
 
     return MCMExtension()
 

@@ -1,11 +1,10 @@
 """MCM adapter nodes (V3 schema): the style-adapter selector and the LoRA loader (UNet + AnimateDiff
-motion module). Declarations only: each ``execute`` is one call into ``glue.selection`` / ``glue.adapters``."""
+motion module). Declarations only: each ``execute`` is one call into ``glue.selection`` / ``glue.patching``."""
 
 from __future__ import annotations
 
 from .choices import AUTO_NORM, AUTO_SCHEDULE, SCHEDULE_CHOICES, STRENGTH_MAX, TEMPORAL_NORM_CHOICES
-from .glue import adapters as lora_glue
-from .glue import selection
+from .glue import patching, selection
 from .schema import MCMNode, io
 
 MCMAdapter = io.Custom("MCM_ADAPTER")
@@ -130,7 +129,7 @@ class MCMLoraLoader(MCMNode):
         motion_model=None,
     ):
         return io.NodeOutput(
-            *lora_glue.load_mcm_lora(
+            *patching.load_mcm_lora(
                 model, mcm_adapter, strength_model, strength_motion, mcm_sampling, temporal_norm, motion_model
             )
         )

@@ -1,7 +1,11 @@
 """The only place the MCM nodes touch ComfyUI's internals (``comfy.*``, ``folder_paths``, ``latent_preview``,
-AnimateDiff-Evolved's objects), one module per concern: ``sampling``, ``adapters`` (listing and patching),
-``selection`` (MCM Style Adapter) and ``temporal_norm``. Each node's ``execute`` is one call into here.
-Nothing here imports ComfyUI at module import time."""
+AnimateDiff-Evolved's objects), one module per concern: ``folders`` (the ``models/mcm`` folder and the
+installed adapters), ``selection`` (MCM Style Adapter), ``patching`` (Load MCM LoRA: the UNet and
+motion-model patches), ``sampling`` and ``temporal_norm``. Each node's ``execute`` is one call into here.
+Nothing here imports ComfyUI at module import time. The imports between these modules form a tree:
+patching → selection → folders; patching → sampling, temporal_norm."""
+
+from .folders import register_model_folders
 
 
 def register_in_host() -> None:
@@ -10,6 +14,4 @@ def register_in_host() -> None:
         import folder_paths  # noqa: F401  (present only inside ComfyUI)
     except ImportError:
         return
-    from .adapters import register_model_folders
-
     register_model_folders()

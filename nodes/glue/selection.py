@@ -1,7 +1,7 @@
 """What MCM Style Adapter does: the installed adapters it offers, and the adapter it hands on.
 
 Importing it needs no ComfyUI; the list of installed adapters comes from ComfyUI's model folders
-(``folder_paths``) and is empty outside ComfyUI.
+(``folder_paths``, through :mod:`.folders`) and is empty outside ComfyUI.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ...mcm.weights import Adapter, AdapterError, load_adapter
 from ..choices import AUTO_SCHEDULE, BETA_CHOICES, NONE_INSTALLED, SCHEDULE_CHOICES
+from . import folders
 
 
 @dataclass(frozen=True)
@@ -44,9 +45,7 @@ def installed() -> dict[str, str]:
         import folder_paths  # noqa: F401  (only inside ComfyUI)
     except ImportError:
         return {}
-    from .adapters import list_adapters
-
-    return list_adapters()
+    return folders.list_adapters()
 
 
 def adapter_choices() -> list[str]:
@@ -82,10 +81,8 @@ def select(adapter: str, beta_schedule: str) -> tuple[SelectedAdapter, int, floa
     """MCM Style Adapter: (the selected adapter, its recommended steps and cfg, what it says about itself)."""
     found = installed()
     if adapter not in found:
-        from .adapters import SKIPPED
-
-        if adapter in SKIPPED:
-            raise AdapterError(f"MCM Style Adapter: {adapter!r} cannot be used: {SKIPPED[adapter]}")
+        if adapter in folders.SKIPPED:
+            raise AdapterError(f"MCM Style Adapter: {adapter!r} cannot be used: {folders.SKIPPED[adapter]}")
         raise AdapterError(
             f"MCM Style Adapter: {adapter!r} is not installed. Put MCM adapters (a .safetensors file or a PEFT "
             f"folder such as animatediff-webvid/) in models/mcm; found: {sorted(found) or 'none'}"

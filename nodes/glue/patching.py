@@ -1,18 +1,17 @@
-"""ComfyUI glue for MCM adapters: model folders, listing, and patching MODEL / MOTION_MODEL_ADE; what
-Load MCM LoRA does, behind one call.
+"""ComfyUI glue for patching MODEL and MOTION_MODEL_ADE with an MCM adapter: what Load MCM LoRA does,
+behind one call.
 
-Importing it needs no ComfyUI (``comfy``/``folder_paths`` are imported inside the functions).
+Importing it needs no ComfyUI (``comfy`` and ComfyUI's ``nodes`` are imported inside the functions).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from pathlib import Path
 
 import torch
 
+from ...mcm.schedule import NoiseSchedule
 from ...mcm.temporal_norm import FRAMES, PER_FRAME
 from ...mcm.weights import (
     SD15_LAYOUT,
@@ -20,16 +19,15 @@ from ...mcm.weights import (
     AdapterError,
     LoraWeights,
     ade_motion_layers,
-    check_mcm_marker,
     comfy_spatial_layers,
 )
-from ...mcm.weights.peft import PEFT_CONFIG, PEFT_WEIGHTS
 from ..choices import AUTO_NORM, STRENGTH_MAX, TEMPORAL_NORM_CHOICES
+from .sampling import build_model_sampling
+from .selection import SelectedAdapter
 from .temporal_norm import describe, groupnorm_hack, set_temporal_norm
 
 log = logging.getLogger("comfyui-mcm")
 
-MODEL_FOLDER = "mcm"
 #: ComfyUI model-config class → the adapter base family it can take.
 COMFY_FAMILIES = {
     "SD15": "sd15",
@@ -41,112 +39,6 @@ COMFY_FAMILIES = {
     "SDXLRefiner": "sdxl",
     "SSD1B": "sdxl",
 }
-
-
-def register_model_folders() -> None:
-    """``models/mcm`` for MCM adapters (files or PEFT folders), registered the way ADE registers its own."""
-    import folder_paths
-
-    path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-    folder_paths.add_model_folder_path(MODEL_FOLDER, path)
-    # add to this folder's own extension set (never mutate the shared supported_pt_extensions)
-    _, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
-    extensions.add(".safetensors")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:  # a read-only install still works with extra_model_paths
-        pass
-
-
-_MCM_FILE_CACHE: dict[tuple[str, float], bool | str] = {}
-#: label → why a file was left out of the list (the node's error names it if the label is picked anyway)
-SKIPPED: dict[str, str] = {}
-_WARNED: set[tuple[str, float]] = set()
-
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.path.getmtime(path)
-    except OSError:
-        return None
-
-
-def _cached_is_mcm(path: str) -> bool | str:
-    """True/False, or why the file cannot say (the header is unreadable, ``mcm.format`` is malformed)."""
-    key = (path, _mtime(path))
-    if key[1] is None:
-        return f"{path}: cannot be read (it vanished or is not accessible)"
-    if key not in _MCM_FILE_CACHE:
-        try:
-            _MCM_FILE_CACHE[key] = check_mcm_marker(path)
-        except AdapterError as exc:
-            _MCM_FILE_CACHE[key] = str(exc)
-    return _MCM_FILE_CACHE[key]
-
-
-def _skip(skipped: dict[str, str], label: str, full: str, reason: str) -> None:
-    """Leave one file out of the list, with one console warning per file (and version of it)."""
-    skipped[label] = reason
-    key = (full, _mtime(full) or 0.0)
-    if key not in _WARNED:
-        _WARNED.add(key)
-        log.warning("MCM adapters: skipped %s: %s", label, reason)
-
-
-def _entry(folder: str, rel: str, full: str) -> tuple[str, str] | str | None:
-    """(label, target) of one listed file, None if it is not an adapter, or why it is skipped."""
-    rel_path = Path(rel)
-    if rel_path.name == PEFT_WEIGHTS and (Path(full).parent / PEFT_CONFIG).exists():
-        label, target = rel_path.parent.as_posix(), str(Path(full).parent)
-        if label == ".":
-            return None  # a bare adapter_model.safetensors at the folder root: no folder name to show
-    elif folder == MODEL_FOLDER:
-        label, target = rel_path.as_posix(), full
-    else:
-        is_mcm = _cached_is_mcm(full)
-        if is_mcm is not True:
-            return is_mcm or None
-        label, target = rel_path.as_posix(), full
-    return (label if folder == MODEL_FOLDER else f"{folder}/{label}"), target
-
-
-def _folder_files(folder: str):
-    """(rel, full path) of the .safetensors files ComfyUI lists in a model folder (none if it has none)."""
-    import folder_paths
-
-    try:
-        names = folder_paths.get_filename_list(folder)
-    except KeyError:
-        return
-    for rel in names:
-        full = folder_paths.get_full_path(folder, rel)
-        if full and rel.lower().endswith(".safetensors"):
-            yield rel, full
-
-
-def list_adapters() -> dict[str, str]:
-    """Installed adapters, ``{label: path}``: every .safetensors or PEFT folder in ``models/mcm``,
-    and the files in ``models/loras`` that carry MCM metadata (or are PEFT adapter folders).
-
-    Labels come only from walking the registered folders, so a label can never point outside them.
-    A file that cannot be listed (unreadable header, malformed ``mcm.format``) is left out with one
-    warning naming it, and remembered in :data:`SKIPPED`; it never stops the listing.
-    """
-    found: dict[str, str] = {}
-    skipped: dict[str, str] = {}
-    for folder in (MODEL_FOLDER, "loras"):
-        for rel, full in _folder_files(folder):
-            try:
-                entry = _entry(folder, rel, full)
-            except OSError as exc:
-                entry = f"{full}: cannot be read ({exc.strerror or exc})"
-            if isinstance(entry, str):
-                _skip(skipped, f"{folder}/{Path(rel).as_posix()}", full, entry)
-            elif entry is not None:
-                found.setdefault(*entry)
-    SKIPPED.clear()
-    SKIPPED.update({label: why for label, why in skipped.items() if label not in found})
-    return dict(sorted(found.items()))
 
 
 def model_family(model_patcher) -> str:
@@ -292,8 +184,6 @@ def patch_motion(
 
 def _checked_norm(selected, strength_model, strength_motion, temporal_norm: str) -> tuple[str, str]:
     """The inputs of Load MCM LoRA checked; (temporal norm to apply, where it came from)."""
-    from .selection import SelectedAdapter
-
     if not isinstance(selected, SelectedAdapter):
         raise AdapterError("Load MCM LoRA: mcm_adapter must come from an MCM Style Adapter node")
     for name, value in (("strength_model", strength_model), ("strength_motion", strength_motion)):
@@ -317,9 +207,6 @@ def load_mcm_lora(
 ):
     """Load MCM LoRA: the adapter's UNet LoRA on a clone of MODEL, its motion LoRA and normalisation on the
     motion model(s), then (``mcm_sampling``) MCM model sampling. Returns (model, motion_model or None)."""
-    from ...mcm.schedule import NoiseSchedule
-    from .sampling import build_model_sampling
-
     norm, source = _checked_norm(selected, strength_model, strength_motion, temporal_norm)
     adapter = selected.adapter
     m, _ = patch_unet(model, adapter, float(strength_model))
