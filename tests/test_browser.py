@@ -6,6 +6,12 @@ Needs what the host tests need (COMFYUI_DIR, COMFYUI_PYTHON, COMFYUI_PYTHONPATH;
 test adapters, opens the server's own frontend and, for every file in workflows/, calls the frontend's
 `app.loadGraphData`, then records which node types it does not know, the graph as the frontend serialises it
 right after loading, and the frontend's own API conversion `app.graphToPrompt()`.
+
+It also checks the nodes' help pages (web/docs/<node id>.md, the package's WEB_DIRECTORY): the server serves each
+at the URL the frontend builds from the node's `python_module` (`/extensions/<pack folder>/docs/<node id>.md`, after
+trying `.../docs/<node id>/<locale>.md`; frontend 1.35 in ComfyUI 0.8 and 1.49 in 0.33 alike), and the frontend's
+own help shows it: a lone node of each type is selected on the canvas and the right side panel's info tab is
+opened, whose help content fetches the page itself and renders it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,6 +36,9 @@ CHROMIUM = os.environ.get("MCM_CHROMIUM") or shutil.which("chromium") or shutil.
 UI_NAMES = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
 DEFAULT = "mcm_t2v_gen2_4step"
 APP_TIMEOUT_MS = 180_000  # the first page load builds the node library from /object_info on a slow CPU
+HELP_TIMEOUT_MS = 60_000
+DOCS = ROOT / "web" / "docs"
+NODE_IDS = ["MCM_StyleAdapter", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Scheduler", "MCM_Sampler", "MCM_KSampler"]
 
 pytestmark = [
     pytest.mark.host,
@@ -52,6 +64,45 @@ async (wf) => {
     widgets: Object.fromEntries(saved.nodes.map((n) => [String(n.id), n.widgets_values ?? null])),
     prompt: output,
   };
+}
+"""
+
+
+#: Runs in the page for one node id: select a lone node of that type and open the right side panel's info tab,
+#: whose help content (NodeHelpContent) fetches the node's help page and renders it; what it shows once its title
+#: is this node's (the tab falls back to the node's description and tooltips when the page cannot be fetched).
+SHOW_HELP_JS = """
+async ({ nodeId, timeoutMs }) => {
+  const app = window.app;
+  const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+  const panel = pinia._s.get('rightSidePanel');
+  const graph = app.rootGraph || app.graph;
+  graph.clear();
+  const node = window.LiteGraph.createNode(nodeId);
+  graph.add(node);
+  app.canvas.deselectAll?.();
+  app.canvas.selectNode(node);
+  const shown = () => {
+    const root = document.querySelector('.node-help-content');
+    const md = root?.querySelector('.markdown-content');
+    return {
+      title: node.title,
+      h1: md?.querySelector('h1')?.textContent ?? null,
+      headings: md ? [...md.querySelectorAll('h2')].map((h) => h.textContent) : [],
+      // the first cell of each row of the inputs / outputs tables: a port name in code
+      names: md ? [...md.querySelectorAll('tbody tr > td:first-child > code')].map((c) => c.textContent) : [],
+      fallback: !!root?.querySelector('.fallback-content'),
+    };
+  };
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    // the info tab is offered only once the selection has reached the panel: ask again until it shows
+    if (!panel.isOpen || panel.activeTab !== 'info') panel.openPanel('info');
+    const now = shown();
+    if (now.h1 === node.title) return now;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  return { ...shown(), timedOut: true };
 }
 """
 
@@ -92,21 +143,95 @@ def frontend(tmp_path_factory):
     rw = _load_server_module()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     server = rw.Server(Path(COMFYUI_DIR), ROOT, tmp / "adapters", Path(tempfile.mkdtemp(prefix="mcm-browser-")), python)
-    results, page_errors = {}, []
+    results, page_errors, served, shown = {}, [], {}, {}
     try:
         server.start()
+        base = f"http://127.0.0.1:{server.port}"
+        served = _served_help_pages(base)
         with sync_playwright() as pw:
-            browser, page, page_errors = _open_frontend(pw, f"http://127.0.0.1:{server.port}/")
+            browser, page, page_errors = _open_frontend(pw, f"{base}/")
             try:
                 for name in UI_NAMES:
                     results[name] = page.evaluate(LOAD_JS, _file(name))
                 for case, wf in _broken_copies(_file(DEFAULT)).items():
                     results[case] = page.evaluate(LOAD_JS, wf)
+                shown = {node_id: _shown_help_page(page, node_id) for node_id in NODE_IDS}
             finally:
                 browser.close()
     finally:
         server.stop()
-    return {"results": results, "page_errors": page_errors, "server_log": server.log_tail()}
+    return {
+        "results": results,
+        "page_errors": page_errors,
+        "served": served,
+        "shown": shown,
+        "pack": rw.PACK_LINK,  # the package's folder name in the server's custom_nodes/
+        "server_log": server.log_tail(),
+    }
+
+
+def _get(url: str) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read().decode("utf-8")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read().decode("utf-8", errors="replace")
+
+
+def _help_url(python_module: str, node_id: str) -> str:
+    """The frontend's help-page URL for a custom node (its NodeHelpService / getNodeHelpBaseUrl): the pack is the
+    second part of ``python_module`` (``custom_nodes.<pack folder>``) with any ``@version`` cut off."""
+    parts = python_module.split(".")
+    assert len(parts) >= 2 and parts[0] == "custom_nodes", python_module
+    return f"/extensions/{parts[1].split('@')[0]}/docs/{node_id}.md"
+
+
+def _served_help_pages(base: str) -> dict:
+    """``{node id: what the server answers at the node's help URL}``, for every MCM node the server lists."""
+    status, _, body = _get(f"{base}/object_info")
+    assert status == 200, body[:2000]
+    info = json.loads(body)
+    served = {"listed": sorted(k for k in info if k.startswith("MCM_"))}
+    for node_id in served["listed"]:
+        url = _help_url(info[node_id]["python_module"], node_id)
+        status, content_type, text = _get(base + urllib.parse.quote(url))
+        served[node_id] = {"url": url, "status": status, "content_type": content_type, "text": text}
+    return served
+
+
+def _shown_help_page(page, node_id: str) -> dict:
+    """What the frontend fetched for the node's help (the page's own request) and what its info tab shows."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        with page.expect_response(
+            lambda r: urllib.parse.urlparse(r.url).path.endswith(f"/docs/{node_id}.md"), timeout=HELP_TIMEOUT_MS
+        ) as response:
+            shown = page.evaluate(SHOW_HELP_JS, {"nodeId": node_id, "timeoutMs": HELP_TIMEOUT_MS})
+        r = response.value
+    except PlaywrightError as exc:  # a timeout included: the frontend never asked for the page
+        return {"error": f"no request for {node_id}.md: {exc}"}
+    try:
+        text = r.text()
+    except PlaywrightError as exc:  # the frontend reads no body from a failed request
+        text = f"(no body: {exc})"
+    return {
+        **shown,
+        "fetched": {"url": urllib.parse.unquote(urllib.parse.urlparse(r.url).path), "status": r.status, "text": text},
+    }
+
+
+def _page(node_id: str) -> dict:
+    """What the help page of ``node_id`` holds: its text, title, section headings and table rows' names."""
+    text = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    return {
+        "text": text,
+        "title": lines[0].removeprefix("# "),
+        "headings": [line[3:] for line in lines if line.startswith("## ")],
+        "names": [line.split("`")[1] for line in lines if line.startswith("| `")],
+    }
 
 
 def _file(name: str, api: bool = False) -> dict:
@@ -164,3 +289,29 @@ def test_no_widget_value_changes_on_load(frontend, name):
 def test_frontend_api_conversion_equals_the_api_file(frontend, name):
     diff = _prompt_diff(frontend["results"][name]["prompt"], _file(name, api=True))
     assert not diff, f"{name}: {json.dumps(diff, indent=1)[:3000]}"
+
+
+def test_server_lists_the_nodes_that_have_help_pages(frontend):
+    assert frontend["served"]["listed"] == sorted(NODE_IDS)
+    assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(NODE_IDS)
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_server_serves_the_help_page_at_the_frontends_url(frontend, node_id):
+    served = frontend["served"][node_id]
+    assert served["url"] == f"/extensions/{frontend['pack']}/docs/{node_id}.md", served["url"]
+    assert served["status"] == 200, f"{served['url']}: HTTP {served['status']}\n{frontend['server_log'][-2000:]}"
+    assert "text/html" not in served["content_type"]  # the frontend ignores a help page served as HTML
+    assert served["text"] == _page(node_id)["text"]
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_frontend_help_shows_the_page(frontend, node_id):
+    shown, page = frontend["shown"][node_id], _page(node_id)
+    assert "error" not in shown, shown["error"]
+    fetched = shown["fetched"]
+    assert (fetched["url"], fetched["status"]) == (frontend["served"][node_id]["url"], 200)
+    assert fetched["text"] == page["text"]
+    assert not shown.get("timedOut") and not shown["fallback"], shown
+    assert (shown["title"], shown["h1"]) == (page["title"], page["title"])
+    assert shown["headings"] == page["headings"] and shown["names"] == page["names"]

@@ -1,5 +1,6 @@
-"""What the registry pack (`comfy node pack` / `comfy node publish`) holds: the nodes, mcm/, the workflows and
-the package metadata; not the tests, benchmarks, CI or the trainer with its toy teacher.
+"""What the registry pack (`comfy node pack` / `comfy node publish`) holds: the nodes, mcm/, the workflows, the
+nodes' help pages (web/, the package's WEB_DIRECTORY) and the package metadata; not the tests, benchmarks, CI or
+the trainer with its toy teacher.
 
 comfy-cli (1.23) zips the git-tracked files whose path does not match a `.comfyignore` pattern (gitwildmatch,
 via the `pathspec` library; blank and `#` lines skipped), plus every file under the `[tool.comfy] includes`
@@ -70,8 +71,17 @@ def test_pack_holds_what_comfyui_loads():
     needed = {"__init__.py", "pyproject.toml", "requirements.txt", "README.md", "LICENSE"}
     needed |= {f for f in tracked if f.startswith(("nodes/", "mcm/")) and f.endswith(".py")}
     needed |= {f for f in tracked if re.fullmatch(r"workflows/(api/)?[\w.-]+\.json", f)}
+    needed |= {f for f in tracked if f.startswith("web/")}
     assert any(f.startswith("nodes/") for f in needed) and any(f.startswith("workflows/api/") for f in needed)
     assert not needed - files, f"missing from the pack: {sorted(needed - files)}"
+
+
+def test_no_ignore_pattern_drops_the_help_pages():
+    """The help pages the frontend fetches (web/docs/, on disk whether or not git tracks them yet) are never
+    matched by .comfyignore, so every committed one is packed (test_pack_holds_what_comfyui_loads)."""
+    ignored = _matcher(_ignore_patterns())
+    pages = [p.relative_to(ROOT).as_posix() for p in (ROOT / "web" / "docs").glob("*.md")]
+    assert len(pages) >= 6 and not [f for f in pages if ignored(f)]
 
 
 def test_pack_leaves_out_tests_bench_ci_and_the_trainer():
