@@ -275,7 +275,7 @@ def feature_gradient_penalty(
         feats = disc.backbone.features(a * real_pixels + (1 - a) * fake_pixels)
     feats = [f.detach().requires_grad_(True) for f in feats]
     logits = disc.head_logits(feats, c)
-    grads = torch.autograd.grad(sum(l.sum() for l in logits), feats, create_graph=True)
+    grads = torch.autograd.grad(sum(logit.sum() for logit in logits), feats, create_graph=True)
     g = torch.cat([gr.flatten(1) for gr in grads], dim=1)
     return ((g.norm(2, dim=1) - 1) ** 2).mean()
 

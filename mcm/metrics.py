@@ -33,7 +33,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     )
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(), mu1.numel()):
         raise ValueError(
-            f"shapes do not match: mu {tuple(mu1.shape)} / {tuple(mu2.shape)}, sigma {tuple(sigma1.shape)} / {tuple(sigma2.shape)}"
+            f"shapes do not match: mu {tuple(mu1.shape)} / {tuple(mu2.shape)}, "
+            f"sigma {tuple(sigma1.shape)} / {tuple(sigma2.shape)}"
         )
     root1 = _sqrt_psd(sigma1)
     cross = _sqrt_psd(root1 @ sigma2 @ root1)

@@ -19,7 +19,8 @@ with classifier-free guidance, what MCM is compared with and distils from.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -228,8 +229,5 @@ def sample_mcm(
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        if sigmas[i + 1] > 0:
-            x = renoise(denoised, sigmas[i + 1], noise_sampler(sigmas[i], sigmas[i + 1]))
-        else:
-            x = denoised
+        x = renoise(denoised, sigmas[i + 1], noise_sampler(sigmas[i], sigmas[i + 1])) if sigmas[i + 1] > 0 else denoised
     return x

@@ -4,16 +4,6 @@ other LoRA files, and conversion to the layouts ComfyUI and AnimateDiff-Evolved 
 Command line: ``python -m mcm.weights inspect PATH`` and ``python -m mcm.weights convert SRC DST --to …``.
 """
 
-from .format import (
-    ADAPTER_FORMAT,
-    BASES,
-    FORMAT_VERSION,
-    OFFICIAL_TARGET_MODULES,
-    Adapter,
-    AdapterError,
-    AdapterMeta,
-    detect_base,
-)
 from .export import (
     EXPORTERS,
     ade_motion_layers,
@@ -25,9 +15,16 @@ from .export import (
     save_adapter,
     to_safetensors,
 )
-from .layers import parse_lora_tensors
-from .load import check_mcm_marker, find_adapters, is_mcm_file, load_adapter
-from .read import PICKLE_SUFFIXES, PickleRefusedError, read_safetensors, read_safetensors_metadata, read_weights
+from .format import (
+    ADAPTER_FORMAT,
+    BASES,
+    FORMAT_VERSION,
+    OFFICIAL_TARGET_MODULES,
+    Adapter,
+    AdapterError,
+    AdapterMeta,
+    detect_base,
+)
 from .keys import (
     SD15_LAYOUT,
     KeyMappingError,
@@ -39,7 +36,10 @@ from .keys import (
     ldm_to_diffusers,
     motion_to_ade,
 )
+from .layers import parse_lora_tensors
+from .load import check_mcm_marker, find_adapters, is_mcm_file, load_adapter
 from .lora import LoraWeights, merge_lora, unmerge_lora
+from .read import PICKLE_SUFFIXES, PickleRefusedError, read_safetensors, read_safetensors_metadata, read_weights
 
 __all__ = [
     "ADAPTER_FORMAT",

@@ -43,7 +43,7 @@ def describe(adapter) -> dict:
         "ranks": dict(sorted(ranks.items())),
         "dtypes": dict(dtypes),
         "parameters": adapter.num_parameters,
-        "meta": {k: v for k, v in meta.__dict__.items()},
+        "meta": dict(meta.__dict__),
     }
 
 

@@ -134,9 +134,17 @@ class AdapterMeta:
 
     # -- validation ------------------------------------------------------------------------------
     def validate(self, where: str = "adapter metadata") -> None:
+        """Refuse a value the nodes cannot sample with, naming the ``mcm.*`` entry and what was expected."""
+
         def bad(name: str, value, expected: str):
             raise AdapterError(f"{where}: mcm.{name} = {value!r}; expected {expected}")
 
+        self._validate_model(bad)
+        self._validate_sampling(bad)
+        self._validate_labels(bad)
+
+    def _validate_model(self, bad) -> None:
+        """The file's version, the base model and the LoRA."""
         if self.format_version != FORMAT_VERSION or isinstance(self.format_version, bool):
             if _is_int(self.format_version) and self.format_version > FORMAT_VERSION:
                 bad(
@@ -162,6 +170,9 @@ class AdapterMeta:
             or not all(isinstance(t, str) and t for t in self.target_modules)
         ):
             bad("target_modules", self.target_modules, "a non-empty list of module-name suffixes")
+
+    def _validate_sampling(self, bad) -> None:
+        """What the sampler is configured from: betas, boundary scaling, grid, parameterisation, steps, cfg, norm."""
         if not isinstance(self.beta_schedule, str) or self.beta_schedule not in BETA_SCHEDULES:
             hint = " (ComfyUI names differ: diffusers 'scaled_linear' is ComfyUI 'linear')"
             bad("beta_schedule", self.beta_schedule, f"a diffusers name, one of {list(BETA_SCHEDULES)}{hint}")
@@ -181,6 +192,9 @@ class AdapterMeta:
             bad("recommended_cfg", self.recommended_cfg, "a non-negative number (MCM: 1.0)")
         if not isinstance(self.temporal_norm, str) or self.temporal_norm not in TEMPORAL_NORMS:
             bad("temporal_norm", self.temporal_norm, f"one of {list(TEMPORAL_NORMS)}")
+
+    def _validate_labels(self, bad) -> None:
+        """The style, name, description and the training record."""
         for name in ("style", "name", "description"):
             if not isinstance(getattr(self, name), str):
                 bad(name, getattr(self, name), "a string")

@@ -108,6 +108,15 @@ def _join(*parts: str | None) -> str:
     return ".".join(p for p in parts if p)
 
 
+def _mid_to_ldm(path: str, m: re.Match) -> str:
+    kind, j, rest = m[1], int(m[2]), m[3]
+    if kind == "resnets" and j in (0, 1):
+        return _join(f"middle_block.{2 * j}", rest and _split_leaf(rest, _RESNET_TO_LDM, "a ResNet block", path))
+    if kind == "attentions" and j == 0:
+        return _join("middle_block.1", rest)
+    raise KeyMappingError(f"{path!r}: the middle block has resnets 0-1 and attention 0 only")
+
+
 def diffusers_to_ldm(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
     """Diffusers UNet module path → LDM path (without ComfyUI's ``diffusion_model.`` prefix)."""
     n = layout.layers_per_block
@@ -128,12 +137,7 @@ def diffusers_to_ldm(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
             raise KeyMappingError(f"{path!r}: the last down block has no downsampler")
         return f"input_blocks.{(i + 1) * (n + 1)}.0.op{m[2] or ''}"
     if m := _MID.match(path):
-        kind, j, rest = m[1], int(m[2]), m[3]
-        if kind == "resnets" and j in (0, 1):
-            return _join(f"middle_block.{2 * j}", rest and _split_leaf(rest, _RESNET_TO_LDM, "a ResNet block", path))
-        if kind == "attentions" and j == 0:
-            return _join("middle_block.1", rest)
-        raise KeyMappingError(f"{path!r}: the middle block has resnets 0-1 and attention 0 only")
+        return _mid_to_ldm(path, m)
     if m := _UP.match(path):
         i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
         if i >= layout.num_blocks or j > n or (kind == "attentions" and not layout.up_attention[i]):
@@ -156,6 +160,25 @@ _MIDDLE = re.compile(r"middle_block\.(\d+)(?:\.(.+))?$")
 _OUT = re.compile(r"output_blocks\.(\d+)\.(\d+)(?:\.(.+))?$")
 
 
+def _input_to_diffusers(path: str, m: re.Match, layout: UNetLayout) -> str:
+    n = layout.layers_per_block
+    k, slot, rest = int(m[1]), int(m[2]), m[3]
+    i, j = divmod(k - 1, n + 1)
+    if k < 1 or i >= layout.num_blocks:
+        raise KeyMappingError(f"{path!r}: input block {k} does not exist in layout {layout}")
+    if j == n:  # the downsampler slot
+        if slot != 0 or not (rest == "op" or (rest or "").startswith("op.")):
+            raise KeyMappingError(f"{path!r}: input block {k} holds only a downsampler 'op'")
+        return f"down_blocks.{i}.downsamplers.0.conv{rest[2:]}"
+    if slot == 0:
+        return _join(
+            f"down_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+        )
+    if slot == 1 and layout.down_attention[i]:
+        return _join(f"down_blocks.{i}.attentions.{j}", rest)
+    raise KeyMappingError(f"{path!r}: input block {k} has no slot {slot}")
+
+
 def ldm_to_diffusers(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
     """LDM UNet module path (``diffusion_model.`` prefix optional) → diffusers module path."""
     path = path.removeprefix("diffusion_model.")
@@ -164,21 +187,7 @@ def ldm_to_diffusers(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
         if path == src or path.startswith(src + "."):
             return dst + path[len(src) :]
     if m := _IN.match(path):
-        k, slot, rest = int(m[1]), int(m[2]), m[3]
-        i, j = divmod(k - 1, n + 1)
-        if k < 1 or i >= layout.num_blocks:
-            raise KeyMappingError(f"{path!r}: input block {k} does not exist in layout {layout}")
-        if j == n:  # the downsampler slot
-            if slot != 0 or not (rest == "op" or (rest or "").startswith("op.")):
-                raise KeyMappingError(f"{path!r}: input block {k} holds only a downsampler 'op'")
-            return f"down_blocks.{i}.downsamplers.0.conv{rest[2:]}"
-        if slot == 0:
-            return _join(
-                f"down_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
-            )
-        if slot == 1 and layout.down_attention[i]:
-            return _join(f"down_blocks.{i}.attentions.{j}", rest)
-        raise KeyMappingError(f"{path!r}: input block {k} has no slot {slot}")
+        return _input_to_diffusers(path, m, layout)
     if m := _MIDDLE.match(path):
         slot, rest = int(m[1]), m[2]
         if slot in (0, 2):

@@ -32,7 +32,8 @@ class LoraWeights:
             raise ValueError(f"LoRA rank must be at least 1; down {tuple(down.shape)} has rank {down.shape[0]}")
         if up.shape[1] != down.shape[0]:
             raise ValueError(
-                f"LoRA rank mismatch: down {tuple(down.shape)} has rank {down.shape[0]}, up {tuple(up.shape)} has {up.shape[1]}"
+                f"LoRA rank mismatch: down {tuple(down.shape)} has rank {down.shape[0]}, "
+                f"up {tuple(up.shape)} has {up.shape[1]}"
             )
         if up.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
             raise ValueError(f"LoRA up factor of a conv must be 1×1, got {tuple(up.shape)}")

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .format import AdapterError
-from .lora import LoraWeights
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "PEFT_WEIGHTS_PICKLE", "PeftConfig", "is_peft_folder", "read_peft_config"]
 
