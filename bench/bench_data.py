@@ -28,6 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.bench_train_step import make_step  # noqa: E402
+from bench.bench_train_step import parse as parse_step  # noqa: E402
+from bench.common import (  # noqa: E402
+    RESULTS,
+    finish,
+    interleaved,
+    medians,
+)
+from training.data import VideoClips  # noqa: E402
+from training.samples import encode_mp4  # noqa: E402
+from training.toy.world import write_toy_shards  # noqa: E402
+
 
 def webvid_like_video(frames: int, width: int = 596, height: int = 336, seed: int = 0):
     """``uint8 [frames, h, w, 3]``: a drifting colour gradient with moving blobs and grain (codec work like
@@ -70,8 +82,6 @@ def write_video_shard(folder: Path, video, count: int) -> Path:
     import json
     import tarfile
 
-    from training.data import encode_mp4
-
     data = encode_mp4(video, fps=25)
     folder.mkdir(parents=True, exist_ok=True)
     with tarfile.open(folder / "real-00000.tar", "w") as tar:
@@ -85,8 +95,6 @@ def write_video_shard(folder: Path, video, count: int) -> Path:
 
 def main(argv=None) -> dict:
     import torch
-
-    from bench.common import RESULTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=32, help="toy clips decoded per repetition")
@@ -117,10 +125,6 @@ def main(argv=None) -> dict:
 
 
 def _measure(args, argv, work: Path) -> dict:
-    from bench.bench_train_step import make_step
-    from bench.bench_train_step import parse as parse_step
-    from bench.common import finish, interleaved, medians
-    from training.data import VideoClips, write_toy_shards
 
     toy = VideoClips(
         write_toy_shards(work / "toy", num_clips=max(args.clips, 8), frames=16, size=32),
@@ -156,7 +160,8 @@ def _measure(args, argv, work: Path) -> dict:
         "toy_decoded_clips_per_cpu_second": decoded,
         "toy_decoded_clips_per_wall_second": statistics.median(w for _, w, _ in toy_rates),
         "toy_consumed_clips_per_cpu_second": consumed,
-        "toy_step": f"{args.teacher}, batch {args.batch}, {args.frames} frames, {args.resolution} px: {cpu['step']:.4f} CPU s / {wall['step']:.4f} wall s",
+        "toy_step": f"{args.teacher}, batch {args.batch}, {args.frames} frames, {args.resolution} px: "
+        f"{cpu['step']:.4f} CPU s / {wall['step']:.4f} wall s",
         "toy_loader_stats": toy_rates[-1][2],
         "reps": args.reps,
     }
@@ -169,7 +174,8 @@ def _measure(args, argv, work: Path) -> dict:
         real_decoded = statistics.median(c for c, _, _ in real_rates)
         result.update(
             {
-                "real_video": f"596x336 H.264 mp4, {args.real_video_frames} frames; cut 16 frames, interval {args.real_interval}, crop to {args.real_size} px",
+                "real_video": f"596x336 H.264 mp4, {args.real_video_frames} frames; "
+                f"cut 16 frames, interval {args.real_interval}, crop to {args.real_size} px",
                 "real_decoded_clips_per_cpu_second": real_decoded,
                 "real_decoded_clips_per_wall_second": statistics.median(w for _, w, _ in real_rates),
                 "ratio_real": real_decoded / (args.real_batch / args.step_seconds) if args.step_seconds else None,

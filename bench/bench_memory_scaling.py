@@ -39,6 +39,21 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    MOTION_CONFIGS,
+    RESULTS,
+    UNET_CONFIGS,
+    finish,
+)
+from mcm.distill import DistillConfig, distillation_step  # noqa: E402
+from mcm.motion import make_motion_representation  # noqa: E402
+from mcm.schedule import NoiseSchedule  # noqa: E402
+from training.models import (  # noqa: E402
+    Teacher,
+    call_unet,
+    make_student,
+)
+
 GIB = 2**30
 GOAL_GB, OFFICIAL_GB = 40.0, 70.0
 #: lever → (autocast dtype or None, frozen weight dtype, gradient checkpointing)
@@ -95,10 +110,7 @@ class LiveBytes(TorchDispatchMode):
 
 def build(size: str, lever: str, rank: int):
     """The teacher UNet (frozen, in the lever's dtype), the LoRA student on it, the motion head."""
-    from bench.common import MOTION_CONFIGS, UNET_CONFIGS
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from mcm.motion import make_motion_representation
-    from training.models import Teacher, make_student
 
     _, frozen, ckpt = LEVERS[lever]
     torch.manual_seed(0)
@@ -138,9 +150,6 @@ def static_bytes(student, head, size: str, frozen: torch.dtype) -> dict:
 
 def one_step(student, head, target_head, lever: str, frames: int, latent: int) -> LiveBytes:
     """One distillation step (student, teacher CFG, target, motion loss, backward) under :class:`LiveBytes`."""
-    from mcm.distill import DistillConfig, distillation_step
-    from mcm.schedule import NoiseSchedule
-    from training.models import call_unet
 
     autocast, _, _ = LEVERS[lever]
     g = torch.Generator().manual_seed(0)
@@ -281,7 +290,6 @@ def vae_decode_peak(latent: int, frames: int, dtype: torch.dtype) -> int:
 
 
 def parse(argv):
-    from bench.common import RESULTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -362,8 +370,6 @@ def lever_summary(rows: list[dict], target: tuple[int, int], vae: dict, unet) ->
 def main(argv=None) -> dict:
     import json
 
-    from bench.common import MOTION_CONFIGS, UNET_CONFIGS, finish
-
     args = parse(argv)
     torch.set_num_threads(args.threads)
     levers, points, target = args.levers.split(","), pairs(args.points), pairs(args.target)[0]
@@ -400,9 +406,10 @@ def main(argv=None) -> dict:
             MotionAdapter(block_out_channels=config["block_out_channels"], **MOTION_CONFIGS[args.size]),
         )
     summary = {lever: lever_summary([r for r in rows if r["lever"] == lever], target, vae, unet) for lever in levers}
-    for lever, s in summary.items():
+    for _lever, s in summary.items():
         print(
-            f"{s['flags']:70s} {s['target_total_gb']:6.1f} GB at {target[0] * 8}²×{target[1]} ({s['ratio_to_goal']:.2f} of the 40 GB goal; "
+            f"{s['flags']:70s} {s['target_total_gb']:6.1f} GB at {target[0] * 8}²×{target[1]} "
+            f"({s['ratio_to_goal']:.2f} of the 40 GB goal; "
             f"official ≥ 70 GB); held-out {s['heldout']} error {s['heldout_rel_error']:+.3f}"
         )
     best = min(summary.values(), key=lambda s: s["target_total_gb"])
@@ -410,7 +417,8 @@ def main(argv=None) -> dict:
         "ratio": best["ratio_to_goal"],
         "goal": "<= 1 (40 GB at 512x512x16, batch 1; official >= 70 GB)",
         "best": best["flags"],
-        "model": f"UNetMotionModel '{args.size}' + LoRA rank {args.rank}, random weights; step = student fwd+bwd, teacher CFG x2, target, motion head",
+        "model": f"UNetMotionModel '{args.size}' + LoRA rank {args.rank}, random weights; "
+        "step = student fwd+bwd, teacher CFG x2, target, motion head",
         "attention": sorted({op for r in rows for op in r["sdpa"]}),
         "target": f"latent {target[0]}x{target[0]}, {target[1]} frames, batch 1",
         "levers": summary,

@@ -1,7 +1,8 @@
 """Sampler overhead: one MCM sampling step over one bare UNet evaluation of the same model and input.
 
 usage:
-    OMP_NUM_THREADS=1 python bench/bench_sampler_overhead.py [--size tiny|small|real] [--steps 4] [--reps 5] [--device cpu]
+    OMP_NUM_THREADS=1 python bench/bench_sampler_overhead.py [--size tiny|small|real] [--steps 4] [--reps 5]
+        [--device cpu]
     # inside a real ComfyUI + ADE host (full-size SD1.5 + AnimateDiff weights from its model folders):
     COMFYUI_DIR=... PYTHONPATH=<shims> $COMFYUI_PYTHON bench/bench_sampler_overhead.py --host [--steps 2 --reps 2]
 
@@ -34,9 +35,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.bench_temporal_norm import start_host, write_adapter  # noqa: E402
+from bench.common import (  # noqa: E402
+    add_common_args,
+    finish,
+    interleaved,
+    medians,
+    motion_unet,
+    setup,
+    unet_inputs,
+)
+from mcm.sampler import comfy_sigmas, sample_consistency, sample_mcm, ve_consistency_output  # noqa: E402
+from mcm.schedule import NoiseSchedule, lcm_timesteps  # noqa: E402
+from training.models import VideoUNet  # noqa: E402
+
 
 def parse(argv):
-    from bench.common import add_common_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p)
@@ -51,11 +65,6 @@ def parse(argv):
 
 def core(args) -> dict:
     import torch
-
-    from bench.common import interleaved, medians, motion_unet, setup, unet_inputs
-    from mcm.sampler import comfy_sigmas, sample_consistency, sample_mcm, ve_consistency_output
-    from mcm.schedule import NoiseSchedule, lcm_timesteps
-    from training.models import VideoUNet
 
     device = setup(args)
     unet = motion_unet(args.size).to(device)
@@ -97,9 +106,9 @@ def core(args) -> dict:
         max(args.reps, 20),
         device,
     )
-    per = {k: args.steps for k in times}
+    per = dict.fromkeys(times, args.steps)
     wall, cpu = medians(times, per)
-    _, overhead = medians(free_times, {k: args.steps for k in free_times})
+    _, overhead = medians(free_times, dict.fromkeys(free_times, args.steps))
     return {
         "ratio": cpu["sample_consistency"] / cpu["bare"],
         "ratio_sample_mcm": cpu["sample_mcm"] / cpu["bare"],
@@ -107,7 +116,8 @@ def core(args) -> dict:
         "ratio_from_overhead": 1 + overhead["sample_consistency"] / cpu["bare"],
         "ratio_from_overhead_sample_mcm": 1 + overhead["sample_mcm"] / cpu["bare"],
         "goal": "<= 1.02",
-        "model": f"UNetMotionModel '{args.size}' ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters), random weights",
+        "model": f"UNetMotionModel '{args.size}' "
+        f"({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters), random weights",
         "input": f"1 video, {args.frames} frames, latent {args.latent}x{args.latent}, cfg 1 (1 UNet pass per step)",
         "steps": args.steps,
         "reps": args.reps,
@@ -119,8 +129,6 @@ def core(args) -> dict:
 
 def host(args) -> dict:
     import tempfile
-
-    from bench.bench_temporal_norm import start_host, write_adapter
 
     if not args.comfy_dir:
         raise SystemExit("--host: set COMFYUI_DIR or pass --comfy-dir")
@@ -151,7 +159,7 @@ def host(args) -> dict:
     sampler = M["MCM_Sampler"].execute().args[0]
     sigmas = M["MCM_Scheduler"].execute(g, args.steps, 1.0).args[0]
     runs = []
-    for i in range(args.reps + 1):  # the first is the warm-up
+    for _rep in range(args.reps + 1):  # the first is the warm-up
         unet_cpu.clear()
         wall, cpu = time.perf_counter(), time.process_time()
         M["SamplerCustom"]().sample(g, True, 1, 1.0, text, text, sampler, sigmas, latent)
@@ -176,7 +184,6 @@ def host(args) -> dict:
 
 
 def main(argv=None) -> dict:
-    from bench.common import finish
 
     args = parse(argv)
     if args.host:

@@ -1,7 +1,8 @@
 """Speed-up of MCM N-step sampling over the teacher's 25-step DDIM with CFG, against the evaluation-count limit.
 
 usage:
-    OMP_NUM_THREADS=1 python bench/bench_speedup.py [--size tiny|small|real] [--mcm-steps 1,2,4,8] [--reps 3] [--device cpu]
+    OMP_NUM_THREADS=1 python bench/bench_speedup.py [--size tiny|small|real] [--mcm-steps 1,2,4,8] [--reps 3]
+        [--device cpu]
 
 Same random ``UNetMotionModel``, input size and machine for both. The teacher: 25 DDIM steps (diffusers'
 ``leading`` spacing, t = 961, 921, …, 1) with classifier-free guidance, cond and uncond in one batch of two
@@ -23,6 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import add_common_args, finish, interleaved, medians, motion_unet, setup, unet_inputs  # noqa: E402
+from mcm.sampler import sample_consistency  # noqa: E402
+from mcm.schedule import NoiseSchedule, lcm_timesteps  # noqa: E402
+from mcm.solver import ddim_solver_step  # noqa: E402
+from training.models import VideoUNet  # noqa: E402
+
 TEACHER_STEPS = 25
 
 
@@ -38,8 +45,6 @@ def teacher_sample(model, x, cond, uncond, schedule, guidance: float = 7.5, step
     """DDIM with CFG ``ε = ε_u + w (ε_c − ε_u)``, cond and uncond batched: ``2 · steps`` UNet evaluations."""
     import torch
 
-    from mcm.solver import ddim_solver_step
-
     timesteps = teacher_timesteps(steps)
     with torch.no_grad():
         for i, t in enumerate(timesteps):
@@ -54,11 +59,6 @@ def teacher_sample(model, x, cond, uncond, schedule, guidance: float = 7.5, step
 
 def main(argv=None) -> dict:
     import torch
-
-    from bench.common import add_common_args, finish, interleaved, medians, motion_unet, setup, unet_inputs
-    from mcm.sampler import sample_consistency
-    from mcm.schedule import NoiseSchedule, lcm_timesteps
-    from training.models import VideoUNet
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(p, reps=3)
@@ -92,9 +92,11 @@ def main(argv=None) -> dict:
         "limit": {f"{n}-step": evaluations / n for n in steps},
         "fraction_of_limit_cpu": {f"{n}-step": v for n, v in fraction.items()},
         "fraction_of_limit_wall": {f"{n}-step": wall["teacher"] / wall[f"mcm_{n}"] / (evaluations / n) for n in steps},
-        "model": f"UNetMotionModel '{args.size}' ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters), random weights",
+        "model": f"UNetMotionModel '{args.size}' "
+        f"({sum(p.numel() for p in unet.parameters()) / 1e6:.1f} M parameters), random weights",
         "input": f"1 video, {args.frames} frames, latent {args.latent}x{args.latent}",
-        "teacher": f"DDIM {TEACHER_STEPS} steps, CFG {args.guidance:g} (cond+uncond batched): {evaluations} UNet evaluations",
+        "teacher": f"DDIM {TEACHER_STEPS} steps, CFG {args.guidance:g} (cond+uncond batched): "
+        f"{evaluations} UNet evaluations",
         "reps": args.reps,
         "median_cpu_seconds": cpu,
         "median_wall_seconds": wall,

@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import cpu_name  # noqa: E402  (before the host puts its own folders first on sys.path)
+from mcm.weights import Adapter, AdapterMeta, LoraWeights, save_adapter  # noqa: E402
 
 
 def start_host(comfy_dir: str, adapter_dir: str):
@@ -53,8 +58,6 @@ def write_adapter(folder: Path) -> None:
     """A minimal MCM adapter (one motion-module layer): the loader needs one; strength 0 leaves the weights."""
     import torch
 
-    from mcm.weights import Adapter, AdapterMeta, LoraWeights, save_adapter
-
     layer = "down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q"
     w = LoraWeights(torch.zeros(4, 320), torch.zeros(320, 4), 4.0)
     save_adapter(
@@ -62,7 +65,7 @@ def write_adapter(folder: Path) -> None:
     )
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--comfy-dir", default=os.environ.get("COMFYUI_DIR"))
     p.add_argument("--checkpoint", default="rand_sd15.safetensors")
@@ -73,19 +76,11 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     if not a.comfy_dir:
         p.error("set COMFYUI_DIR or pass --comfy-dir")
-    adapters = Path(tempfile.mkdtemp(prefix="mcm-bench-adapters-"))
-    sys.path.insert(0, str(ROOT))
-    from bench.common import cpu_name  # before the host puts its own folders first on sys.path
+    return a
 
-    write_adapter(adapters)
-    M = start_host(a.comfy_dir, str(adapters))
-    import torch
 
-    model, clip = M["CheckpointLoaderSimple"]().load_checkpoint(a.checkpoint)[:2]
-    text = M["CLIPTextEncode"]().encode(clip, "a red panda walking through a forest")[0]
-    selected = M["MCM_StyleAdapter"].execute("bench.safetensors", "auto (from the adapter)").args[0]
-    motion = M["ADE_LoadAnimateDiffModel"]().load_motion_model(a.motion)[0]
-    times: dict[str, list[float]] = {}
+def build_graphs(M, model, selected, motion, times: dict) -> dict:
+    """The Gen2 graph per temporal_norm, each with a model-function wrapper that times its UNet calls into ``times``."""
 
     def graph(norm):
         m, mm = M["MCM_LoraLoader"].execute(model, selected, 0.0, 0.0, True, norm, motion_model=motion).args
@@ -101,8 +96,11 @@ def main(argv=None) -> dict:
         g.set_model_unet_function_wrapper(timed)
         return g
 
-    graphs = {norm: graph(norm) for norm in ("per_frame", "frames")}
-    # the motion-module input norms themselves, timed by hooks (the same modules serve both graphs)
+    return {norm: graph(norm) for norm in ("per_frame", "frames")}
+
+
+def hook_motion_norms(motion) -> dict:
+    """Time the motion-module input norms themselves by hooks (the same modules serve both graphs)."""
     norm_time = {"current": None, "started": 0.0, "per_frame": [], "frames": []}
 
     def before(module, args):
@@ -115,6 +113,48 @@ def main(argv=None) -> dict:
         if name.endswith("temporal_transformer.norm"):
             module.register_forward_pre_hook(before)
             module.register_forward_hook(after)
+    return norm_time
+
+
+def summarize(a, times: dict, norm_time: dict, graphs: dict) -> dict:
+    import torch
+
+    wall = {norm: statistics.median(w for w, _ in t) for norm, t in times.items()}
+    cpu = {norm: statistics.median(c for _, c in t) for norm, t in times.items()}
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {'cpu' if not os.environ.get('MCM_BENCH_GPU') else 'gpu'}",
+        "graph": f"SD1.5 + AnimateDiff v2 (full size), {a.frames} frames, {a.size}x{a.size}, "
+        "cfg 1, 1 UNet pass per step",
+        "reps": a.reps,
+        "median_wall_seconds_per_step": {k: round(v, 4) for k, v in wall.items()},
+        "median_cpu_seconds_per_step": {k: round(v, 4) for k, v in cpu.items()},
+        "ratio_wall": round(wall["frames"] / wall["per_frame"], 4),
+        "ratio_cpu": round(cpu["frames"] / cpu["per_frame"], 4),
+        "median_cpu_ms_in_motion_norms_per_step": {k: round(1e3 * statistics.median(norm_time[k]), 2) for k in graphs},
+        # the same ratio from the norms alone: 1 + (their extra CPU time) / (the unpatched step), far less noisy
+        "ratio_from_norm_time": round(
+            1 + (statistics.median(norm_time["frames"]) - statistics.median(norm_time["per_frame"])) / cpu["per_frame"],
+            5,
+        ),
+        "all_wall_seconds": {k: [round(w, 3) for w, _ in v] for k, v in times.items()},
+    }
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    adapters = Path(tempfile.mkdtemp(prefix="mcm-bench-adapters-"))
+    write_adapter(adapters)
+    M = start_host(a.comfy_dir, str(adapters))
+
+    model, clip = M["CheckpointLoaderSimple"]().load_checkpoint(a.checkpoint)[:2]
+    text = M["CLIPTextEncode"]().encode(clip, "a red panda walking through a forest")[0]
+    selected = M["MCM_StyleAdapter"].execute("bench.safetensors", "auto (from the adapter)").args[0]
+    motion = M["ADE_LoadAnimateDiffModel"]().load_motion_model(a.motion)[0]
+    times: dict[str, list[float]] = {}
+    graphs = build_graphs(M, model, selected, motion, times)
+    norm_time = hook_motion_norms(motion)
     latent = M["EmptyLatentImage"]().generate(a.size, a.size, a.frames)[0]
     sampler = M["MCM_Sampler"].execute().args[0]
 
@@ -132,26 +172,7 @@ def main(argv=None) -> dict:
     for _ in range(a.reps):
         for norm in graphs:
             step(norm)
-    wall = {norm: statistics.median(w for w, _ in t) for norm, t in times.items()}
-    cpu = {norm: statistics.median(c for _, c in t) for norm, t in times.items()}
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, device {'cpu' if not os.environ.get('MCM_BENCH_GPU') else 'gpu'}",
-        "graph": f"SD1.5 + AnimateDiff v2 (full size), {a.frames} frames, {a.size}x{a.size}, cfg 1, 1 UNet pass per step",
-        "reps": a.reps,
-        "median_wall_seconds_per_step": {k: round(v, 4) for k, v in wall.items()},
-        "median_cpu_seconds_per_step": {k: round(v, 4) for k, v in cpu.items()},
-        "ratio_wall": round(wall["frames"] / wall["per_frame"], 4),
-        "ratio_cpu": round(cpu["frames"] / cpu["per_frame"], 4),
-        "median_cpu_ms_in_motion_norms_per_step": {k: round(1e3 * statistics.median(norm_time[k]), 2) for k in graphs},
-        # the same ratio from the norms alone: 1 + (their extra CPU time) / (the unpatched step), far less noisy
-        "ratio_from_norm_time": round(
-            1 + (statistics.median(norm_time["frames"]) - statistics.median(norm_time["per_frame"])) / cpu["per_frame"],
-            5,
-        ),
-        "all_wall_seconds": {k: [round(w, 3) for w, _ in v] for k, v in times.items()},
-    }
+    result = summarize(a, times, norm_time, graphs)
     print(json.dumps(result))
     return result
 

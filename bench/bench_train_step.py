@@ -3,7 +3,8 @@
 usage:
     OMP_NUM_THREADS=1 python bench/bench_train_step.py [--teacher training/toy_teacher] [--resolution 32] [--frames 8]
         [--batch 2] [--rank 8] [--reps 5] [--device cpu]
-    # real size (GPU): --teacher path/to/sd15 --motion-adapter path/to/motion-adapter --resolution 512 --frames 16 --batch 1 --rank 64
+    # real size (GPU): --teacher path/to/sd15 --motion-adapter path/to/motion-adapter --resolution 512 --frames 16
+    #     --batch 1 --rank 64
 
 One step as ``training/distill.py`` runs it on real-video trajectories (``mcm.distill.distillation_step``
 with the LoRA student, the teacher = the same UNet with the adapter disabled, the target = the student
@@ -28,9 +29,26 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import (  # noqa: E402
+    RESULTS,
+    finish,
+    interleaved,
+    medians,
+)
+from mcm.boundary import append_dims, consistency_output, predicted_x0  # noqa: E402
+from mcm.distill import DistillConfig, distillation_step  # noqa: E402
+from mcm.motion import make_motion_representation  # noqa: E402
+from mcm.schedule import NoiseSchedule  # noqa: E402
+from mcm.solver import solver_timesteps  # noqa: E402
+from training.adversarial import Adversary  # noqa: E402
+from training.models import (  # noqa: E402
+    call_unet,
+    load_teacher,
+    make_student,
+)
+
 
 def parse(argv):
-    from bench.common import RESULTS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -55,10 +73,6 @@ def parse(argv):
 def build(args):
     """Teacher, LoRA student, motion heads, adversary, optimizer and one batch of inputs."""
     import torch
-
-    from mcm.motion import make_motion_representation
-    from training.adversarial import Adversary
-    from training.models import load_teacher, make_student
 
     device = torch.device(args.device)
     teacher = load_teacher(args.teacher, "animatediff", args.motion_adapter)
@@ -107,12 +121,6 @@ def build(args):
 def make_step(args):
     """``(step, passes)``: the whole distillation step and each necessary pass, as callables."""
     import torch
-
-    from mcm.boundary import append_dims, consistency_output, predicted_x0
-    from mcm.distill import DistillConfig, distillation_step
-    from mcm.schedule import NoiseSchedule
-    from mcm.solver import solver_timesteps
-    from training.models import call_unet
 
     teacher, student, head, target_head, optimizer, adversary, a = build(args)
     schedule, config = NoiseSchedule("scaled_linear"), DistillConfig()
@@ -189,8 +197,6 @@ def make_step(args):
 def main(argv=None) -> dict:
     import torch
 
-    from bench.common import finish, interleaved, medians
-
     args = parse(argv)
     torch.set_num_threads(args.threads)
     step, passes = make_step(args)
@@ -202,7 +208,8 @@ def main(argv=None) -> dict:
         "goal": "<= 1.15",
         "ratio_wall": wall["step"] / sum(wall[k] for k in passes),
         "teacher": f"{args.teacher} (LoRA rank {args.rank} on the official targets)",
-        "input": f"batch {args.batch}, {args.frames} frames, {args.resolution}x{args.resolution} px, {args.disc_frames} frames decoded per clip",
+        "input": f"batch {args.batch}, {args.frames} frames, {args.resolution}x{args.resolution} px, "
+        f"{args.disc_frames} frames decoded per clip",
         "reps": args.reps,
         "median_cpu_seconds": {"step": cpu["step"], "sum of passes": total, **{k: cpu[k] for k in passes}},
         "median_wall_seconds": wall,

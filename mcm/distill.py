@@ -3,9 +3,10 @@
 Models are callables ``model(x_t, t, cond) -> output`` on latent videos ``(b, c, f, h, w)`` with
 per-sample integer timesteps ``t``; outputs are ε (or v / x0) predictions. The trainer wraps its
 diffusers UNets in this form; tests use small deterministic functions. The numbers are the official
-code's (yhZhai/mcm ``main.py`` and ``scripts/animatediff_distillation.sh``): the 50-point DDIM grid, one solver hop of 20, teacher CFG in
-the LCM form ``ε = ε_c + w(ε_c − ε_u)`` with w ~ U[5, 15] per sample, target = the student itself
-without gradients, boundary scaling 4, Huber distance with c = 0.001, and the t = 999 "hard swap".
+code's (yhZhai/mcm ``main.py`` and ``scripts/animatediff_distillation.sh``): the 50-point DDIM grid, one
+solver hop of 20, teacher CFG in the LCM form ``ε = ε_c + w(ε_c − ε_u)`` with w ~ U[5, 15] per sample,
+target = the student itself without gradients, boundary scaling 4, Huber distance with c = 0.001, and the
+t = 999 "hard swap".
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ Model = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 
 @dataclass(frozen=True)
 class DistillConfig:
+    """The numbers of one consistency-distillation step (the official scripts' by default): the solver grid,
+    the boundary's timestep scaling, the teacher's guidance range (LCM form), the distance, the prediction type
+    and the share of real trajectories; the trainer's flags take their defaults from here."""
+
     num_ddim_timesteps: int = NUM_DDIM_TIMESTEPS
     timestep_scaling: float = MCM_TIMESTEP_SCALING
     w_min: float = 5.0
@@ -44,9 +49,8 @@ class DistillConfig:
     huber_c: float = 0.001
     prediction_type: str = "epsilon"
     lambda_real: float = 0.5
-    teacher_cfg_batch: bool = (
-        False  # one teacher call on [cond; uncond] instead of two (memory/speed trade, same result)
-    )
+    #: one teacher call on [cond; uncond] instead of two (a memory/speed trade, the same result)
+    teacher_cfg_batch: bool = False
 
     def __post_init__(self):
         check_prediction_type(self.prediction_type)
@@ -92,7 +96,9 @@ def generated_x0(
     return x0
 
 
-def consistency_distance(pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = 0.001):
+def consistency_distance(
+    pred: torch.Tensor, target: torch.Tensor, loss_type: str = "huber", huber_c: float = DistillConfig.huber_c
+):
     """Mean pseudo-Huber ``sqrt((p − q)² + c²) − c`` (or mean squared error for ``l2``)."""
     diff = pred.float() - target.float()
     if loss_type == "l2":

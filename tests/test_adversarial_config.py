@@ -13,17 +13,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from training import distill
-from training.memory import is_placed
-
-from tests.test_faults import one_thread, toy_data  # noqa: F401 - fixtures shared with the fault tests
 from tests.test_faults import flags as fault_flags
-from tests.test_faults import one_and_two_processes
+from tests.test_faults import one_and_two_processes, one_thread, toy_data  # noqa: F401 - fixtures shared with the fault tests
+from training import distill
+from training.frozen import is_placed
 
 
 @pytest.fixture
 def fresh_accelerate():
-    """accelerate keeps one process-wide state: a run with another --mixed-precision needs it reset, before and after."""
+    """accelerate keeps one process-wide state: a run with another --mixed-precision needs it reset, before and
+    after."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
@@ -98,7 +97,8 @@ def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_w
     """The official scripts' settings at tiny size through the command line (``distill.main``): a ``--config`` YAML
     (accumulation 4, discriminator on, bf16 autocast, --scale-lr, cosine with warm-up) and ``--flag=value`` overrides of
     some of its values. The run folder's config.yaml holds every value given (the command line's where both set one);
-    D updates = optimizer steps; both learning rates follow their schedules at every step; the adapter is the one asked for."""
+    D updates = optimizer steps; both learning rates follow their schedules at every step; the adapter is the one
+    asked for."""
     import yaml
 
     from mcm.weights import load_adapter
@@ -296,7 +296,8 @@ def _rows(args, kwargs) -> int:
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, monkeypatch, precision):
     """The 1e-5-weighted feature penalty alone (the D loss zeroed), under CPU autocast: the heads' gradient is finite,
-    non-zero, and as dense as in fp32 (fp16 through D's loss scaler; in a probe, unscaled fp16 left 5.4% of the entries at 0, fp32 0.3%)."""
+    non-zero, and as dense as in fp32 (fp16 through D's loss scaler; in a probe, unscaled fp16 left 5.4% of the
+    entries at 0, fp32 0.3%)."""
     import training.adversarial
     from training.adversarial import Adversary
     from training.models import tiny_teacher

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from training import checkpoints, distill
-from training.data import write_toy_shards
+from training.toy.world import write_toy_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))

@@ -13,8 +13,8 @@ import pytest
 
 from training import config as tc
 from training import distill
-from training.data import write_toy_shards
 from training.models import tiny_teacher
+from training.toy.world import write_toy_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ["--teacher", "x/y", "--data", "shards"]

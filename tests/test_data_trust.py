@@ -17,16 +17,9 @@ from tests.test_evaluate import save_detectors
 from tests.test_faults import ENV, ROOT, _shard, flags
 from training import distill
 from training import evaluate as ev
-from training.data import (
-    Batches,
-    DataError,
-    ImageCaptions,
-    VideoClips,
-    encode_mp4,
-    toy_clip,
-    write_toy_image_shards,
-    write_toy_shards,
-)
+from training.data import Batches, DataError, ImageCaptions, VideoClips
+from training.samples import encode_mp4
+from training.toy.world import toy_clip, write_toy_image_shards, write_toy_shards
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +158,8 @@ def test_a_loader_that_dies_while_a_batch_is_fetched_leaves_a_checkpoint_of_the_
             for item, _ in zip(super().__iter__(), range(3)):
                 yield item
             raise RuntimeError(
-                "DataLoader worker (pid 123) exited unexpectedly with exit code 1. Details are lost due to multiprocessing."
+                "DataLoader worker (pid 123) exited unexpectedly with exit code 1. "
+                "Details are lost due to multiprocessing."
             )
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", DiesAfterThree)

@@ -153,7 +153,7 @@ def test_feature_penalty_gradient_matches_finite_differences():
     with torch.no_grad():
         feats = disc.backbone.features(a * real + (1 - a) * fake)
     feats = [f.clone().requires_grad_(True) for f in feats]
-    grads = torch.autograd.grad(sum(l.sum() for l in disc.head_logits(feats, c)), feats)
+    grads = torch.autograd.grad(sum(logit.sum() for logit in disc.head_logits(feats, c)), feats)
     flat = torch.cat([gr.flatten(1) for gr in grads], 1)
     assert gp.item() == pytest.approx(((flat.norm(dim=1) - 1) ** 2).mean().item(), rel=1e-9)
     v = [torch.randn_like(f) for f in feats]
@@ -161,7 +161,7 @@ def test_feature_penalty_gradient_matches_finite_differences():
 
     def total(fs):
         with torch.no_grad():
-            return sum(l.sum() for l in disc.head_logits(fs, c)).item()
+            return sum(logit.sum() for logit in disc.head_logits(fs, c)).item()
 
     fd = (total([f + eps * d for f, d in zip(feats, v)]) - total([f - eps * d for f, d in zip(feats, v)])) / (2 * eps)
     analytic = sum((gr * d).sum() for gr, d in zip(grads, v)).item()
@@ -219,7 +219,7 @@ def test_sparse_frames():
 
 def test_the_discriminator_learns_to_tell_clean_frames_from_degraded_ones():
     """Toy problem: clean toy frames (real) vs the same scenes degraded like web video (fake)."""
-    from training.data import toy_clip
+    from training.toy.world import toy_clip
 
     disc = tiny_disc(seed=3, image_size=56)
     opt = torch.optim.Adam(disc.trainable_parameters(), lr=2e-3, betas=(0.0, 0.99))
@@ -249,7 +249,7 @@ def test_the_toy_run_discriminator_separates_32px_toy_frames_without_augmentatio
     augmentation it tells clean from degraded frames within 50 steps (with the official augmentation, which moves
     and cuts out the watermark bar at this size, a probe reached only AUC 0.86 after 200)."""
     from training.adversarial import build_backbone
-    from training.data import toy_clip
+    from training.toy.world import toy_clip
 
     torch.manual_seed(0)
     disc = FrameDiscriminator(build_backbone("tiny", (2, 5, 8, 11)), 32)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from training import evaluate as ev
-from training.data import encode_mp4, toy_clip
+from training.samples import encode_mp4
+from training.toy.world import toy_clip
 
 
 class TinyI3D(torch.nn.Module):
@@ -167,9 +168,9 @@ def test_table_has_the_papers_layout():
         {"method": "MCM", "steps": 4, "fvd": 150.0, "clipsim": 30.25},
     ]
     table = ev.markdown_table(rows).splitlines()
-    assert (
-        table[0]
-        == "| method | FVD ↓ 1-step | FVD ↓ 4-step | FVD ↓ 50-step | CLIPSIM ↑ 1-step | CLIPSIM ↑ 4-step | CLIPSIM ↑ 50-step |"
+    assert table[0] == (
+        "| method | FVD ↓ 1-step | FVD ↓ 4-step | FVD ↓ 50-step "
+        "| CLIPSIM ↑ 1-step | CLIPSIM ↑ 4-step | CLIPSIM ↑ 50-step |"
     )
     assert table[2] == "| teacher | – | – | 100.00 | – | – | 30.00 |"
     assert table[3] == "| MCM | 200.00 | 150.00 | – | 29.50 | 30.25 | – |"
@@ -291,10 +292,10 @@ def _trainer_adapter(folder, *flags, lora_scale=0.5):
 def _spy_generate(monkeypatch):
     """Videos per (kind, steps) that evaluate generates, and the keywords its sampler passes to
     ``sample_consistency``."""
-    from training import toy_eval
+    from training import sampling
 
     videos, calls = {}, []
-    generate, sample = ev.generate, toy_eval.sample_consistency
+    generate, sample = ev.generate, sampling.sample_consistency
 
     def spy_generate(sampler, prompts, kind, steps, seed, batch):
         videos[(kind, steps)] = generate(sampler, prompts, kind, steps, seed, batch)
@@ -308,12 +309,12 @@ def _spy_generate(monkeypatch):
         return sample(*args, **kwargs)
 
     monkeypatch.setattr(ev, "generate", spy_generate)
-    monkeypatch.setattr(toy_eval, "sample_consistency", spy_sample)
+    monkeypatch.setattr(sampling, "sample_consistency", spy_sample)
     return videos, calls
 
 
 def test_mcm_rows_apply_the_adapter_with_its_metadata(tmp_path, detectors, monkeypatch):
-    from training.toy_eval import ToySampler
+    from training.sampling import VideoSampler
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square moving left slowly\na blue circle moving up quickly\n")
@@ -347,7 +348,7 @@ def test_mcm_rows_apply_the_adapter_with_its_metadata(tmp_path, detectors, monke
     assert list(rows) == [("teacher (DDIM, CFG 7.5)", 4), ("MCM", 1), ("MCM", 2)]
     assert all(rows[("MCM", n)]["fvd"] != rows[("teacher (DDIM, CFG 7.5)", 4)]["fvd"] for n in (1, 2))
     assert not any(np.array_equal(videos[("mcm", n)][i], videos[("teacher", 4)][i]) for n in (1, 2) for i in range(2))
-    # the metadata's settings reach the sampler (ToySampler's defaults are 4 and scaled_linear) and the report
+    # the metadata's settings reach the sampler (VideoSampler's defaults are 4 and scaled_linear) and the report
     assert calls == [{"timestep_scaling": 10.0, "prediction_type": "epsilon", "schedule": "linear"}] * 2
     assert report["sampling"] == {
         "beta_schedule": "linear",
@@ -357,7 +358,7 @@ def test_mcm_rows_apply_the_adapter_with_its_metadata(tmp_path, detectors, monke
     }
     # the adapter is applied exactly: the same samples as the in-memory student with those settings
     sampler = ev.load_generator(ev.build_parser().parse_args([*GENERATE, "--adapter", str(path)]))
-    own = ToySampler(
+    own = VideoSampler(
         student,
         sampler.vae,
         sampler.encode_text,

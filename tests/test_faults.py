@@ -22,7 +22,9 @@ import torch
 from mcm.weights import load_adapter
 from training import distill
 from training.checkpoints import CheckpointError
-from training.data import Batches, VideoClips, encode_mp4, toy_clip, write_toy_shards
+from training.data import Batches, VideoClips
+from training.samples import encode_mp4
+from training.toy.world import toy_clip, write_toy_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -223,7 +225,7 @@ def test_prune_unmarks_a_checkpoint_it_cannot_remove_and_says_so(tmp_path, monke
 
 
 def test_resume_drops_the_rows_after_the_checkpoint_and_a_row_cut_short(tmp_path):
-    from training.checkpoints import truncate_metrics
+    from training.report import truncate_metrics
 
     path = tmp_path / "metrics.csv"
     path.write_text("step,loss\n9,0.5\n10,0.4\n11,0.3\n12,0.2\n1")  # killed while writing step 13's row
@@ -291,8 +293,8 @@ def one_and_two_processes(tmp_path, toy_data, steps: list, flags_of=None) -> tup
             flags_of(tmp_path, toy_data, *steps, "--gradient-accumulation-steps", "2", "--run-name", "one")
         )
     )
-    # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU the
-    # trainer asks accelerate for CPU processes, which join over gloo on localhost
+    # `accelerate launch --cpu` runs one process unless mpirun is set up; --multi_gpu starts torchrun, and with no GPU
+    # the trainer asks accelerate for CPU processes, which join over gloo on localhost
     launcher = [
         sys.executable,
         "-m",
@@ -343,7 +345,7 @@ def test_two_accelerate_processes_train_what_one_process_with_accumulation_train
 def test_each_process_gets_the_micro_batches_one_process_would_use(toy_data):
     def keys(rank, world, block, n):
         ds = VideoClips(toy_data, 4, 1, 16, "center", seed=3, rank=rank, world_size=world, block=block)
-        return [[k for k in b["caption"]] for b, _ in zip(Batches(ds, block), range(n))]
+        return [list(b["caption"]) for b, _ in zip(Batches(ds, block), range(n))]
 
     single = keys(0, 1, 2, 6)
     assert keys(0, 2, 2, 3) == single[0::2] and keys(1, 2, 2, 3) == single[1::2]
@@ -476,7 +478,8 @@ def test_a_full_disk_in_torch_save_is_a_checkpoint_error_and_leaves_nothing(tmp_
 
     def save(obj, f, *a, **k):  # what torch.save raises on a full disk (its C++ writer), not an OSError
         raise RuntimeError(
-            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: file write failed"
+            "[enforce fail at inline_container.cc:603] . "
+            "PytorchStreamWriter failed writing file data/0: file write failed"
         )
 
     monkeypatch.setattr(torch, "save", save)

@@ -10,9 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from mcm.weights import load_adapter
-from training import distill
-
 from tests.test_faults import flags, one_thread, toy_data  # noqa: F401 - fixtures shared with the fault tests
+from training import distill
 
 
 def one_step(tmp_path, data, mult: float):

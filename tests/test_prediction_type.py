@@ -9,12 +9,12 @@ import json
 import pytest
 import torch
 
-from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.sampler import sample_consistency
+from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.weights import load_adapter, merge_lora
 from training import distill
-from training.data import write_toy_shards
 from training.models import call_unet, noise_settings, read_scheduler_config, tiny_teacher
+from training.toy.world import write_toy_shards
 
 V_CONFIG = {
     "_class_name": "DDIMScheduler",

@@ -163,8 +163,8 @@ def test_converters_keep_the_temporal_norm(tmp_path):
 def test_the_trainer_writes_frames():
     """The adapters the trainer exports record the form diffusers' UNetMotionModel trains with."""
     from training.config import parse_args
+    from training.export import adapter_meta
     from training.models import tiny_teacher
-    from training.stages import adapter_meta
 
     args = parse_args(
         ["--teacher", "tiny-animatediff", "--data", "toy-folder", "--resolution", "16", "--num-frames", "4"]

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from mcm.metrics import feature_stats, frechet_distance, frechet_distance_of
-from training import toy_eval
-from training.toy_teacher import SHIPPED, _learn_merges, build_models, build_tokenizer, save_teacher, toy_words
+from training.toy import evaluation, metrics, world
+from training.toy.preset import TEACHER as SHIPPED
+from training.toy.toy_models import _learn_merges, build_models, build_tokenizer, save_teacher, toy_words
 
 # --- Fréchet distance ---------------------------------------------------------------------------------
 
@@ -52,42 +53,42 @@ def test_frechet_distance_of_samples_is_small_for_one_distribution_and_grows_wit
 
 @pytest.fixture(scope="module")
 def references():
-    return toy_eval.reference_features(8, 32, n=48)
+    return metrics.reference_features(8, 32, n=48)
 
 
 def test_motion_metric_accepts_the_data_and_rejects_wrong_directions_speeds_and_noise(references):
-    prompts = toy_eval.toy_prompts()
-    videos, captions = toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True)
-    right = toy_eval.score_videos(videos, captions, *references)
+    prompts = world.toy_prompts()
+    videos, captions = metrics.reference_clips(prompts, 2, 8, 32, degraded=True)
+    right = metrics.score_videos(videos, captions, *references)
     assert right["correct"] >= 0.9 and right["velocity_error"] < 0.5
     # a quick circle's 8-frame window can start or end with the shape outside the frame (not visible: residual 8)
     assert (
         right["coherent"] >= 0.9
-        and np.median([toy_eval.motion_of(v, c)["track_residual"] for v, c in zip(videos, captions)]) < 0.5
+        and np.median([metrics.motion_of(v, c)["track_residual"] for v, c in zip(videos, captions)]) < 0.5
     )
     opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
     flipped = [" ".join(opposite.get(w, w) for w in c.split()) for c in captions]
-    assert toy_eval.score_videos(videos, flipped, *references)["direction_correct"] <= 0.1
+    assert metrics.score_videos(videos, flipped, *references)["direction_correct"] <= 0.1
     other_speed = [
         c.replace("slowly", "QUICK").replace("quickly", "slowly").replace("QUICK", "quickly") for c in captions
     ]
-    assert toy_eval.score_videos(videos, other_speed, *references)["speed_class_correct"] <= 0.1
+    assert metrics.score_videos(videos, other_speed, *references)["speed_class_correct"] <= 0.1
     static = [np.repeat(v[:1], len(v), axis=0) for v in videos]  # a still frame moves nowhere
-    assert toy_eval.score_videos(static, captions, *references)["correct"] == 0.0
-    assert toy_eval.score_videos(static, captions, *references)["coherent"] == 0.0
+    assert metrics.score_videos(static, captions, *references)["correct"] == 0.0
+    assert metrics.score_videos(static, captions, *references)["coherent"] == 0.0
     shuffled = [v[np.random.default_rng(i).permutation(len(v))] for i, v in enumerate(videos)]  # the shape jumps about
-    assert toy_eval.score_videos(shuffled, captions, *references)["coherent"] <= 0.2
+    assert metrics.score_videos(shuffled, captions, *references)["coherent"] <= 0.2
     rng = np.random.default_rng(0)
     noise = [rng.integers(0, 256, v.shape, dtype=np.uint8) for v in videos]
-    assert toy_eval.score_videos(noise, captions, *references)["correct"] <= 0.2
-    assert toy_eval.score_videos(noise, captions, *references)["coherent"] <= 0.2
+    assert metrics.score_videos(noise, captions, *references)["correct"] <= 0.2
+    assert metrics.score_videos(noise, captions, *references)["coherent"] <= 0.2
 
 
 def test_toy_clips_carry_their_motion_in_every_frame():
     """The tied world (the default): a white stripe on the side the shape moves towards, squares 1 px/frame
     ("slowly"), circles 2 px/frame ("quickly"), and each colour its own direction; the marked world draws
     the direction apart from the colour; the plain world has neither stripe nor a speed tied to the shape."""
-    from training.data import toy_clip
+    from training.toy.world import toy_clip
 
     speeds = {"square": 1, "circle": 2}
     ways = {"red": "right", "green": "left", "blue": "up", "yellow": "down"}
@@ -129,7 +130,7 @@ def test_cached_toy_shards_are_written_anew_for_another_world(tmp_path):
     import json
     import tarfile
 
-    from training.data import write_toy_image_shards, write_toy_shards
+    from training.toy.world import write_toy_image_shards, write_toy_shards
 
     ways = {"red": "right", "green": "left", "blue": "up", "yellow": "down"}
 
@@ -157,39 +158,37 @@ def test_cached_toy_shards_are_written_anew_for_another_world(tmp_path):
 
 
 def test_frame_quality_separates_clean_images_from_degraded_video(references):
-    prompts = toy_eval.toy_prompts()[:4]
-    clean = toy_eval.score_videos(*toy_eval.reference_clips(prompts, 2, 8, 32, degraded=False), *references)
-    dirty = toy_eval.score_videos(*toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True), *references)
+    prompts = world.toy_prompts()[:4]
+    clean = metrics.score_videos(*metrics.reference_clips(prompts, 2, 8, 32, degraded=False), *references)
+    dirty = metrics.score_videos(*metrics.reference_clips(prompts, 2, 8, 32, degraded=True), *references)
     assert clean["watermark"] < 0.05 < 0.2 < dirty["watermark"]
     assert clean["sharpness"] > dirty["sharpness"] + 0.2
     # a shape leaving the frame (a few pixels left) must not make the sharpness or the FD explode
-    many = toy_eval.score_videos(
-        *toy_eval.reference_clips(toy_eval.toy_prompts(), 4, 8, 32, degraded=False), *references
-    )
+    many = metrics.score_videos(*metrics.reference_clips(world.toy_prompts(), 4, 8, 32, degraded=False), *references)
     assert many["sharpness"] < 1.2 and many["fd_clean"] < 0.2, many
     assert clean["grain"] < dirty["grain"] and clean["background"] < dirty["background"]
     assert clean["fd_clean"] < clean["fd_degraded"] and dirty["fd_degraded"] < dirty["fd_clean"]
 
 
 def test_paired_difference_counts_discordant_clips_and_gives_the_exact_sign_test():
-    one = toy_eval.paired_difference([1, 1, 1, 0, 0, 1], [0, 0, 1, 0, 0, 1])
+    one = metrics.paired_difference([1, 1, 1, 0, 0, 1], [0, 0, 1, 0, 0, 1])
     assert one["difference"] == pytest.approx(2 / 6, abs=1e-4) and (one["wins"], one["losses"]) == (2, 0)
     assert one["sign_test_p"] == pytest.approx(0.5)  # 2 of 2 discordant clips one way: 2 * (1/2)^2
     d = np.array([1, 1, 0, 0, 0, 0], dtype=float)
     assert one["standard_error"] == pytest.approx(d.std(ddof=1) / math.sqrt(6), abs=1e-4)
-    ten = toy_eval.paired_difference([1] * 10 + [0] * 10, [0] * 10 + [0] * 10)
+    ten = metrics.paired_difference([1] * 10 + [0] * 10, [0] * 10 + [0] * 10)
     assert ten["sign_test_p"] == pytest.approx(2 / 2**10, abs=1e-4)  # ten wins, no loss: beyond chance
-    tied = toy_eval.paired_difference([1, 0, 1, 0], [0, 1, 0, 1])
+    tied = metrics.paired_difference([1, 0, 1, 0], [0, 1, 0, 1])
     assert tied["difference"] == 0 and tied["sign_test_p"] == 1.0
-    assert toy_eval.paired_difference([1, 1], [1, 1])["sign_test_p"] == 1.0
+    assert metrics.paired_difference([1, 1], [1, 1])["sign_test_p"] == 1.0
     with pytest.raises(ValueError, match="two equally long lists"):
-        toy_eval.paired_difference([1, 0, 1], [1, 0])
+        metrics.paired_difference([1, 0, 1], [1, 0])
 
 
 def test_captions_that_are_not_toy_captions_are_refused():
     with pytest.raises(ValueError, match="not a toy caption"):
-        toy_eval.parse_caption("a cat playing piano")
-    direction, speed = toy_eval.parse_caption("a blue circle moving up quickly")
+        metrics.parse_caption("a cat playing piano")
+    direction, speed = metrics.parse_caption("a blue circle moving up quickly")
     assert direction.tolist() == [0.0, -1.0] and speed == 2.0
 
 
@@ -201,7 +200,7 @@ def test_previews_are_an_animated_gif_and_a_png_strip(tmp_path):
         name: [rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8) for _ in range(3)]
         for name in ("teacher", "MCM 4-step")
     }
-    paths = toy_eval.write_previews(tmp_path, rows, ["p1", "p2", "p3"])
+    paths = evaluation.write_previews(tmp_path, rows, ["p1", "p2", "p3"])
     with Image.open(paths["gif"]) as gif:
         assert gif.n_frames == 8
     with Image.open(paths["png"]) as png:
@@ -266,7 +265,7 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
         1500,
         1500,
         1500,
-    ]  # the commands in training/toy_teacher.py
+    ]  # the commands in training/toy/RESULTS.md
     teacher = load_teacher(str(SHIPPED))
     assert teacher.max_frames == 32 and math.isfinite(teacher.scaling_factor) and teacher.vae_downsample == 2
     assert Path(teacher.source) == SHIPPED
@@ -275,15 +274,15 @@ def test_the_shipped_toy_teacher_is_small_documented_and_loads():
 def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_probes_run():
     from transformers import CLIPTokenizer
 
-    from training.toy_teacher import (
+    from training.toy.probes import (
         data_circles,
         data_mean_track,
-        load_models,
         noise_track,
         probe_caption,
         text_feature_change,
         tint_spread,
     )
+    from training.toy.toy_models import load_models
 
     assert [probe_caption(d) for d in ("left", "down")] == [
         "a green circle moving left quickly",
@@ -292,7 +291,8 @@ def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_pr
     for direction, (dx, dy) in {"left": (-1, 0), "down": (0, 1)}.items():
         track = data_mean_track(direction, clips=16)
         moved = (track[-1][0] - track[0][0], track[-1][1] - track[0][1])
-        # a circle moves 2 px/frame: 14 px over 8 frames, changed a little by the trainer's zooming crop and the frame's edge
+        # a circle moves 2 px/frame: 14 px over 8 frames, changed a little by the trainer's zooming crop and the
+        # frame's edge
         assert 8 < dx * moved[0] + dy * moved[1] < 18 and abs(dy * moved[0] + dx * moved[1]) < 2, (direction, track)
         along, across = tint_spread(data_circles(direction, clips=16), probe_caption(direction).split()[1])[
             :: 1 if dx else -1
@@ -308,7 +308,7 @@ def test_mean_track_and_spread_of_the_data_follow_the_caption_and_the_teacher_pr
 
 
 def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
-    from training.ablate import mcm_rows, table
+    from training.toy.ablate import mcm_rows, table
 
     metrics = {
         f"MCM {n}-step": {
@@ -334,32 +334,32 @@ def test_ablation_table_has_a_column_per_step_and_leaves_missing_cells_empty():
 
 
 def test_agreement_counts_clips_that_move_like_the_teacher_where_the_teacher_moves():
-    prompts = toy_eval.toy_prompts()
-    videos, captions = toy_eval.reference_clips(prompts, 2, 8, 32, degraded=True)
-    teacher = [toy_eval.motion_of(v, c) for v, c in zip(videos, captions)]
+    prompts = world.toy_prompts()
+    videos, captions = metrics.reference_clips(prompts, 2, 8, 32, degraded=True)
+    teacher = [metrics.motion_of(v, c) for v, c in zip(videos, captions)]
     assert sum(t["coherent"] for t in teacher) >= 14
-    same = toy_eval.agreement(teacher, teacher)
+    same = metrics.agreement(teacher, teacher)
     assert (
         same["moves_like"] == 1.0
         and same["velocity_gap"] == 0.0
         and same["reference_clips"] == sum(t["coherent"] for t in teacher)
     )
-    backwards = [toy_eval.motion_of(v[::-1], c) for v, c in zip(videos, captions)]  # the same shapes, played in reverse
-    reverse = toy_eval.agreement(backwards, teacher)
+    backwards = [metrics.motion_of(v[::-1], c) for v, c in zip(videos, captions)]  # the same shapes, played in reverse
+    reverse = metrics.agreement(backwards, teacher)
     assert (
         reverse["moves_like"] == 0.0 and reverse["velocity_gap"] > 1.5
     )  # |v - (-v)| = 2|v| ≥ 2 px/frame at 1 px/frame
-    still = [toy_eval.motion_of(np.repeat(v[:1], 8, axis=0), c) for v, c in zip(videos, captions)]
-    assert toy_eval.agreement(still, teacher)["moves_like"] == 0.0
+    still = [metrics.motion_of(np.repeat(v[:1], 8, axis=0), c) for v, c in zip(videos, captions)]
+    assert metrics.agreement(still, teacher)["moves_like"] == 0.0
     assert (
-        toy_eval.agreement(teacher, still)["reference_clips"] == 0
+        metrics.agreement(teacher, still)["reference_clips"] == 0
     )  # a teacher that does not move sets nothing to copy
     with pytest.raises(ValueError, match="the same clips"):
-        toy_eval.agreement(teacher[:3], teacher)
+        metrics.agreement(teacher[:3], teacher)
 
 
 def test_ablation_rows_are_compared_clip_by_clip_and_against_the_teachers_motion():
-    from training.ablate import mcm_rows, paired_rows
+    from training.toy.ablate import mcm_rows, paired_rows
 
     def clips(correct, velocities):
         return [
@@ -388,7 +388,7 @@ def test_ablation_rows_are_compared_clip_by_clip_and_against_the_teachers_motion
 
 
 def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path, monkeypatch):
-    from training import ablate
+    from training.toy import ablate
 
     right = (2.0, 0.0)
 
@@ -427,14 +427,15 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
     text = (tmp_path / "ablations.md").read_text()
     ladder = text.split("### Table 4, each row against the one before")[1].split("###")[0]
     assert (
-        "| + frame discriminator (clean images) | CD only (raw latents, real trajectories, no discriminator) | +0.250 ± 0.250 (1:0, p 1) |"
-        in ladder
-    )
+        "| + frame discriminator (clean images) | CD only (raw latents, real trajectories, no discriminator) "
+        "| +0.250 ± 0.250 (1:0, p 1) |"
+    ) in ladder
     assert ladder.count("+0.250 ± 0.250 (1:0, p 1)") == 3 * 3  # each step adds one clip, in all three columns
     sweep = text.split("### Table 6, each λ_real against the mix λ_real 0.5")[1].split("###")[0]
     assert "| λ_real 0 | λ_real 0.5 | +0.000 ± 0.000 (0:0, p 1) |" in sweep  # equal clips: no discordant pair
     assert "| λ_real 0.25 | λ_real 0.5 | -0.250 ± 0.250 (0:1, p 1) |" in sweep  # [1, 0, 1, 0] against [1, 1, 1, 0]
-    # [0, 1, 0, 0] against [1, 1, 1, 0]: differences [-1, 0, -1, 0], standard error 0.577 / 2; 0 wins, 2 losses: p = 2 / 2²
+    # [0, 1, 0, 0] against [1, 1, 1, 0]: differences [-1, 0, -1, 0], standard error 0.577 / 2; 0 wins, 2 losses:
+    # p = 2 / 2²
     assert "| λ_real 0.75 | λ_real 0.5 | -0.500 ± 0.289 (0:2, p 0.5) |" in sweep
     assert "| λ_real 1 | λ_real 0.5 | -0.250 ± 0.250 (0:1, p 1) |" in sweep  # the "+ motion loss" run, [1, 1, 0, 0]
     assert "moves like the teacher ↑ (4-step)" in text and (tmp_path / "ablations.json").exists()
@@ -450,7 +451,7 @@ def test_ablate_writes_both_tables_and_pairs_each_row_with_its_baseline(tmp_path
 
 
 def test_evaluate_passes_eval_seeds_on_and_refuses_none_and_fresh_text_needs_init(monkeypatch, capsys):
-    from training import toy_teacher
+    from training.toy import train_teacher as toy_teacher
 
     seen = []
     monkeypatch.setattr(
@@ -473,7 +474,7 @@ def test_a_continued_stage_can_restart_or_freeze_the_text_encoder_train_parts_an
     the folder's history with its world."""
     from transformers import CLIPTextModel
 
-    from training import toy_teacher
+    from training.toy import train_teacher as toy_teacher
 
     tokenizer = build_tokenizer()
     unet, vae, text = build_models(tokenizer, seed=3)

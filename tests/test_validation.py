@@ -16,8 +16,9 @@ from mcm.sampler import sample_consistency
 from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.weights import load_adapter
 from training import distill
-from training.data import Batches, VideoClips, write_toy_shards
+from training.data import Batches, VideoClips
 from training.models import call_unet, make_student, tiny_teacher
+from training.toy.world import write_toy_shards
 from training.validation import DEFAULT_PROMPTS, HELD_OUT_SEED
 
 
@@ -120,7 +121,7 @@ def test_validation_videos_are_what_mcm_sampler_gives_for_the_saved_adapter(vali
                     cond,
                     prediction_type=meta.prediction_type,
                     timestep_scaling=meta.timestep_scaling,
-                    noise_sampler=lambda like: torch.randn(like.shape, generator=g),
+                    noise_sampler=lambda like, g=g: torch.randn(like.shape, generator=g),
                 )
                 pixels = teacher.vae.decode(x[0].transpose(0, 1) / teacher.scaling_factor).sample
             frames = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

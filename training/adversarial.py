@@ -26,7 +26,7 @@ from mcm.discriminator import (
     r1_penalty,
     sparse_frame_indices,
 )
-from training.memory import FrozenParts
+from training.frozen import FrozenParts
 
 
 def build_backbone(name: str, layers: tuple[int, ...]):
@@ -72,7 +72,7 @@ class Adversary:
     """
 
     def __init__(self, args, teacher, device, accelerator, lr: float, max_steps: int, generator: torch.Generator):
-        """``teacher``: a :class:`training.memory.FrozenParts` (or a teacher, used without offload);
+        """``teacher``: a :class:`training.frozen.FrozenParts` (or a teacher, used without offload);
         ``max_steps``: the run's optimizer steps (the schedule is sized in D updates from it)."""
         layers = tuple(int(i) for i in str(args.disc_layers).split(","))
         backbone = build_backbone(args.disc_backbone, layers)
@@ -237,7 +237,8 @@ class Adversary:
 
     # checkpoints: the state at the start of the open window (one interrupted inside a window resumes at its start)
     def state_dict(self) -> dict:
-        self._restart_power_iteration()  # the window's micro-batches advanced the power iteration; its start is what resumes
+        # the window's micro-batches advanced the power iteration; its start is what resumes
+        self._restart_power_iteration()
         return {
             "heads": self.disc.heads.state_dict(),
             "optimizer": self.optimizer.state_dict(),

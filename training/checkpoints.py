@@ -16,6 +16,7 @@ anything is moved. Nothing is unpickled beyond tensors and plain values (``torch
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,7 +30,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from mcm.weights.atomic import atomic_dir
-
 
 MANIFEST = "manifest.json"
 RNG_FILE = "rng_state.pt"
@@ -256,10 +256,8 @@ def write_checkpoint(folder: Path, write_parts, state: dict, rng_states: list) -
             write_manifest(tmp)
             for path in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [tmp]:
                 _fsync(path)
-        try:
-            _fsync(folder.parent)  # the rename itself; the checkpoint is complete whatever this says
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # the rename itself; the checkpoint is complete whatever this says
+            _fsync(folder.parent)
     except (
         OSError,
         RuntimeError,
@@ -412,7 +410,8 @@ def check_layout(
     saved_seed = state.get("args", {}).get("seed")
     if seed is not None and saved_seed is not None and saved_seed != seed:
         raise ValueError(
-            f"--resume {folder}: written with --seed {saved_seed}; this run has --seed {seed} (resume with the same seed)"
+            f"--resume {folder}: written with --seed {saved_seed}; this run has --seed {seed} "
+            "(resume with the same seed)"
         )
     saved = (
         state.get("num_processes", num_processes),
@@ -424,18 +423,3 @@ def check_layout(
             f"--resume {folder}: written by {saved[0]} processes × batch {saved[1]} × accumulation {saved[2]}; "
             f"this run has {num_processes} × {batch_size} × {accumulation} (resume with the same layout)"
         )
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop the rows logged after ``step`` (a run killed after its last checkpoint logged them) and a
-    row cut short by the kill (no line end: the resumed run's first row would be glued to it)."""
-    if not path.exists():
-        return
-    rows = path.read_text().splitlines(keepends=True)
-    kept = rows[:1] + [
-        r for r in rows[1:] if r.endswith("\n") and r.split(",", 1)[0].isdigit() and int(r.split(",", 1)[0]) <= step
-    ]
-    if kept != rows:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)

@@ -1,8 +1,8 @@
 """The trainer's configuration as one object: a frozen :class:`TrainConfig`, resolved in one place.
 
 Precedence, lowest first: the defaults below (the official scripts' values) < the toy preset
-(:data:`TOY_DEFAULTS`, used when neither ``teacher`` nor ``data`` is given, on the command line or in the
-YAML file) < a ``--config`` YAML file < the command line. The parser is built from the dataclass, so
+(:data:`training.toy.PRESET`, used when neither ``teacher`` nor ``data`` is given, on the command line or in
+the YAML file) < a ``--config`` YAML file < the command line. The parser is built from the dataclass, so
 ``--help``, the YAML keys and the ``config.yaml`` written into each run folder use the same names. Ranges
 and contradictions are refused at parse time naming the flag; no value is rewritten.
 """
@@ -17,9 +17,14 @@ from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 
+import yaml
+
 from mcm.boundary import MCM_TIMESTEP_SCALING
+from mcm.distill import DistillConfig
 from mcm.motion import MOTION_REPRESENTATIONS
 from mcm.schedule import NUM_DDIM_TIMESTEPS, NUM_TRAIN_TIMESTEPS
+from training import toy
+from training.prompts import read_prompts
 
 USAGE = """MCM distillation (Motion Consistency Model) of a video teacher into a LoRA student.
 
@@ -31,47 +36,6 @@ Precedence: defaults < toy preset (no --teacher/--data) < --config YAML < comman
 the flag names (lora-rank or lora_rank). Each run folder gets config.yaml; --config that file repeats the run.
 """
 
-ROOT = Path(__file__).resolve().parents[1]
-TOY_TEACHER = ROOT / "training" / "toy_teacher"  # trained by training/toy_teacher.py, shipped with the repository
-TOY_DEFAULTS = {
-    "teacher": str(TOY_TEACHER),
-    "data": "toy",
-    "resolution": 32,
-    "num_frames": 8,
-    "max_train_steps": 200,
-    "train_batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "lora_rank": 8,
-    "lora_alpha": 8.0,
-    # 4e-4, twice what the toy first used: with the eleven-stage teacher, 2e-4 left the student's frames at
-    # the teacher's (full method, 128 clips, 4-step: watermark 0.28 against the teacher's 0.30, FD to clean
-    # 0.47 against 0.46); 4e-4 takes them past it (0.08, 0.34) at the same motion (correct 0.79 both).
-    "learning_rate": 4e-4,
-    "scale_lr": False,
-    "lr_warmup_steps": 20,
-    "w_min": 2.0,
-    "w_max": 6.0,
-    "checkpointing_steps": 50,
-    "num_workers": 0,
-    "style": "toy",
-    # 14-px patches (DINOv2's own): the 56-px view of a 32-px frame is judged as 4 x 4 patches. With the
-    # motion-aware teacher, 14-px patches beat 7-px ones on every frame metric at equal motion (full method,
-    # 128 clips, 4-step: watermark 0.15 against 0.25, FD to clean 0.38 against 0.44, teacher 0.25 / 0.42;
-    # motion correct 0.72 against 0.73), so the student's frames get cleaner than its teacher's
-    # (training/ablations.md). 'tiny:7' stays available.
-    "disc_backbone": "tiny",
-    "disc_real": "images",
-    "disc_images": "toy",
-    # the official 1e-4 is for 30k steps; at 5e-5 the heads barely move in 200 (logits stayed within ±0.1 of
-    # each other, and the ladder's "+ frame discriminator" row equalled the row without it)
-    "disc_lr": 2e-3,
-    # the official augmentation (translation 1/8, cutout 20%, colour) is for 512-px frames; on 32-px toy frames it
-    # moves or erases the watermark bar and evens out the contrast, the cues that tell the two domains apart. With it
-    # the full method's watermark stayed at the level of no discriminator (4-step, 128 clips: 0.30 and 0.30;
-    # without the augmentation 0.25, with 7-px patches; training/ablations.md)
-    "disc_augment": False,
-    "validation_steps": 0,  # the toy evaluation after training measures what validation would
-}
 OFFICIAL_FRAME_INTERVAL = 8  # the official scripts' stride in the source video
 #: diffusers' ``SchedulerType`` names (a test keeps them in step with the installed diffusers)
 LR_SCHEDULERS = (
@@ -190,10 +154,12 @@ class TrainConfig:
     )
     num_ddim_timesteps: int = _cd(NUM_DDIM_TIMESTEPS, "DDIM solver grid size", range=Range(1, NUM_TRAIN_TIMESTEPS))
     timestep_scaling: float = _cd(MCM_TIMESTEP_SCALING, "boundary timestep scaling (MCM 4)", range=POSITIVE)
-    w_min: float = _cd(5.0, "teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)", range=AT_LEAST_0)
-    w_max: float = _cd(15.0, "see --w-min (paper: [7, 8] for AnimateDiff; scripts 15)", range=AT_LEAST_0)
+    w_min: float = _cd(
+        DistillConfig.w_min, "teacher guidance w ~ U[w-min, w-max], LCM form (scale 1+w)", range=AT_LEAST_0
+    )
+    w_max: float = _cd(DistillConfig.w_max, "see --w-min (paper: [7, 8] for AnimateDiff; scripts 15)", range=AT_LEAST_0)
     loss_type: str = _cd("huber", "consistency distance", choices=("huber", "l2"))
-    huber_c: float = _cd(0.001, "pseudo-Huber c", range=POSITIVE)
+    huber_c: float = _cd(DistillConfig.huber_c, "pseudo-Huber c", range=POSITIVE)
     motion_repr: str = _cd(
         "learn",
         "motion representation of the loss: " + "; ".join(f"{k}: {v}" for k, v in MOTION_REPRESENTATIONS.items()),
@@ -207,7 +173,7 @@ class TrainConfig:
         range=POSITIVE,
     )
     lambda_real: float = _cd(
-        0.5,
+        DistillConfig.lambda_real,
         "mixed trajectories: fraction of micro-batches on real latents; the rest start from the student's "
         "own one-step sample (0 collapses ~5% of samples to black, paper App. B.1)",
         range=UNIT,
@@ -390,8 +356,8 @@ def help_text(f: dataclasses.Field) -> str:
     text = f.metadata["help"]
     if f.default is not None or "default" not in text:
         text += f" (default: {show(f.default)})"
-    if f.name in TOY_DEFAULTS and f.name not in ("teacher", "data"):
-        text += f" [toy preset: {show(TOY_DEFAULTS[f.name])}]"
+    if f.name in toy.PRESET and f.name not in ("teacher", "data"):
+        text += f" [toy preset: {show(toy.PRESET[f.name])}]"
     return text.replace("%", "%%")
 
 
@@ -403,8 +369,6 @@ def show(value) -> str:
 
 def read_config_file(path: str) -> dict:
     """The values of a YAML config file, converted with the flags' types; unknown keys are refused."""
-    import yaml
-
     where = f"--config {path}"
     try:
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -466,7 +430,7 @@ def resolve(given: dict, from_file: dict) -> TrainConfig:
     """defaults < toy preset < YAML < command line, in one place."""
     values = {f.name: f.default for f in fields(TrainConfig)}
     if not {"teacher", "data"} & (given.keys() | from_file.keys()):  # the embedded default
-        values.update(TOY_DEFAULTS)
+        values.update(toy.PRESET)
     values.update(from_file)
     values.update(given)
     toy_data = values["data"] == "toy"
@@ -502,10 +466,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{flag_name(f.name)} {value}: {allowed}")
     if cfg.teacher is None or cfg.data is None:
         raise ConfigError("--teacher and --data go together (leave both out for the toy default)")
-    if cfg.teacher == str(TOY_TEACHER) and not (TOY_TEACHER / "toy_teacher.json").exists():
-        raise ConfigError(
-            f"the toy teacher is missing from {TOY_TEACHER}; rebuild it with: python training/toy_teacher.py"
-        )
+    problem = toy.config_error(cfg)  # the toy teacher is missing, a stride too long for the toy clips
+    if problem:
+        raise ConfigError(problem)
     if cfg.w_min > cfg.w_max:
         raise ConfigError(f"--w-min {cfg.w_min:g} is above --w-max {cfg.w_max:g}")
     integers("--disc-layers", cfg.disc_layers, low=0, empty=False)
@@ -513,10 +476,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.disc and cfg.disc_frames > cfg.num_frames:
         raise ConfigError(f"--disc-frames {cfg.disc_frames}: at most --num-frames ({cfg.num_frames})")
     if cfg.validation_prompts is not None and cfg.validation_steps > 0:
-        from training.validation import read_prompts
-
         try:
-            read_prompts(cfg.validation_prompts, toy=False)
+            read_prompts(cfg.validation_prompts, "--validation-prompts")
         except (OSError, ValueError) as exc:
             raise ConfigError(str(exc)) from None
     if cfg.keep_best and cfg.validation_steps == 0:
@@ -526,12 +487,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.disc and cfg.disc_real == "images" and cfg.disc_images is None:
         raise ConfigError(
             "--disc-real images needs --disc-images (a folder or *.tar shards of captioned images, or 'toy')"
-        )
-    span = (cfg.num_frames - 1) * cfg.frame_interval + 1
-    if cfg.data == "toy" and span > toy_clip_frames(cfg.num_frames):
-        raise ConfigError(
-            f"--frame-interval {cfg.frame_interval}: {cfg.num_frames} frames at this stride span {span} frames; the "
-            f"toy clips have {toy_clip_frames(cfg.num_frames)} (use --frame-interval 1, the toy preset's)"
         )
     existing = next(
         p for p in (Path(cfg.output_dir).absolute(), *Path(cfg.output_dir).absolute().parents) if p.exists()
@@ -545,11 +500,6 @@ def integers(name: str, text: str, low: int, empty: bool) -> list[int]:
     if not all(t.lstrip("-").isdigit() for t in parts) or any(int(t) < low for t in parts) or not (parts or empty):
         raise ConfigError(f"{name} {text!r}: expected comma-separated integers of at least {low}, e.g. 2,5,8,11")
     return [int(t) for t in parts]
-
-
-def toy_clip_frames(num_frames: int) -> int:
-    """Frames per clip of the synthetic toy set written for a run of ``num_frames`` frames."""
-    return max(16, num_frames)
 
 
 # --- config.yaml and resume -------------------------------------------------------------------------------
@@ -585,11 +535,12 @@ RESUME_MAY_CHANGE = frozenset(NOT_RECORDED) | {
 def write_config(cfg: TrainConfig, run_dir: Path, resumed_at: int | None = None) -> Path:
     """Every resolved value as YAML (keys as the flags): ``--config`` on it repeats the run. A resumed run
     keeps the folder's ``config.yaml`` and writes ``config-resume-<step>.yaml`` beside it."""
-    import yaml
-
     name = "config.yaml" if resumed_at is None else f"config-resume-{resumed_at}.yaml"
     values = {k.replace("_", "-"): v for k, v in vars(cfg).items() if k not in NOT_RECORDED}
-    header = "# every value of this run (defaults included); repeat it with: python training/distill.py --config <this file>\n"
+    header = (
+        "# every value of this run (defaults included); repeat it with: python training/distill.py --config "
+        "<this file>\n"
+    )
     tmp = run_dir / f".{name}.tmp"
     tmp.write_text(header + yaml.safe_dump(values, sort_keys=False, allow_unicode=True), encoding="utf-8")
     os.replace(tmp, run_dir / name)

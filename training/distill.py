@@ -10,11 +10,12 @@ ComfyUI nodes sample with, and every checkpoint holds an adapter file the nodes 
     accelerate launch training/distill.py --teacher PATH --data SHARDS --output-dir runs
     python training/distill.py --config run.yaml       # values from a YAML file (the command line wins)
 
-The flags, their defaults, the toy preset and their precedence are in ``training/config.py``.
-:func:`train` runs in seven numbered stages; its loop is :func:`micro_step` (encode, trajectory start,
-consistency-distillation step, adversarial term, backward) and :func:`optimizer_step` at each gradient
-sync, on a :class:`training.state.TrainState` (what a checkpoint saves); the stages around the loop are
-in ``training/stages.py``.
+The flags, their defaults and their precedence are in ``training/config.py`` (the toy preset in
+``training/toy/preset.py``). :func:`train` runs in numbered stages: the ones before the loop are in
+``training/setup.py``, the trainable state is built by ``training/build.py``; its loop is :func:`micro_step`
+(encode, trajectory start, consistency-distillation step, adversarial term, backward) and
+:func:`optimizer_step` at each gradient sync, on a :class:`training.state.TrainState` (what a checkpoint
+saves); the adapter export and the reports are in ``training/export.py`` and ``training/report.py``.
 """
 
 from __future__ import annotations
@@ -24,22 +25,23 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 PROCESS_START = time.time()
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
-if __name__ == "__main__":  # run as a script: modules that import training.distill by name must find this one
+if __name__ == "__main__":  # run as a script: a module that imports training.distill by name finds this one
     sys.modules.setdefault("training.distill", sys.modules[__name__])
 
 import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
 
 from mcm.distill import (  # noqa: E402
     DistillConfig,
+    Model,
     distillation_step,
     generated_x0,
     sample_guidance,
@@ -49,23 +51,27 @@ from mcm.distill import (  # noqa: E402
 from mcm.motion import ema_update  # noqa: E402
 from mcm.schedule import NoiseSchedule  # noqa: E402
 from mcm.weights.atomic import atomic_dir  # noqa: E402
-from training.checkpoints import CheckpointError  # noqa: E402
-from training.config import TOY_DEFAULTS, TOY_TEACHER, build_parser, check_resume, parse_args  # noqa: E402,F401
-from training.stages import (  # noqa: E402,F401  (adapter_meta, export_adapter, new_run_dir, toy_cache: used by name from here)
-    MetricsLog,
-    adapter_meta,
+from training import toy  # noqa: E402
+from training.adversarial import adversarial_summary  # noqa: E402
+from training.build import build_state, freeze_teacher  # noqa: E402
+from training.checkpoints import CheckpointError, slot_generator  # noqa: E402
+from training.config import TrainConfig, parse_args  # noqa: E402
+from training.data import DataError, data_stopped  # noqa: E402
+from training.export import export_adapter  # noqa: E402
+from training.frozen import FrozenParts  # noqa: E402
+from training.memory import PartTimer  # noqa: E402
+from training.models import NoiseSettings, Teacher, VideoUNet, call_unet, load_teacher  # noqa: E402
+from training.report import MetricsLog, describe_plan, processes_in_sync, write_dry_run  # noqa: E402
+from training.setup import (  # noqa: E402
     check_teacher,
-    describe_plan,
-    export_adapter,
     make_accelerator,
-    new_run_dir,
     open_data,
-    processes_in_sync,
     resume_point,
     run_folder,
-    toy_cache,
-    write_dry_run,
+    validation_prompts,
 )
+from training.state import TrainState  # noqa: E402
+from training.validation import Validation, ValidationContext  # noqa: E402
 
 # --- one micro-batch and one optimizer step ----------------------------------------------------------
 
@@ -78,24 +84,24 @@ class NonFiniteLoss(RuntimeError):
 class Run:
     """What every micro-step uses besides the :class:`training.state.TrainState`; fixed for the run."""
 
-    args: Any
-    frozen: Any  # training.memory.FrozenParts: the teacher's VAE and text encoder, placed per call
+    args: TrainConfig
+    frozen: FrozenParts  # the teacher's VAE and text encoder, placed per call
     schedule: NoiseSchedule
-    config: DistillConfig
-    student: Any  # fn(x, t, cond): the LoRA student
-    teacher: Any  # fn(x, t, cond): the same UNet with the adapter disabled
-    target: Any  # fn(x, t, cond): the EMA student (--ema-target) or the student (called without gradient)
-    timer: Any  # training.memory.PartTimer
-    log: Any
-    uncond: dict = field(default_factory=dict)  # the empty prompt's embeddings, by batch size
+    config: DistillConfig  # the step's numbers: grid, scaling, guidance range, distance, λ_real
+    student: Model  # the LoRA student
+    teacher: Model  # the same UNet with the adapter disabled
+    target: Model  # the EMA student (--ema-target) or the student (called without gradient)
+    timer: PartTimer
+    log: Callable[..., None]
+    uncond: dict[int, torch.Tensor] = field(default_factory=dict)  # the empty prompt's embeddings, by batch size
 
 
 @dataclass
 class Window:
     """What the micro-batches of one accumulation window measured (the consistency loss alone)."""
 
-    losses: list = field(default_factory=list)
-    generated: list = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    generated: list[float] = field(default_factory=list)
     finite: bool = True
 
     def add(self, measured: dict) -> None:
@@ -108,9 +114,9 @@ class Window:
         self.losses, self.generated, self.finite = [], [], True
 
 
-def make_run(args, state, frozen, noise, timer, log) -> Run:
-    from training.models import VideoUNet, call_unet
-
+def make_run(
+    args: TrainConfig, state: TrainState, frozen: FrozenParts, noise: NoiseSettings, timer: PartTimer, log
+) -> Run:
     unwrapped = state.unwrapped
 
     def student_fn(x, t, c):
@@ -122,34 +128,37 @@ def make_run(args, state, frozen, noise, timer, log) -> Run:
 
     target_fn = VideoUNet(state.ema_student) if state.ema_student is not None else student_fn
     config = DistillConfig(
-        args.num_ddim_timesteps,
-        args.timestep_scaling,
-        args.w_min,
-        args.w_max,
-        args.loss_type,
-        args.huber_c,
-        noise.prediction_type,
-        args.lambda_real,
-        args.teacher_cfg_batch,
+        num_ddim_timesteps=args.num_ddim_timesteps,
+        timestep_scaling=args.timestep_scaling,
+        w_min=args.w_min,
+        w_max=args.w_max,
+        loss_type=args.loss_type,
+        huber_c=args.huber_c,
+        prediction_type=noise.prediction_type,
+        lambda_real=args.lambda_real,
+        teacher_cfg_batch=args.teacher_cfg_batch,
     )
     return Run(args, frozen, NoiseSchedule(noise.beta_schedule), config, student_fn, teacher_fn, target_fn, timer, log)
 
 
-def micro_step(state, run: Run, batch: dict, generator: torch.Generator) -> dict:
+def micro_step(state: TrainState, run: Run, batch: dict, generator: torch.Generator) -> dict:
     """One micro-batch of MCM up to its backward pass (inside ``accelerator.accumulate``). Returns what it
     measured: ``loss`` (the consistency loss alone; None when not finite), ``generated`` (1.0 when the
     trajectory started from the student's own sample), ``finite`` (on every process)."""
     args, accelerator, timer, device = run.args, state.accelerator, run.timer, state.accelerator.device
     b = batch["video"].shape[0]
-    # 1. encode: the clips' latents (sampled from the VAE's posterior) and the captions' embeddings (and the empty prompt's)
+    # 1. encode: the clips' latents (sampled from the VAE's posterior), the captions' and the empty prompt's embeddings
     with timer("encode"):
         x0 = run.frozen.encode_video(batch["video"], generator)
         cond, pooled = run.frozen.encode_text(batch["caption"])
         if b not in run.uncond:
             run.uncond[b] = run.frozen.encode_text([""] * b)[0]
         uncond = run.uncond[b]
-    # 2. the trajectory's start (mixed trajectories): the real latents, or (probability 1 - lambda_real) the student's one-step sample
-    generated = state.global_step >= args.mixed_start_step and use_generated_trajectories(args.lambda_real, generator)
+    # 2. the trajectory's start (mixed trajectories): the real latents, or (probability 1 - lambda_real) the
+    #    student's one-step sample
+    generated = state.global_step >= args.mixed_start_step and use_generated_trajectories(
+        run.config.lambda_real, generator
+    )
     if generated:
         with timer("student one-step sample"), accelerator.autocast():
             x0 = generated_x0(
@@ -159,10 +168,11 @@ def micro_step(state, run: Run, batch: dict, generator: torch.Generator) -> dict
                 run.schedule,
                 run.config.prediction_type,
             ).float()
-    # 3. consistency distillation on the motion representation: noise x0 to t_{n+k}, one teacher DDIM step (CFG weight w) to t_n,
-    #    the loss between the motion heads of the student's output at t_{n+k} and the target's at t_n
-    index = sample_indices(b, args.num_ddim_timesteps, generator)
-    w = sample_guidance(b, args.w_min, args.w_max, generator)
+    # 3. consistency distillation on the motion representation: noise x0 to t_{n+k}, one teacher DDIM step
+    #    (CFG weight w) to t_n, the loss between the motion heads of the student's output at t_{n+k} and the
+    #    target's at t_n
+    index = sample_indices(b, run.config.num_ddim_timesteps, generator)
+    w = sample_guidance(b, run.config.w_min, run.config.w_max, generator)
     noise = torch.randn(x0.shape, generator=generator).to(device)
     with timer("distillation step (student, teacher x2, target)"), accelerator.autocast():
         out = distillation_step(
@@ -181,7 +191,8 @@ def micro_step(state, run: Run, batch: dict, generator: torch.Generator) -> dict
             target_motion=state.target_head,
         )
         loss = out["loss"]
-        # 4. the adversarial generator term: a few frames of the student's output decoded and judged by the discriminator
+        # 4. the adversarial generator term: a few frames of the student's output, decoded and judged by the
+        #    discriminator
         adversarial = state.adversary is not None and state.global_step >= args.disc_start_step
         if adversarial:
             state.adversary.generator = generator
@@ -206,7 +217,7 @@ def micro_step(state, run: Run, batch: dict, generator: torch.Generator) -> dict
     }
 
 
-def discriminator_micro_step(state, batch: dict, fake_frames: torch.Tensor, c_fake: torch.Tensor) -> None:
+def discriminator_micro_step(state: TrainState, batch: dict, fake_frames: torch.Tensor, c_fake: torch.Tensor) -> None:
     """D's loss on real frames (captioned images, or frames of the same clips) against this micro-batch's fakes."""
     adversary, device = state.adversary, state.accelerator.device
     if state.images is not None:
@@ -217,7 +228,7 @@ def discriminator_micro_step(state, batch: dict, fake_frames: torch.Tensor, c_fa
     adversary.accumulate(real, c_real, fake_frames, c_fake)
 
 
-def optimizer_step(state, run: Run, window: Window) -> dict | None:
+def optimizer_step(state: TrainState, run: Run, window: Window) -> dict | None:
     """At a gradient sync: clip, step the optimizer and its schedule, one discriminator update, the EMA updates.
     Returns the step's log row, or None when the window had a non-finite loss or gradient (the step is skipped;
     :class:`NonFiniteLoss` after ``--max-nonfinite-steps`` such steps in a row)."""
@@ -232,8 +243,8 @@ def optimizer_step(state, run: Run, window: Window) -> dict | None:
             window.finite = False
             if (
                 norm is not None and accelerator.scaler is not None
-            ):  # fp16: the clip unscaled the gradients; without the
-                accelerator.scaler.update()  # optimizer's step the scaler would refuse the next unscale (and keep its scale)
+            ):  # fp16: the clip unscaled the gradients; without the optimizer's step the scaler would refuse
+                accelerator.scaler.update()  # the next unscale (and keep its scale)
         state.optimizer.zero_grad(set_to_none=True)
     if state.adversary is not None:
         with run.timer("discriminator step"):
@@ -263,21 +274,24 @@ def optimizer_step(state, run: Run, window: Window) -> dict | None:
     return row
 
 
-def skip_step(state, run: Run, window: Window) -> None:
-    """A window with a non-finite loss or gradient: no step, a warning; too many in a row stop the run with a checkpoint."""
+def skip_step(state: TrainState, run: Run, window: Window) -> None:
+    """A window with a non-finite loss or gradient: no step, a warning; too many in a row stop the run with a
+    checkpoint."""
     args = run.args
     state.nonfinite_run += 1
     window.reset()
     state.mark_sync()
     run.log(
-        f"warning: non-finite loss or gradient at step {state.global_step + 1}: step skipped ({state.nonfinite_run} in a row)"
+        f"warning: non-finite loss or gradient at step {state.global_step + 1}: step skipped ({state.nonfinite_run} "
+        "in a row)"
     )
     if state.nonfinite_run >= args.max_nonfinite_steps:
         state.checkpoint(run.log)
         raise NonFiniteLoss(
             f"{state.nonfinite_run} steps in a row had a non-finite loss or gradient (--max-nonfinite-steps "
             f"{args.max_nonfinite_steps}); the last good state (step {state.global_step}) is in "
-            f"{state.run_dir / f'checkpoint-{state.global_step}'}; lower the learning rate or try --mixed-precision bf16 / no"
+            f"{state.run_dir / f'checkpoint-{state.global_step}'}; lower the learning rate or try --mixed-precision "
+            "bf16 / no"
         )
 
 
@@ -285,11 +299,11 @@ def skip_step(state, run: Run, window: Window) -> None:
 class Reports:
     """Where each optimizer step is reported: the progress bar, ``metrics.csv`` (+ TensorBoard) and validation."""
 
-    progress: Any
+    progress: tqdm
     metrics: MetricsLog
-    validation: Any  # training.validation.Validation
+    validation: Validation
 
-    def step(self, state, row: dict) -> None:
+    def step(self, state: TrainState, row: dict) -> None:
         skipped_total = sum(state.skip_counts().values())
         lr = state.scheduler.get_last_lr()[0]
         self.progress.update(1)
@@ -305,21 +319,10 @@ class Reports:
         self.metrics.close()
 
 
-def train(args, teacher=None) -> Path:
-    """Run the distillation; ``teacher`` (a :class:`training.models.Teacher`) overrides ``--teacher``
-    (tests pass a prepared one)."""
-    from tqdm.auto import tqdm
-
-    from training.checkpoints import slot_generator
-    from training.data import DataError, data_stopped
-    from training.memory import FrozenParts, PartTimer
-    from training.models import load_teacher
-    from training.state import build_state, freeze_teacher
-    from training.validation import Validation
-
+def train(args: TrainConfig, teacher: Teacher | None = None) -> Path:
+    """Run the distillation; ``teacher`` overrides ``--teacher`` (tests pass a prepared one)."""
     # 1. the accelerator and the teacher: cheap checks before any data is touched
     accelerator, weight_dtype = make_accelerator(args)
-    rank, world = accelerator.process_index, accelerator.num_processes
     log = (lambda *a: print(*a, flush=True)) if accelerator.is_main_process else (lambda *a: None)
     teacher = teacher or load_teacher(args.teacher, args.teacher_kind, args.motion_adapter, args.unet_checkpoint)
     noise = check_teacher(args, teacher)  # one prediction type and one schedule for the run
@@ -341,20 +344,35 @@ def train(args, teacher=None) -> Path:
     if resume_from is not None:
         state.load(resume_from, resumed, rngs, log)
     state.mark_sync()
+    reports = make_reports(state, frozen, data_root, log)
+    # 6. the loop: micro-batches (each its own slot of random draws) until max-train-steps optimizer steps
+    window, row = loop(state, run, reports, data_root)
+    # 7. export (final/ and the run folder's adapter.safetensors) and summary.json, or the dry run's report
+    in_sync, reasons = processes_in_sync(state, log), state.skip_counts()
+    if args.dry_run:
+        return write_dry_run(state, timer, window.losses or (row or {}).get("loss"), log)
+    if accelerator.is_main_process:
+        export_and_summarize(state, run, in_sync, reasons)
+    return run_dir
+
+
+def make_reports(state: TrainState, frozen: FrozenParts, data_root, log) -> Reports:
+    """The progress bar, ``metrics.csv`` (from the resume point on) and validation of this run."""
+    args, accelerator, run_dir = state.args, state.accelerator, state.run_dir
     metrics = MetricsLog(run_dir, state.global_step, accelerator.is_main_process)
     validation = Validation(
-        SimpleNamespace(
+        ValidationContext(
             args=args,
-            teacher=teacher,
+            teacher=state.teacher,
             student=state.unwrapped,
+            frozen=frozen,
+            prompts=validation_prompts(args) if args.validation_steps > 0 and accelerator.is_main_process else [],
             run_dir=run_dir,
             data_root=data_root,
             device=accelerator.device,
-            encode_text=frozen.encode_text,
-            encode_video=frozen.encode_video,
-            log=log,
             autocast=accelerator.autocast,
             tensorboard=metrics.tb,
+            log=log,
             is_main=accelerator.is_main_process,
         )
     )
@@ -365,8 +383,14 @@ def train(args, teacher=None) -> Path:
         desc="distilling",
         dynamic_ncols=True,
     )
-    reports = Reports(progress, metrics, validation)
-    # 6. the loop: micro-batches (each its own slot of random draws) until max-train-steps optimizer steps
+    return Reports(progress, metrics, validation)
+
+
+def loop(state: TrainState, run: Run, reports: Reports, data_root) -> tuple[Window, dict | None]:
+    """Micro-batches until ``--max-train-steps`` optimizer steps, with checkpoints; Ctrl-C writes one, and so
+    does a data source that cannot go on. Returns the last window and the last step's log row."""
+    args, accelerator, timer, log = run.args, state.accelerator, run.timer, run.log
+    rank, world = accelerator.process_index, accelerator.num_processes
     window, row = Window(), None
     try:
         while state.global_step < args.max_train_steps:
@@ -395,26 +419,16 @@ def train(args, teacher=None) -> Path:
         if stopped is None:
             raise
         # one process alone may see it: a checkpoint (collective) only where every process is here
-        if (
-            between_steps
-            and world == 1
-            and state.global_step
-            and not (run_dir / f"checkpoint-{state.global_step}").exists()
-        ):
+        written = (state.run_dir / f"checkpoint-{state.global_step}").exists()
+        if between_steps and world == 1 and state.global_step and not written:
             state.checkpoint(log)
         raise stopped from None
     finally:
         reports.close()
-    # 7. export (final/ and the run folder's adapter.safetensors) and summary.json, or the dry run's report
-    in_sync, reasons = processes_in_sync(state, log), state.skip_counts()
-    if args.dry_run:
-        return write_dry_run(state, timer, window.losses or (row or {}).get("loss"), log)
-    if accelerator.is_main_process:
-        export_and_summarize(state, run, in_sync, reasons)
-    return run_dir
+    return window, row
 
 
-def export_and_summarize(state, run: Run, in_sync: bool, reasons: dict) -> None:
+def export_and_summarize(state: TrainState, run: Run, in_sync: bool, reasons: dict) -> None:
     """``final/`` (adapter + PEFT folder), the run folder's ``adapter.safetensors`` (never replaced), the toy
     evaluation (toy default) and ``summary.json``; main process only."""
     args, run_dir, adversary, log = run.args, state.run_dir, state.adversary, run.log
@@ -443,61 +457,16 @@ def export_and_summarize(state, run: Run, in_sync: bool, reasons: dict) -> None:
         "learning_rates": state.lr_seen,
     }
     if adversary is not None:
-        from training.adversarial import adversarial_summary
-
         summary["discriminator"] = adversarial_summary(run_dir / "metrics.csv")
     if reasons:
         log(f"skipped samples by reason: {json.dumps(reasons)}")
     if args.toy_eval:
-        summary["metrics"] = str(toy_evaluation(args, state.unwrapped, run.frozen, run_dir, log))
+        summary["metrics"] = str(toy.evaluate_run(args, state.unwrapped, run.frozen, run_dir, log, PROCESS_START))
     summary["wall_seconds"] = round(time.time() - PROCESS_START, 1)
     tmp_summary = run_dir / ".summary.json.tmp"
     tmp_summary.write_text(json.dumps(summary, indent=2))
     os.replace(tmp_summary, run_dir / "summary.json")
     log(f"done in {summary['wall_seconds']:.0f} s wall (from start-up, evaluation included): {json.dumps(summary)}")
-
-
-def toy_evaluation(args, student, frozen, run_dir: Path, log) -> Path:
-    """Teacher vs MCM on the toy prompts: ``preview/`` (GIF + PNG strip) and ``metrics.json``; the VAE and the
-    text encoder are used through ``frozen`` (:class:`training.memory.FrozenParts`), placed for the evaluation."""
-    from training.models import noise_settings
-    from training.toy_eval import ToySampler, evaluate, toy_prompts
-
-    teacher = frozen.teacher
-    guidance = args.eval_guidance if args.eval_guidance is not None else 1.0 + (args.w_min + args.w_max) / 2
-    student.eval()
-    noise = noise_settings(teacher, args.prediction_type, args.beta_schedule)
-    log(f"toy evaluation ({args.eval_seeds} samples per prompt, teacher cfg {guidance:g}):")
-    with frozen.placed() as (vae, _):
-        sampler = ToySampler(
-            student,
-            vae,
-            lambda captions: frozen.encode_text(captions)[0],
-            teacher.scaling_factor,
-            args.num_frames,
-            args.resolution,
-            teacher.vae_downsample,
-            NoiseSchedule(noise.beta_schedule),
-            guidance,
-            timestep_scaling=args.timestep_scaling,
-            prediction_type=noise.prediction_type,
-            num_ddim_timesteps=args.num_ddim_timesteps,
-        )
-        report = evaluate(
-            sampler,
-            run_dir / "preview",
-            toy_prompts()[: args.eval_prompts],
-            seeds=args.eval_seeds,
-            teacher_steps=[int(n) for n in str(args.eval_teacher_steps).split(",") if n.strip()],
-            log=log,
-        )
-    report["run"] = {"steps": args.max_train_steps, "seconds_since_start": round(time.time() - PROCESS_START, 1)}
-    path = run_dir / "metrics.json"
-    tmp = run_dir / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, path)
-    log(f"previews: {report['previews']['gif']} and {report['previews']['png']}; metrics: {path}")
-    return path
 
 
 def main(argv=None) -> int:

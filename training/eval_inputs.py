@@ -1,7 +1,7 @@
-"""The evaluator's inputs: folders of videos (files or folders of frames) with captions, folders of images,
-and prompt files. A video or image that cannot be used is skipped and listed ``{relative path: reason}``
-(the evaluator writes them to ``results.json``) rather than ending the evaluation; a folder with nothing
-usable, or an unreadable prompts file, is a clear error naming it.
+"""The evaluator's inputs: folders of videos (files or folders of frames) with captions, and folders of images.
+A video or image that cannot be used is skipped and listed ``{relative path: reason}`` (the evaluator writes
+them to ``results.json``) rather than ending the evaluation; a folder with nothing usable is a clear error
+naming it.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from .samples import DataError, SkipSample, caption_reader, decode_image, decode_video, folder_captions
+from training.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from training.samples import DataError, SkipSample, caption_reader, decode_image, decode_video, folder_captions
 
 
 def _frames_folder(frames: list[Path]) -> np.ndarray:
@@ -28,7 +28,8 @@ def _skip_note(root: Path, skipped: dict[str, str], kept: int, what: str, log) -
     if skipped:
         reasons = Counter(detail.split(":")[0] for detail in skipped.values())
         log(
-            f"warning: {root}: skipped {len(skipped)} of {len(skipped) + kept} {what} ({dict(reasons)}); listed in results.json"
+            f"warning: {root}: skipped {len(skipped)} of {len(skipped) + kept} {what} ({dict(reasons)}); listed in "
+            "results.json"
         )
 
 
@@ -67,7 +68,8 @@ def read_videos(folder: str | Path, min_frames: int = 1, require_captions: bool 
         raise DataError(f"{root}: no usable videos; skipped {json.dumps(skipped)}")
     if not videos:
         raise FileNotFoundError(
-            f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(IMAGE_SUFFIXES)} frames)"
+            f"{root}: no videos (expected {', '.join(VIDEO_SUFFIXES)} files or folders of {'/'.join(IMAGE_SUFFIXES)} "
+            "frames)"
         )
     return videos, texts, skipped
 
@@ -104,16 +106,3 @@ def read_images(folder: str | Path, limit: int | None = None, log=None) -> tuple
     if not images:
         raise DataError(f"{root}: no usable images; skipped {json.dumps(skipped)}")
     return images, skipped
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    try:
-        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8-sig").splitlines()]
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected one prompt per line") from None
-    except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read the prompts file ({exc.strerror})") from None
-    prompts = [line for line in lines if line and not line.startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path}: no prompts (one per line)")
-    return prompts

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mcm.metrics import frechet_distance_of  # noqa: E402
-from training.eval_inputs import read_images, read_prompts, read_videos  # noqa: E402
+from mcm.schedule import NoiseSchedule  # noqa: E402
+from mcm.weights import AdapterError, load_adapter, read_safetensors_metadata  # noqa: E402
+from mcm.weights.export import export_peft  # noqa: E402
+from mcm.weights.peft import PEFT_WEIGHTS  # noqa: E402
+from training.eval_inputs import read_images, read_videos  # noqa: E402
+from training.models import HFTokenizer, accept_input_keyword, load_teacher  # noqa: E402
+from training.prompts import read_prompts  # noqa: E402
+from training.sampling import VideoSampler  # noqa: E402
 
 I3D_SOURCE = (
     "i3d_torchscript.pt",
@@ -92,7 +100,8 @@ class Detector:
             raise
         except RuntimeError as exc:
             raise self._error(
-                f"the detector failed on a {str(x.dtype).replace('torch.', '')} {list(x.shape)} batch ({_last_line(exc)})"
+                f"the detector failed on a {str(x.dtype).replace('torch.', '')} {list(x.shape)} batch "
+                f"({_last_line(exc)})"
             ) from None
         if not torch.is_tensor(out) or out.ndim != 2 or len(out) != len(x):
             got = f"a tensor of shape {list(out.shape)}" if torch.is_tensor(out) else f"a {type(out).__name__}"
@@ -176,10 +185,8 @@ class ClipScorer:
         self.size = int(model.config.vision_config.image_size)
 
     @classmethod
-    def from_pretrained(cls, name: str, scale: float = 100.0, device="cpu") -> "ClipScorer":
+    def from_pretrained(cls, name: str, scale: float = 100.0, device="cpu") -> ClipScorer:
         from transformers import CLIPModel, CLIPTokenizer
-
-        from training.models import HFTokenizer
 
         try:
             model = CLIPModel.from_pretrained(name)
@@ -252,9 +259,6 @@ def adapter_sampling(path: str | Path, log=print):
     log says so. diffusers' motion modules normalise over the frames, so an adapter recording
     ``mcm.temporal_norm = "per_frame"`` (made for stock AnimateDiff-Evolved) is refused.
     """
-    from mcm.weights import AdapterError, load_adapter, read_safetensors_metadata
-    from mcm.weights.peft import PEFT_WEIGHTS
-
     adapter = load_adapter(path)
     source = Path(adapter.source)
     header = source / PEFT_WEIGHTS if source.is_dir() else source
@@ -277,27 +281,19 @@ def adapter_sampling(path: str | Path, log=print):
 
 
 def load_generator(args):
-    """A :class:`training.toy_eval.ToySampler` over the teacher, with the adapter (if any) as the student,
+    """A :class:`training.sampling.VideoSampler` over the teacher, with the adapter (if any) as the student,
     sampling with the adapter's settings (``--beta-schedule`` overrides its betas)."""
-    import tempfile
-
-    from mcm.schedule import NoiseSchedule
-    from training.models import _accept_input_keyword, load_teacher
-    from training.toy_eval import ToySampler
-
     teacher = load_teacher(args.teacher, args.teacher_kind, args.motion_adapter, args.unet_checkpoint)
     unet, settings = teacher.unet, {}
     if args.adapter:
         from peft import PeftModel
-
-        from mcm.weights.export import export_peft
 
         adapter, settings = adapter_sampling(args.adapter)
         with tempfile.TemporaryDirectory(prefix="mcm-eval-") as tmp:  # PEFT reads the folder once, here
             unet = PeftModel.from_pretrained(teacher.unet, str(export_peft(adapter, Path(tmp) / "peft")))
         for module in unet.modules():
             if hasattr(module, "lora_A"):
-                _accept_input_keyword(module)
+                accept_input_keyword(module)
     device = torch.device(args.device)
     for m in (unet, teacher.vae, teacher.text_encoder):
         m.eval().requires_grad_(False).to(device)
@@ -308,7 +304,7 @@ def load_generator(args):
 
     beta = args.beta_schedule or settings.pop("beta_schedule", None) or "scaled_linear"
     settings.pop("beta_schedule", None)
-    sampler = ToySampler(
+    sampler = VideoSampler(
         unet,
         teacher.vae,
         encode_text,
@@ -464,7 +460,7 @@ def evaluate(argv=None) -> dict:
     if args.teacher:
         if not args.prompts:
             raise ValueError("generating needs --prompts (a text file, one prompt per line)")
-        prompts = read_prompts(args.prompts)
+        prompts = read_prompts(args.prompts, "--prompts")
         sampler = load_generator(args)
         sampling = {
             "beta_schedule": sampler.schedule.beta_schedule,
@@ -483,12 +479,13 @@ def evaluate(argv=None) -> dict:
     ]
     report = {
         "rows": rows,
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": dict(vars(args)),
         "sampling": sampling,
         "reference_skipped": scorer.skipped,
         "conventions": {
             "clipsim": f"{args.clipsim_scale:g} x mean cosine(frame, prompt), CLIP {args.clip}",
-            "fvd": f"I3D (StyleGAN-V TorchScript) logits, first {args.fvd_frames} frames, rescale+resize in the detector",
+            "fvd": f"I3D (StyleGAN-V TorchScript) logits, first {args.fvd_frames} frames, "
+            "rescale+resize in the detector",
             "fid": "Inception-v3 pool3 (NVlabs TorchScript), every generated frame vs --real-images",
         },
     }

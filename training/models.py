@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mcm.schedule import BETA_END, BETA_SCHEDULES, BETA_START, NUM_TRAIN_TIMESTEPS
-from mcm.weights import OFFICIAL_TARGET_MODULES
+from mcm.weights import OFFICIAL_TARGET_MODULES, AdapterError, UNetLayout, ldm_to_diffusers, read_weights
 
 TINY_TEACHERS = ("tiny-animatediff", "tiny-modelscope")
 KINDS = ("animatediff", "modelscope")
@@ -101,15 +101,48 @@ class Teacher:
         return names
 
 
-def _tiny_text(seed: int):
+#: The tiny teachers' model configurations (the shipped toy teacher uses the same): an SD-like UNet with
+#: AnimateDiff motion modules, a VAE and a CLIP text encoder, each well under a million parameters.
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    sample_size=16,
+)
+TINY_BLOCKS = {
+    "animatediff": dict(
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")
+    ),
+    "modelscope": dict(
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"), up_block_types=("UpBlock3D", "CrossAttnUpBlock3D")
+    ),
+}
+TINY_MOTION = dict(
+    block_out_channels=(32, 64),
+    motion_layers_per_block=1,
+    motion_norm_num_groups=8,
+    motion_num_attention_heads=2,
+    motion_max_seq_length=32,
+)
+TINY_VAE = dict(
+    block_out_channels=(16, 32),
+    down_block_types=("DownEncoderBlock2D",) * 2,
+    up_block_types=("UpDecoderBlock2D",) * 2,
+    latent_channels=4,
+    norm_num_groups=8,
+    sample_size=32,
+)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)
+
+
+def tiny_text_encoder(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_hidden_layers=2,
+        **TINY_TEXT,
         vocab_size=ByteTokenizer.vocab_size,
         max_position_embeddings=MAX_TOKENS,
         bos_token_id=1,
@@ -119,28 +152,11 @@ def _tiny_text(seed: int):
     return CLIPTextModel(config)
 
 
-def _tiny_vae(seed: int):
+def tiny_vae(seed: int):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-    )
-
-
-TINY_UNET = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=8,
-    sample_size=16,
-)
+    return AutoencoderKL(**TINY_VAE)
 
 
 def tiny_teacher(kind: str, seed: int = 0) -> Teacher:
@@ -148,28 +164,13 @@ def tiny_teacher(kind: str, seed: int = 0) -> Teacher:
 
     torch.manual_seed(seed)
     if kind == "animatediff":
-        unet2d = UNet2DConditionModel(
-            **TINY_UNET,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        )
-        adapter = MotionAdapter(
-            block_out_channels=(32, 64),
-            motion_layers_per_block=1,
-            motion_norm_num_groups=8,
-            motion_num_attention_heads=2,
-            motion_max_seq_length=32,
-        )
-        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        unet2d = UNet2DConditionModel(**TINY_UNET, **TINY_BLOCKS[kind])
+        unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter(**TINY_MOTION))
     elif kind == "modelscope":
-        unet = UNet3DConditionModel(
-            **TINY_UNET,
-            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        )
+        unet = UNet3DConditionModel(**TINY_UNET, **TINY_BLOCKS[kind])
     else:
         raise ValueError(f"unknown teacher kind {kind!r}; expected one of {KINDS}")
-    return Teacher(kind, unet, _tiny_vae(seed + 1), _tiny_text(seed + 2), ByteTokenizer(), f"tiny-{kind}")
+    return Teacher(kind, unet, tiny_vae(seed + 1), tiny_text_encoder(seed + 2), ByteTokenizer(), f"tiny-{kind}")
 
 
 def _local_or_hub(path: str) -> str:
@@ -193,7 +194,6 @@ def load_unet_checkpoint(unet, path: str | Path, allow_pickle: bool = False) -> 
     VAE and text encoder in it are ignored), an LDM UNet (``diffusion_model.*`` or bare LDM names) or a
     diffusers UNet state dict. LDM names are translated with the same map the nodes use.
     """
-    from mcm.weights import AdapterError, UNetLayout, ldm_to_diffusers, read_weights
 
     path = Path(path)
     try:
@@ -342,11 +342,11 @@ def make_student(teacher: Teacher, rank: int, alpha: float):
     student = get_peft_model(teacher.unet, config)
     for module in student.modules():
         if hasattr(module, "lora_A") and isinstance(module, torch.nn.Module):
-            _accept_input_keyword(module)
+            accept_input_keyword(module)
     return student
 
 
-def _accept_input_keyword(module) -> None:
+def accept_input_keyword(module) -> None:
     """diffusers calls some linears as ``layer(input=x)`` (AnimateDiff's motion proj_in/out); peft's
     LoRA layers take ``x`` positionally. Route the keyword to the positional argument."""
     forward = module.forward

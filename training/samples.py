@@ -59,6 +59,24 @@ def decode_video(data: bytes | str | Path) -> np.ndarray:
     return np.stack(frames)
 
 
+def encode_mp4(frames: np.ndarray, fps: int = 8) -> bytes:
+    """``uint8 [f, h, w, 3]`` frames as H.264 MP4 bytes (PyAV): how the toy sets and the tests write videos."""
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
 def decode_image(data: bytes | str | Path) -> np.ndarray:
     """``uint8 [h, w, 3]`` (PIL); :class:`SkipSample` if it cannot be read."""
     from PIL import Image, UnidentifiedImageError

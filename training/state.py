@@ -13,50 +13,53 @@ adversary; pickle-free), ``rng_state.pt``, ``trainer_state.json`` and the manife
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
+from safetensors.torch import load_file, save_file
 
+from training.adversarial import Adversary
+from training.checkpoints import (
+    CheckpointError,
+    load_pickle_free,
+    prune,
+    rng_state,
+    set_aside_newer,
+    set_rng_state,
+    write_checkpoint,
+)
+from training.config import TrainConfig
+from training.data import Batches
+from training.export import export_adapter
+from training.models import Teacher
 
-def make_optimizer(params, args, lr: float, use_cuda: bool):
-    use_8bit = args.use_8bit_adam
-    if use_8bit is None:
-        try:
-            import bitsandbytes  # noqa: F401
-
-            use_8bit = use_cuda
-        except ImportError:
-            use_8bit = False
-    if use_8bit:
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
-    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=args.adam_weight_decay, eps=1e-8)
+if TYPE_CHECKING:  # only for the annotations: accelerate is imported where a run is set up
+    from accelerate import Accelerator
 
 
 @dataclass
 class TrainState:
     """Everything a run trains and counts; :meth:`save` and :meth:`load` are its checkpoints."""
 
-    accelerator: Any
-    args: Any
-    teacher: Any  # training.models.Teacher (frozen; only its adapter metadata is saved)
-    student: Any  # the LoRA student as prepared by accelerate (wrapped on several processes)
-    head: Any  # the motion head (prepared) or a fixed motion representation
-    target_head: Any  # the head's EMA copy, the target's motion representation
-    ema_student: Any  # the EMA student (--ema-target) or None
-    optimizer: Any
-    scheduler: Any
-    lora_params: list
-    modules: list  # what accelerator.accumulate wraps
-    loader: Any  # the video batches (training.data.Batches)
+    accelerator: Accelerator
+    args: TrainConfig
+    teacher: Teacher  # frozen; only its adapter metadata is saved
+    student: torch.nn.Module  # the peft LoRA student as prepared by accelerate (wrapped on several processes)
+    head: torch.nn.Module | Callable  # the motion head (prepared) or a fixed motion representation
+    target_head: torch.nn.Module | Callable  # the head's EMA copy, the target's motion representation
+    ema_student: torch.nn.Module | None  # the EMA student (--ema-target)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    lora_params: list[torch.nn.Parameter]
+    modules: list[torch.nn.Module]  # what accelerator.accumulate wraps
+    loader: Batches  # the video batches
     run_dir: Path
-    adversary: Any = None  # training.adversarial.Adversary (--disc) or None
-    images: Any = None  # the discriminator's real images (--disc-real images) or None
+    adversary: Adversary | None = None  # --disc
+    images: Batches | None = None  # the discriminator's real images (--disc-real images)
     global_step: int = 0  # optimizer steps taken
     micro_batches: int = 0  # micro-batches run by this process (skipped windows included)
     skip_reasons: dict = field(default_factory=dict)  # skipped samples at the resume point, all processes
@@ -104,8 +107,6 @@ class TrainState:
 
     def _position(self) -> dict:
         """Where this process is now: micro-batches, data positions, skip counts and RNG states."""
-        from training.checkpoints import rng_state
-
         return {
             "micro_batches": self.micro_batches,
             "data": self.loader.position,
@@ -115,9 +116,8 @@ class TrainState:
         }
 
     def checkpoint(self, log) -> None:
-        """:meth:`save` at the current step; a failed write stops the run or, by default, warns (``--on-save-error``)."""
-        from training.checkpoints import CheckpointError
-
+        """:meth:`save` at the current step; a failed write stops the run or, by default, warns
+        (``--on-save-error``)."""
         try:
             self.save(log)
         except CheckpointError as exc:
@@ -129,8 +129,6 @@ class TrainState:
         """``checkpoint-<global_step>/`` (only trainable state: the frozen teacher would be gigabytes per
         checkpoint). A failed write raises :class:`training.checkpoints.CheckpointError` on every process."""
         from accelerate.utils import broadcast_object_list, gather_object
-
-        from training.checkpoints import CheckpointError, prune, write_checkpoint
 
         accelerator, args, world = self.accelerator, self.args, self.accelerator.num_processes
         sync = self.sync_point or self._position()
@@ -166,9 +164,6 @@ class TrainState:
 
     def _write_parts(self, tmp: Path, seconds: float) -> None:
         from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
-        from training.stages import export_adapter
 
         export_adapter(self.unwrapped, self.teacher, self.args, self.global_step, tmp, seconds)
         heads = {}
@@ -196,8 +191,6 @@ class TrainState:
         """Continue from a verified checkpoint (``trainer_state``, ``rngs``: :func:`training.checkpoints.read_state`):
         the models, optimizers and counters, then this process's RNG state; the newer checkpoints are set aside.
         A checkpoint of another model or flags is a ValueError naming it, raised before anything is moved."""
-        from training.checkpoints import set_aside_newer, set_rng_state
-
         self._load_models(folder)
         if self.accelerator.is_main_process:
             set_aside_newer(folder, log)
@@ -211,10 +204,6 @@ class TrainState:
         log(f"resumed from {folder} at step {self.global_step} (data position {trainer_state.get('data_positions')})")
 
     def _load_models(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        from training.checkpoints import load_pickle_free
-
         extra_path = folder / "trainable_extra.safetensors"
         extra = load_file(extra_path) if extra_path.exists() else {}
         state = load_pickle_free(folder / "optimizer.pt")
@@ -232,7 +221,6 @@ class TrainState:
 
     def _load_parts(self, folder: Path, extra: dict, state: dict) -> None:
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
         def part(prefix):
             return {k[len(prefix) :]: v for k, v in extra.items() if k.startswith(prefix)}
@@ -251,109 +239,3 @@ class TrainState:
             self.accelerator.scaler.load_state_dict(state["scaler"])
         if self.adversary is not None:
             self.adversary.load_state_dict(state["adversary"])
-
-
-# --- building the state ------------------------------------------------------------------------------
-
-
-def freeze_teacher(teacher, weight_dtype: torch.dtype, gradient_checkpointing: bool) -> None:
-    """The teacher's UNet, VAE and text encoder frozen (and stored in ``weight_dtype``)."""
-    for m in (teacher.unet, teacher.vae, teacher.text_encoder):
-        m.requires_grad_(False)
-        if weight_dtype != torch.float32:
-            m.to(dtype=weight_dtype)
-    if gradient_checkpointing:
-        teacher.unet.enable_gradient_checkpointing()
-
-
-def build_state(args, accelerator, teacher, frozen, loader, run_dir: Path, resumed: dict) -> TrainState:
-    """The student (the teacher + LoRA; the teacher is the same UNet with the adapter disabled), motion heads,
-    optimizer and scheduler prepared by accelerate, the EMA student and the adversary; ``resumed``: the
-    checkpoint's trainer state ({} for a new run), for the image stream's position."""
-    from diffusers.optimization import get_scheduler
-
-    from mcm.motion import make_motion_representation
-    from training.models import make_student
-
-    world, device = accelerator.num_processes, accelerator.device
-    student = make_student(teacher, args.lora_rank, args.lora_alpha)
-    lora_params = [p for p in student.parameters() if p.requires_grad]
-    for p in lora_params:  # trainable weights stay fp32 whatever the frozen dtype
-        p.data = p.data.float()
-    head, target_head = make_motion_representation(args.motion_repr, teacher.latent_channels)
-    head_params = list(head.parameters()) if isinstance(head, torch.nn.Module) else []
-    lr = scaled_lr(args, world)
-    groups = [{"params": lora_params}, {"params": head_params, "lr": lr * args.motion_head_lr_mult}]
-    optimizer = make_optimizer(groups, args, lr, torch.cuda.is_available())
-    scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * world,
-        num_training_steps=args.max_train_steps * world,
-    )
-    modules = [student] + ([head] if head_params else [])
-    prepared = accelerator.prepare(*modules, optimizer, scheduler)
-    student_p, head_p = prepared[0], (prepared[1] if head_params else head)
-    if not args.offload_frozen:
-        for m in (teacher.vae, teacher.text_encoder):
-            m.to(device)
-    if isinstance(target_head, torch.nn.Module):
-        target_head.to(device)
-    ema_student = copy.deepcopy(accelerator.unwrap_model(student_p)).requires_grad_(False) if args.ema_target else None
-    state = TrainState(
-        accelerator,
-        args,
-        teacher,
-        student_p,
-        head_p,
-        target_head,
-        ema_student,
-        prepared[-2],
-        prepared[-1],
-        lora_params,
-        modules,
-        loader,
-        run_dir,
-    )
-    if args.disc:
-        state.adversary, state.images = build_adversary(args, accelerator, frozen, resumed)
-    return state
-
-
-def scaled_lr(args, world: int) -> float:
-    """``--learning-rate``, times the total batch / 128 with ``--scale-lr``."""
-    total_batch = args.train_batch_size * world * args.gradient_accumulation_steps
-    return args.learning_rate * (total_batch / 128 if args.scale_lr else 1.0)
-
-
-def build_adversary(args, accelerator, frozen, resumed: dict):
-    """The adversary and, with ``--disc-real images``, the stream of real captioned images."""
-    from training.adversarial import Adversary
-    from training.checkpoints import slot_generator
-    from training.data import Batches, ImageCaptions, write_toy_image_shards
-    from training.stages import toy_cache
-
-    rank, world = accelerator.process_index, accelerator.num_processes
-    total_batch = args.train_batch_size * world * args.gradient_accumulation_steps
-    disc_lr = args.disc_lr * (total_batch * args.disc_frames / 128 if args.scale_lr else 1.0)
-    adversary = Adversary(
-        args, frozen, accelerator.device, accelerator, disc_lr, args.max_train_steps, slot_generator(args.seed, rank)
-    )
-    if args.disc_real != "images":
-        return adversary, None
-    root = args.disc_images  # given: training/config.py refuses --disc-real images without it
-    if root == "toy":
-        root = write_toy_image_shards(
-            toy_cache() / f"images-{args.resolution}px-seed{args.seed}", size=args.resolution, seed=args.seed
-        )
-    per_batch = args.train_batch_size * args.disc_frames
-    image_set = ImageCaptions(
-        root,
-        args.resolution,
-        args.seed,
-        rank,
-        world,
-        block=per_batch,
-        start=resumed.get("image_positions", [0] * world)[rank],
-    )
-    return adversary, Batches(image_set, per_batch, min(args.num_workers, 2))

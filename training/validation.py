@@ -24,7 +24,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +37,14 @@ from mcm.distill import DistillConfig, distillation_step
 from mcm.sampler import sample_consistency
 from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.weights.atomic import atomic_dir
+from training.config import TrainConfig
+from training.data import Batches, VideoClips
+from training.export import adapter_meta, export_adapter
+from training.frozen import FrozenParts, visiting
+from training.models import Teacher, call_unet
+from training.sampling import decode_to_frames
 
+#: The prompts when ``--validation-prompts`` is not given (on toy data: the toy prompts, see training/setup.py).
 DEFAULT_PROMPTS = (
     "a dog running along a beach at sunset",
     "fireworks exploding over a city at night",
@@ -47,44 +58,42 @@ HELD_OUT_DRAWS = 4
 COLUMN = "val_consistency_error"
 
 
-def read_prompts(path: str | None, toy: bool) -> list[str]:
-    """The prompts of ``--validation-prompts`` (one per line, blank lines skipped), else the defaults."""
-    if path is None:
-        from training.toy_eval import toy_prompts
+@dataclass(frozen=True)
+class ValidationContext:
+    """What validation uses of the run it watches."""
 
-        return toy_prompts()[:4] if toy else list(DEFAULT_PROMPTS)
-    try:
-        prompts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FileNotFoundError(f"--validation-prompts {path}: cannot read it ({exc})") from None
-    if not prompts:
-        raise ValueError(f"--validation-prompts {path}: no prompts (expected one prompt per line)")
-    return prompts
+    args: TrainConfig
+    teacher: Teacher
+    student: torch.nn.Module  # the unwrapped peft UNet (the teacher with the adapter disabled)
+    frozen: FrozenParts  # the teacher's VAE and text encoder, placed per call
+    prompts: list[str]  # one sample per prompt and step count, prompt i from seed i
+    run_dir: Path
+    data_root: str | Path  # the held-out latents are the first clips of the data
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    tensorboard: Any | None  # a SummaryWriter, where TensorBoard is installed
+    log: Callable[..., None]
+    is_main: bool
 
 
 class Validation:
     """``validation(step, seconds)`` after each optimizer step: on validation steps (main process) it
     samples, measures and returns ``{"val_consistency_error": e}``; otherwise ``{}``.
 
-    ``run`` holds what the trainer owns: ``args``, ``teacher``, ``student`` (the unwrapped peft UNet),
-    ``run_dir``, ``data_root``, ``device``, ``encode_text(captions) -> (tokens, pooled)``,
-    ``encode_video(video, generator) -> latents``, ``autocast()``, ``tensorboard`` (a SummaryWriter or
-    None), ``log`` and ``is_main``.
+    ``run``: what it uses of the run (:class:`ValidationContext`).
     """
 
-    def __init__(self, run):
+    def __init__(self, run: ValidationContext):
         self.run, args = run, run.args
         # the ranges of --validation-steps / --keep-best are checked when the flags are parsed (training/config.py)
         self.every = args.validation_steps if run.is_main else 0
-        self.prompts = read_prompts(args.validation_prompts, args.data == "toy") if self.every > 0 else []
+        self.prompts = list(run.prompts) if self.every > 0 else []
         self.held_out = None
         self.best = _read_best(run.run_dir) if args.keep_best and run.is_main else None
 
     def __call__(self, step: int, seconds: float = 0.0) -> dict:
         if self.every <= 0 or step % self.every:
             return {}
-        from training.stages import adapter_meta
-
         student, device = self.run.student, self.run.device
         meta = adapter_meta(self.run.teacher, self.run.args, step, seconds)
         was_training = student.training
@@ -107,15 +116,13 @@ class Validation:
     # --- samples ---------------------------------------------------------------------------------------
 
     def _unet(self, x, t, cond):
-        from training.models import call_unet
-
         with self.run.autocast():
             return call_unet(self.run.student, x, t, cond).float()
 
     def _sample(self, prompt: str, seed: int, steps: int, meta) -> np.ndarray:
         """One prompt, one seed: ``uint8 [frames, h, w, 3]``."""
         args, teacher, device = self.run.args, self.run.teacher, self.run.device
-        cond = self.run.encode_text([prompt])[0]
+        cond = self.run.frozen.encode_text([prompt])[0]
         latent = args.resolution // teacher.vae_downsample
         g = torch.Generator().manual_seed(seed)
         z = torch.randn((1, teacher.latent_channels, args.num_frames, latent, latent), generator=g).to(device)
@@ -129,7 +136,8 @@ class Validation:
             timestep_scaling=meta.timestep_scaling,
             noise_sampler=lambda like: torch.randn(like.shape, generator=g).to(like),
         )
-        return decode_video(teacher, x, device, args.offload_frozen)
+        with visiting(teacher.vae, device, args.offload_frozen) as vae:
+            return decode_to_frames(vae, x, teacher.scaling_factor, chunk=8)[0]
 
     def _write(self, step: int, videos: dict[int, list[np.ndarray]]) -> Path:
         root = self.run.run_dir / "validation"
@@ -153,21 +161,19 @@ class Validation:
     # --- held-out consistency error --------------------------------------------------------------------
 
     def _draw_held_out(self, meta):
-        from training.data import Batches, VideoClips
-
         args = self.run.args
         clips = VideoClips(
             self.run.data_root, args.num_frames, args.frame_interval, args.resolution, "center", seed=HELD_OUT_SEED
         )
         batch = next(Batches(clips, HELD_OUT_CLIPS))
         g = torch.Generator().manual_seed(HELD_OUT_SEED)
-        x0 = self.run.encode_video(batch["video"], g)
+        x0 = self.run.frozen.encode_video(batch["video"], g)
         b = x0.shape[0]
         draws = [
             (torch.randint(0, meta.num_ddim_timesteps, (b,), generator=g), torch.randn(x0.shape, generator=g))
             for _ in range(HELD_OUT_DRAWS)
         ]
-        return x0, self.run.encode_text(batch["caption"])[0], self.run.encode_text([""] * b)[0], draws
+        return x0, self.run.frozen.encode_text(batch["caption"])[0], self.run.frozen.encode_text([""] * b)[0], draws
 
     def _held_out_error(self, meta) -> float:
         if self.held_out is None:
@@ -205,8 +211,6 @@ class Validation:
 
     def _keep_best(self, step: int, error: float, seconds: float) -> None:
         """Write the adapter next to ``best/`` and swap it in by renames (the old one stays until then)."""
-        from training.stages import export_adapter
-
         run_dir = self.run.run_dir
         new, best, old = run_dir / f".best-step-{step}", run_dir / "best", run_dir / ".best-old"
         if new.exists():
@@ -233,17 +237,6 @@ def _read_best(run_dir: Path) -> dict:
         return json.loads((best / "best.json").read_text())
     except (OSError, ValueError):
         return {}
-
-
-def decode_video(teacher, latents: torch.Tensor, device, offload: bool) -> np.ndarray:
-    """``(1, c, f, h, w)`` latents → ``uint8 [f, H, W, 3]`` through the teacher's VAE."""
-    from training.memory import visiting
-    from training.toy_eval import to_uint8
-
-    frames = latents[0].transpose(0, 1) / teacher.scaling_factor
-    with visiting(teacher.vae, device, offload) as vae:
-        pixels = torch.cat([vae.decode(chunk.to(device, vae.dtype)).sample.float() for chunk in frames.split(8)])
-    return to_uint8(pixels)
 
 
 def write_videos(stem: Path, clips: list[np.ndarray], fps: int = 8) -> list[Path]:

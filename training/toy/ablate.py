@@ -1,10 +1,10 @@
 """Toy ablations of MCM: the ladder of the paper's Table 4 and the λ_real sweep of Table 6.
 
-    python training/ablate.py                      # all rows, the toy default's length each
-    python training/ablate.py --steps 100 --only ladder
+    python training/toy/ablate.py                      # all rows, the toy default's length each
+    python training/toy/ablate.py --steps 100 --only ladder
 
 Every row is a toy-default run of ``training/distill.py`` (a subprocess each, its own run folder under
-``--output-dir``) with one thing changed, evaluated on the toy metrics (``training/toy_eval.py``). The
+``--output-dir``) with one thing changed, evaluated on the toy metrics (``training/toy/metrics.py``). The
 teacher rows come from the first run (the teacher is the same in all). Writes ``ablations.md`` (the
 table) and ``ablations.json`` next to the run folders; an existing table is never overwritten (a new
 output folder is made per invocation). Rerunning with the ``--output-dir`` of an interrupted invocation
@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(ROOT))
 
-from training.toy_eval import PAIRED, agreement, alike_where_reference_moves, paired_difference  # noqa: E402
+from training.toy.metrics import PAIRED, agreement, alike_where_reference_moves, paired_difference  # noqa: E402
 
 LADDER = [
     (
@@ -95,8 +95,9 @@ def read_row(run_dir: Path) -> dict:
 
 
 def table(title: str, rows: list[tuple[str, dict[int, dict]]], steps: list[int], skip: tuple[str, ...] = ()) -> str:
-    """A markdown table: motion correctness and coherence per step count, the other metrics at the last step count.
-    ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty; ``skip`` drops columns."""
+    """A markdown table: motion correctness and coherence per step count, the other metrics at the last step
+    count. ``rows`` holds ``(name, {steps: metrics})``; a row without a step count leaves its cells empty;
+    ``skip`` drops columns."""
     per_step = ("correct", "coherent", "moves_like_teacher")
     columns = [(m, h, n) for m, h, _ in COLUMNS if m not in skip for n in (steps if m in per_step else steps[-1:])]
     header = [h + (f" ({n}-step)" if m in per_step and len(steps) > 1 else "") for m, h, n in columns]
@@ -128,14 +129,15 @@ def teacher_clips(report: dict) -> list[dict] | None:
 
 
 def paired_cell(d: dict) -> str:
-    """One table cell of a :func:`toy_eval.paired_difference`: difference ± standard error (wins:losses, p)."""
+    """One table cell of a :func:`training.toy.metrics.paired_difference`: difference ± standard error
+    (wins:losses, p)."""
     return f"{d['difference']:+.3f} ± {d['standard_error']:.3f} ({d['wins']}:{d['losses']}, p {d['sign_test_p']:.2g})"
 
 
 def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int, teacher: list[dict] | None) -> str:
     """Clip-by-clip comparisons of ``step``-step MCM samples between rows (every run samples the same prompts
     from the same noise): for each ``(name, report, baseline name, baseline report)``, the difference in
-    each 0/1 score with its standard error and the exact sign test (``toy_eval.paired_difference``)."""
+    each 0/1 score with its standard error and the exact sign test (``training.toy.metrics.paired_difference``)."""
     keys = ["correct", "coherent"] + (["moves_like_teacher"] if teacher else [])
     lines = [
         f"### {title}",
@@ -159,7 +161,7 @@ def paired_rows(title: str, pairs: list[tuple[str, dict, str, dict]], step: int,
 def teacher_pair_rows(name: str, report: dict, teacher_report: dict, step: int) -> str:
     """The ``step``-step MCM samples of one run against each of the teacher's sample sets (``teacher_report``
     holds them; every run samples the same prompts from the same noise), clip by clip on each 0/1 score
-    of ``toy_eval.PAIRED``: does the student beat its teacher at the same step count, and how far is it
+    of ``training.toy.metrics.PAIRED``: does the student beat its teacher at the same step count, and how far is it
     from the teacher's 50 steps?"""
     teachers = [k for k in teacher_report.get("per_clip", {}) if k.startswith("teacher")]
     ours = report["per_clip"][f"MCM {step}-step"]
@@ -212,7 +214,8 @@ def main(argv=None) -> int:
     steps = [1, 2, 4]
     reference = [(k, {steps[-1]: v}) for k, v in first["metrics"].items() if not k.startswith("MCM")]
     out = [
-        f"# Toy ablations ({dt.date.today()}, {first['run']['steps']} steps per run, {args.eval_seeds} samples per prompt)",
+        f"# Toy ablations ({dt.date.today()}, {first['run']['steps']} steps per run, {args.eval_seeds} samples per "
+        "prompt)",
         "",
     ]
     out.append(

@@ -1,6 +1,6 @@
 """Benchmark: the adversarial branch decodes only the judged frames. Prints the cost ratio.
 
-    python training/bench_sparse_decode.py [--vae tiny|sd] [--frames 16] [--judged 2] [--size 256] [--repeats 3]
+    python bench/bench_sparse_decode.py [--vae tiny|sd] [--frames 16] [--judged 2] [--size 256] [--repeats 3]
 
 Times VAE decode + backward (the generator side of the frame adversarial loss) for ``--judged`` frames
 of a ``--frames``-frame latent clip against decoding all of them, in one run on this machine, and
@@ -19,6 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.models import tiny_vae  # noqa: E402
+
 
 def build_vae(kind: str):
     from diffusers import AutoencoderKL
@@ -31,9 +33,8 @@ def build_vae(kind: str):
             layers_per_block=2,
             latent_channels=4,
         )
-    from training.models import _tiny_vae
 
-    return _tiny_vae(0)
+    return tiny_vae(0)
 
 
 def time_decode(vae, latents: torch.Tensor, index: list[int], repeats: int) -> float:
