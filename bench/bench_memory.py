@@ -122,7 +122,8 @@ def main(argv=None) -> None:
         secs = sum(r["seconds"].get(k, 0) for k in step_parts)
         base_secs = sum(base["seconds"].get(k, 0) for k in step_parts)
         print(
-            f"{label:48s} peak {r['peak_memory_gib']:.3f} GiB (ratio {r['peak_memory_gib'] / base['peak_memory_gib']:.3f}); "
+            f"{label:48s} peak {r['peak_memory_gib']:.3f} GiB "
+            f"(ratio {r['peak_memory_gib'] / base['peak_memory_gib']:.3f}); "
             f"forward+backward peak {step_peak:.3f} GiB (ratio {step_peak / base_peak:.3f}); "
             f"forward+backward {secs:.2f} s (ratio {secs / base_secs:.2f})"
         )

@@ -16,8 +16,8 @@ import shlex
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -168,7 +168,10 @@ def cpu_name() -> str:
 def machine(device) -> str:
     device = torch.device(device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, device {where}"
+    return (
+        f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {where}"
+    )
 
 
 def rounded(value, digits: int = 4):
@@ -203,10 +206,8 @@ def finish(args, script: str, argv, title: str, result: dict, reading: str = "")
     print(line, flush=True)
     if not args.no_record:
         argv = in_repo(sys.argv[1:] if argv is None else list(argv))
-        command = "OMP_NUM_THREADS=%s python %s" % (
-            os.environ.get("OMP_NUM_THREADS", "unset"),
-            shlex.join([os.path.relpath(script, ROOT)] + argv),
-        )
+        threads = os.environ.get("OMP_NUM_THREADS", "unset")
+        command = f"OMP_NUM_THREADS={threads} python {shlex.join([os.path.relpath(script, ROOT)] + argv)}"
         entry = [f"\n## {result['date']} — {title}\n", f"- Machine: {result['machine']}", f"- Command: `{command}`"]
         if reading:
             entry.append(f"- Reading: {reading}")

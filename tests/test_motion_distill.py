@@ -135,7 +135,7 @@ def test_distillation_step_equals_the_hand_computed_reference():
         return 0.25 / (s * s + 0.25), s / (s * s + 0.25) ** 0.5
 
     ref_pred, ref_target = [], []
-    for i, (n, t_s, t_e) in enumerate([(10, 219, 199), (0, 19, 0)]):
+    for i, (_n, t_s, t_e) in enumerate([(10, 219, 199), (0, 19, 0)]):
         a_s, s_s = abar[t_s].sqrt(), (1 - abar[t_s]).sqrt()
         a_e, s_e = abar[t_e].sqrt(), (1 - abar[t_e]).sqrt()
         xt = a_s * x0[i] + s_s * noise[i]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.tiny_models import TINY_UNET, official_targets, tiny_motion_unet, with_random_lora
 from safetensors.torch import load_file, save_file
 
 from mcm.weights import (
@@ -42,6 +41,7 @@ from mcm.weights import (
     save_adapter,
     unmerge_lora,
 )
+from tests.tiny_models import TINY_UNET, official_targets, tiny_motion_unet, with_random_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LAYOUT = UNetLayout.from_diffusers_config(TINY_UNET)

@@ -101,7 +101,7 @@ def check_parity(M, patched, pos, neg, out):
             alpha, sigma = schedule.alpha_sigma(timesteps[:1])
             x = alpha.item() * m.model.process_latent_in(init).double() + sigma.item() * noise
         ref = sample_consistency(
-            toy, x, timesteps, schedule, timestep_scaling=4.0, noise_sampler=lambda like: ns(None, None).double()
+            toy, x, timesteps, schedule, timestep_scaling=4.0, noise_sampler=lambda like, ns=ns: ns(None, None).double()
         )
         scale = ref.abs().max().item()
         results[f"{steps}@{denoise}"] = (got - ref).abs().max().item() / scale

@@ -83,7 +83,10 @@ def diffusers_unet(model, motion_model, peft_folder):
     for key in unet.state_dict():
         if key.endswith(".pos_embed.pe"):  # down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe
             module, rest = key.split(".transformer_blocks.", 1)
-            src = f"{module}.temporal_transformer.transformer_blocks.{rest.split('.')[0]}.attention_blocks.%d.pos_encoder.pe"
+            src = (
+                f"{module}.temporal_transformer.transformer_blocks.{rest.split('.')[0]}"
+                ".attention_blocks.%d.pos_encoder.pe"
+            )
             assert torch.equal(ade[src % 0], ade[src % 1])
             state[key] = ade[src % 0].float().clone()
         elif ".motion_modules." in key:

@@ -283,6 +283,75 @@ def load_workflows(package_dir: Path) -> tuple[dict, dict]:
     return ui, api
 
 
+def check_registration(client: Client, results: dict) -> dict:
+    """a. Registration: the MCM nodes, ADE and the adapter choices in /object_info (returned)."""
+    _, object_info = client.request("GET", "/object_info", timeout=120)
+    results["registered"] = sorted(k for k in object_info if k.startswith("MCM_"))
+    results["ade_registered"] = "ADE_UseEvolvedSampling" in object_info
+    adapter = object_info.get("MCM_StyleAdapter", {}).get("input", {}).get("required", {}).get("adapter", [[]])
+    results["adapter_choices"] = adapter[0] if isinstance(adapter[0], list) else adapter[1].get("options", [])
+    return object_info
+
+
+def check_ui_workflows(client: Client, object_info: dict, ui_workflows: dict, results: dict) -> None:
+    """b. UI workflows against /object_info."""
+    results["validation"] = {name: validate_ui(wf, object_info) for name, wf in ui_workflows.items()}
+    results["validator_catches"] = {
+        case: validate_ui(wf, object_info) for case, wf in broken_copies(ui_workflows["mcm_t2v_gen2_4step"]).items()
+    }
+    results["validator_accepts_appended_output"] = validate_ui(
+        ui_workflows["mcm_t2v_gen2_4step"], with_appended_output(object_info, "VAEDecode")
+    )
+    results["workflow_templates"] = template_listing(client, ui_workflows)
+
+
+def check_errors(client: Client, server: Server, api_workflows: dict, results: dict) -> None:
+    """d. Validation errors (HTTP 400, nothing runs) and a runtime failure (an execution error, the server goes on)."""
+    default = shrink(api_workflows["mcm_t2v_gen2_4step"], "bad")[0]
+    bad = {}
+    bad["steps_zero"] = bad_400(client, with_input(default, "MCM_Scheduler", steps=0))
+    bad["strength_model_too_big"] = bad_400(client, with_input(default, "MCM_LoraLoader", strength_model=5.0))
+    bad["unknown_adapter"] = bad_400(client, with_input(default, "MCM_StyleAdapter", adapter="no-such-adapter"))
+    results["bad_inputs"] = bad
+
+    fail = run_prompt(client, no_motion_model_prompt(), server.output_dir, None)
+    fail["alive_after"] = client.alive()
+    bad["runtime_no_motion_model"] = fail
+
+
+def run_api_workflows(client: Client, server: Server, api_workflows: dict) -> dict:
+    """c. Every API workflow, shrunk; a failing one is recorded and the next one runs."""
+    runs = {}
+    order = [n for n in RUN_ORDER if n in api_workflows] + sorted(set(api_workflows) - set(RUN_ORDER))
+    for name in order:
+        small, frames = shrink(api_workflows[name], name)
+        try:
+            runs[name] = run_prompt(client, small, server.output_dir, frames)
+            runs[name]["cpu_settings"] = {
+                "frames": frames,
+                "size": SIZE,
+                "steps": [
+                    n["inputs"]["steps"] for n in small.values() if n["class_type"] in ("MCM_Scheduler", "MCM_KSampler")
+                ],
+            }
+        except Exception as e:  # record and go on with the next workflow
+            runs[name] = {"ok": False, "exception": f"{type(e).__name__}: {e}"}
+        print(f"{name}: {json.dumps(runs[name])[:400]}", file=sys.stderr, flush=True)
+    return runs
+
+
+def check_after_errors(client: Client, server: Server, api_workflows: dict) -> dict:
+    """d (end). After all the errors, a valid prompt still runs and the queue ends empty."""
+    small, frames = shrink(
+        api_workflows.get("mcm_t2v_gen2_1step") or api_workflows["mcm_t2v_gen2_4step"], "after_errors"
+    )
+    small = with_input(small, "SamplerCustom", noise_seed=1234)  # a new seed: the sampler really runs again
+    after = run_prompt(client, small, server.output_dir, frames)
+    _, queue = client.request("GET", "/queue")
+    after["queue_empty"] = isinstance(queue, dict) and not queue.get("queue_running") and not queue.get("queue_pending")
+    return after
+
+
 def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> dict:
     comfy, package, adapters = Path(comfy_dir).resolve(), Path(package_dir).resolve(), Path(adapter_dir).resolve()
     t_start = time.time()
@@ -297,70 +366,12 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
         results["input_video_codec"] = make_input_video(server.input_dir / VIDEO_NAME)
         results["startup_seconds"] = round(server.start(), 2)
         client = Client(server.port)
-
-        # a. registration
-        _, object_info = client.request("GET", "/object_info", timeout=120)
-        results["registered"] = sorted(k for k in object_info if k.startswith("MCM_"))
-        results["ade_registered"] = "ADE_UseEvolvedSampling" in object_info
-        adapter = object_info.get("MCM_StyleAdapter", {}).get("input", {}).get("required", {}).get("adapter", [[]])
-        results["adapter_choices"] = adapter[0] if isinstance(adapter[0], list) else adapter[1].get("options", [])
-
-        # b. UI workflows against /object_info
-        results["validation"] = {name: validate_ui(wf, object_info) for name, wf in ui_workflows.items()}
-        results["validator_catches"] = {
-            case: validate_ui(wf, object_info) for case, wf in broken_copies(ui_workflows["mcm_t2v_gen2_4step"]).items()
-        }
-        results["validator_accepts_appended_output"] = validate_ui(
-            ui_workflows["mcm_t2v_gen2_4step"], with_appended_output(object_info, "VAEDecode")
-        )
-        results["workflow_templates"] = template_listing(client, ui_workflows)
-
-        # d (first half). Validation errors: HTTP 400, nothing runs
-        default = shrink(api_workflows["mcm_t2v_gen2_4step"], "bad")[0]
-        bad = {}
-        bad["steps_zero"] = bad_400(client, with_input(default, "MCM_Scheduler", steps=0))
-        bad["strength_model_too_big"] = bad_400(client, with_input(default, "MCM_LoraLoader", strength_model=5.0))
-        bad["unknown_adapter"] = bad_400(client, with_input(default, "MCM_StyleAdapter", adapter="no-such-adapter"))
-        results["bad_inputs"] = bad
-
-        # d (second half). A runtime failure: reported as an execution error, the server goes on
-        fail = run_prompt(client, no_motion_model_prompt(), server.output_dir, None)
-        fail["alive_after"] = client.alive()
-        bad["runtime_no_motion_model"] = fail
-
-        # c. every API workflow, shrunk
-        runs = {}
-        order = [n for n in RUN_ORDER if n in api_workflows] + sorted(set(api_workflows) - set(RUN_ORDER))
-        for name in order:
-            small, frames = shrink(api_workflows[name], name)
-            try:
-                runs[name] = run_prompt(client, small, server.output_dir, frames)
-                runs[name]["cpu_settings"] = {
-                    "frames": frames,
-                    "size": SIZE,
-                    "steps": [
-                        n["inputs"]["steps"]
-                        for n in small.values()
-                        if n["class_type"] in ("MCM_Scheduler", "MCM_KSampler")
-                    ],
-                }
-            except Exception as e:  # record and go on with the next workflow
-                runs[name] = {"ok": False, "exception": f"{type(e).__name__}: {e}"}
-            print(f"{name}: {json.dumps(runs[name])[:400]}", file=sys.stderr, flush=True)
-        results["runs"] = runs
+        object_info = check_registration(client, results)
+        check_ui_workflows(client, object_info, ui_workflows, results)
+        check_errors(client, server, api_workflows, results)
+        results["runs"] = run_api_workflows(client, server, api_workflows)
         results["sliding_context_used"] = "Sliding context window sampling activated" in server.log_tail(10**7)
-
-        # d (end). After all the errors, a valid prompt still runs
-        small, frames = shrink(
-            api_workflows.get("mcm_t2v_gen2_1step") or api_workflows["mcm_t2v_gen2_4step"], "after_errors"
-        )
-        small = with_input(small, "SamplerCustom", noise_seed=1234)  # a new seed: the sampler really runs again
-        after = run_prompt(client, small, server.output_dir, frames)
-        _, queue = client.request("GET", "/queue")
-        after["queue_empty"] = (
-            isinstance(queue, dict) and not queue.get("queue_running") and not queue.get("queue_pending")
-        )
-        results["after_errors"] = after
+        results["after_errors"] = check_after_errors(client, server, api_workflows)
     except Exception:
         results["fatal"] = traceback.format_exc()
     finally:

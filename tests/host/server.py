@@ -147,7 +147,7 @@ class Server:
             "--extra-model-paths-config",
             str(self.yaml),
         ]
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115  (held open while the server runs; stop() closes it)
         t0 = time.time()
         self.proc = subprocess.Popen(cmd, cwd=self.comfy_dir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         client = Client(self.port)

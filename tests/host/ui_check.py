@@ -106,84 +106,112 @@ def output_problems(outputs: list[dict], info: dict) -> list[str]:
     ]
 
 
-def validate_ui(wf: dict, object_info: dict) -> list[str]:
+TOP_LEVEL_KEYS = ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version")
+
+
+def input_problems(where: str, node: dict, specs: list[dict]) -> list[str]:
+    """A saved node's inputs: each one exists and has the input's type; every required link input is connected."""
     problems = []
-    for key in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra", "version"):
-        if key not in wf:
-            problems.append(f"missing top-level key {key!r}")
+    by_name = {s["name"]: s for s in specs}
+    ui_inputs = {i["name"]: i for i in node.get("inputs", [])}
+    for name, inp in ui_inputs.items():
+        spec = by_name.get(name)
+        if spec is None:
+            problems.append(f"{where}: input {name!r} does not exist")
+        elif not spec["widget"] and inp.get("type") != spec["type"] and "*" not in (inp.get("type"), spec["type"]):
+            problems.append(f"{where}: input {name!r} is {inp.get('type')}, node takes {spec['type']}")
+    for spec in specs:
+        if spec["required"] and not spec["widget"] and ui_inputs.get(spec["name"], {}).get("link") is None:
+            problems.append(f"{where}: required input {spec['name']!r} is not connected")
+    return problems
+
+
+def widget_value_problem(spec: dict, role: str, value) -> str | None:
+    """One widgets_values entry against its widget (role value, control or upload)."""
+    if role == "control":
+        if value not in CONTROL_VALUES:
+            return f"control_after_generate of {spec['name']} is {value!r}"
+        return None
+    if role == "upload":
+        if not isinstance(value, str):
+            return f"upload widget of {spec['name']} is {value!r}"
+        return None
+    return check_value(spec, value)
+
+
+def widget_problems(where: str, node: dict, specs: list[dict]) -> list[str]:
+    """A saved node's widgets_values against the node's widgets in order, type, range and options."""
+    seq = expected_widgets(specs)
+    values = node.get("widgets_values", [])
+    if isinstance(values, dict):
+        return [f"{where}: widgets_values is a dict"]
+    if len(values) != len(seq):
+        return [
+            f"{where}: {len(values)} widgets_values, the node has {len(seq)} "
+            f"({[s['name'] + ('' if r == 'value' else ':' + r) for s, r in seq]})"
+        ]
+    problems = []
+    for (spec, role), value in zip(seq, values):
+        err = widget_value_problem(spec, role, value)
+        if err:
+            problems.append(f"{where}: {err}")
+    return problems
+
+
+def node_problems(nid, node: dict, object_info: dict) -> list[str]:
+    """One saved node against /object_info: its type, inputs, outputs and widgets_values."""
+    where = f"node {nid} ({node.get('type')})"
+    info = object_info.get(node.get("type"))
+    if info is None:
+        return [f"{where}: node type not registered"]
+    specs = input_specs(info)
+    problems = input_problems(where, node, specs)
+    problems += [f"{where}: {p}" for p in output_problems(node.get("outputs", []), info)]
+    problems += widget_problems(where, node, specs)
+    return problems
+
+
+def link_problems(link, nodes: dict, object_info: dict) -> list[str]:
+    """One saved link: its form, its nodes and slots, both ends listing it, and the types it joins."""
+    if not (isinstance(link, list) and len(link) == 6):
+        return [f"malformed link {link!r}"]
+    lid, src, sslot, dst, dslot, type_ = link
+    if src not in nodes or dst not in nodes:
+        return [f"link {lid}: unknown node {src if src not in nodes else dst}"]
+    s_info, d_info = object_info.get(nodes[src]["type"]), object_info.get(nodes[dst]["type"])
+    if s_info is None or d_info is None:
+        return []
+    outs, ins = nodes[src].get("outputs", []), nodes[dst].get("inputs", [])
+    if sslot >= len(outs) or sslot >= len(s_info.get("output", [])) or dslot >= len(ins):
+        return [f"link {lid}: slot out of range"]
+    problems = []
+    if lid not in (outs[sslot].get("links") or []):
+        problems.append(f"link {lid}: not listed on node {src} output {sslot}")
+    if ins[dslot].get("link") != lid:
+        problems.append(f"link {lid}: node {dst} input {dslot} holds link {ins[dslot].get('link')}")
+    from_type = s_info["output"][sslot]
+    spec = {s["name"]: s for s in input_specs(d_info)}.get(ins[dslot].get("name"))
+    to_type = spec["type"] if spec else None
+    if "*" not in (from_type, to_type) and from_type != to_type:
+        problems.append(
+            f"link {lid}: {nodes[src]['type']} output {sslot} is {from_type}, "
+            f"{nodes[dst]['type']}.{ins[dslot].get('name')} takes {to_type}"
+        )
+    if type_ != from_type:
+        problems.append(f"link {lid}: type {type_!r}, the output is {from_type}")
+    return problems
+
+
+def validate_ui(wf: dict, object_info: dict) -> list[str]:
+    problems = [f"missing top-level key {key!r}" for key in TOP_LEVEL_KEYS if key not in wf]
     nodes = {n["id"]: n for n in wf.get("nodes", [])}
     for nid, node in nodes.items():
-        where = f"node {nid} ({node.get('type')})"
-        info = object_info.get(node.get("type"))
-        if info is None:
-            problems.append(f"{where}: node type not registered")
-            continue
-        specs = input_specs(info)
-        by_name = {s["name"]: s for s in specs}
-        ui_inputs = {i["name"]: i for i in node.get("inputs", [])}
-        for name, inp in ui_inputs.items():
-            spec = by_name.get(name)
-            if spec is None:
-                problems.append(f"{where}: input {name!r} does not exist")
-            elif not spec["widget"] and inp.get("type") != spec["type"] and "*" not in (inp.get("type"), spec["type"]):
-                problems.append(f"{where}: input {name!r} is {inp.get('type')}, node takes {spec['type']}")
-        for spec in specs:
-            if spec["required"] and not spec["widget"] and ui_inputs.get(spec["name"], {}).get("link") is None:
-                problems.append(f"{where}: required input {spec['name']!r} is not connected")
-        problems += [f"{where}: {p}" for p in output_problems(node.get("outputs", []), info)]
-        seq = expected_widgets(specs)
-        values = node.get("widgets_values", [])
-        if isinstance(values, dict):
-            problems.append(f"{where}: widgets_values is a dict")
-            continue
-        if len(values) != len(seq):
-            problems.append(
-                f"{where}: {len(values)} widgets_values, the node has {len(seq)} "
-                f"({[s['name'] + ('' if r == 'value' else ':' + r) for s, r in seq]})"
-            )
-            continue
-        for (spec, role), value in zip(seq, values):
-            if role == "control":
-                if value not in CONTROL_VALUES:
-                    problems.append(f"{where}: control_after_generate of {spec['name']} is {value!r}")
-            elif role == "upload":
-                if not isinstance(value, str):
-                    problems.append(f"{where}: upload widget of {spec['name']} is {value!r}")
-            else:
-                err = check_value(spec, value)
-                if err:
-                    problems.append(f"{where}: {err}")
+        problems += node_problems(nid, node, object_info)
     link_ids = set()
     for link in wf.get("links", []):
-        if not (isinstance(link, list) and len(link) == 6):
-            problems.append(f"malformed link {link!r}")
-            continue
-        lid, src, sslot, dst, dslot, type_ = link
-        link_ids.add(lid)
-        if src not in nodes or dst not in nodes:
-            problems.append(f"link {lid}: unknown node {src if src not in nodes else dst}")
-            continue
-        s_info, d_info = object_info.get(nodes[src]["type"]), object_info.get(nodes[dst]["type"])
-        if s_info is None or d_info is None:
-            continue
-        outs, ins = nodes[src].get("outputs", []), nodes[dst].get("inputs", [])
-        if sslot >= len(outs) or sslot >= len(s_info.get("output", [])) or dslot >= len(ins):
-            problems.append(f"link {lid}: slot out of range")
-            continue
-        if lid not in (outs[sslot].get("links") or []):
-            problems.append(f"link {lid}: not listed on node {src} output {sslot}")
-        if ins[dslot].get("link") != lid:
-            problems.append(f"link {lid}: node {dst} input {dslot} holds link {ins[dslot].get('link')}")
-        from_type = s_info["output"][sslot]
-        spec = {s["name"]: s for s in input_specs(d_info)}.get(ins[dslot].get("name"))
-        to_type = spec["type"] if spec else None
-        if "*" not in (from_type, to_type) and from_type != to_type:
-            problems.append(
-                f"link {lid}: {nodes[src]['type']} output {sslot} is {from_type}, "
-                f"{nodes[dst]['type']}.{ins[dslot].get('name')} takes {to_type}"
-            )
-        if type_ != from_type:
-            problems.append(f"link {lid}: type {type_!r}, the output is {from_type}")
+        if isinstance(link, list) and len(link) == 6:
+            link_ids.add(link[0])
+        problems += link_problems(link, nodes, object_info)
     if nodes and wf.get("last_node_id", 0) < max(nodes):
         problems.append("last_node_id below the largest node id")
     if link_ids and wf.get("last_link_id", 0) < max(link_ids):
