@@ -143,6 +143,46 @@ def test_distill_default_runs_end_to_end(tmp_path):
     ).stat().st_size > 0
 
 
+def _third_party_imports(folder: Path) -> dict[str, list[str]]:
+    """``{top-level package: [file:line, ...]}`` of every absolute import under ``folder`` (functions included)."""
+    import ast
+
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], []).append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_the_node_pack_imports_only_its_declared_dependencies():
+    """What the registry records and ComfyUI-Manager installs is what the nodes and the core import: torch and
+    safetensors (ComfyUI's own modules aside); tqdm and transformers only in the files that use them when
+    present (a progress bar; the trainer's discriminator backbone)."""
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    host = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "nodes", "server"}
+    declared = {"torch", "safetensors"}
+    optional = {"tqdm": {"mcm/sampler.py"}, "transformers": {"mcm/discriminator.py"}}
+    imports = _third_party_imports(ROOT / "mcm")
+    for name, where in _third_party_imports(ROOT / "nodes").items():
+        imports.setdefault(name, []).extend(where)
+    assert imports["torch"] and imports["safetensors"]  # the reader sees the imports
+    undeclared = {
+        name: where
+        for name, where in imports.items()
+        if name not in stdlib | host | declared | {"mcm"}
+        and not {w.split(":")[0] for w in where} <= optional.get(name, set())
+    }
+    assert undeclared == {}
+    reqs = {line.split("#")[0].split(">")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()}
+    assert reqs - {""} == declared - {"torch"}
+
+
 def test_readme_ci_and_requirements_agree():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
@@ -162,8 +202,13 @@ def test_pyproject_bounds_torch_from_below_only_and_has_the_registry_table():
     deps = meta["project"]["dependencies"]
     torch_dep = [d for d in deps if d.startswith("torch")]
     assert torch_dep == ["torch>=2.1"]
-    for name in ("diffusers", "peft", "safetensors", "einops", "transformers"):
-        assert any(d.startswith(name + ">=") for d in deps), name
+    # one declaration: what the nodes need is [project].dependencies and requirements.txt alike (torch aside);
+    # the trainer's libraries are the `train` extra, so installing the node pack pulls no diffusers or transformers
+    reqs = {line.split("#")[0].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()} - {""}
+    assert set(deps) - {"torch>=2.1"} == reqs
+    train = meta["project"]["optional-dependencies"]["train"]
+    for name in ("diffusers", "peft", "transformers", "accelerate"):
+        assert any(d.startswith(name + ">=") for d in train) and not any(d.startswith(name) for d in deps), name
     assert meta["tool"]["comfy"]["PublisherId"] and meta["tool"]["comfy"]["DisplayName"]
     packages = meta["tool"]["setuptools"]["packages"]
     assert all(p == "mcm" or p.startswith("mcm.") for p in packages)  # never install a top-level `nodes`
