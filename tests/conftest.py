@@ -46,6 +46,14 @@ def seeded_noise():
 
 
 @pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """The trainer tests' tiny toy video set (8 clips of 8 frames at 16 px in 2 shards); the tests only read it."""
+    from training.toy.world import write_toy_shards
+
+    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
+
+
+@pytest.fixture(scope="session")
 def comfy_io():
     """The stand-in for ComfyUI's V3 ``io`` module (tests/comfy_api_stub.py), installed for the session."""
     from tests.comfy_api_stub import install

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.test_faults import flags as fault_flags
-from tests.test_faults import one_and_two_processes, one_thread, toy_data  # noqa: F401 - fixtures shared with the fault tests
+from tests.test_faults import one_and_two_processes, one_thread  # noqa: F401 - a fixture shared with the fault tests
 from training import distill
 from training.frozen import is_placed
 
@@ -39,6 +39,29 @@ def cosine_factor(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return step / warmup
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def one_d_update_per_step_on_schedule(run: Path, steps: int, warmup: int, accumulation: int) -> dict:
+    """Asserts what an official-like 4-step run (lr and D lr 1e-3, --scale-lr, cosine with ``warmup``, batch 1, 2
+    discriminator frames) shows: D updates = optimizer steps = the D schedule's steps, and the lrs that its start,
+    middle and end steps (1, 2, 4) used follow both schedules. Returns the run's summary.json."""
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (
+        steps,
+        steps * accumulation,
+        steps,
+    )
+    g_lr, d_lr = (
+        1e-3 * accumulation / 128,
+        1e-3 * accumulation * 2 / 128,
+    )  # scaled by total batch (x 2 frames for D) / 128
+    for mark, step in (("start", 1), ("middle", 2), ("end", 4)):  # the lrs each step used
+        seen = summary["learning_rates"][mark]
+        assert seen["generator"] == pytest.approx(g_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
+        assert seen["discriminator"] == pytest.approx(d_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
+    state = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"]
+    assert state["scheduler"]["last_epoch"] == steps and state["updates"] == steps
+    return summary
 
 
 def test_official_settings_update_the_discriminator_once_per_optimizer_step(tmp_path, toy_data, fresh_accelerate):
@@ -72,23 +95,8 @@ def test_official_settings_update_the_discriminator_once_per_optimizer_step(tmp_
             )
         )
     )
-    summary = json.loads((run / "summary.json").read_text())
-    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (
-        steps,
-        steps * accumulation,
-        steps,
-    )
-    g_lr, d_lr = (
-        1e-3 * accumulation / 128,
-        1e-3 * accumulation * 2 / 128,
-    )  # scaled by total batch (x frames for D) / 128
-    for mark, step in (("start", 1), ("middle", 2), ("end", 4)):
-        seen = summary["learning_rates"][mark]
-        assert seen["step"] == step
-        assert seen["generator"] == pytest.approx(g_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
-        assert seen["discriminator"] == pytest.approx(d_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
-    state = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)["adversary"]
-    assert state["scheduler"]["last_epoch"] == steps and state["updates"] == steps
+    summary = one_d_update_per_step_on_schedule(run, steps, warmup, accumulation)
+    assert [summary["learning_rates"][mark]["step"] for mark in ("start", "middle", "end")] == [1, 2, 4]
 
 
 def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_was_given(
@@ -139,29 +147,13 @@ def test_an_official_like_run_from_yaml_and_flag_overrides_uses_every_value_it_w
     used = yaml.safe_load((run / "config.yaml").read_text())
     given = {**from_yaml, **overrides}
     assert {k: used[k] for k in given} == given
-    summary = json.loads((run / "summary.json").read_text())
-    assert (summary["optimizer_steps"], summary["micro_batches"], summary["discriminator_updates"]) == (
-        steps,
-        steps * accumulation,
-        steps,
-    )
-    g_lr, d_lr = (
-        1e-3 * accumulation / 128,
-        1e-3 * accumulation * 2 / 128,
-    )  # scaled by total batch (x 2 frames for D) / 128
+    one_d_update_per_step_on_schedule(run, steps, warmup, accumulation)
+    g_lr = 1e-3 * accumulation / 128  # scaled by total batch / 128
     with open(run / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in rows] == list(range(1, steps + 1))
     for r in rows:  # the lr after each step: the schedule's next value, no restart
         assert float(r["lr"]) == pytest.approx(g_lr * cosine_factor(int(r["step"]), warmup, steps), rel=1e-5, abs=1e-12)
-    for mark, step in (("start", 1), ("middle", 2), ("end", 4)):  # the lrs each step used
-        seen = summary["learning_rates"][mark]
-        assert seen["generator"] == pytest.approx(g_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
-        assert seen["discriminator"] == pytest.approx(d_lr * cosine_factor(step - 1, warmup, steps), abs=1e-12)
-    adversary = torch.load(run / f"checkpoint-{steps}" / "optimizer.pt", map_location="cpu", weights_only=True)[
-        "adversary"
-    ]
-    assert adversary["scheduler"]["last_epoch"] == steps and adversary["updates"] == steps
     adapter = load_adapter(run / "adapter.safetensors")
     meta = adapter.meta
     assert (meta.lora_rank, meta.lora_alpha, meta.beta_schedule, meta.prediction_type, meta.timestep_scaling) == (
@@ -293,14 +285,39 @@ def _rows(args, kwargs) -> int:
     return int(first.shape[0])
 
 
+def cpu_adversary(args, mixed_precision: str):
+    """The run's discriminator side for the tiny teacher on the CPU, in one process at ``mixed_precision``
+    (lr 1.0, a run of 10 optimizer steps, seeded)."""
+    from training.adversarial import Adversary
+    from training.models import tiny_teacher
+
+    return Adversary(
+        args,
+        tiny_teacher("animatediff"),
+        torch.device("cpu"),
+        SimpleNamespace(num_processes=1, mixed_precision=mixed_precision),
+        1.0,
+        10,
+        torch.Generator().manual_seed(0),
+    )
+
+
+def disc_inputs(rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Seeded discriminator inputs: ``rows`` real and ``rows`` fake 16 px frames in [-1, 1], and text embeddings."""
+    g = torch.Generator().manual_seed(1)
+    return (
+        torch.rand(rows, 3, 16, 16, generator=g) * 2 - 1,
+        torch.rand(rows, 3, 16, 16, generator=g) * 2 - 1,
+        torch.randn(rows, 32, generator=g),
+    )
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, monkeypatch, precision):
     """The 1e-5-weighted feature penalty alone (the D loss zeroed), under CPU autocast: the heads' gradient is finite,
     non-zero, and as dense as in fp32 (fp16 through D's loss scaler; in a probe, unscaled fp16 left 5.4% of the
     entries at 0, fp32 0.3%)."""
     import training.adversarial
-    from training.adversarial import Adversary
-    from training.models import tiny_teacher
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     try:
@@ -314,21 +331,8 @@ def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, mon
     args = distill.parse_args(flags(tmp_path, toy_data, "--no-disc-augment", "--disc-gp", "1e-5"))
 
     def heads_gradient(mixed):
-        adv = Adversary(
-            args,
-            tiny_teacher("animatediff"),
-            torch.device("cpu"),
-            SimpleNamespace(num_processes=1, mixed_precision=mixed),
-            1.0,
-            10,
-            torch.Generator().manual_seed(0),
-        )
-        g = torch.Generator().manual_seed(1)
-        real, fake, c = (
-            torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
-            torch.rand(4, 3, 16, 16, generator=g) * 2 - 1,
-            torch.randn(4, 32, generator=g),
-        )
+        adv = cpu_adversary(args, mixed)
+        real, fake, c = disc_inputs(4)
         for _ in range(
             30
         ):  # a scaler starts high (2^16) and halves on each overflow, as in training (those D updates are skipped)
@@ -355,25 +359,8 @@ def test_the_penalty_gradient_survives_reduced_precision(tmp_path, toy_data, mon
 def test_a_non_finite_fp16_discriminator_update_is_skipped_and_the_next_one_applies(tmp_path, toy_data):
     """fp16's loss scaler: a window whose unscaled gradient is not finite changes neither the heads nor the
     learning-rate schedule, counts as skipped and halves the scale; the next finite window is applied."""
-    from training.adversarial import Adversary
-    from training.models import tiny_teacher
-
-    args = distill.parse_args(flags(tmp_path, toy_data, "--no-disc-augment"))
-    adv = Adversary(
-        args,
-        tiny_teacher("animatediff"),
-        torch.device("cpu"),
-        SimpleNamespace(num_processes=1, mixed_precision="fp16"),
-        1.0,
-        10,
-        torch.Generator().manual_seed(0),
-    )
-    g = torch.Generator().manual_seed(1)
-    real, fake, c = (
-        torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
-        torch.rand(2, 3, 16, 16, generator=g) * 2 - 1,
-        torch.randn(2, 32, generator=g),
-    )
+    adv = cpu_adversary(distill.parse_args(flags(tmp_path, toy_data, "--no-disc-augment")), "fp16")
+    real, fake, c = disc_inputs(2)
     heads = lambda: [p.detach().clone() for p in adv.params]  # noqa: E731
     before, scale, lr_before = heads(), adv.scaler.get_scale(), adv.scheduler.get_last_lr()
     adv.accumulate(real, c, fake, c, share=1.0)

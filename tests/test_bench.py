@@ -8,6 +8,9 @@ import math
 
 import pytest
 
+#: The train step that bench_train_step times, and bench_data times beside its decoding, at a tiny size.
+TINY_STEP = ["--teacher", "tiny-animatediff", "--resolution", "16", "--frames", "2", "--batch", "1", "--rank", "2"]
+
 
 def _check(result: dict, keys: set[str], results_file, capsys):
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0
@@ -55,24 +58,7 @@ def test_train_step(tmp_path, capsys):
     from bench.bench_train_step import main
 
     out = tmp_path / "RESULTS.md"
-    result = main(
-        [
-            "--teacher",
-            "tiny-animatediff",
-            "--resolution",
-            "16",
-            "--frames",
-            "2",
-            "--batch",
-            "1",
-            "--rank",
-            "2",
-            "--reps",
-            "1",
-            "--results",
-            str(out),
-        ]
-    )
+    result = main([*TINY_STEP, "--reps", "1", "--results", str(out)])
     _check(result, {"median_cpu_seconds", "ratio_wall"}, out, capsys)
     assert len(result["median_cpu_seconds"]) == 8  # step, the sum, six passes
 
@@ -87,16 +73,7 @@ def test_data(tmp_path, capsys):
             "2",
             "--reps",
             "1",
-            "--teacher",
-            "tiny-animatediff",
-            "--resolution",
-            "16",
-            "--frames",
-            "2",
-            "--batch",
-            "1",
-            "--rank",
-            "2",
+            *TINY_STEP,
             "--real-clips",
             "1",
             "--real-video-frames",

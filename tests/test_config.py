@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_runs import tiny_run_flags
 from training import config as tc
 from training import distill
 from training.models import tiny_teacher
@@ -243,38 +244,17 @@ def test_config_yaml_repeats_the_run(tmp_path, argv):
 def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     data = write_toy_shards(root / "data", num_clips=4, per_shard=4, frames=8, size=16)
-    flags = [
-        "--teacher",
-        "tiny-animatediff",
-        "--data",
-        str(data),
-        "--output-dir",
-        str(root / "runs"),
-        "--run-name",
-        "r",
-        "--resolution",
-        "16",
-        "--num-frames",
-        "4",
-        "--frame-interval",
-        "1",
-        "--num-workers",
-        "0",
-        "--lora-rank",
-        "4",
-        "--lora-alpha",
-        "4",
-        "--gradient-accumulation-steps",
-        "1",
-        "--no-scale-lr",
-        "--lr-warmup-steps",
-        "0",
+    flags = tiny_run_flags(
+        root / "runs",
+        data,
         "--max-train-steps",
         "1",
         "--checkpointing-steps",
         "1",
         "--no-disc",
-    ]
+        run_name="r",
+        learning_rate=None,
+    )
     run = distill.train(distill.parse_args(flags), teacher=tiny_teacher("animatediff"))
     return run, flags
 

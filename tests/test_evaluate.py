@@ -96,26 +96,12 @@ def test_clipsim_with_a_tiny_random_clip():
     from training.models import ByteTokenizer
 
     torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2)  # both towers
     config = CLIPConfig(
         text_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=259,
-            max_position_embeddings=77,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
+            **tower, vocab_size=259, max_position_embeddings=77, bos_token_id=1, eos_token_id=2, pad_token_id=0
         ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            image_size=30,
-            patch_size=6,
-        ),
+        vision_config=dict(**tower, image_size=30, patch_size=6),
         projection_dim=16,
     )
     scorer = ev.ClipScorer(CLIPModel(config), ByteTokenizer())

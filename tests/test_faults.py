@@ -20,11 +20,12 @@ import pytest
 import torch
 
 from mcm.weights import load_adapter
+from tests.tiny_runs import tiny_run_flags
 from training import distill
 from training.checkpoints import CheckpointError
 from training.data import Batches, VideoClips
 from training.samples import encode_mp4
-from training.toy.world import toy_clip, write_toy_shards
+from training.toy.world import toy_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -41,42 +42,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
-
-
 def flags(out: Path, data: Path, *extra) -> list[str]:
-    return [
-        "--teacher",
-        "tiny-animatediff",
-        "--data",
-        str(data),
-        "--output-dir",
-        str(out),
-        "--resolution",
-        "16",
-        "--num-frames",
-        "4",
-        "--frame-interval",
-        "1",
-        "--num-workers",
-        "0",
-        "--lora-rank",
-        "4",
-        "--lora-alpha",
-        "4",
-        "--gradient-accumulation-steps",
-        "1",
-        "--no-scale-lr",
-        "--learning-rate",
-        "1e-3",
-        "--lr-warmup-steps",
-        "0",
-        "--disc-backbone",
-        "tiny",
-        *map(str, extra),
-    ]
+    return tiny_run_flags(out, data, "--disc-backbone", "tiny", *extra)
 
 
 def metrics(run: Path) -> dict[int, float]:
@@ -425,21 +392,12 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_training_goes_on_or_sto
     tmp_path, toy_data, monkeypatch, capsys
 ):
     _disk_full_at(monkeypatch, 2)
-    run = distill.train(
-        distill.parse_args(
-            flags(
-                tmp_path,
-                toy_data,
-                "--max-train-steps",
-                "3",
-                "--checkpointing-steps",
-                "1",
-                "--no-disc",
-                "--run-name",
-                "full",
-            )
-        )
-    )
+
+    def args(name: str, *more):  # 3 steps, a checkpoint after each
+        steps = ("--max-train-steps", "3", "--checkpointing-steps", "1", "--no-disc")
+        return distill.parse_args(flags(tmp_path, toy_data, *steps, "--run-name", name, *more))
+
+    run = distill.train(args("full"))
     assert (
         "could not write checkpoint-2 ([Errno 28] No space left on device); the earlier checkpoints are intact"
         in capsys.readouterr().out
@@ -451,23 +409,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_training_goes_on_or_sto
     assert json.loads((run / "checkpoint-1" / "trainer_state.json").read_text())["global_step"] == 1
     assert (run / "summary.json").exists()
 
-    args = distill.parse_args(
-        flags(
-            tmp_path,
-            toy_data,
-            "--max-train-steps",
-            "3",
-            "--checkpointing-steps",
-            "1",
-            "--no-disc",
-            "--run-name",
-            "stop",
-            "--on-save-error",
-            "stop",
-        )
-    )
+    stop = args("stop", "--on-save-error", "stop")
     with pytest.raises(CheckpointError, match="could not write checkpoint-2"):
-        distill.train(args)
+        distill.train(stop)
     stopped = tmp_path / "stop"
     assert sorted(p.name for p in stopped.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]
     assert load_adapter(stopped / "checkpoint-1" / "adapter.safetensors").meta.training["step"] == 1

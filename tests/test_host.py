@@ -12,37 +12,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ALL_NODES = ["MCM_KSampler", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler", "MCM_StyleAdapter"]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
-MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")
+from tests.real_host import ALL_NODES, CKPT, COMFYUI_DIR, MARKS, MOTION, ROOT, make_adapters, skip_without_models
 
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to run the real-host tests"),
-]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
 def host_report(tmp_path_factory):
-    for sub, name in (("checkpoints", CKPT), ("animatediff_models", MOTION)):
-        if not (Path(COMFYUI_DIR) / "models" / sub / name).exists():
-            pytest.skip(
-                f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)"
-            )
-    adapters = tmp_path_factory.mktemp("mcm-adapters")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    skip_without_models()
+    adapters = make_adapters(tmp_path_factory.mktemp("mcm-adapters"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if os.environ.get("COMFYUI_PYTHONPATH"):  # e.g. the host harness's torchvision shim
         env["PYTHONPATH"] = os.environ["COMFYUI_PYTHONPATH"]

@@ -13,40 +13,22 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ALL_NODES = ["MCM_KSampler", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler", "MCM_StyleAdapter"]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
-MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")
+from tests.real_host import ALL_NODES, COMFYUI_DIR, MARKS, ROOT, make_adapters, skip_without_models
+
 UI_NAMES = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
 API_NAMES = sorted(p.stem for p in (ROOT / "workflows" / "api").glob("*.json"))
 
-pytestmark = [
-    pytest.mark.host,
-    pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to run the real-host tests"),
-]
+pytestmark = MARKS
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    for sub, name in (("checkpoints", CKPT), ("animatediff_models", MOTION)):
-        if not (Path(COMFYUI_DIR) / "models" / sub / name).exists():
-            pytest.skip(
-                f"{name} not found in {COMFYUI_DIR}/models/{sub} (set MCM_HOST_CHECKPOINT / MCM_HOST_MOTION_MODEL)"
-            )
+    skip_without_models()
     tmp = tmp_path_factory.mktemp("host-workflows")
-    adapters = tmp / "adapters"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "host" / "make_adapters.py"), str(adapters)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    adapters = make_adapters(tmp / "adapters")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # run_workflows.py passes COMFYUI_PYTHONPATH on
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     out = tmp / "report.json"

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from mcm.weights import load_adapter
-from tests.test_faults import flags, one_thread, toy_data  # noqa: F401 - fixtures shared with the fault tests
+from tests.test_faults import flags, one_thread  # noqa: F401 - a fixture shared with the fault tests
 from training import distill
 
 

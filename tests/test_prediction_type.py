@@ -12,9 +12,9 @@ import torch
 from mcm.sampler import sample_consistency
 from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.weights import load_adapter, merge_lora
+from tests.tiny_runs import tiny_run_flags
 from training import distill
 from training.models import call_unet, noise_settings, read_scheduler_config, tiny_teacher
-from training.toy.world import write_toy_shards
 
 V_CONFIG = {
     "_class_name": "DDIMScheduler",
@@ -103,42 +103,14 @@ def _spy(monkeypatch):
     return calls
 
 
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
-
-
 def test_a_v_prediction_teacher_is_trained_recorded_and_sampled_as_v(tmp_path, toy_data, monkeypatch):
     from diffusers import DDIMScheduler, LCMScheduler
 
     calls = _spy(monkeypatch)
     args = distill.parse_args(
-        [
-            "--teacher",
-            "tiny-animatediff",
-            "--data",
-            str(toy_data),
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--resolution",
-            "16",
-            "--num-frames",
-            "4",
-            "--frame-interval",
-            "1",
-            "--num-workers",
-            "0",
-            "--lora-rank",
-            "4",
-            "--lora-alpha",
-            "4",
-            "--gradient-accumulation-steps",
-            "1",
-            "--no-scale-lr",
-            "--learning-rate",
-            "1e-2",
-            "--lr-warmup-steps",
-            "0",
+        tiny_run_flags(
+            tmp_path / "runs",
+            toy_data,
             "--max-train-steps",
             "2",
             "--checkpointing-steps",
@@ -150,7 +122,8 @@ def test_a_v_prediction_teacher_is_trained_recorded_and_sampled_as_v(tmp_path, t
             "0",
             "--motion-repr",
             "raw",
-        ]
+            learning_rate="1e-2",
+        )
     )
     run = distill.train(args, teacher=v_teacher())
     assert {c["pt"] for c in calls["step"] + calls["generated"]} == {"v_prediction"} and len(calls["generated"]) == 2

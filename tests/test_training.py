@@ -18,49 +18,22 @@ from mcm.distill import DistillConfig, distillation_step
 from mcm.sampler import sample_consistency
 from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.weights import load_adapter, merge_lora
+from tests.tiny_runs import tiny_run_flags
 from training import distill, toy
 from training.data import Batches, VideoClips
 from training.models import call_unet, tiny_teacher
 from training.samples import encode_mp4
 from training.setup import new_run_dir
-from training.toy.world import toy_clip, write_toy_shards
+from training.toy.world import toy_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
-
-
 def args_for(tmp_path, data, *extra):
     return distill.parse_args(
-        [
-            "--teacher",
-            "tiny-animatediff",
-            "--data",
-            str(data),
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--resolution",
-            "16",
-            "--num-frames",
-            "4",
-            "--frame-interval",
-            "1",
-            "--num-workers",
-            "0",
-            "--lora-rank",
-            "4",
-            "--lora-alpha",
-            "4",
-            "--gradient-accumulation-steps",
-            "1",
-            "--no-scale-lr",
-            "--learning-rate",
-            "1e-3",
-            "--lr-warmup-steps",
-            "0",
+        tiny_run_flags(
+            tmp_path / "runs",
+            data,
             "--max-train-steps",
             "2",
             "--checkpointing-steps",
@@ -68,7 +41,7 @@ def args_for(tmp_path, data, *extra):
             "--disc-backbone",
             "tiny",
             *extra,
-        ]
+        )
     )
 
 
@@ -343,39 +316,18 @@ def test_two_processes_average_their_lora_gradients(tmp_path, toy_data):
         "--master_port",
         "29533",
         "training/distill.py",
-        "--teacher",
-        "tiny-animatediff",
-        "--data",
-        str(toy_data),
-        "--output-dir",
-        str(tmp_path / "runs"),
-        "--run-name",
-        "ddp",
-        "--resolution",
-        "16",
-        "--num-frames",
-        "4",
-        "--frame-interval",
-        "1",
-        "--num-workers",
-        "0",
-        "--lora-rank",
-        "4",
-        "--lora-alpha",
-        "4",
-        "--gradient-accumulation-steps",
-        "2",
-        "--no-scale-lr",
-        "--learning-rate",
-        "1e-3",
-        "--lr-warmup-steps",
-        "0",
-        "--max-train-steps",
-        "2",
-        "--checkpointing-steps",
-        "10",
-        "--disc-backbone",
-        "tiny",
+        *tiny_run_flags(
+            tmp_path / "runs",
+            toy_data,
+            "--max-train-steps",
+            "2",
+            "--checkpointing-steps",
+            "10",
+            "--disc-backbone",
+            "tiny",
+            run_name="ddp",
+            accumulation=2,
+        ),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -493,11 +445,9 @@ def test_a_single_file_unet_in_ldm_or_diffusers_layout_loads_into_the_teacher(tm
     from safetensors.torch import save_file
 
     from mcm.weights import UNetLayout, diffusers_to_ldm
-    from training.models import TINY_UNET, load_unet_checkpoint
+    from training.models import TINY_BLOCKS, TINY_UNET, load_unet_checkpoint
 
-    blocks = dict(
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")
-    )
+    blocks = TINY_BLOCKS["animatediff"]
     torch.manual_seed(1)
     source = UNet2DConditionModel(**TINY_UNET, **blocks)
     layout = UNetLayout.from_diffusers_config(dict(source.config))

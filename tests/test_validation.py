@@ -15,51 +15,16 @@ from mcm.distill import DistillConfig, distillation_step
 from mcm.sampler import sample_consistency
 from mcm.schedule import NoiseSchedule, lcm_timesteps
 from mcm.weights import load_adapter
+from tests.tiny_runs import tiny_run_flags
 from training import distill
 from training.data import Batches, VideoClips
 from training.models import call_unet, make_student, tiny_teacher
-from training.toy.world import write_toy_shards
 from training.validation import DEFAULT_PROMPTS, HELD_OUT_SEED
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    return write_toy_shards(tmp_path_factory.mktemp("toy"), num_clips=8, per_shard=4, frames=8, size=16)
 
 
 def args_for(tmp_path, data, *extra):
     return distill.parse_args(
-        [
-            "--teacher",
-            "tiny-animatediff",
-            "--data",
-            str(data),
-            "--output-dir",
-            str(tmp_path / "runs"),
-            "--resolution",
-            "16",
-            "--num-frames",
-            "4",
-            "--frame-interval",
-            "1",
-            "--num-workers",
-            "0",
-            "--lora-rank",
-            "4",
-            "--lora-alpha",
-            "4",
-            "--gradient-accumulation-steps",
-            "1",
-            "--no-scale-lr",
-            "--learning-rate",
-            "1e-2",
-            "--lr-warmup-steps",
-            "0",
-            "--checkpointing-steps",
-            "1",
-            "--no-disc",
-            *extra,
-        ]
+        tiny_run_flags(tmp_path / "runs", data, "--checkpointing-steps", "1", "--no-disc", *extra, learning_rate="1e-2")
     )
 
 

@@ -42,6 +42,7 @@ from mcm.weights import (
     unmerge_lora,
 )
 from tests.tiny_models import TINY_UNET, official_targets, tiny_motion_unet, with_random_lora
+from training import models
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LAYOUT = UNetLayout.from_diffusers_config(TINY_UNET)
@@ -289,16 +290,7 @@ def test_modelscope_adapter_is_recognised_and_kept_out_of_comfyui(tmp_path):
     from diffusers import UNet3DConditionModel
 
     torch.manual_seed(0)
-    unet = UNet3DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        sample_size=8,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-    )
+    unet = UNet3DConditionModel(**models.TINY_UNET, **models.TINY_BLOCKS["modelscope"])
     peft_model = with_random_lora(unet, targets=official_targets(unet, drop_temporal_convs=True))
     peft_model.save_pretrained(tmp_path / "modelscopet2v-anime")
     adapter = load_adapter(tmp_path / "modelscopet2v-anime")
@@ -483,22 +475,11 @@ def test_a_replaced_folder_is_never_missing_and_survives_a_failed_rename(tmp_pat
 
 
 def test_official_target_list_matches_the_notes():
-    assert set(OFFICIAL_TARGET_MODULES) == {
-        "to_q",
-        "to_k",
-        "to_v",
-        "to_out.0",
-        "proj_in",
-        "proj_out",
-        "ff.net.0.proj",
-        "ff.net.2",
-        "conv1",
-        "conv2",
-        "conv_shortcut",
-        "downsamplers.0.conv",
-        "upsamplers.0.conv",
-        "time_emb_proj",
-    }
+    notes = (  # the official MCM LoRA targets, written out independently of mcm.weights
+        "to_q to_k to_v to_out.0 proj_in proj_out ff.net.0.proj ff.net.2 "
+        "conv1 conv2 conv_shortcut downsamplers.0.conv upsamplers.0.conv time_emb_proj"
+    )
+    assert set(OFFICIAL_TARGET_MODULES) == set(notes.split())
 
 
 # --- command line ------------------------------------------------------------------------------------

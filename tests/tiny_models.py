@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import torch
 
-TINY_UNET = dict(
-    block_out_channels=(32, 64),
-    layers_per_block=1,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=8,
-    norm_num_groups=8,
-    sample_size=8,
-)
+from training import models
+
+#: The tiny teachers' SD-style 2D UNet (training/models.py), the one ``tiny_motion_unet`` extends.
+TINY_UNET = {**models.TINY_UNET, **models.TINY_BLOCKS["animatediff"]}
 
 
 def tiny_motion_unet(seed: int = 0):
@@ -22,14 +16,7 @@ def tiny_motion_unet(seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET)
-    adapter = MotionAdapter(
-        block_out_channels=(32, 64),
-        motion_layers_per_block=1,
-        motion_norm_num_groups=8,
-        motion_num_attention_heads=2,
-        motion_max_seq_length=32,
-    )
-    return UNetMotionModel.from_unet2d(unet, adapter).eval()
+    return UNetMotionModel.from_unet2d(unet, MotionAdapter(**models.TINY_MOTION)).eval()
 
 
 def official_targets(model, drop_temporal_convs: bool = False) -> list[str]:
