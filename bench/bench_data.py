@@ -30,12 +30,7 @@ if str(ROOT) not in sys.path:
 
 from bench.bench_train_step import make_step  # noqa: E402
 from bench.bench_train_step import parse as parse_step  # noqa: E402
-from bench.common import (  # noqa: E402
-    RESULTS,
-    finish,
-    interleaved,
-    medians,
-)
+from bench.common import RESULTS, finish, interleaved, medians  # noqa: E402
 from training.data import VideoClips  # noqa: E402
 from training.samples import encode_mp4  # noqa: E402
 from training.toy.world import write_toy_shards  # noqa: E402

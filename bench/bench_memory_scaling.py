@@ -39,20 +39,11 @@ import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils._pytree import tree_leaves  # noqa: E402
 
-from bench.common import (  # noqa: E402
-    MOTION_CONFIGS,
-    RESULTS,
-    UNET_CONFIGS,
-    finish,
-)
+from bench.common import MOTION_CONFIGS, RESULTS, UNET_CONFIGS, finish  # noqa: E402
 from mcm.distill import DistillConfig, distillation_step  # noqa: E402
 from mcm.motion import make_motion_representation  # noqa: E402
 from mcm.schedule import NoiseSchedule  # noqa: E402
-from training.models import (  # noqa: E402
-    Teacher,
-    call_unet,
-    make_student,
-)
+from training.models import Teacher, call_unet, make_student  # noqa: E402
 
 GIB = 2**30
 GOAL_GB, OFFICIAL_GB = 40.0, 70.0

@@ -36,15 +36,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.bench_temporal_norm import start_host, write_adapter  # noqa: E402
-from bench.common import (  # noqa: E402
-    add_common_args,
-    finish,
-    interleaved,
-    medians,
-    motion_unet,
-    setup,
-    unet_inputs,
-)
+from bench.common import add_common_args, finish, interleaved, medians, motion_unet, setup, unet_inputs  # noqa: E402
 from mcm.sampler import comfy_sigmas, sample_consistency, sample_mcm, ve_consistency_output  # noqa: E402
 from mcm.schedule import NoiseSchedule, lcm_timesteps  # noqa: E402
 from training.models import VideoUNet  # noqa: E402

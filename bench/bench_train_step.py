@@ -29,23 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402
-    RESULTS,
-    finish,
-    interleaved,
-    medians,
-)
+from bench.common import RESULTS, finish, interleaved, medians  # noqa: E402
 from mcm.boundary import append_dims, consistency_output, predicted_x0  # noqa: E402
 from mcm.distill import DistillConfig, distillation_step  # noqa: E402
 from mcm.motion import make_motion_representation  # noqa: E402
 from mcm.schedule import NoiseSchedule  # noqa: E402
 from mcm.solver import solver_timesteps  # noqa: E402
 from training.adversarial import Adversary  # noqa: E402
-from training.models import (  # noqa: E402
-    call_unet,
-    load_teacher,
-    make_student,
-)
+from training.models import call_unet, load_teacher, make_student  # noqa: E402
 
 
 def parse(argv):

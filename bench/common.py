@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from training.models import TINY_BLOCKS, TINY_MOTION, TINY_UNET
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SIZES = ("tiny", "small", "real")
@@ -29,15 +31,7 @@ SIZES = ("tiny", "small", "real")
 # dominates a step as it does at full size; "real" is the SD1.5 UNet + AnimateDiff v1-5-2 motion
 # adapter architecture (random weights, no download; sized for a GPU).
 UNET_CONFIGS = {
-    "tiny": dict(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ),
+    "tiny": {**TINY_UNET, **TINY_BLOCKS["animatediff"]},  # the tiny teachers' UNet
     "small": dict(
         block_out_channels=(64, 128, 128),
         layers_per_block=2,
@@ -57,9 +51,7 @@ UNET_CONFIGS = {
     ),
 }
 MOTION_CONFIGS = {
-    "tiny": dict(
-        motion_layers_per_block=1, motion_norm_num_groups=8, motion_num_attention_heads=2, motion_max_seq_length=32
-    ),
+    "tiny": {k: v for k, v in TINY_MOTION.items() if k != "block_out_channels"},
     "small": dict(
         motion_layers_per_block=2, motion_norm_num_groups=32, motion_num_attention_heads=4, motion_max_seq_length=32
     ),

@@ -213,8 +213,7 @@ class TrainConfig:
     )
     disc_gp: float = _adv(
         1e-5,
-        "weight of the official 'r1': a gradient penalty on interpolates in DINO-feature space (×5 when it "
-        "stays ≥ 100)",
+        "weight of the official 'r1': gradient penalty on interpolates in DINO-feature space (×5 when it stays ≥ 100)",
         range=AT_LEAST_0,
     )
     disc_r1: float = _adv(0.0, "weight of a true R1 penalty on real images (needs eager attention)", range=AT_LEAST_0)
@@ -292,9 +291,7 @@ class TrainConfig:
         False, "keep the adapter with the lowest held-out consistency error as <run>/best/ (needs --validation-steps)"
     )
     style: str = _out("custom", "style label recorded in the adapter (webvid, laion, anime, …)")
-    adapter_name: str | None = _out(
-        None, "display name recorded in the adapter (default: '<style> (step N)')", kind=str
-    )
+    adapter_name: str | None = _out(None, "display name in the adapter (default: '<style> (step N)')", kind=str)
     toy_eval: bool | None = _out(
         None,
         "after training, sample the teacher (50-step and 4-step CFG) and MCM (1/2/4 steps) on toy "

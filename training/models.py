@@ -120,11 +120,11 @@ TINY_BLOCKS = {
     ),
 }
 TINY_MOTION = dict(
-    block_out_channels=(32, 64),
     motion_layers_per_block=1,
     motion_norm_num_groups=8,
     motion_num_attention_heads=2,
     motion_max_seq_length=32,
+    block_out_channels=TINY_UNET["block_out_channels"],  # a motion module per UNet block
 )
 TINY_VAE = dict(
     block_out_channels=(16, 32),

@@ -108,6 +108,20 @@ def _join(*parts: str | None) -> str:
     return ".".join(p for p in parts if p)
 
 
+def _block_layer_to_ldm(path: str, m: re.Match, layout: UNetLayout, up: bool) -> str:
+    """Layer ``j`` (a ResNet or an attention) of down block ``i`` (an input block) or up block ``i`` (an output
+    block, which has one layer more)."""
+    n = layout.layers_per_block
+    i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
+    attention = layout.up_attention if up else layout.down_attention
+    if i >= layout.num_blocks or j >= n + up or (kind == "attentions" and not attention[i]):
+        raise KeyMappingError(f"{path!r}: no such layer in a UNet with layout {layout}")
+    block = f"output_blocks.{i * (n + 1) + j}" if up else f"input_blocks.{1 + i * (n + 1) + j}"
+    if kind == "resnets":
+        return _join(block, "0", rest and _split_leaf(rest, _RESNET_TO_LDM, "a ResNet block", path))
+    return _join(block, "1", rest)
+
+
 def _mid_to_ldm(path: str, m: re.Match) -> str:
     kind, j, rest = m[1], int(m[2]), m[3]
     if kind == "resnets" and j in (0, 1):
@@ -124,13 +138,7 @@ def diffusers_to_ldm(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
         if path == src or path.startswith(src + "."):
             return dst + path[len(src) :]
     if m := _DOWN.match(path):
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        if i >= layout.num_blocks or j >= n or (kind == "attentions" and not layout.down_attention[i]):
-            raise KeyMappingError(f"{path!r}: no such layer in a UNet with layout {layout}")
-        block = f"input_blocks.{1 + i * (n + 1) + j}"
-        if kind == "resnets":
-            return _join(block, "0", rest and _split_leaf(rest, _RESNET_TO_LDM, "a ResNet block", path))
-        return _join(block, "1", rest)
+        return _block_layer_to_ldm(path, m, layout, up=False)
     if m := _DOWN_SAMPLER.match(path):
         i = int(m[1])
         if i >= layout.num_blocks - 1:
@@ -139,13 +147,7 @@ def diffusers_to_ldm(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
     if m := _MID.match(path):
         return _mid_to_ldm(path, m)
     if m := _UP.match(path):
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        if i >= layout.num_blocks or j > n or (kind == "attentions" and not layout.up_attention[i]):
-            raise KeyMappingError(f"{path!r}: no such layer in a UNet with layout {layout}")
-        block = f"output_blocks.{i * (n + 1) + j}"
-        if kind == "resnets":
-            return _join(block, "0", rest and _split_leaf(rest, _RESNET_TO_LDM, "a ResNet block", path))
-        return _join(block, "1", rest)
+        return _block_layer_to_ldm(path, m, layout, up=True)
     if m := _UP_SAMPLER.match(path):
         i = int(m[1])
         if i >= layout.num_blocks - 1:
