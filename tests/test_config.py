@@ -133,40 +133,34 @@ def test_a_missing_config_file_is_named(tmp_path, capsys):
 # --- ranges and contradictions ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["--checkpointing-steps", "0"], "--checkpointing-steps 0: must be at least 1"),
-        (["--resolution", "0"], "--resolution 0: must be at least 1"),
-        (["--resolution=-32"], "--resolution -32: must be at least 1"),
-        (["--learning-rate", "0"], "--learning-rate 0.0: must be > 0"),
-        (["--learning-rate", "nan"], "--learning-rate nan: must be a finite number"),
-        (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps 0"),
-        (["--train-batch-size", "0"], "--train-batch-size 0"),
-        (["--lambda-real", "1.5"], "--lambda-real 1.5: must lie in [0, 1]"),
-        (["--ema-decay", "1"], "--ema-decay 1.0: must lie in [0, 1)"),
-        (["--w-min", "7", "--w-max", "5"], "--w-min 7 is above --w-max 5"),
-        (["--disc-frames", "9"], "--disc-frames 9: at most --num-frames (8)"),
-        (["--lora-rank", "0"], "--lora-rank 0"),
-        (["--num-workers", "-1"], "--num-workers -1"),
-        (["--disc-update-every", "0"], "--disc-update-every 0"),
-        (["--max-train-steps", "0"], "--max-train-steps 0"),
-        (["--huber-c", "0"], "--huber-c 0.0"),
-        (["--eval-seeds", "0"], "--eval-seeds 0"),
-        (["--num-frames", "1"], "--num-frames 1: must be at least 2"),
-        (["--seed", "-1"], "--seed -1"),
-        (["--checkpoints-total-limit", "0"], "--checkpoints-total-limit 0"),
-        (["--disc-layers", "2,x"], "--disc-layers '2,x'"),
-        (["--eval-teacher-steps", "4;50"], "--eval-teacher-steps '4;50'"),
-        (
-            ["--frame-interval", "8"],
-            "--frame-interval 8: 8 frames at this stride span 57 frames; the toy clips have 16",
-        ),
-        (["--disc-real", "images", "--teacher", "x/y", "--data", "shards"], "--disc-real images needs --disc-images"),
-        (["--lora-rank", "four"], "argument --lora-rank: invalid int value: 'four'"),
-        (["--teacher", "tiny-animatediff"], "--teacher and --data go together"),
-    ],
-)
+@pytest.mark.parametrize("argv, expected", [
+    (["--checkpointing-steps", "0"], "--checkpointing-steps 0: must be at least 1"),
+    (["--resolution", "0"], "--resolution 0: must be at least 1"),
+    (["--resolution=-32"], "--resolution -32: must be at least 1"),
+    (["--learning-rate", "0"], "--learning-rate 0.0: must be > 0"),
+    (["--learning-rate", "nan"], "--learning-rate nan: must be a finite number"),
+    (["--gradient-accumulation-steps", "0"], "--gradient-accumulation-steps 0"),
+    (["--train-batch-size", "0"], "--train-batch-size 0"),
+    (["--lambda-real", "1.5"], "--lambda-real 1.5: must lie in [0, 1]"),
+    (["--ema-decay", "1"], "--ema-decay 1.0: must lie in [0, 1)"),
+    (["--w-min", "7", "--w-max", "5"], "--w-min 7 is above --w-max 5"),
+    (["--disc-frames", "9"], "--disc-frames 9: at most --num-frames (8)"),
+    (["--lora-rank", "0"], "--lora-rank 0"),
+    (["--num-workers", "-1"], "--num-workers -1"),
+    (["--disc-update-every", "0"], "--disc-update-every 0"),
+    (["--max-train-steps", "0"], "--max-train-steps 0"),
+    (["--huber-c", "0"], "--huber-c 0.0"),
+    (["--eval-seeds", "0"], "--eval-seeds 0"),
+    (["--num-frames", "1"], "--num-frames 1: must be at least 2"),
+    (["--seed", "-1"], "--seed -1"),
+    (["--checkpoints-total-limit", "0"], "--checkpoints-total-limit 0"),
+    (["--disc-layers", "2,x"], "--disc-layers '2,x'"),
+    (["--eval-teacher-steps", "4;50"], "--eval-teacher-steps '4;50'"),
+    (["--frame-interval", "8"], "--frame-interval 8: 8 frames at this stride span 57 frames; the toy clips have 16"),
+    (["--disc-real", "images", "--teacher", "x/y", "--data", "shards"], "--disc-real images needs --disc-images"),
+    (["--lora-rank", "four"], "argument --lora-rank: invalid int value: 'four'"),
+    (["--teacher", "tiny-animatediff"], "--teacher and --data go together"),
+])  # fmt: skip
 def test_a_value_out_of_range_is_refused_naming_the_flag(capsys, argv, expected):
     err = refused(capsys, *argv)
     assert f"error: {expected}" in err, err

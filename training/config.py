@@ -98,10 +98,7 @@ class TrainConfig:
     run_name: str | None = _run(None, "subfolder name (default: date-time); an existing one is never reused", kind=str)
     resume: str | None = _run(
         None,
-        "continue a run exactly: a run folder (its newest checkpoint), a checkpoint folder, or 'latest' "
-        "(the newest checkpoint of --output-dir/--run-name, or of the newest run in --output-dir); "
-        "values that would change the training (seed, batch layout, LoRA, loss, data, teacher) must "
-        "match the checkpoint's (default: a new run)",
+        "continue a run exactly: a run or checkpoint folder, or 'latest'; what the training depends on must match",
         kind=str,
     )
     seed: int = _run(0, "random seed (data order, timesteps, guidance, noise)", range=Range(0, 2**32 - 1))

@@ -122,7 +122,21 @@ def _block_layer_to_ldm(path: str, m: re.Match, layout: UNetLayout, up: bool) ->
     return _join(block, "1", rest)
 
 
-def _mid_to_ldm(path: str, m: re.Match) -> str:
+def _sampler_to_ldm(path: str, m: re.Match, layout: UNetLayout, up: bool) -> str:
+    """The downsampler of down block ``i`` (an input block of its own) or the upsampler of up block ``i`` (in the
+    output block of its last layer, after the attention where the block has one)."""
+    n, i = layout.layers_per_block, int(m[1])
+    if i >= layout.num_blocks - 1:
+        raise KeyMappingError(
+            f"{path!r}: the last {'up' if up else 'down'} block has no {'up' if up else 'down'}sampler"
+        )
+    if not up:
+        return f"input_blocks.{(i + 1) * (n + 1)}.0.op{m[2] or ''}"
+    slot = 2 if layout.up_attention[i] else 1
+    return f"output_blocks.{i * (n + 1) + n}.{slot}.conv{m[2] or ''}"
+
+
+def _mid_to_ldm(path: str, m: re.Match, layout: UNetLayout, up: bool) -> str:
     kind, j, rest = m[1], int(m[2]), m[3]
     if kind == "resnets" and j in (0, 1):
         return _join(f"middle_block.{2 * j}", rest and _split_leaf(rest, _RESNET_TO_LDM, "a ResNet block", path))
@@ -133,27 +147,18 @@ def _mid_to_ldm(path: str, m: re.Match) -> str:
 
 def diffusers_to_ldm(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
     """Diffusers UNet module path → LDM path (without ComfyUI's ``diffusion_model.`` prefix)."""
-    n = layout.layers_per_block
     for src, dst in _TOP_TO_LDM.items():
         if path == src or path.startswith(src + "."):
             return dst + path[len(src) :]
-    if m := _DOWN.match(path):
-        return _block_layer_to_ldm(path, m, layout, up=False)
-    if m := _DOWN_SAMPLER.match(path):
-        i = int(m[1])
-        if i >= layout.num_blocks - 1:
-            raise KeyMappingError(f"{path!r}: the last down block has no downsampler")
-        return f"input_blocks.{(i + 1) * (n + 1)}.0.op{m[2] or ''}"
-    if m := _MID.match(path):
-        return _mid_to_ldm(path, m)
-    if m := _UP.match(path):
-        return _block_layer_to_ldm(path, m, layout, up=True)
-    if m := _UP_SAMPLER.match(path):
-        i = int(m[1])
-        if i >= layout.num_blocks - 1:
-            raise KeyMappingError(f"{path!r}: the last up block has no upsampler")
-        slot = 2 if layout.up_attention[i] else 1
-        return f"output_blocks.{i * (n + 1) + n}.{slot}.conv{m[2] or ''}"
+    for pattern, translate, up in (
+        (_DOWN, _block_layer_to_ldm, False),
+        (_DOWN_SAMPLER, _sampler_to_ldm, False),
+        (_MID, _mid_to_ldm, False),
+        (_UP, _block_layer_to_ldm, True),
+        (_UP_SAMPLER, _sampler_to_ldm, True),
+    ):
+        if m := pattern.match(path):
+            return translate(path, m, layout, up)
     raise KeyMappingError(f"{path!r} is not a module of the spatial UNet (no LDM counterpart)")
 
 
@@ -267,19 +272,21 @@ def _motion_inner(rest: str | None, table: dict[str, str], path: str) -> str | N
     raise KeyMappingError(f"{path!r}: a temporal transformer has no layer {rest.split('.')[0]!r}")
 
 
+def _motion_path(path: str, pattern: re.Pattern, table: dict[str, str], module: str, what: str) -> str:
+    """Translate a motion-module path matched by ``pattern``: the module prefix, then its inner layer by ``table``."""
+    m = pattern.match(path)
+    if not m:
+        raise KeyMappingError(f"{path!r} is not {what}")
+    return _join(module.format(block=m[1], index=m[2]), _motion_inner(m[3], table, path))
+
+
 def motion_to_ade(path: str) -> str:
     """Diffusers motion-module path (``UNetMotionModel``/``MotionAdapter``) → AnimateDiff/ADE path."""
-    m = _MOTION.match(path)
-    if not m:
-        raise KeyMappingError(f"{path!r} is not a diffusers motion-module path")
-    inner = _motion_inner(m[3], _BLOCK_TO_ADE, path)
-    return _join(f"{m[1]}.motion_modules.{m[2]}.temporal_transformer", inner)
+    module = "{block}.motion_modules.{index}.temporal_transformer"
+    return _motion_path(path, _MOTION, _BLOCK_TO_ADE, module, "a diffusers motion-module path")
 
 
 def ade_to_motion(path: str) -> str:
     """AnimateDiff/ADE motion-module path → diffusers ``UNetMotionModel`` path."""
-    m = _ADE_MOTION.match(path)
-    if not m:
-        raise KeyMappingError(f"{path!r} is not an AnimateDiff motion-module path")
-    inner = _motion_inner(m[3], _BLOCK_FROM_ADE, path)
-    return _join(f"{m[1]}.motion_modules.{m[2]}", inner)
+    module = "{block}.motion_modules.{index}"
+    return _motion_path(path, _ADE_MOTION, _BLOCK_FROM_ADE, module, "an AnimateDiff motion-module path")
