@@ -25,9 +25,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import add_common_args, finish, interleaved, medians, motion_unet, setup, unet_inputs  # noqa: E402
-from mcm.sampler import sample_consistency  # noqa: E402
+from mcm.sampler import sample_consistency, sample_ddim  # noqa: E402
 from mcm.schedule import NoiseSchedule, lcm_timesteps  # noqa: E402
-from mcm.solver import ddim_solver_step  # noqa: E402
 from training.models import VideoUNet  # noqa: E402
 
 TEACHER_STEPS = 25
@@ -42,19 +41,9 @@ def teacher_timesteps(steps: int = TEACHER_STEPS, num_train_timesteps: int = 100
 
 
 def teacher_sample(model, x, cond, uncond, schedule, guidance: float = 7.5, steps: int = TEACHER_STEPS):
-    """DDIM with CFG ``ε = ε_u + w (ε_c − ε_u)``, cond and uncond batched: ``2 · steps`` UNet evaluations."""
-    import torch
-
-    timesteps = teacher_timesteps(steps)
-    with torch.no_grad():
-        for i, t in enumerate(timesteps):
-            tb = t.expand(x.shape[0])
-            out = model(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([cond, uncond]))
-            eps_c, eps_u = out.chunk(2)
-            eps = eps_u + guidance * (eps_c - eps_u)
-            t_prev = timesteps[i + 1].expand(x.shape[0]) if i + 1 < len(timesteps) else torch.zeros_like(tb)
-            x = ddim_solver_step(eps, x, tb, t_prev, schedule)
-    return x
+    """The teacher's DDIM with CFG (:func:`mcm.sampler.sample_ddim`), cond and uncond batched: ``2 · steps`` UNet
+    evaluations."""
+    return sample_ddim(model, x, teacher_timesteps(steps), schedule, cond, uncond, guidance=guidance)
 
 
 def main(argv=None) -> dict:
