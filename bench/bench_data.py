@@ -2,7 +2,7 @@
 
 usage:
     OMP_NUM_THREADS=1 python bench/bench_data.py [--clips 32] [--reps 3] [--real-clips 4]
-        [--teacher training/toy_teacher] [--step-seconds S]
+        [--teacher training/toy/teacher] [--step-seconds S]
 
 Toy: ``training.data.VideoClips`` over toy shards written by ``write_toy_shards`` (16-frame 32 px mp4 clips,
 the toy default's data; 8 frames cut per clip) in one process, as a ``num_workers`` = 0 loader runs it.
@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clips", type=int, default=32, help="toy clips decoded per repetition")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--teacher", default=str(ROOT / "training" / "toy_teacher"))
+    p.add_argument("--teacher", default=str(ROOT / "training" / "toy" / "teacher"))
     p.add_argument("--resolution", type=int, default=32)
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--batch", type=int, default=2)

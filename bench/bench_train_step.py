@@ -1,7 +1,7 @@
 """Training-step breakdown: one distillation step over the sum of its necessary passes.
 
 usage:
-    OMP_NUM_THREADS=1 python bench/bench_train_step.py [--teacher training/toy_teacher] [--resolution 32] [--frames 8]
+    OMP_NUM_THREADS=1 python bench/bench_train_step.py [--teacher training/toy/teacher] [--resolution 32] [--frames 8]
         [--batch 2] [--rank 8] [--reps 5] [--device cpu]
     # real size (GPU): --teacher path/to/sd15 --motion-adapter path/to/motion-adapter --resolution 512 --frames 16
     #     --batch 1 --rank 64
@@ -44,7 +44,7 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
         "--teacher",
-        default=str(ROOT / "training" / "toy_teacher"),
+        default=str(ROOT / "training" / "toy" / "teacher"),
         help="as training/distill.py --teacher (tiny-animatediff for tests)",
     )
     p.add_argument("--motion-adapter", default=None)

@@ -112,7 +112,7 @@ def test_results_name_repository_paths_relative_to_its_root(tmp_path, capsys):
 
     out = tmp_path / "RESULTS.md"
     args = SimpleNamespace(device="cpu", no_record=False, results=str(out))
-    teacher, outside = ROOT / "training" / "toy_teacher", tmp_path / "teacher"
+    teacher, outside = ROOT / "training" / "toy" / "teacher", tmp_path / "teacher"
     result = finish(
         args,
         str(ROOT / "bench" / "bench_x.py"),
@@ -120,14 +120,14 @@ def test_results_name_repository_paths_relative_to_its_root(tmp_path, capsys):
         "x",
         {"ratio": 1.0, "teacher": f"{teacher} (rank 8)", "inputs": [str(teacher), str(outside)]},
     )
-    assert result["teacher"] == "training/toy_teacher (rank 8)" and result["inputs"] == [
-        "training/toy_teacher",
+    assert result["teacher"] == "training/toy/teacher (rank 8)" and result["inputs"] == [
+        "training/toy/teacher",
         str(outside),
     ]
     entry = out.read_text()
     assert (
-        "python bench/bench_x.py --teacher training/toy_teacher`" in entry
-        and '"teacher": "training/toy_teacher (rank 8)"' in entry
+        "python bench/bench_x.py --teacher training/toy/teacher`" in entry
+        and '"teacher": "training/toy/teacher (rank 8)"' in entry
     )
     assert str(ROOT) not in entry and str(outside) in entry
 
