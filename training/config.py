@@ -98,7 +98,7 @@ class TrainConfig:
     run_name: str | None = _run(None, "subfolder name (default: date-time); an existing one is never reused", kind=str)
     resume: str | None = _run(
         None,
-        "continue a run exactly: a run or checkpoint folder, or 'latest'; what the training depends on must match",
+        "continue a run exactly from a run or checkpoint folder, or 'latest' (default: a new run)",
         kind=str,
     )
     seed: int = _run(0, "random seed (data order, timesteps, guidance, noise)", range=Range(0, 2**32 - 1))
@@ -460,8 +460,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{flag_name(f.name)} {value}: {allowed}")
     if cfg.teacher is None or cfg.data is None:
         raise ConfigError("--teacher and --data go together (leave both out for the toy default)")
-    problem = toy.config_error(cfg)  # the toy teacher is missing, a stride too long for the toy clips
-    if problem:
+    if problem := toy.missing_teacher(cfg):
         raise ConfigError(problem)
     if cfg.w_min > cfg.w_max:
         raise ConfigError(f"--w-min {cfg.w_min:g} is above --w-max {cfg.w_max:g}")
@@ -482,6 +481,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(
             "--disc-real images needs --disc-images (a folder or *.tar shards of captioned images, or 'toy')"
         )
+    if problem := toy.stride_error(cfg):
+        raise ConfigError(problem)
     existing = next(
         p for p in (Path(cfg.output_dir).absolute(), *Path(cfg.output_dir).absolute().parents) if p.exists()
     )

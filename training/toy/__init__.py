@@ -5,7 +5,7 @@ The trainer reaches it through two hooks only, both defined here:
 
 * **the toy data**: ``--data toy`` and ``--disc-images toy`` (:func:`video_shards`, :func:`image_shards`,
   :func:`prompts` for validation), and the preset that applies when neither ``--teacher`` nor ``--data`` is
-  given (:data:`PRESET`, :data:`TEACHER`, :func:`config_error`);
+  given (:data:`PRESET`, :data:`TEACHER`, and the checks :func:`missing_teacher` and :func:`stride_error`);
 * **the toy evaluation** after a run (``--toy-eval``): :func:`evaluate_run`.
 """
 
@@ -14,10 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.toy.evaluation import evaluate_run
-from training.toy.preset import PRESET, TEACHER, cache_dir, clip_frames, config_error
+from training.toy.preset import PRESET, TEACHER, cache_dir, clip_frames, missing_teacher, stride_error
 from training.toy.world import toy_prompts, write_toy_image_shards, write_toy_shards
 
-__all__ = ["PRESET", "TEACHER", "config_error", "evaluate_run", "image_shards", "prompts", "video_shards"]
+__all__ = [
+    "PRESET",
+    "TEACHER",
+    "evaluate_run",
+    "image_shards",
+    "missing_teacher",
+    "prompts",
+    "stride_error",
+    "video_shards",
+]
 
 
 def video_shards(resolution: int, num_frames: int, seed: int) -> Path:

@@ -49,10 +49,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MCM_TOY_DATA", Path.home() / ".cache" / "comfyui-mcm" / "toy-videos"))
 
 
-def config_error(cfg) -> str | None:
-    """What the toy cannot do with this configuration (a message naming the flag), or None."""
+def missing_teacher(cfg) -> str | None:
+    """The shipped toy teacher is asked for but not in this checkout: what to do, or None."""
     if cfg.teacher == str(TEACHER) and not (TEACHER / "toy_teacher.json").exists():
         return f"the toy teacher is missing from {TEACHER}; rebuild it with: python training/toy/train_teacher.py"
+    return None
+
+
+def stride_error(cfg) -> str | None:
+    """A ``--frame-interval`` too long for the toy clips (a message naming the flag), or None."""
     span = (cfg.num_frames - 1) * cfg.frame_interval + 1
     if cfg.data == "toy" and span > clip_frames(cfg.num_frames):
         return (
