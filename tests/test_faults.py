@@ -152,6 +152,51 @@ def test_ctrl_c_inside_an_accumulation_window_resumes_at_its_start_and_trains_wh
     assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in b)
 
 
+def _interrupted_at_step_3(tmp_path, toy_data, monkeypatch, second_ctrl_c: bool):
+    """A run with a checkpoint every 2 steps, Ctrl-C in step 4's micro-batch (after step 3); with ``second_ctrl_c``
+    a second Ctrl-C arrives while step 3's checkpoint is written (inside its manifest, the last file)."""
+    from training import checkpoints
+
+    real_micro_step, real_manifest, calls = distill.micro_step, checkpoints.write_manifest, []
+
+    def micro_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_micro_step(*args, **kwargs)
+
+    def write_manifest(folder):
+        if second_ctrl_c and folder.name.startswith(".checkpoint-3."):
+            raise KeyboardInterrupt
+        return real_manifest(folder)
+
+    monkeypatch.setattr(distill, "micro_step", micro_step)
+    monkeypatch.setattr(checkpoints, "write_manifest", write_manifest)
+    common = ["--max-train-steps", "6", "--checkpointing-steps", "2", "--disc-frames", "1", "--run-name", "run"]
+    with pytest.raises(KeyboardInterrupt):
+        distill.train(distill.parse_args(flags(tmp_path, toy_data, *common)))
+    return tmp_path / "run"
+
+
+def test_a_second_ctrl_c_abandons_the_save_and_the_log_says_so(tmp_path, toy_data, monkeypatch, capsys):
+    """Two Ctrl-C: the log never claims the checkpoint it could not write; it names the one a resume will use."""
+    run = _interrupted_at_step_3(tmp_path, toy_data, monkeypatch, second_ctrl_c=True)
+    log = capsys.readouterr().out
+    assert "interrupted at step 3: writing checkpoint-3 (Ctrl-C again abandons it)" in log
+    assert f"interrupted again: checkpoint-3 was not saved; --resume {run} continues from checkpoint-2" in log
+    assert "saved" not in log.replace("was not saved", "") and "saving a checkpoint" not in log
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint-2"]  # nothing partial left
+
+
+def test_one_ctrl_c_saves_the_last_step_and_says_where_it_is(tmp_path, toy_data, monkeypatch, capsys):
+    from training.checkpoints import verify_checkpoint
+
+    run = _interrupted_at_step_3(tmp_path, toy_data, monkeypatch, second_ctrl_c=False)
+    log = capsys.readouterr().out
+    assert f"saved {run / 'checkpoint-3'}: --resume {run} continues from checkpoint-3" in log
+    verify_checkpoint(run / "checkpoint-3")
+
+
 def test_a_checkpoint_is_flushed_to_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
     from training.checkpoints import write_checkpoint
 

@@ -54,7 +54,7 @@ from mcm.weights.atomic import atomic_dir  # noqa: E402
 from training import toy  # noqa: E402
 from training.adversarial import adversarial_summary  # noqa: E402
 from training.build import build_state, freeze_teacher  # noqa: E402
-from training.checkpoints import CheckpointError, slot_generator  # noqa: E402
+from training.checkpoints import CheckpointError, checkpoints, slot_generator  # noqa: E402
 from training.config import TrainConfig, parse_args  # noqa: E402
 from training.data import DataError, data_stopped  # noqa: E402
 from training.export import export_adapter  # noqa: E402
@@ -411,8 +411,7 @@ def loop(state: TrainState, run: Run, reports: Reports, data_root) -> tuple[Wind
             if state.global_step % args.checkpointing_steps == 0 or state.global_step == args.max_train_steps:
                 state.checkpoint(log)
     except KeyboardInterrupt:
-        log(f"\ninterrupted at step {state.global_step}; saving a checkpoint")
-        state.checkpoint(log)
+        save_on_interrupt(state, log)
         raise
     except (DataError, RuntimeError) as exc:  # the data cannot go on (e.g. a loader worker died): keep what was trained
         stopped, between_steps = data_stopped(exc, data_root)
@@ -426,6 +425,41 @@ def loop(state: TrainState, run: Run, reports: Reports, data_root) -> tuple[Wind
     finally:
         reports.close()
     return window, row
+
+
+def save_on_interrupt(state: TrainState, log) -> None:
+    """Ctrl-C: write a checkpoint of the last completed step; Ctrl-C again abandons it. The log says only what is
+    on disk: the checkpoint saved, or that it was not, and where a resume will continue."""
+    name = f"checkpoint-{state.global_step}"
+    folder = state.run_dir / name
+    if folder.exists():
+        log(f"\ninterrupted at step {state.global_step}; {name} is on disk already: {resume_hint(state.run_dir)}")
+        return
+    log(f"\ninterrupted at step {state.global_step}: writing {name} (Ctrl-C again abandons it)")
+    try:
+        state.save(log)
+    except KeyboardInterrupt:
+        if folder.exists():  # the second Ctrl-C came after the rename: the checkpoint is complete
+            log(f"interrupted again, after {name} was saved: {resume_hint(state.run_dir)}")
+        else:
+            leftover = sorted(p.name for p in state.run_dir.glob(f".{name}.*"))
+            note = f" (the temporary {', '.join(leftover)} is never read; remove it)" if leftover else ""
+            log(f"interrupted again: {name} was not saved{note}; {resume_hint(state.run_dir)}")
+        raise
+    except CheckpointError as exc:  # a full disk: the earlier checkpoints are intact
+        log(f"error: {exc}; {resume_hint(state.run_dir)}")
+        if state.args.on_save_error == "stop":
+            raise
+        return
+    log(f"saved {folder}: {resume_hint(state.run_dir)}" if folder.exists() else f"{name} was not saved")
+
+
+def resume_hint(run_dir: Path) -> str:
+    """Where ``--resume`` continues this run: its newest complete checkpoint, or nowhere."""
+    found = checkpoints(run_dir)
+    if not found:
+        return "this run has no checkpoint; a new run starts from the beginning"
+    return f"--resume {run_dir} continues from {found[-1].name}"
 
 
 def export_and_summarize(state: TrainState, run: Run, in_sync: bool, reasons: dict) -> None:
