@@ -323,6 +323,15 @@ def train(args: TrainConfig, teacher: Teacher | None = None) -> Path:
     """Run the distillation; ``teacher`` overrides ``--teacher`` (tests pass a prepared one)."""
     # 1. the accelerator and the teacher: cheap checks before any data is touched
     accelerator, weight_dtype = make_accelerator(args)
+    try:
+        return run_stages(args, teacher, accelerator, weight_dtype)
+    finally:  # tear the process group down: its communication threads must not outlive it at exit (an abort)
+        accelerator.end_training()
+
+
+def run_stages(args: TrainConfig, teacher: Teacher | None, accelerator, weight_dtype) -> Path:
+    """The stages of :func:`train` after the accelerator: teacher, resume point, data, run folder, models, loop,
+    export."""
     log = (lambda *a: print(*a, flush=True)) if accelerator.is_main_process else (lambda *a: None)
     teacher = teacher or load_teacher(args.teacher, args.teacher_kind, args.motion_adapter, args.unet_checkpoint)
     noise = check_teacher(args, teacher)  # one prediction type and one schedule for the run
