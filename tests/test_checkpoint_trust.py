@@ -147,6 +147,63 @@ def test_a_checkpoint_of_another_configuration_is_refused_before_anything_moves(
     assert tree(run) == before
 
 
+@pytest.mark.parametrize(
+    "damage, says",
+    [
+        ("a folder", "checkpoint-3/manifest.json does not parse ([Errno 21] Is a directory"),
+        ("nested", "checkpoint-3/manifest.json does not parse (maximum recursion depth exceeded"),
+        ("a long name", f"checkpoint-3/{'a' * 300} (listed in manifest.json) cannot be read ([Errno 36] File name too"),
+    ],
+)
+def test_a_manifest_that_is_a_folder_nests_too_deep_or_lists_an_impossible_name_is_named(run, damage, says):
+    """Found by the fuzz campaign (tests/fuzz/test_fuzz_training.py): each raised an OSError or RecursionError, which
+    ``--resume latest`` did not skip and the trainer printed as a traceback."""
+    ckpt, manifest = run / "checkpoint-3", run / "checkpoint-3" / checkpoints.MANIFEST
+    if damage == "a folder":
+        manifest.unlink()
+        manifest.mkdir()
+    elif damage == "nested":
+        manifest.write_text("[" * 100_000)
+    else:
+        entries = json.loads(manifest.read_text())
+        entries["files"]["a" * 300] = {"size": 1, "sha256": ""}
+        manifest.write_text(json.dumps(entries))
+    before, logs = tree(run), []
+    with pytest.raises(checkpoints.CorruptCheckpoint) as exc:
+        checkpoints.verify_checkpoint(ckpt)
+    assert str(exc.value).startswith(says), exc.value
+    with pytest.raises(checkpoints.CorruptCheckpoint, match=rf"^--resume {ckpt}: checkpoint-3/"):
+        checkpoints.resolve_resume(str(ckpt), str(run.parent), None, logs.append)
+    assert checkpoints.resolve_resume("latest", str(run.parent), run.name, logs.append) == run / "checkpoint-2"
+    assert logs[0].startswith(f"--resume latest: skipped checkpoint-3 ({says}")
+    assert tree(run) == before
+
+
+@pytest.mark.parametrize(
+    "name, damage, says",
+    [
+        ("rng_state.pt", b"", "rng_state.pt: EOFError"),
+        ("rng_state.pt", b"PK\x03\x04" + bytes(60), "rng_state.pt: PytorchStreamReader failed reading zip archive"),
+        ("rng_state.pt", "a folder", "rng_state.pt: [Errno 21] Is a directory"),
+        ("trainer_state.json", b"null", "trainer_state.json is not an object with an integer 'global_step'"),
+        ("trainer_state.json", b"[" * 100_000, "trainer_state.json: maximum recursion depth exceeded"),
+    ],
+)
+def test_read_state_names_a_damaged_file_whatever_reading_it_raises(run, name, damage, says):
+    """Found by the fuzz campaign: ``read_state`` (which reads ``trainer_state.json`` and ``rng_state.pt`` again after
+    the checkpoint verified) let EOFError, RuntimeError and OSError through, and returned a state that is not one."""
+    ckpt = run / "checkpoint-2"
+    (ckpt / name).unlink()
+    if damage == "a folder":
+        (ckpt / name).mkdir()
+    else:
+        (ckpt / name).write_bytes(damage)
+    with pytest.raises(checkpoints.CorruptCheckpoint) as exc:
+        checkpoints.read_state(ckpt)
+    assert str(exc.value).startswith(f"{ckpt / name}") and says in str(exc.value), exc.value
+    assert "\n" not in str(exc.value)
+
+
 # --- crafted pickles ------------------------------------------------------------------------------------
 
 

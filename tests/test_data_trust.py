@@ -276,6 +276,7 @@ def test_folder_captions_that_are_not_utf8_or_not_text_are_skipped_by_reason(tmp
         (b'{"caption": "no file"}', "'file' = None"),
         (b'{"file": "a.mp4", "caption": "cut', "not JSON"),
         (b'{"file": "\xff.mp4", \xff}', "not JSON"),
+        (b"[" * 5000, "JSON nested too deeply"),  # found by the fuzz campaign: a RecursionError (a traceback)
     ],
 )
 def test_a_captions_jsonl_line_that_names_no_file_is_an_error_naming_file_and_line(tmp_path, mp4s, line, says):
@@ -292,6 +293,41 @@ def test_the_trainer_reports_a_broken_captions_index_in_one_line(tmp_path, mp4s,
     err = capsys.readouterr().err
     last = err.strip().splitlines()[-1]  # (diffusers may warn before)
     assert last.startswith("error: ") and f"{root / 'captions.jsonl'}:1: a JSON list" in last and "Traceback" not in err
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header (with a valid CRC) declares ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_an_image_declaring_more_pixels_than_pil_decodes_is_skipped_and_listed(tmp_path):
+    """Found by the fuzz campaign: PIL's DecompressionBombError escaped ``decode_image``, so the evaluator's image and
+    frame-folder readers ended with a traceback (the trainer's loader skipped it under the exception's name)."""
+    from PIL import Image
+
+    from training.eval_inputs import read_images, read_videos
+
+    root = tmp_path / "images"
+    (root / "clip").mkdir(parents=True)
+    (root / "bomb.png").write_bytes(png_declaring(1, 2**31 - 1))
+    Image.new("RGB", (16, 16)).save(root / "ok.png")
+    for name in ("bomb", "ok"):
+        (root / f"{name}.txt").write_text(f"a {name}")
+    images, skipped = read_images(root, log=lambda line: None)
+    assert len(images) == 1 and list(skipped) == ["bomb.png"] and skipped["bomb.png"].startswith("image too large: ")
+    reasons = reasons_of(Batches(ImageCaptions(root, 16), 1), 2)
+    assert reasons == {"image too large": reasons["image too large"]} and reasons["image too large"] >= 1
+    shutil.copy(root / "bomb.png", root / "clip" / "000.png")
+    shutil.copy(root / "ok.png", root / "clip" / "001.png")
+    with pytest.raises(DataError, match="no usable videos.*image too large"):
+        read_videos(root, log=lambda line: None)
 
 
 # --- class 10: the evaluator -------------------------------------------------------------------------
@@ -393,6 +429,24 @@ def test_bad_videos_among_many_are_skipped_and_listed_in_results_json(tmp_path, 
     }
     assert list(report["reference_skipped"]["real_videos"]) == ["9.mp4"]
     assert f"warning: {fake}: skipped 3 of 6 videos" in err and f"warning: {real}: skipped 1 of 4 videos" in err
+
+
+def test_a_video_whose_metadata_is_not_utf8_is_read(tmp_path):
+    """Found by the fuzz campaign: PyAV's UnicodeDecodeError for a tag that is not UTF-8 (one byte of an mp4's
+    encoder tag) escaped ``decode_video``; the evaluator stopped with ``error: 'utf-8' codec can't decode ...``, a line
+    naming no file, and the trainer skipped the clip. The frames are fine: the video is read."""
+    from training.eval_inputs import read_videos
+
+    data = encode_mp4(toy_clip(0, 4, 16)[0])
+    at = data.index(b"Lavf") + 4  # the encoder tag, e.g. Lavf62.12.102
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "a.mp4").write_bytes(data[:at] + b"\xae" + data[at + 1 :])
+    (root / "a.txt").write_text("a caption")
+    videos, _, skipped = read_videos(root, log=lambda line: None)
+    assert len(videos) == 1 and videos[0].shape == (4, 16, 16, 3) and skipped == {}
+    item = next(iter(VideoClips(root, 4, 1, 16, "center")))
+    assert item["video"].shape == (3, 4, 16, 16)
 
 
 def test_evaluator_input_errors_are_one_line_and_exit_2(tmp_path, detectors, videos, capsys):

@@ -76,6 +76,24 @@ def test_missing_or_bad_detector_names_the_file_and_its_source(tmp_path):
         ev.load_detector(bad, ev.INCEPTION_SOURCE)
 
 
+@pytest.mark.parametrize(
+    "raised", [MemoryError("std::bad_alloc"), IndexError("Argument passed to at() was not in the map."), KeyError("x")]
+)
+def test_a_damaged_detector_file_is_named_whatever_torchscript_raises(tmp_path, monkeypatch, raised):
+    """Found by the fuzz campaign (tests/fuzz/test_fuzz_training.py): one byte flipped in a TorchScript file made
+    ``torch.jit.load`` raise MemoryError (std::bad_alloc) or IndexError, which ended the evaluator with a traceback.
+    (E.g. TinyInception scripted after ``torch.manual_seed(0)``, byte 814 or 762 xor 17, torch 2.13.)"""
+    path = tmp_path / "i3d_torchscript.pt"
+    path.write_bytes(b"PK\x03\x04")
+
+    def load(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(torch.jit, "load", load)
+    with pytest.raises(ev.DetectorError, match=r"i3d_torchscript\.pt: not a TorchScript module \(.+\); expected i3d"):
+        ev.load_detector(path, ev.I3D_SOURCE)
+
+
 def test_fvd_and_fid_features_separate_sets(detectors):
     i3d, inception = (ev.load_detector(p, s) for p, s in zip(detectors, (ev.I3D_SOURCE, ev.INCEPTION_SOURCE)))
     clean, clean2, degraded = _videos(6, False), _videos(6, False, seed=100), _videos(6, True)

@@ -314,13 +314,18 @@ def _check_listed(folder: Path, rel: str, entry) -> None:
         or not isinstance(entry.get("sha256"), str)
     ):
         raise CorruptCheckpoint(f"{folder.name}/{MANIFEST}: the entry of {rel} is not {{'size': int, 'sha256': str}}")
-    if not path.is_file():
-        raise CorruptCheckpoint(f"{name} is missing (listed in {MANIFEST})")
-    size = path.stat().st_size
-    if size != entry["size"]:
-        raise CorruptCheckpoint(f"{name} is {size} bytes; it was written with {entry['size']} (truncated or changed)")
-    if _sha256(path) != entry["sha256"]:
-        raise CorruptCheckpoint(f"{name} changed after it was written (its SHA-256 differs from {MANIFEST})")
+    try:
+        if not path.is_file():
+            raise CorruptCheckpoint(f"{name} is missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CorruptCheckpoint(
+                f"{name} is {size} bytes; it was written with {entry['size']} (truncated or changed)"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise CorruptCheckpoint(f"{name} changed after it was written (its SHA-256 differs from {MANIFEST})")
+    except OSError as exc:  # a name too long for the file system, a file that cannot be read
+        raise CorruptCheckpoint(f"{name} (listed in {MANIFEST}) cannot be read ({_short(exc)})") from None
 
 
 def _listed_files(folder: Path) -> list[str]:
@@ -331,7 +336,7 @@ def _listed_files(folder: Path) -> list[str]:
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     try:
         files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise CorruptCheckpoint(f"{folder.name}/{MANIFEST} does not parse ({_short(exc)})") from None
     if not isinstance(files, dict):
         raise CorruptCheckpoint(f"{folder.name}/{MANIFEST}: 'files' is not an object")
@@ -389,8 +394,10 @@ def read_state(folder: Path) -> tuple[dict, list | None]:
     path = folder / "trainer_state.json"
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CorruptCheckpoint(f"{path}: {_short(exc)}") from None
+    if not (isinstance(state, dict) and isinstance(state.get("global_step"), int)):
+        raise CorruptCheckpoint(f"{path} is not an object with an integer 'global_step'")
     rng_path = folder / RNG_FILE
     if not rng_path.exists():
         return state, None
@@ -398,8 +405,8 @@ def read_state(folder: Path) -> tuple[dict, list | None]:
         return state, decode_rng(load_pickle_free(rng_path))
     except CorruptCheckpoint:
         raise
-    except ValueError as exc:
-        raise CorruptCheckpoint(f"{rng_path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (EOFError, RuntimeError, OSError, ...)
+        raise CorruptCheckpoint(f"{rng_path}: {_short(exc)}") from None
 
 
 def check_layout(

@@ -49,10 +49,10 @@ def decode_video(data: bytes | str | Path) -> np.ndarray:
     if size == 0:
         raise SkipSample("empty file", "0 bytes")
     source = io.BytesIO(data) if in_memory else str(data)
-    try:
-        with av.open(source) as container:
+    try:  # metadata_errors: a tag that is not UTF-8 (the frames are all that is read) is no reason to fail
+        with av.open(source, metadata_errors="replace") as container:
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError, OSError) as exc:  # IndexError: no video stream
+    except (av.error.FFmpegError, IndexError, OSError, ValueError) as exc:  # IndexError: no video stream
         raise SkipSample("undecodable", str(exc)) from None
     if not frames:
         raise SkipSample("no frames")
@@ -84,6 +84,8 @@ def decode_image(data: bytes | str | Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
             return np.asarray(img.convert("RGB"))
+    except Image.DecompressionBombError as exc:  # a header declaring more pixels than PIL will decode
+        raise SkipSample("image too large", str(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise SkipSample("undecodable", str(exc)) from None
 
@@ -149,6 +151,8 @@ def folder_captions(root: Path) -> dict[str, object]:
             item = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DataError(f"{index}:{n}: not JSON ({exc.msg} at column {exc.colno}); {expected}") from None
+        except RecursionError:
+            raise DataError(f"{index}:{n}: JSON nested too deeply to read; {expected}") from None
         if not isinstance(item, dict) or not isinstance(item.get("file"), str):
             got = (
                 f"an object with 'file' = {item.get('file')!r}"
