@@ -118,12 +118,31 @@ def test_the_toy_preset_applies_only_without_teacher_and_data_in_cli_and_yaml(tm
         ("config: other.yaml\n", "cannot name another"),
         ("- lora-rank\n", "expected a mapping"),
         ("lora-rank: [4\n", "not a readable YAML file"),
+        # found by the fuzz campaign (tests/fuzz/test_fuzz_training.py): each was a traceback, or taken silently
+        ("seed: 2020-13-45\n", "not a readable YAML file (month must be in 1..12)"),
+        ("lora-rank: " + "1" * 5000 + "\n", "not a readable YAML file (Exceeds the limit (4300 digits)"),
+        ("learning-rate: 1" + "0" * 400 + "\n", "key 'learning-rate': expected a number, got 1000"),
+        ("seed: " + "[" * 5000 + "\n", "not a readable YAML file (nested too deeply)"),
+        ("lora-rank: 4\nlora-rank: 8\n", "the key 'lora-rank' is given twice"),
     ],
 )
 def test_bad_yaml_is_refused_naming_the_file_and_the_key(tmp_path, capsys, text, expected):
     path = yaml_file(tmp_path, text)
     err = refused(capsys, "--config", path)
     assert f"--config {path}" in err and expected in err
+
+
+def test_a_prompts_file_name_with_a_nul_byte_is_named(tmp_path, capsys):
+    path = yaml_file(tmp_path, 'validation-prompts: "a\\0b"\nvalidation-steps: 5\n')
+    assert "error: --validation-prompts a\x00b: cannot read it (embedded null byte)" in refused(
+        capsys, "--config", path
+    )
+
+
+@pytest.mark.parametrize("token, shown", [("", "''"), ("x\ny", "'x\\ny'"), ("two words", "'two words'")])
+def test_an_unrecognized_argument_is_shown_visibly_on_one_line(capsys, token, shown):
+    err = refused(capsys, "--seed", "1", token)
+    assert err.strip().splitlines()[-1].endswith(f"error: unrecognized arguments: {shown}"), err
 
 
 def test_a_missing_config_file_is_named(tmp_path, capsys):
@@ -160,6 +179,9 @@ def test_a_missing_config_file_is_named(tmp_path, capsys):
     (["--disc-real", "images", "--teacher", "x/y", "--data", "shards"], "--disc-real images needs --disc-images"),
     (["--lora-rank", "four"], "argument --lora-rank: invalid int value: 'four'"),
     (["--teacher", "tiny-animatediff"], "--teacher and --data go together"),
+    (["--disc-layers", "\u00b2"], "--disc-layers '\u00b2': expected comma-separated integers"),  # '²'.isdigit()
+    (["--eval-teacher-steps=--5"], "--eval-teacher-steps '--5': expected comma-separated integers"),
+    (["--output-dir", "a" * 300], f"--output-dir {'a' * 300}: File name too long"),
 ])  # fmt: skip
 def test_a_value_out_of_range_is_refused_naming_the_flag(capsys, argv, expected):
     err = refused(capsys, *argv)

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -318,11 +319,34 @@ def flag_name(name: str) -> str:
 # --- the command line and the YAML file ---------------------------------------------------------------
 
 
+#: characters that end a line (``str.splitlines``), written escaped in an error so that it stays one line
+LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
+def shown(token: str) -> str:
+    """A command-line token as an error shows it: quoted when it is empty, has spaces or is not printable."""
+    return token if token and token.isprintable() and " " not in token else repr(token)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with every error on one line (a value with a line break is shown escaped) and the
+    unrecognized arguments shown so that an empty one or one with spaces can be seen."""
+
+    def parse_args(self, args=None, namespace=None):
+        given, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(shown(a) for a in extra)}")
+        return given
+
+    def error(self, message: str):
+        super().error(message.translate(LINE_BREAKS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line, built from :class:`TrainConfig`. Defaults are suppressed, so the namespace holds
     only what was given (``--flag v``, ``--flag=v``, ``--[no-]flag``); abbreviations are refused (a prefix
     that is unique today becomes ambiguous, or another flag, when a flag is added)."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         description=USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
@@ -361,15 +385,35 @@ def show(value) -> str:
     return "none" if value is None else str(value)
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = []
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *defaults': its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: str) -> dict:
     """The values of a YAML config file, converted with the flags' types; unknown keys are refused."""
     where = f"--config {path}"
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # ValueError: not UTF-8, a date such as 2020-13-45, ...
         raise ConfigError(f"{where}: not a readable YAML file ({' '.join(str(exc).split())})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not a readable YAML file (nested too deeply)") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -413,7 +457,7 @@ def convert(f: dataclasses.Field, value, where: str):
         raise ConfigError(f"{where}: expected {expected}, got {value!r}")
     try:
         converted = kind(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float
         raise ConfigError(f"{where}: expected {expected}, got {value!r}") from None
     if f.metadata["choices"] and converted not in f.metadata["choices"]:
         raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(f.metadata['choices'])}")
@@ -483,16 +527,23 @@ def validate(cfg: TrainConfig) -> None:
         )
     if problem := toy.stride_error(cfg):
         raise ConfigError(problem)
-    existing = next(
-        p for p in (Path(cfg.output_dir).absolute(), *Path(cfg.output_dir).absolute().parents) if p.exists()
-    )
+    try:
+        existing = next(
+            p for p in (Path(cfg.output_dir).absolute(), *Path(cfg.output_dir).absolute().parents) if p.exists()
+        )
+    except OSError as exc:  # a name too long for the file system
+        raise ConfigError(f"--output-dir {cfg.output_dir}: {exc.strerror}") from None
     if not existing.is_dir():
         raise ConfigError(f"--output-dir {cfg.output_dir}: {existing} is a file, not a folder")
 
 
 def integers(name: str, text: str, low: int, empty: bool) -> list[int]:
     parts = [t.strip() for t in str(text).split(",") if t.strip()]
-    if not all(t.lstrip("-").isdigit() for t in parts) or any(int(t) < low for t in parts) or not (parts or empty):
+    if (
+        not all(re.fullmatch(r"-?[0-9]{1,18}", t) for t in parts)
+        or any(int(t) < low for t in parts)
+        or not (parts or empty)
+    ):
         raise ConfigError(f"{name} {text!r}: expected comma-separated integers of at least {low}, e.g. 2,5,8,11")
     return [int(t) for t in parts]
 

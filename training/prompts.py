@@ -15,6 +15,8 @@ def read_prompts(path: str | Path, flag: str = "--prompts") -> list[str]:
         raise ValueError(f"{where}: not UTF-8 text (byte {exc.start}); expected one prompt per line") from None
     except OSError as exc:
         raise FileNotFoundError(f"{where}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:  # a name the file system cannot take (a NUL byte)
+        raise FileNotFoundError(f"{where}: cannot read it ({exc})") from None
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ValueError(f"{where}: no prompts (expected one prompt per line)")
