@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mcm.weights import Adapter, AdapterMeta, LoraWeights, load_adapter, save_adapter
+from mcm.weights import Adapter, AdapterError, AdapterMeta, LoraWeights, load_adapter, save_adapter
 from mcm.weights.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -415,3 +415,221 @@ def test_a_new_peft_folder_is_readable_by_others_and_float8_factors_are_checked(
     bad = {**good, f"{SPATIAL}.lora_A.weight": torch.full((2, 8), float("nan")).to(torch.float8_e4m3fn)}
     with pytest.raises(ValueError, match=f"f8.safetensors.*{SPATIAL}.*NaN/inf|NaN/inf.*{SPATIAL}"):
         parse_lora_tensors(bad, "f8.safetensors")
+
+
+# --- found by the fuzz campaign (tests/fuzz/test_fuzz_weights.py): each minimal input, now a clear refusal ---
+
+
+def _metadata_file(tmp_path: Path, changes: dict[str, str]) -> Path:
+    """Our adapter file (as ``save_adapter`` writes it) with some header entries replaced or added."""
+    from safetensors import safe_open
+
+    good = save_adapter(adapter(), tmp_path / "good.safetensors")
+    with safe_open(str(good), "pt") as f:
+        metadata = dict(f.metadata())
+    tensors = load_file(good)
+    good.unlink()
+    save_file(tensors, tmp_path / "bad.safetensors", metadata={**metadata, **changes})
+    return tmp_path / "bad.safetensors"
+
+
+def _refused(capsys, tmp_path: Path, *args) -> str:
+    """The one ``error:`` line of a refused command; exit 2, nothing written or changed under ``tmp_path``."""
+    before = tree_hash(tmp_path)
+    code, out, err = cli(capsys, *args)
+    assert code == 2 and out == "" and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert tree_hash(tmp_path) == before
+    return err.strip()
+
+
+def test_a_file_without_tensors_is_refused_naming_the_file(tmp_path):
+    """Was "adapter metadata: mcm.target_modules = (); expected …": a complaint about metadata the file does not
+    have, naming no file (the defaults were made for zero layers)."""
+    path = tmp_path / "adapter.safetensors"
+    save_file({}, path, metadata={"format": "pt"})
+    with pytest.raises(AdapterError, match=rf"^{re.escape(str(path))}: the adapter holds no LoRA layers$"):
+        load_adapter(path)
+
+
+FUZZ_METADATA = {  # entry changes -> what the one error line says (was: the exception or message noted)
+    "deep": (  # was RecursionError
+        {"mcm.style": "[" * 100_000 + "]" * 100_000},
+        r"metadata entry mcm\.style = '\[\[.*characters\) is not valid JSON \(nested more than 64 levels deep\)",
+    ),
+    "long-integer": (  # was ValueError (not an AdapterError): a traceback from the CLI
+        {"mcm.lora_rank": "9" * 5_000},
+        r"metadata entry mcm\.lora_rank = .* is not valid JSON \(holds a number of more than 4300 digits\)",
+    ),
+    "key-with-newline": (  # was a message over two lines
+        {"mcm.a\nb": ""},
+        r"metadata entry 'mcm\.a\\nb' = '' is not valid JSON",
+    ),
+    "huge-alpha": (
+        {"mcm.lora_alpha": str(10**400)},
+        r"mcm\.lora_alpha = 1000.*; expected a positive number",
+    ),  # was OverflowError
+    "huge-rank": (  # was accepted, and then --to ade failed with OverflowError (float(rank))
+        {"mcm.lora_rank": str(2**1024)},
+        r"mcm\.lora_rank = 1797.*; expected a positive integer \(at most 2\*\*53\)",
+    ),
+    "base-of-other-tensors": (  # was "metadata says base 'modelscope-t2v' but …": no entry named
+        {"mcm.base": '"modelscope-t2v"', "mcm.motion_module": "null"},
+        r"metadata says base 'modelscope-t2v' \(mcm\.base\) but the tensors are those of a 'sd15-animatediff'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUZZ_METADATA))
+def test_fuzzed_metadata_is_one_line_naming_file_and_entry(tmp_path, capsys, case):
+    changes, message = FUZZ_METADATA[case]
+    bad = _metadata_file(tmp_path, changes)
+    err = _refused(capsys, tmp_path, "convert", bad, tmp_path / "out.safetensors", "--to", "ade")
+    assert re.search(rf"^error: {re.escape(str(bad))}: {message}", err), err
+    assert len(err) < 1_000  # a megabyte of header text is not repeated in the message
+
+
+@pytest.mark.parametrize(
+    "raw", ["[" * 100_000 + "]" * 100_000, json.dumps({"lora_alpha": 2**1024})], ids=["deep", "huge-alpha"]
+)
+def test_an_unusable_diffusers_lora_config_in_the_header_is_ignored(tmp_path, raw):
+    """diffusers' ``lora_adapter_metadata`` is a hint (alpha = rank without it); was RecursionError and
+    OverflowError (float(2**1024))."""
+    path = tmp_path / "lora.safetensors"
+    save_file(factors(), path, metadata={"lora_adapter_metadata": raw})
+    assert {w.alpha for w in load_adapter(path).layers.values()} == {2.0}
+
+
+def test_the_mcm_marker_check_refuses_a_deep_entry(tmp_path):
+    from mcm.weights import check_mcm_marker, is_mcm_file
+
+    bad = _metadata_file(tmp_path, {"mcm.format": "[" * 100_000 + "]" * 100_000})  # was RecursionError
+    with pytest.raises(AdapterError, match=r"mcm\.format = .* is not valid JSON \(nested more than 64"):
+        check_mcm_marker(bad)
+    assert not is_mcm_file(bad)  # "never raises"
+
+
+FUZZ_CONFIGS = {  # adapter_config.json -> what the one error line says (was: the exception or message noted)
+    "deep": (b"[" * 100_000 + b"]" * 100_000, r"not valid JSON \(nested more than 64 levels deep\)"),  # RecursionError
+    "long-integer": (b'{"r": ' + b"9" * 5_000 + b"}", r"not valid JSON \(holds a number of more than 4300 digits\)"),
+    "huge-alpha": ({**GOOD_CONFIG, "lora_alpha": 10**400}, r"lora_alpha = 1000.*; expected a finite positive"),
+    "huge-pattern-alpha": ({**GOOD_CONFIG, "alpha_pattern": {"to_q": 10**400}}, r"alpha_pattern\['to_q'\] = 1000"),
+    "repeat-count": (  # was OverflowError from re.compile
+        {**GOOD_CONFIG, "alpha_pattern": {"a{4294967296}": 2}},
+        r"alpha_pattern key 'a\{4294967296\}' is not a valid regular expression \(the repetition number",
+    ),
+    "inline-flags": (  # was re.error at load, matching '(.*\.)?((?i)TO_Q)$'
+        {**GOOD_CONFIG, "alpha_pattern": {"(?i)TO_Q": 2}},
+        r"alpha_pattern key '\(\?i\)TO_Q' is not a valid regular expression where PEFT uses it",
+    ),
+    "exponential-pattern": (  # was a hang: (.*)*x backtracks 2**n ways over a module name
+        {**GOOD_CONFIG, "rank_pattern": {"(.*)*x": 2}},
+        r"rank_pattern key '\(\.\*\)\*x' holds a repeat inside a repeat",
+    ),
+    "huge-r": (  # was accepted (rank_pattern gives every layer's rank); --to ade then failed with OverflowError
+        {**GOOD_CONFIG, "r": 2**1024, "rank_pattern": {".*": 2}},
+        r"r = 1797.*; expected a positive whole number \(the LoRA rank, at most 2\*\*53\)",
+    ),
+    "rslora-overflow": (  # was "…/adapter_model.safetensors: layer …: its alpha = inf": the weights blamed
+        {**GOOD_CONFIG, "lora_alpha": 1.5e308, "use_rslora": True},
+        r"lora_alpha = 1\.5e\+308 with use_rslora gives layer '.*' \(rank 2\) the scale alpha/sqrt\(r\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUZZ_CONFIGS))
+def test_fuzzed_peft_configs_name_the_config_file_and_the_field(tmp_path, capsys, case):
+    config, message = FUZZ_CONFIGS[case]
+    folder = _peft_folder(tmp_path, config)
+    err = _refused(capsys, tmp_path, "convert", folder, tmp_path / "out.safetensors", "--to", "ade")
+    assert re.search(rf"^error: {re.escape(str(folder / 'adapter_config.json'))}: {message}", err), err
+
+
+@pytest.mark.parametrize("alpha", [3.5e38, 1e-46])
+@pytest.mark.parametrize("to", ["mcm", "comfy-lora"])
+def test_an_alpha_past_float32_is_written_so_that_it_reads_back(tmp_path, capsys, alpha, to):
+    """A per-layer .alpha was written as float32: inf (or 0) for a valid alpha, a file no reader accepts."""
+    folder = _peft_folder(tmp_path, {**GOOD_CONFIG, "alpha_pattern": {"to_q": alpha}})
+    out = tmp_path / "out.safetensors"
+    code, _, err = cli(capsys, "convert", folder, out, "--to", to)
+    assert code == 0, err
+    assert load_adapter(out).layers[SPATIAL].alpha == alpha
+
+
+def test_an_ade_export_whose_folded_scale_overflows_is_refused(tmp_path, capsys):
+    """Was exit 0 and an ADE motion LoRA with inf up factors (the scale is folded in: alpha 1e308 / rank 2)."""
+    bad = _metadata_file(tmp_path, {"mcm.lora_alpha": "1e308"})
+    err = _refused(capsys, tmp_path, "convert", bad, tmp_path / "out.safetensors", "--to", "ade")
+    assert f"error: {bad}: layer '{ADE_MOTION}': its scale 5e+307 (alpha / rank) folded into the up" in err
+    assert "overflows float32" in err
+
+
+def test_a_merge_that_overflows_is_refused(tmp_path, capsys):
+    """Was exit 0 and a motion module with inf weights (--strength 1e308)."""
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    save_file(_motion_module(), tmp_path / "mm.safetensors")
+    out = tmp_path / "merged.safetensors"
+    err = _refused(
+        capsys,
+        tmp_path,
+        "convert",
+        src,
+        out,
+        "--to",
+        "ade",
+        "--base-motion-module",
+        tmp_path / "mm.safetensors",
+        "--strength",
+        "1e308",
+    )
+    assert f"error: {src}: merged into {tmp_path / 'mm.safetensors'} at strength 1e+308, 1 weights overflow" in err
+
+
+def test_a_refused_command_leaves_no_new_folders(tmp_path, capsys):
+    """The missing parents of DST were made before the input was checked, and stayed after a refusal."""
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    save_file({"other.weight": torch.zeros(2, 2)}, tmp_path / "wrong.safetensors")
+    (tmp_path / "bad.ckpt").write_bytes(b"not a pickle")
+    nested = tmp_path / "out" / "x" / "y"
+    err = _refused(
+        capsys,
+        tmp_path,
+        "convert",
+        src,
+        nested / "o.safetensors",
+        "--to",
+        "ade",
+        "--base-motion-module",
+        tmp_path / "wrong.safetensors",
+    )
+    assert "is not the motion module this adapter fits" in err
+    err = _refused(capsys, tmp_path, "to-safetensors", tmp_path / "bad.ckpt", nested / "o.safetensors")
+    assert "cannot be read as a tensors-only pickle" in err
+    assert not (tmp_path / "out").exists()
+    for to, name in (("mcm", "o.safetensors"), ("peft", "o_peft")):  # a written output still gets its folders
+        code, _, err = cli(capsys, "convert", src, nested / to / name, "--to", to)
+        assert code == 0 and (nested / to / name).exists(), err
+
+
+def test_a_set_that_fails_the_check_names_the_flag(tmp_path, capsys):
+    """Was "error: adapter metadata: mcm.motion_module = 'v2'; …": neither the flag nor the file named."""
+    src = save_adapter(adapter(), tmp_path / "a.safetensors")
+    err = _refused(capsys, tmp_path, "convert", src, tmp_path / "o.safetensors", "--to", "mcm", "--set", 'base="sd15"')
+    assert err.startswith("""error: --set 'base="sd15"': mcm.motion_module = 'v2'; expected null for base 'sd15'"""), (
+        err
+    )
+
+
+@pytest.mark.parametrize("data", [b"P", b"", b"\x80\x04N."])
+def test_an_unreadable_pickle_is_one_line_without_torchs_advice(tmp_path, capsys, data):
+    """Was torch's message of six lines (which advises loading with weights_only=False), an empty reason for an
+    empty file, and a UserWarning about pickle protocols printed above the error."""
+    import warnings
+
+    bad = tmp_path / "lora.bin"
+    bad.write_bytes(data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        err = _refused(capsys, tmp_path, "convert", bad, tmp_path / "o.safetensors", "--to", "mcm", "--allow-pickle")
+    assert re.fullmatch(rf"error: {re.escape(str(bad))}: cannot be read as a tensors-only pickle \(\w+Error: .+\)", err)
+    assert "weights_only" not in err and not caught, (err, [str(w.message) for w in caught])

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from .export import EXPORTERS, ExportOptions, to_safetensors
-from .format import AdapterError
+from .format import AdapterError, loads_json
 from .load import find_adapters, load_adapter, spatial_and_motion_counts
 
 TARGETS = tuple(EXPORTERS)
@@ -95,8 +95,8 @@ def _parse_set(items: list[str]) -> dict:
         if not sep:
             raise AdapterError(f"--set {item!r}: expected KEY=VALUE, e.g. --set style=anime")
         try:
-            changes[key] = json.loads(value)
-        except json.JSONDecodeError:
+            changes[key] = loads_json(value)
+        except ValueError:  # not JSON (or too deep, too long): the text itself
             changes[key] = value
         if isinstance(changes[key], list):
             changes[key] = tuple(changes[key])
@@ -130,7 +130,11 @@ def cmd_convert(args) -> int:
             raise AdapterError(
                 f"--set: unknown metadata fields {sorted(unknown)}; known: {sorted(adapter.meta.__dict__)}"
             )
-        adapter.meta = adapter.meta.replace(**changes)
+        try:
+            adapter.meta = adapter.meta.replace(**changes)
+        except AdapterError as exc:  # the check names the mcm.* entry; say which flags gave it
+            given = ", ".join(f"--set {item!r}" for item in args.set)
+            raise AdapterError(f"{given}: {str(exc).removeprefix('adapter metadata: ')}") from None
     options = ExportOptions(
         base_motion_module=args.base_motion_module, strength=args.strength, allow_pickle=args.allow_pickle
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .format import AdapterError
 
-__all__ = ["atomic_dir", "atomic_file", "prepare_destination", "replace_files_in"]
+__all__ = ["atomic_dir", "atomic_file", "parent_folders", "prepare_destination", "replace_files_in"]
 
 FILE, FOLDER = "file", "folder"
 
@@ -42,7 +42,9 @@ def _mode_for(dst: Path, kind: str) -> int:
 
 
 def prepare_destination(dst: Path, overwrite: bool, kind: str = FILE) -> None:
-    """Refuse an existing ``dst`` (unless ``overwrite``) or one of the other kind; make its parent."""
+    """Refuse an existing ``dst`` (unless ``overwrite``) or one of the other kind, or a parent that cannot be
+    made. Nothing is created: the missing parent folders are made when the file is written
+    (:func:`parent_folders`), so that a refusal after this check leaves nothing behind."""
     dst = Path(dst)
     if dst.exists():
         if (kind == FOLDER) != dst.is_dir():
@@ -53,10 +55,39 @@ def prepare_destination(dst: Path, overwrite: bool, kind: str = FILE) -> None:
             )
         if not overwrite:
             raise FileExistsError(f"{dst}: already exists; choose another name or pass overwrite=True (--force)")
+    existing = next((p for p in dst.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise AdapterError(f"{dst}: cannot create the folder {dst.parent} ({existing} is a file)")
+
+
+@contextmanager
+def parent_folders(dst: Path):
+    """Make the missing parent folders of ``dst`` for the write inside the block; if it fails, the folders
+    made here are removed again (nothing written, nothing left behind)."""
+    dst = Path(dst)
+    made = []  # innermost first
+    for parent in dst.parents:
+        if parent.exists():
+            break
+        made.append(parent)
+
+    def remove_made():
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not made here after all, or not empty: leave it and what is above it
+                break
+
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        remove_made()
         raise AdapterError(f"{dst}: cannot create the folder {dst.parent} ({exc.strerror or exc})") from None
+    try:
+        yield
+    except BaseException:
+        remove_made()
+        raise
 
 
 def _write_synced(path: Path, write: Callable[[Path], None], mode: int) -> None:
@@ -83,12 +114,13 @@ def atomic_file(dst: Path, write: Callable[[Path], None], overwrite: bool) -> Pa
     """``write(tmp)`` then rename ``tmp`` to ``dst``."""
     dst = Path(dst)
     prepare_destination(dst, overwrite, FILE)
-    tmp = _write_temp(dst, write, _mode_for(dst, FILE))
-    try:
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with parent_folders(dst):
+        tmp = _write_temp(dst, write, _mode_for(dst, FILE))
+        try:
+            os.replace(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return dst
 
 

@@ -17,7 +17,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .atomic import FILE, FOLDER, atomic_dir, atomic_file, new_file_mode, prepare_destination, replace_files_in
+from .atomic import (
+    FILE,
+    FOLDER,
+    atomic_dir,
+    atomic_file,
+    new_file_mode,
+    parent_folders,
+    prepare_destination,
+    replace_files_in,
+)
 from .format import META_PREFIX, Adapter, AdapterError
 from .keys import SD15_LAYOUT, KeyMappingError, UNetLayout, diffusers_to_ldm, motion_to_ade
 from .layers import PEFT_PREFIX
@@ -56,6 +65,17 @@ def _own_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t.float()).all())  # float(): no CPU isfinite for the float8 dtypes
+
+
+def _alpha_tensor(alpha: float) -> torch.Tensor:
+    """A layer's ``.alpha`` entry: float32, as LoRA files store it, unless float32 cannot hold the value (past
+    3.4e38 it would be inf, below 1e-45 zero: a file no reader accepts); then float64."""
+    t = torch.tensor(float(alpha))
+    return t if bool(torch.isfinite(t)) and float(t) > 0 else torch.tensor(float(alpha), dtype=torch.float64)
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str], overwrite: bool) -> Path:
     """A safetensors file, atomically."""
     tensors = _own_storage(tensors)
@@ -69,7 +89,7 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike, *, overwrite: bool =
         tensors[f"{p}.lora_A.weight"] = _tensor(w.down)
         tensors[f"{p}.lora_B.weight"] = _tensor(w.up)
         if w.alpha != adapter.meta.lora_alpha:
-            tensors[f"{p}.alpha"] = torch.tensor(float(w.alpha))
+            tensors[f"{p}.alpha"] = _alpha_tensor(w.alpha)
     return atomic_file(
         Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=adapter.meta.to_metadata()), overwrite
     )
@@ -119,7 +139,7 @@ def export_peft(adapter: Adapter, folder: str | os.PathLike, *, overwrite: bool 
     }
     if folder.is_dir():
         return replace_files_in(folder, writes)
-    with atomic_dir(folder) as tmp:
+    with parent_folders(folder), atomic_dir(folder) as tmp:
         for name, write in writes.items():
             write(tmp / name)
             os.chmod(
@@ -176,7 +196,7 @@ def export_comfy_lora(
     for p, w in sorted(layers.items()):
         tensors[f"diffusion_model.{p}.lora_down.weight"] = _tensor(w.down)
         tensors[f"diffusion_model.{p}.lora_up.weight"] = _tensor(w.up)
-        tensors[f"diffusion_model.{p}.alpha"] = torch.tensor(float(w.alpha))
+        tensors[f"diffusion_model.{p}.alpha"] = _alpha_tensor(w.alpha)
     return save_tensors(
         tensors, Path(path), _export_meta(adapter, "spatial", base="sd15", motion_module=None), overwrite
     )
@@ -196,7 +216,14 @@ def export_ade_motion_lora(adapter: Adapter, path: str | os.PathLike, *, overwri
     tensors = {}
     for p, w in sorted(layers.items()):
         tensors[f"{p}_lora.down.weight"] = _tensor(w.down)
-        tensors[f"{p}_lora.up.weight"] = _tensor(w.up.to(torch.float32) * w.scale).to(w.up.dtype)
+        up = _tensor(w.up.to(torch.float32) * w.scale).to(w.up.dtype)
+        if not _all_finite(up):
+            raise AdapterError(
+                f"{adapter.source}: layer {p!r}: its scale {w.scale:g} (alpha / rank) folded into the up factor "
+                f"overflows {str(up.dtype).removeprefix('torch.')}; the ADE motion-LoRA format has no alpha to "
+                "keep it in, so this adapter cannot be written as one"
+            )
+        tensors[f"{p}_lora.up.weight"] = up
     metadata = _export_meta(adapter, "motion", lora_alpha=float(adapter.meta.lora_rank))  # scale folded in
     return save_tensors(tensors, Path(path), metadata, overwrite)
 
@@ -238,6 +265,13 @@ def merge_motion_module(
         merged = merge_lora(tensors, layers, strength)
     except ValueError as exc:
         raise AdapterError(f"{base}: {exc}") from None
+    keys = [f"{p}.weight" for p in layers]
+    overflowed = [k for k in keys if _all_finite(tensors[k]) and not _all_finite(merged[k])]  # a NaN base: its own
+    if overflowed:
+        raise AdapterError(
+            f"{adapter.source}: merged into {base} at strength {strength:g}, {len(overflowed)} weights overflow to "
+            f"NaN/inf, e.g. {overflowed[:3]}; use a smaller --strength"
+        )
     out_meta = {k: v for k, v in metadata.items() if not k.startswith(META_PREFIX)}
     out_meta["mcm.merged_from"] = json.dumps(
         {

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -86,13 +87,55 @@ OFFICIAL_TARGET_MODULES = (
 )
 
 
+#: The largest LoRA rank a file may declare: scales are alpha / rank in floating point, which holds every
+#: integer up to here exactly (and no tensor is anywhere near it).
+MAX_RANK = 2**53
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
-    """A finite int or float (JSON's NaN/Infinity and booleans are not)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (JSON's NaN/Infinity, booleans and integers too large for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range (JSON allows 10**400)
+        return False
+
+
+#: How deeply a JSON value read from a file may nest: far more than any field needs, far less than Python's
+#: recursion limit (deeper text fails inside ``json.loads``, and the value inside ``repr`` or ``asdict``).
+MAX_JSON_DEPTH = 64
+
+
+def loads_json(text: str):
+    """``json.loads`` for text from a file: every way it fails is a ValueError saying why on one line
+    (a ``json.JSONDecodeError``, nesting deeper than :data:`MAX_JSON_DEPTH`, a number too long to convert)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    except ValueError:  # an integer of more digits than Python converts from text
+        raise ValueError(f"holds a number of more than {sys.get_int_max_str_digits()} digits") from None
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return value
+
+
+def brief(value, limit: int = 120) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters (a file's value can be megabytes)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text):,} characters)"
 
 
 class AdapterError(ValueError):
@@ -137,7 +180,7 @@ class AdapterMeta:
         """Refuse a value the nodes cannot sample with, naming the ``mcm.*`` entry and what was expected."""
 
         def bad(name: str, value, expected: str):
-            raise AdapterError(f"{where}: mcm.{name} = {value!r}; expected {expected}")
+            raise AdapterError(f"{where}: mcm.{name} = {brief(value)}; expected {expected}")
 
         self._validate_model(bad)
         self._validate_sampling(bad)
@@ -160,8 +203,8 @@ class AdapterMeta:
                 bad("motion_module", self.motion_module, "the AnimateDiff motion-module version, e.g. 'v2'")
         elif self.motion_module is not None:
             bad("motion_module", self.motion_module, f"null for base {self.base!r} (it has no motion module)")
-        if not _is_int(self.lora_rank) or self.lora_rank < 1:
-            bad("lora_rank", self.lora_rank, "a positive integer")
+        if not _is_int(self.lora_rank) or not 1 <= self.lora_rank <= MAX_RANK:
+            bad("lora_rank", self.lora_rank, "a positive integer (at most 2**53)")
         if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
             bad("lora_alpha", self.lora_alpha, "a positive number")
         if (
@@ -221,11 +264,15 @@ class AdapterMeta:
         values: dict[str, Any] = {}
         for key, raw in [("format", fmt), *entries.items()]:
             try:
-                values[key] = json.loads(raw)
-            except (TypeError, json.JSONDecodeError) as exc:
-                raise AdapterError(f"{where}: metadata entry mcm.{key} = {raw!r} is not valid JSON ({exc})") from None
+                values[key] = loads_json(raw)
+            except (TypeError, ValueError) as exc:
+                entry = META_PREFIX + key
+                entry = entry if entry.isprintable() else repr(entry)  # one line, whatever the file's key holds
+                raise AdapterError(
+                    f"{where}: metadata entry {entry} = {brief(raw)} is not valid JSON ({exc})"
+                ) from None
         if values.pop("format") != ADAPTER_FORMAT:
-            raise AdapterError(f"{where}: mcm.format = {fmt!r}; expected {json.dumps(ADAPTER_FORMAT)}")
+            raise AdapterError(f"{where}: mcm.format = {brief(fmt)}; expected {json.dumps(ADAPTER_FORMAT)}")
         version = values.get("format_version")
         if isinstance(version, int) and version > FORMAT_VERSION:
             raise AdapterError(

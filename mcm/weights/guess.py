@@ -6,10 +6,19 @@ serve, metadata that contradicts the tensors) is an error naming the file.
 
 from __future__ import annotations
 
-import json
 import re
 
-from .format import BASES, FOREIGN_BASES, OFFICIAL_TARGET_MODULES, Adapter, AdapterError, AdapterMeta, detect_base
+from .format import (
+    BASES,
+    FOREIGN_BASES,
+    OFFICIAL_TARGET_MODULES,
+    Adapter,
+    AdapterError,
+    AdapterMeta,
+    _is_number,
+    detect_base,
+    loads_json,
+)
 from .lora import LoraWeights
 
 __all__ = ["check_consistent", "default_meta", "diffusers_alpha", "style_from_name"]
@@ -36,6 +45,8 @@ def default_meta(
     layers: dict[str, LoraWeights], where: str, *, rank: int, alpha: float, style: str, name: str, training: dict
 ) -> AdapterMeta:
     """Metadata for files that carry none (the official releases): the official demo's settings."""
+    if not layers:  # before AdapterMeta, whose complaint (no target modules) would name no file
+        raise AdapterError(f"{where}: the adapter holds no LoRA layers")
     base = detect_base(layers)
     check_base(base, where)
     return AdapterMeta(
@@ -70,7 +81,8 @@ def check_consistent(adapter: Adapter) -> None:
     fits = detected == declared or (declared == "sd15-animatediff" and detected == "sd15")
     if not fits:
         raise AdapterError(
-            f"{adapter.source}: metadata says base {declared!r} but the tensors are those of a {detected!r} adapter"
+            f"{adapter.source}: metadata says base {declared!r} (mcm.base) but the tensors are those of a "
+            f"{detected!r} adapter"
         )
 
 
@@ -80,13 +92,13 @@ def diffusers_alpha(metadata: dict[str, str]) -> float | None:
     if not raw:
         return None
     try:
-        info = json.loads(raw)
-    except json.JSONDecodeError:
+        info = loads_json(raw)
+    except ValueError:
         return None
     if not isinstance(info, dict):
         return None
     for key in ("unet.lora_alpha", "lora_alpha"):
         value = info.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"):
+        if _is_number(value) and value > 0:  # not NaN/inf, nor an int past float's range
             return float(value)
     return None

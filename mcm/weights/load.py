@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .format import ADAPTER_FORMAT, META_PREFIX, Adapter, AdapterError, AdapterMeta
+from .format import ADAPTER_FORMAT, META_PREFIX, Adapter, AdapterError, AdapterMeta, brief, loads_json
 from .guess import check_consistent, default_meta, diffusers_alpha, style_from_name
 from .keys import SD15_LAYOUT, UNetLayout, is_motion
 from .layers import parse_lora_tensors
@@ -154,11 +154,11 @@ def check_mcm_marker(path: str | os.PathLike) -> bool:
             raise AdapterError(f"{path}: has mcm.* metadata but no mcm.format entry")
         return False
     try:
-        value = json.loads(raw)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{path}: metadata entry mcm.format = {raw!r} is not valid JSON ({exc})") from None
+        value = loads_json(raw)
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(f"{path}: metadata entry mcm.format = {brief(raw)} is not valid JSON ({exc})") from None
     if value != ADAPTER_FORMAT:
-        raise AdapterError(f"{path}: mcm.format = {raw!r}; expected {json.dumps(ADAPTER_FORMAT)}")
+        raise AdapterError(f"{path}: mcm.format = {brief(raw)}; expected {json.dumps(ADAPTER_FORMAT)}")
     return True
 
 

@@ -9,14 +9,18 @@ Every problem is an :class:`AdapterError` naming the config file and the field.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .format import AdapterError
+from .format import MAX_RANK, AdapterError, loads_json
+
+try:  # the parser of the re module: Python >= 3.11
+    from re import _parser as _sre
+except ImportError:  # Python 3.10
+    import sre_parse as _sre
 
 __all__ = ["PEFT_CONFIG", "PEFT_WEIGHTS", "PEFT_WEIGHTS_PICKLE", "PeftConfig", "is_peft_folder", "read_peft_config"]
 
@@ -31,11 +35,17 @@ def is_peft_folder(path: Path) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (NaN/Infinity, booleans and integers too large for a float are not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past float's range (JSON allows 10**400)
+        return False
 
 
 def _is_rank(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RANK
 
 
 @dataclass(frozen=True)
@@ -68,9 +78,17 @@ class PeftConfig:
                 f"{self.path}: {field} = {expected} but layer {name!r} of the weights beside it has "
                 f"rank {rank}; the config does not belong to these weights"
             )
-        _, alpha = self._match(self.alpha_pattern, name)
-        alpha = self.lora_alpha if alpha is None else float(alpha)
-        return alpha * math.sqrt(rank) if self.use_rslora else alpha  # rsLoRA: alpha/sqrt(r) = alpha'/r
+        key, alpha = self._match(self.alpha_pattern, name)
+        field, alpha = ("lora_alpha", self.lora_alpha) if key is None else (f"alpha_pattern[{key!r}]", float(alpha))
+        if not self.use_rslora:
+            return alpha
+        folded = alpha * math.sqrt(rank)  # rsLoRA: alpha/sqrt(r) = alpha'/r
+        if not math.isfinite(folded):
+            raise AdapterError(
+                f"{self.path}: {field} = {alpha:g} with use_rslora gives layer {name!r} (rank {rank}) the scale "
+                f"alpha/sqrt(r), which as alpha'/r needs alpha' = {alpha:g}*sqrt({rank}), past the float range"
+            )
+        return folded
 
 
 def _load_json(path: Path) -> dict:
@@ -81,12 +99,57 @@ def _load_json(path: Path) -> dict:
     except UnicodeDecodeError as exc:
         raise AdapterError(f"{path}: not UTF-8 text (byte {exc.start}); expected a JSON object") from None
     try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
+        config = loads_json(text)
+    except ValueError as exc:
         raise AdapterError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(config, dict):
         raise AdapterError(f"{path}: holds a JSON {type(config).__name__}; expected a JSON object of LoraConfig fields")
     return config
+
+
+#: At most this many repeats (``*``, ``+``, ``{m,n}``) in a pattern key: each one multiplies the worst-case work of
+#: a match by the length of a module name.
+MAX_KEY_REPEATS = 3
+_REPEATS = {getattr(_sre, name) for name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT") if hasattr(_sre, name)}
+
+
+def _slow_to_match(key: str) -> str | None:
+    """Why ``re`` (a backtracking matcher, no time limit) may take exponential time to match ``key``, or None.
+
+    A repeat of a group that itself repeats or branches (``(.*)*x``, ``(.|.)*x``) backtracks through 2**n ways
+    of splitting a name of n characters: a crafted adapter_config.json would hang the host on load. PEFT's own
+    keys are module names; hand-written patterns need neither.
+    """
+    count = 0
+
+    def children(av):
+        if isinstance(av, _sre.SubPattern):
+            yield av
+        elif isinstance(av, (tuple, list)):
+            for item in av:
+                yield from children(item)
+
+    def walk(sub, repeated: bool) -> str | None:
+        nonlocal count
+        for op, av in sub:
+            if op in _REPEATS and av[1] > 1:
+                count += 1
+                if repeated:
+                    return "a repeat inside a repeat"
+                why = walk(av[2], True)
+            elif op == _sre.BRANCH and repeated:
+                return "alternatives inside a repeat"
+            else:
+                why = next((w for child in children(av) if (w := walk(child, repeated))), None)
+            if why:
+                return why
+        return None
+
+    try:
+        why = walk(_sre.parse(key), False)
+    except RecursionError:
+        return "groups nested too deeply"
+    return why or (f"{count} repeats (at most {MAX_KEY_REPEATS})" if count > MAX_KEY_REPEATS else None)
 
 
 def _pattern(config: dict, field: str, valid: Callable, expected: str, path: Path) -> dict:
@@ -96,8 +159,21 @@ def _pattern(config: dict, field: str, valid: Callable, expected: str, path: Pat
     for key, value in raw.items():
         try:
             re.compile(key)
-        except re.error as exc:
+        except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}: OverflowError
             raise AdapterError(f"{path}: {field} key {key!r} is not a valid regular expression ({exc})") from None
+        try:  # how PEFT (and PeftConfig._match) uses it: "(?i)x" is valid alone but not in there
+            re.compile(rf"(.*\.)?({key})$")
+        except (re.error, OverflowError, RecursionError) as exc:
+            raise AdapterError(
+                f"{path}: {field} key {key!r} is not a valid regular expression where PEFT uses it, "
+                f"inside (.*\\.)?(KEY)$ ({exc})"
+            ) from None
+        if why := _slow_to_match(key):
+            raise AdapterError(
+                f"{path}: {field} key {key!r} holds {why}, which can take a regular-expression matcher exponential "
+                "time; PEFT writes module names here (hand-written patterns such as 'attn1.to_q' or "
+                "'down_blocks.*to_q' are fine)"
+            )
         if not valid(value):
             raise AdapterError(f"{path}: {field}[{key!r}] = {value!r}; expected {expected}")
     return dict(raw)
@@ -140,7 +216,7 @@ def read_peft_config(path: Path) -> PeftConfig:
     _refuse_unsupported(config, path)
     r = config.get("r", 8)
     if not _is_rank(r):
-        raise AdapterError(f"{path}: r = {r!r}; expected a positive whole number (the LoRA rank)")
+        raise AdapterError(f"{path}: r = {r!r}; expected a positive whole number (the LoRA rank, at most 2**53)")
     alpha = config.get("lora_alpha", r)
     if not _is_number(alpha) or alpha <= 0:
         raise AdapterError(f"{path}: lora_alpha = {alpha!r}; expected a finite positive number")
@@ -151,7 +227,7 @@ def read_peft_config(path: Path) -> PeftConfig:
         alpha_pattern=_pattern(
             config, "alpha_pattern", lambda v: _is_number(v) and v > 0, "a finite positive number", path
         ),
-        rank_pattern=_pattern(config, "rank_pattern", _is_rank, "a positive whole number", path),
+        rank_pattern=_pattern(config, "rank_pattern", _is_rank, "a positive whole number (at most 2**53)", path),
         use_rslora=bool(config.get("use_rslora", False)),
         base_model_name_or_path=config.get("base_model_name_or_path"),
     )

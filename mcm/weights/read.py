@@ -8,6 +8,7 @@ refused unless the caller passes ``allow_pickle=True``, and then read with
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -82,13 +83,25 @@ def refuse_pickle(path: Path, given_as: str = "adapter", source: Path | None = N
     )
 
 
+def _pickle_reason(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, on one line: torch's reason without its paragraphs of
+    advice (which include loading with ``weights_only=False``, the one thing not to do with an unknown file)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0]
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__}: the file ends too early or is empty"
+
+
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise AdapterError(f"{path}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the outcome says what matters
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not a plain tensor pickle"
-        raise AdapterError(f"{path}: cannot be read as a tensors-only pickle ({exc})") from None
+        raise AdapterError(f"{path}: cannot be read as a tensors-only pickle ({_pickle_reason(exc)})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
