@@ -27,6 +27,11 @@ NONE_INSTALLED = "(no MCM adapter found: put one in models/mcm)"
 AUTO_SCHEDULE = "auto (from the adapter)"
 SCHEDULE_CHOICES = [AUTO_SCHEDULE, *BETA_CHOICES]
 STRENGTH_MAX = 2.0
+#: Bounds of the sampling widgets (declared by the nodes, checked again in the glue: a linked value, or a NaN
+#: that ComfyUI's min/max validation lets through, arrives unchecked).
+DENOISE_MIN = 0.02
+CFG_MAX = 30.0
+TIMESTEP_SCALING_MIN, TIMESTEP_SCALING_MAX = 0.1, 100.0
 AUTO_NORM = "auto"
 TEMPORAL_NORM_CHOICES = [AUTO_NORM, FRAMES, PER_FRAME]
 

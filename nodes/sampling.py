@@ -3,7 +3,16 @@ the all-in-one KSampler. Declarations only: each ``execute`` is one call into ``
 
 from __future__ import annotations
 
-from .choices import BETA_CHOICES, DEMO_BETA_LABEL, MAX_STEPS, TIMESTEP_SCALING
+from .choices import (
+    BETA_CHOICES,
+    CFG_MAX,
+    DEMO_BETA_LABEL,
+    DENOISE_MIN,
+    MAX_STEPS,
+    TIMESTEP_SCALING,
+    TIMESTEP_SCALING_MAX,
+    TIMESTEP_SCALING_MIN,
+)
 from .glue import sampling as glue
 from .schema import MCMNode, io
 
@@ -12,7 +21,7 @@ DENOISE_TOOLTIP = "1.0 for text-to-video; lower keeps more of the input video (s
 
 
 def _denoise():
-    return io.Float.Input("denoise", default=1.0, min=0.02, max=1.0, step=0.01, tooltip=DENOISE_TOOLTIP)
+    return io.Float.Input("denoise", default=1.0, min=DENOISE_MIN, max=1.0, step=0.01, tooltip=DENOISE_TOOLTIP)
 
 
 class MCMModelSampling(MCMNode):
@@ -34,8 +43,8 @@ class MCMModelSampling(MCMNode):
         io.Float.Input(
             "timestep_scaling",
             default=TIMESTEP_SCALING,
-            min=0.1,
-            max=100.0,
+            min=TIMESTEP_SCALING_MIN,
+            max=TIMESTEP_SCALING_MAX,
             step=0.1,
             tooltip="Consistency boundary scaling: MCM was trained with 4 (LCM uses 10).",
         ),
@@ -99,7 +108,7 @@ class MCMKSampler(MCMNode):
             "cfg",
             default=1.0,
             min=0.0,
-            max=30.0,
+            max=CFG_MAX,
             step=0.1,
             round=0.01,
             tooltip="MCM is trained for cfg 1 (one UNet pass per step, negative prompt unused).",

@@ -22,7 +22,7 @@ from ...mcm.weights import (
     comfy_spatial_layers,
 )
 from ..choices import AUTO_NORM, STRENGTH_MAX, TEMPORAL_NORM_CHOICES
-from .sampling import build_model_sampling
+from .sampling import build_model_sampling, check_model
 from .selection import SelectedAdapter
 from .temporal_norm import describe, groupnorm_hack, set_temporal_norm
 
@@ -182,10 +182,21 @@ def patch_motion(
     return model, mm, count
 
 
-def _checked_norm(selected, strength_model, strength_motion, temporal_norm: str) -> tuple[str, str]:
+def _checked_norm(
+    model, selected, strength_model, strength_motion, temporal_norm: str, motion_model=None
+) -> tuple[str, str]:
     """The inputs of Load MCM LoRA checked; (temporal norm to apply, where it came from)."""
     if not isinstance(selected, SelectedAdapter):
         raise AdapterError("Load MCM LoRA: mcm_adapter must come from an MCM Style Adapter node")
+    try:
+        check_model(model, "Load MCM LoRA")
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from None
+    if motion_model is not None and not callable(getattr(motion_model, "clone", None)):
+        raise AdapterError(
+            "Load MCM LoRA: motion_model must be a MOTION_MODEL_ADE (connect Load AnimateDiff Model), "
+            f"got {type(motion_model).__name__}"
+        )
     for name, value in (("strength_model", strength_model), ("strength_motion", strength_motion)):
         if not -STRENGTH_MAX <= float(value) <= STRENGTH_MAX:
             raise AdapterError(f"Load MCM LoRA: {name} = {value} is outside [-{STRENGTH_MAX:g}, {STRENGTH_MAX:g}]")
@@ -207,7 +218,7 @@ def load_mcm_lora(
 ):
     """Load MCM LoRA: the adapter's UNet LoRA on a clone of MODEL, its motion LoRA and normalisation on the
     motion model(s), then (``mcm_sampling``) MCM model sampling. Returns (model, motion_model or None)."""
-    norm, source = _checked_norm(selected, strength_model, strength_motion, temporal_norm)
+    norm, source = _checked_norm(model, selected, strength_model, strength_motion, temporal_norm, motion_model)
     adapter = selected.adapter
     m, _ = patch_unet(model, adapter, float(strength_model))
     m, mm, _ = patch_motion(m, motion_model, adapter, float(strength_motion), norm, source)

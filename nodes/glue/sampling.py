@@ -12,9 +12,65 @@ import torch
 
 from ...mcm.sampler import sample_mcm, ve_consistency_output
 from ...mcm.schedule import NUM_DDIM_TIMESTEPS, NoiseSchedule, ddim_timesteps, lcm_timesteps
-from ..choices import DEMO_BETA_SCHEDULE, TIMESTEP_SCALING, beta_schedule_of
+from ..choices import (
+    CFG_MAX,
+    DEMO_BETA_SCHEDULE,
+    DENOISE_MIN,
+    MAX_STEPS,
+    TIMESTEP_SCALING,
+    TIMESTEP_SCALING_MAX,
+    TIMESTEP_SCALING_MIN,
+    beta_schedule_of,
+)
 
 log = logging.getLogger("comfyui-mcm")
+
+
+# --- the nodes' inputs, checked where they arrive ----------------------------------------------------------------
+# ComfyUI checks a widget's value against its min/max (NaN passes: every comparison with it is false), but not a
+# linked value, and an API client can put any JSON value on an input meant for a link. These checks turn what
+# would fail deep inside the sampler (or sample NaN silently) into one clear line naming the node and the input.
+
+
+def checked_number(value, name: str, where: str, low: float, high: float) -> float:
+    """``value`` as a float within [low, high] (NaN and infinities refused), or a ValueError naming it."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high:
+        raise ValueError(f"{where}: {name} = {value!r}; expected a number in [{low:g}, {high:g}]")
+    return number
+
+
+def checked_steps(steps, where: str) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"{where}: steps = {steps!r}; expected a whole number in [1, {MAX_STEPS}] (MCM: 1, 2, 4 or 8)")
+    return steps
+
+
+def check_model(model, where: str, name: str = "model") -> None:
+    """A MODEL input holds a ComfyUI model patcher (not a value an API client put there: no JSON value has
+    the patcher's ``get_model_object``)."""
+    if not callable(getattr(model, "get_model_object", None)):
+        raise ValueError(f"{where}: {name} must be a MODEL (connect a model output), got {type(model).__name__}")
+
+
+def check_conditioning(value, where: str, name: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(c, (list, tuple)) and len(c) == 2 for c in value):
+        raise ValueError(
+            f"{where}: {name} must be a CONDITIONING (connect a text encoder's output), got {type(value).__name__}"
+        )
+
+
+def check_latent(value, where: str, name: str = "latent_image") -> None:
+    samples = value.get("samples") if isinstance(value, dict) else None
+    # a tensor, or ComfyUI's NestedTensor (not a torch.Tensor; it says is_nested)
+    if not isinstance(samples, torch.Tensor) and getattr(samples, "is_nested", False) is not True:
+        raise ValueError(
+            f"{where}: {name} must be a LATENT (a dict holding a 'samples' tensor: connect a latent output), "
+            f"got {type(value).__name__}"
+        )
 
 
 def prediction_type_of(model_sampling) -> str:
@@ -92,6 +148,15 @@ def grid_sigmas(model_sampling, timesteps: torch.Tensor) -> torch.Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
+def noise_sampler_seed(seed: int | None, device_type: str) -> int | None:
+    """The seed to hand ComfyUI's ``default_noise_sampler``, which seeds its generator with seed + 1 on the CPU:
+    for the largest seed the nodes accept (2**64 - 1) that overflows torch's 64-bit seed, so it is passed as -1
+    (the generator then gets 0, the 64-bit wrap-around of 2**64). Every other seed is passed as it is."""
+    if seed is not None and device_type == "cpu" and seed >= 2**64 - 1:
+        return seed - 2**64
+    return seed
+
+
 @torch.no_grad()
 def comfy_sample_mcm(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
     """``sample_mcm`` with ComfyUI's seeded noise, noise scaling and interruption."""
@@ -100,7 +165,7 @@ def comfy_sample_mcm(model, x, sigmas, extra_args=None, callback=None, disable=N
 
     extra_args = extra_args or {}
     if noise_sampler is None:
-        noise_sampler = kds.default_noise_sampler(x, seed=extra_args.get("seed"))
+        noise_sampler = kds.default_noise_sampler(x, seed=noise_sampler_seed(extra_args.get("seed"), x.device.type))
     model_sampling = model.inner_model.inner_model.model_sampling
     if not is_mcm_sampling(model_sampling):
         log.warning(
@@ -133,13 +198,22 @@ def with_mcm_sampling(
 
 def model_sampling_node(model, beta_schedule: str, timestep_scaling: float):
     """MCM Model Sampling: ``beta_schedule`` is the node's dropdown label."""
-    schedule = NoiseSchedule(beta_schedule_of(beta_schedule, "MCM Model Sampling"))
-    return with_mcm_sampling(model, schedule, float(timestep_scaling))
+    where = "MCM Model Sampling"
+    check_model(model, where)
+    scaling = checked_number(timestep_scaling, "timestep_scaling", where, TIMESTEP_SCALING_MIN, TIMESTEP_SCALING_MAX)
+    schedule = NoiseSchedule(beta_schedule_of(beta_schedule, where))
+    return with_mcm_sampling(model, schedule, scaling)
 
 
-def scheduler_sigmas(model, steps: int, denoise: float) -> torch.Tensor:
+def scheduler_sigmas(model, steps: int, denoise: float, where: str = "MCM Scheduler") -> torch.Tensor:
     """MCM Scheduler: the sigmas of MCM's grid timesteps in the model's own sigma table."""
-    timesteps = lcm_timesteps(int(steps), strength=float(denoise))
+    steps = checked_steps(steps, where)
+    denoise = checked_number(denoise, "denoise", where, DENOISE_MIN, 1.0)
+    check_model(model, where)
+    try:
+        timesteps = lcm_timesteps(steps, strength=denoise)
+    except ValueError as exc:  # too low a denoise for the steps (lcm_timesteps names them strength, num_steps)
+        raise ValueError(f"{where}: steps = {steps} with denoise = {denoise:g}: {exc}") from None
     return grid_sigmas(model.get_model_object("model_sampling"), timesteps)
 
 
@@ -166,14 +240,21 @@ def ensure_mcm_sampling(model):
 def ksample(model, seed: int, steps: int, cfg: float, positive, negative, latent_image: dict, denoise: float) -> dict:
     """MCM KSampler: MCM's grid sigmas and the consistency sampler through ComfyUI's ``sample_custom``,
     with its seeded noise, previews and progress bar. Returns the LATENT dict (a copy of the input's)."""
+    where = "MCM KSampler"
+    check_model(model, where)
+    checked_steps(steps, where)
+    cfg = checked_number(cfg, "cfg", where, 0.0, CFG_MAX)
+    checked_number(denoise, "denoise", where, DENOISE_MIN, 1.0)
+    check_conditioning(positive, where, "positive")
+    check_conditioning(negative, where, "negative")
+    check_latent(latent_image, where)
+
     import comfy.sample
     import comfy.utils
     import latent_preview
 
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"MCM KSampler: steps = {steps!r}; expected 1 or more (MCM: 1, 2, 4 or 8)")
     model = ensure_mcm_sampling(model)
-    sigmas = scheduler_sigmas(model, steps, denoise)
+    sigmas = scheduler_sigmas(model, steps, denoise, where)
     latent = latent_image.copy()
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
