@@ -27,7 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, seed, settings
 
 EXAMPLES = int(os.environ.get("MCM_FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("MCM_FUZZ_SEED")
@@ -47,6 +47,19 @@ def fuzz_settings(examples: int | None = None) -> settings:
         suppress_health_check=list(HealthCheck),
         print_blob=True,
     )
+
+
+def fuzz_target(examples: int | None = None):
+    """The decorator of a fuzz target (above ``@given``): :func:`fuzz_settings`, and ``MCM_FUZZ_SEED`` as the
+    hypothesis seed when it is set, so that a campaign's run can be repeated exactly."""
+
+    def decorate(test):
+        test = fuzz_settings(examples)(test)
+        if SEED:
+            test = seed(int(SEED) if SEED.isdigit() else SEED)(test)
+        return test
+
+    return decorate
 
 
 def count(target: str, outcome: str, n: int = 1) -> None:

@@ -41,10 +41,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given, seed
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.judge import SEED, fuzz_settings, judge
+from tests.fuzz.judge import fuzz_target, judge
 from tests.real_host import COMFYUI_DIR, MARKS, ROOT, make_adapters, skip_without_models
 
 pytestmark = MARKS
@@ -441,14 +441,7 @@ def test_the_fuzzed_inputs_are_the_nodes_inputs(host):
         assert (opts["min"], opts["max"]) == (lo, hi), (ct, name, opts)
 
 
-def campaign_seed(test):
-    if SEED is None:
-        return test
-    return seed(int(SEED) if SEED.isdigit() else SEED)(test)
-
-
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(case=requests())
 def test_random_prompts_are_answered_clearly(host, case):
     graph, prompt, changes = case

@@ -42,10 +42,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import given, seed
+from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz.judge import SEED, fuzz_settings, judge, tree_hash
+from tests.fuzz.judge import fuzz_target, judge, tree_hash
 from training import checkpoints as ck
 from training import config as tc
 from training import evaluate as ev
@@ -53,13 +53,6 @@ from training.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Batches, ImageCaptions
 from training.eval_inputs import read_images, read_videos
 from training.prompts import read_prompts
 from training.samples import DataError, encode_mp4
-
-
-def campaign_seed(test):
-    """``MCM_FUZZ_SEED`` as the hypothesis seed, so a campaign's run can be repeated (derandomized without it)."""
-    if SEED is None:
-        return test
-    return seed(int(SEED) if SEED.isdigit() else SEED)(test)
 
 
 @pytest.fixture(scope="module")
@@ -481,8 +474,7 @@ def damage(folder: Path, ops, marker: Path) -> set[str]:
     return crafted
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(ops=st.lists(checkpoint_ops, min_size=1, max_size=4))
 def test_checkpoint_folders(checkpoint, scratch, ops):
     with example_dir(scratch) as root:
@@ -760,8 +752,7 @@ def judge_loader(target: str, make, settings: dict, root: Path, key: str, shape:
         judge(target, "refused", str(exc), names)
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(spec=dataset(videos, [".mp4", ".webm", ".gif", ".mkv", ".avi", ".mov"]), settings=loader_settings)
 def test_video_shards(scratch, spec, settings):
     with example_dir(scratch) as tmp:
@@ -777,8 +768,7 @@ def test_video_shards(scratch, spec, settings):
         assert tree_hash(tmp / "data") == before, "reading the dataset changed it"
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(spec=dataset(images, [".png", ".jpg", ".jpeg", ".webp", ".PNG"]), settings=loader_settings)
 def test_image_shards(scratch, spec, settings):
     with example_dir(scratch) as tmp:
@@ -951,8 +941,7 @@ def flag_names(argv: list[str], keys: list[str]) -> list[str]:
     return names + [n.replace("--no-", "--") for n in names]
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(doc=yaml_documents, line=command_lines)
 def test_config_files(scratch, doc, line):
     with example_dir(scratch) as tmp:
@@ -973,8 +962,7 @@ def test_config_files(scratch, doc, line):
         assert tree_hash(tmp) == before, "parsing the configuration wrote or changed a file"
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(line=command_lines)
 def test_command_lines(scratch, line):
     with example_dir(scratch) as tmp:
@@ -1024,8 +1012,7 @@ def video_candidates(root: Path) -> list[str]:
     return [p.relative_to(root).as_posix() for p in found]
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(
     files=eval_files,
     folders=st.lists(frame_folders, max_size=2),
@@ -1062,8 +1049,7 @@ def test_evaluator_videos(scratch, files, folders, data, min_frames, require_cap
         assert tree_hash(root) == before, "reading the videos changed them"
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(
     files=st.lists(
         st.tuples(
@@ -1104,8 +1090,7 @@ prompt_files = st.one_of(
 )
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(spec=prompt_files)
 def test_evaluator_prompts(scratch, spec):
     with example_dir(scratch) as tmp:
@@ -1182,8 +1167,7 @@ detector_specs = st.one_of(
 )
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(spec=detector_specs, name=st.sampled_from([ev.I3D_SOURCE, ev.INCEPTION_SOURCE]), source_index=st.integers(0, 1))
 def test_evaluator_detectors(scratch, detector_files, spec, name, source_index):
     with example_dir(scratch) as tmp:

@@ -30,7 +30,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from hypothesis import given, seed
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save as save_bytes
 
@@ -48,20 +48,12 @@ from mcm.weights import (
 )
 from mcm.weights.__main__ import TARGETS, main
 from mcm.weights.peft import read_peft_config
-from tests.fuzz.judge import SEED, fuzz_settings, judge, tree_hash
+from tests.fuzz.judge import fuzz_target, judge, tree_hash
 from tests.test_weights_bad_input import ADE_MOTION, MOTION, SPATIAL
 
 CONV = "down_blocks.0.resnets.0.conv1"  # a conv layer: 4-D factors
 WIDTH = 8
 META_KEYS = ("format", *(f.name for f in fields(AdapterMeta)))
-
-
-def campaign_seed(test):
-    """``MCM_FUZZ_SEED`` as the hypothesis seed, so that a campaign's run can be repeated (the judge's settings
-    only turn derandomizing off; the other fuzz files carry the same decorator)."""
-    if not SEED:
-        return test
-    return seed(int(SEED) if SEED.isdigit() else SEED)(test)
 
 
 # --- running a parser -----------------------------------------------------------------------------------
@@ -272,8 +264,7 @@ def safetensors_bytes(draw) -> bytes:
     return data
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(data=safetensors_bytes(), name=st.sampled_from(["adapter", "animatediff-webvid", "mcm lora ü"]))
 def test_fuzz_safetensors_bytes(data, name):
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,8 +337,7 @@ def metadata_changes(draw) -> tuple[dict[str, str | None], dict[str, str]]:
     return changes, other
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(
     change=metadata_changes(),
     rank=st.integers(1, 4),
@@ -495,8 +485,7 @@ def write_peft(folder: Path, config: bytes, weights: bytes) -> Path:
     return folder
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(peft=peft_folders())
 def test_fuzz_peft_adapter_config(peft):
     with tempfile.TemporaryDirectory() as tmp:
@@ -696,8 +685,7 @@ def _check_inspect_listing(out: str, json_mode: bool, failed: int) -> None:
         assert out.count("\n  ERROR: ") == failed, out
 
 
-@campaign_seed
-@fuzz_settings()
+@fuzz_target()
 @given(cmd=cli_commands())
 def test_fuzz_weights_cli(cmd):
     spec, command, flags = cmd
