@@ -491,6 +491,37 @@ def _cli(*args):
     )
 
 
+def test_cli_inspect_reports_the_demos_defaults_per_base(tmp_path, peft_motion_unet):
+    """An official release folder carries no metadata, so inspect reports the official demo's sampling settings,
+    which differ per base: AnimateDiff overrides the scheduler to diffusers "linear"; ModelScope loads the ms-1.7b
+    scheduler (scaled_linear, beta 0.00085 -> 0.012) and overrides only timestep_scaling=4. The reference is the
+    demo's scheduler config as diffusers reads it (written out here, not taken from the code under test)."""
+    from diffusers import LCMScheduler, UNet3DConditionModel
+
+    ms_scheduler = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}  # ms-1.7b
+    demo = {
+        "modelscope-t2v": LCMScheduler(**ms_scheduler, timestep_scaling=4.0),
+        "sd15-animatediff": LCMScheduler(**{**ms_scheduler, "beta_schedule": "linear"}, timestep_scaling=4.0),
+    }
+    peft_model, _ = peft_motion_unet
+    peft_model.save_pretrained(tmp_path / "mcm" / "animatediff-webvid")
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(**models.TINY_UNET, **models.TINY_BLOCKS["modelscope"])
+    with_random_lora(unet, targets=official_targets(unet, drop_temporal_convs=True)).save_pretrained(
+        tmp_path / "mcm" / "modelscopet2v-anime"
+    )
+    proc = _cli("inspect", "--json", tmp_path / "mcm")
+    assert proc.returncode == 0, proc.stderr
+    found = {d["base"]: d["meta"] for d in json.loads(proc.stdout)}
+    assert sorted(found) == sorted(demo)
+    for base, meta in found.items():
+        scheduler = demo[base].config
+        assert meta["beta_schedule"] == scheduler.beta_schedule, base
+        assert meta["timestep_scaling"] == scheduler.timestep_scaling, base
+        assert (meta["default_steps"], meta["recommended_cfg"]) == (4, 1.0), base
+        assert meta["temporal_norm"] == "frames", base  # diffusers' temporal layers normalise over the frames
+
+
 def test_cli_inspect_and_convert(tmp_path, peft_motion_unet):
     peft_model, _ = peft_motion_unet
     for name in ("animatediff-webvid", "animatediff-laion"):

@@ -21,7 +21,12 @@ from .format import (
 )
 from .lora import LoraWeights
 
-__all__ = ["check_consistent", "default_meta", "diffusers_alpha", "style_from_name"]
+__all__ = ["DEMO_BETA_SCHEDULE", "check_consistent", "default_meta", "diffusers_alpha", "style_from_name"]
+
+#: The beta schedule the official demo samples each base with (diffusers names). For AnimateDiff it overrides
+#: the scheduler to ``linear`` (ComfyUI's ``sqrt_linear``); for ModelScope it keeps the ms-1.7b scheduler's
+#: ``scaled_linear`` (ComfyUI's ``linear``) and overrides only the timestep scaling (4).
+DEMO_BETA_SCHEDULE = {"sd15-animatediff": "linear", "sd15": "linear", "modelscope-t2v": "scaled_linear"}
 
 
 def _suffixes(paths) -> tuple[str, ...]:
@@ -55,7 +60,7 @@ def default_meta(
         lora_rank=rank,
         lora_alpha=float(alpha),
         target_modules=_suffixes(layers),
-        beta_schedule="linear",  # the official demo samples with diffusers "linear" (ComfyUI sqrt_linear)
+        beta_schedule=DEMO_BETA_SCHEDULE[base],
         style=style,
         name=name,
         training=training,
