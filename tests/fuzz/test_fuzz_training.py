@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from tests.fuzz.judge import fuzz_target, judge, tree_hash
@@ -383,8 +383,10 @@ def edit_manifest(path: Path, edit) -> None:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         files = manifest["files"]
         names = sorted(files)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return  # an earlier step broke it: nothing to edit
+    if not isinstance(files, dict):  # an earlier step replaced the files table (with a string, a list …)
+        files, names = {}, []
     if kind == "files":
         manifest["files"] = rest[0]
     elif kind == "format":
@@ -476,6 +478,10 @@ def damage(folder: Path, ops, marker: Path) -> set[str]:
 
 @fuzz_target()
 @given(ops=st.lists(checkpoint_ops, min_size=1, max_size=4))
+# a manifest an earlier step broke (files a string or a list, nested past the JSON parser's depth), edited again
+@example(ops=[("manifest", ("files", "0")), ("manifest", ("entry", 0, None))])
+@example(ops=[("manifest", ("files", [None])), ("manifest", ("sha", 0, ""))])
+@example(ops=[("manifest", ("deep", 100000)), ("manifest", ("size", 0, 0))])
 def test_checkpoint_folders(checkpoint, scratch, ops):
     with example_dir(scratch) as root:
         run = root / "out" / "run"
