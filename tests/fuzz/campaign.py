@@ -2,7 +2,7 @@
 
     python tests/fuzz/campaign.py                    # 2000 examples per target, a fresh random seed
     python tests/fuzz/campaign.py --examples 200     # a shorter run
-    COMFYUI_DIR=... python tests/fuzz/campaign.py --examples 300 --select host   # the real-host target alone
+    COMFYUI_DIR=... python tests/fuzz/campaign.py --examples 300 --select host --no-shrink   # the real host
 
 It runs ``python -m pytest tests/fuzz`` with ``MCM_FUZZ_EXAMPLES``, ``MCM_FUZZ_SEED`` and ``MCM_FUZZ_REPORT`` set
 (``tests/fuzz/judge.py``), then appends a dated entry to ``RESULTS.md``: per target the examples and how many
@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--examples", type=int, default=2000, help="examples per target (default 2000)")
     p.add_argument("--seed", default=None, help="hypothesis seed (default: a fresh random one, recorded)")
     p.add_argument("--select", default=None, metavar="EXPR", help="only the tests pytest -k EXPR selects")
+    p.add_argument("--no-shrink", action="store_true", help="report failing examples unshrunk (for the host)")
     p.add_argument("--no-record", action="store_true", help="do not append the counts to RESULTS.md")
     args = p.parse_args(argv)
     seed = args.seed or str(random.SystemRandom().randrange(2**32))
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
         start = time.time()
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/fuzz"]
         cmd += ["-k", args.select] if args.select else []
+        cmd += ["--hypothesis-profile", "no-shrink"] if args.no_shrink else []
+        print(f"fuzz campaign: seed {seed}, {args.examples} examples per target", flush=True)
         status = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         seconds = time.time() - start
         if not report_path.exists():
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
     lines = [
         f"\n## {dt.date.today()}: {args.examples} examples per target, seed {seed}\n",
         f"- Command: `python tests/fuzz/campaign.py --examples {args.examples} --seed {seed}"
-        + (f" --select {args.select!r}`" if args.select else "`"),
+        + (f" --select {args.select!r}" if args.select else "")
+        + (" --no-shrink`" if args.no_shrink else "`"),
         f"- Wall time: {seconds / 60:.1f} min; failing tests: {report['failed_tests']}"
         f" (pytest exit status {status}); real-host target: {'yes' if os.environ.get('COMFYUI_DIR') else 'no'}",
         "",
