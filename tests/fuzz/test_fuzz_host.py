@@ -24,7 +24,9 @@ without running, and the ones that run share its cached loaders, so the CI budge
 
 Known ComfyUI behaviour the judge accepts: a link on an input a node does not declare reaches ``execute`` (a
 value there is dropped), so the node fails with Python's "got an unexpected keyword argument '<input>'",
-which names the input; ComfyUI's core nodes do the same.
+which names the input; ComfyUI's core nodes do the same. A link that closes a cycle is ComfyUI's to refuse:
+its validation follows the links round it, and answers 400 naming no node, or with a RecursionError at
+whichever node the recursion limit was reached in (ours included), or fails the run with DependencyCycleError.
 """
 
 from __future__ import annotations
@@ -392,9 +394,10 @@ def run_request(state: dict, prompt: dict, changes: list) -> tuple[str, str, lis
     changed_ids = {nid for nid, *_ in changes}
     if status == 400:
         errors = (body or {}).get("node_errors") if isinstance(body, dict) else None
-        if not errors and has_cycle(prompt):
-            # ComfyUI's validation recurses along the links and names no node for a cycle (its own behaviour)
-            return "refused", one_line(f"a cycle: {body['error']['message']}"), ["cycle"]
+        if has_cycle(prompt):
+            # ComfyUI's own answer to a cycle (its validation recurses along the links): a 400 that names no node,
+            # or a RecursionError at whichever node the recursion limit was reached in
+            return "refused", one_line(f"a cycle: {body['error']['message']}: {errors or ''}")[:500], ["cycle"]
         assert errors, f"HTTP 400 without node_errors: {str(body)[:2000]}"
         named = changed_ids & set(errors)
         assert named or not changes, f"node_errors name none of the changed nodes {changed_ids}: {errors}"
@@ -469,6 +472,9 @@ REGRESSIONS = [
     ("ksampler", [("10", "positive", "p")], "MCM KSampler: positive must be a CONDITIONING"),
     ("ksampler", [("10", "negative", 0)], "MCM KSampler: negative must be a CONDITIONING"),
     ("ksampler", [("10", "latent_image", {"samples": 1})], "MCM KSampler: latent_image must be a LATENT"),
+    # a link that closes a cycle (Load MCM LoRA fed by the MCM Model Sampling downstream of it): ComfyUI 0.8's
+    # validation recursed to a RecursionError reported at another node (the judge took it for ours)
+    ("model sampling", [("4", "model", ["80", 0])], "a cycle"),
     # the largest seed the widgets accept overflowed ComfyUI's CPU noise sampler (seed + 1)
     ("ksampler", [("10", "seed", 2**64 - 1)], None),
     ("default", [("12", "noise_seed", 2**64 - 1)], None),
