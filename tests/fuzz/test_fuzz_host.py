@@ -361,7 +361,11 @@ def read_latent(path: Path) -> array.array:
 def has_cycle(prompt: dict) -> bool:
     """Whether the links of ``prompt`` (well-formed ones, to nodes in it) form a cycle."""
     edges = {
-        nid: {v[0] for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in prompt}
+        nid: {
+            v[0]
+            for v in node["inputs"].values()
+            if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0] in prompt
+        }
         for nid, node in prompt.items()
     }
     state: dict[str, int] = {}
@@ -475,6 +479,8 @@ REGRESSIONS = [
     # a link that closes a cycle (Load MCM LoRA fed by the MCM Model Sampling downstream of it): ComfyUI 0.8's
     # validation recursed to a RecursionError reported at another node (the judge took it for ours)
     ("model sampling", [("4", "model", ["80", 0])], "a cycle"),
+    # a malformed link (a dict as the node id) in a refused prompt: the judge's cycle check raised TypeError
+    ("default", [("4", "model", [{"a": 1}, 0])], "node 4"),
     # the largest seed the widgets accept overflowed ComfyUI's CPU noise sampler (seed + 1)
     ("ksampler", [("10", "seed", 2**64 - 1)], None),
     ("default", [("12", "noise_seed", 2**64 - 1)], None),
