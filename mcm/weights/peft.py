@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .format import MAX_RANK, AdapterError, loads_json
+from .format import MAX_RANK, AdapterError, _is_number, loads_json
 
 try:  # the parser of the re module: Python >= 3.11
     from re import _parser as _sre
@@ -32,16 +32,6 @@ PEFT_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, PEFT_WEIGHTS_PICKLE)
 
 def is_peft_folder(path: Path) -> bool:
     return path.is_dir() and any((path / n).exists() for n in PEFT_FILES)
-
-
-def _is_number(value) -> bool:
-    """A finite int or float (NaN/Infinity, booleans and integers too large for a float are not)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an int past float's range (JSON allows 10**400)
-        return False
 
 
 def _is_rank(value) -> bool:
