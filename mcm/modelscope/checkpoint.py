@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..weights.format import AdapterError
+from ..weights.keys import RESNET_FROM_LDM
 from ..weights.read import PICKLE_SUFFIXES, read_tensors
 from .config import MS_1_7B, ModelScopeUNetConfig
 from .unet import ModelScopeUNet3D
@@ -72,15 +73,6 @@ _ORIGINAL_TOP = {
     "input_blocks.0.1": "transformer_in",
     "out.0": "conv_norm_out",
     "out.2": "conv_out",
-}
-#: Inside a ResNet block: the original's layer names → diffusers'.
-_RESNET_NAMES = {
-    "in_layers.0": "norm1",
-    "in_layers.2": "conv1",
-    "out_layers.0": "norm2",
-    "out_layers.3": "conv2",
-    "emb_layers.1": "time_emb_proj",
-    "skip_connection": "conv_shortcut",
 }
 _TEMPORAL_CONV = "temopral_conv."  # sic: the original's attribute name
 _BLOCK_KEY = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.(.+)$")
@@ -164,7 +156,7 @@ def _resnet_part(rest: str, resnet: str, temp_conv: str) -> str | None:
     """``rest`` inside an original ResBlock → the diffusers name under ``resnet`` or ``temp_conv`` (None: unknown)."""
     if rest.startswith(_TEMPORAL_CONV):
         return f"{temp_conv}.{rest[len(_TEMPORAL_CONV) :]}"
-    for old, new in _RESNET_NAMES.items():
+    for old, new in RESNET_FROM_LDM.items():  # the original's ResBlocks use the LDM names
         if rest.startswith(old + "."):
             return f"{resnet}.{new}{rest[len(old) :]}"
     return None

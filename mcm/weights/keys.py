@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "KeyMappingError",
+    "RESNET_FROM_LDM",
     "SD15_LAYOUT",
     "UNetLayout",
     "ade_to_motion",
@@ -78,7 +79,8 @@ _RESNET_TO_LDM = {
     "conv2": "out_layers.3",
     "conv_shortcut": "skip_connection",
 }
-_RESNET_FROM_LDM = {v: k for k, v in _RESNET_TO_LDM.items()}
+#: The same, from the LDM names (ComfyUI's, and the original ModelScope release's) to diffusers'.
+RESNET_FROM_LDM = {v: k for k, v in _RESNET_TO_LDM.items()}
 _TOP_TO_LDM = {
     "conv_in": "input_blocks.0.0",
     "time_embedding.linear_1": "time_embed.0",
@@ -179,7 +181,7 @@ def _input_to_diffusers(path: str, m: re.Match, layout: UNetLayout) -> str:
         return f"down_blocks.{i}.downsamplers.0.conv{rest[2:]}"
     if slot == 0:
         return _join(
-            f"down_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+            f"down_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, RESNET_FROM_LDM, "a ResNet block", path)
         )
     if slot == 1 and layout.down_attention[i]:
         return _join(f"down_blocks.{i}.attentions.{j}", rest)
@@ -199,7 +201,7 @@ def ldm_to_diffusers(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
         slot, rest = int(m[1]), m[2]
         if slot in (0, 2):
             return _join(
-                f"mid_block.resnets.{slot // 2}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+                f"mid_block.resnets.{slot // 2}", rest and _split_leaf(rest, RESNET_FROM_LDM, "a ResNet block", path)
             )
         if slot == 1:
             return _join("mid_block.attentions.0", rest)
@@ -211,7 +213,7 @@ def ldm_to_diffusers(path: str, layout: UNetLayout = SD15_LAYOUT) -> str:
             raise KeyMappingError(f"{path!r}: output block {k} does not exist in layout {layout}")
         if slot == 0:
             return _join(
-                f"up_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, _RESNET_FROM_LDM, "a ResNet block", path)
+                f"up_blocks.{i}.resnets.{j}", rest and _split_leaf(rest, RESNET_FROM_LDM, "a ResNet block", path)
             )
         upsampler_slot = 2 if layout.up_attention[i] else 1
         if j == n and slot == upsampler_slot and (rest == "conv" or (rest or "").startswith("conv.")):
