@@ -604,3 +604,33 @@ def test_peft_patterns_match_the_module_names_peft_matched(tmp_path):
     assert ranks[one.removeprefix("unet.")] == (2, 3.0)  # rank 2, alpha 6
     assert all(r == 4 for p, (r, _) in ranks.items() if p != one.removeprefix("unet."))
     assert {s for p, (_, s) in ranks.items() if p.startswith("up_blocks.1.") and p.endswith("to_v")} == {0.75}
+
+
+def test_a_modelscope_adapter_converts_to_a_comfyui_lora_for_the_modelscope_model(tmp_path):
+    """--to comfy-lora on a ModelScope adapter writes every layer (spatial and temporal) under the module names of
+    the ComfyUI ModelScope model, which keeps diffusers' names: ``diffusion_model.<diffusers path>``, the keys
+    ComfyUI's LoraLoader maps for any model (``diffusion_model.<module>.weight``). The file reads back to the same
+    layers; converting it to an ADE motion LoRA says there is no motion module."""
+    from diffusers import UNet3DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(**models.TINY_UNET, **models.TINY_BLOCKS["modelscope"])
+    peft = with_random_lora(unet, targets=official_targets(unet, drop_temporal_convs=True))
+    peft.save_pretrained(tmp_path / "modelscopet2v-anime")
+    adapter = load_adapter(tmp_path / "modelscopet2v-anime")
+    out = tmp_path / "ms.safetensors"
+    proc = _cli("convert", tmp_path / "modelscopet2v-anime", out, "--to", "comfy-lora")
+    assert proc.returncode == 0, proc.stderr
+    tensors = load_file(out)
+    modules = dict(unet.named_modules())
+    for path, w in adapter.layers.items():
+        assert path in modules  # the adapter's path is the module's name in the model
+        assert torch.equal(tensors[f"diffusion_model.{path}.lora_down.weight"], w.down)
+        assert torch.equal(tensors[f"diffusion_model.{path}.lora_up.weight"], w.up)
+        assert float(tensors[f"diffusion_model.{path}.alpha"]) == w.alpha
+    assert len(tensors) == 3 * len(adapter.layers) and adapter.temporal_layers()
+    back = load_adapter(out)
+    assert back.meta.base == "modelscope-t2v" and set(back.layers) == set(adapter.layers)
+    assert all(torch.equal(back.layers[p].up, w.up) for p, w in adapter.layers.items())
+    proc = _cli("convert", tmp_path / "modelscopet2v-anime", tmp_path / "m.safetensors", "--to", "ade")
+    assert proc.returncode == 2 and "has no motion-module layers" in proc.stderr

@@ -7,6 +7,7 @@ Command line: ``python -m mcm.weights inspect PATH`` and ``python -m mcm.weights
 from .export import (
     EXPORTERS,
     ade_motion_layers,
+    comfy_modelscope_layers,
     comfy_spatial_layers,
     export_ade_motion_lora,
     export_comfy_lora,
@@ -58,6 +59,7 @@ __all__ = [
     "UNetLayout",
     "ade_motion_layers",
     "ade_to_motion",
+    "comfy_modelscope_layers",
     "comfy_spatial_layers",
     "detect_base",
     "diffusers_to_ldm",

@@ -39,6 +39,7 @@ __all__ = [
     "ExportOptions",
     "Exporter",
     "ade_motion_layers",
+    "comfy_modelscope_layers",
     "comfy_spatial_layers",
     "export_ade_motion_lora",
     "export_comfy_lora",
@@ -160,14 +161,31 @@ def _mapped(layers: dict[str, LoraWeights], fn: Callable[[str], str], where: str
     return out
 
 
+def is_modelscope_adapter(adapter: Adapter) -> bool:
+    return adapter.meta.base == "modelscope-t2v" or bool(adapter.temporal_layers())
+
+
 def comfy_spatial_layers(adapter: Adapter, layout: UNetLayout = SD15_LAYOUT) -> dict[str, LoraWeights]:
     """The spatial LoRA layers keyed by ComfyUI's LDM UNet path (``input_blocks.1.1…``, no prefix)."""
-    if adapter.temporal_layers():
+    if is_modelscope_adapter(adapter):
         raise AdapterError(
-            f"{adapter.source}: a ModelScope T2V adapter; ComfyUI has no ModelScope model to apply it to "
-            "(export it with --to peft and use it with diffusers)"
+            f"{adapter.source}: a ModelScope T2V adapter: it applies to a ModelScope model (Load ModelScope T2V "
+            "Model), not to a Stable Diffusion UNet"
         )
     return _mapped(adapter.spatial_layers(), lambda p: diffusers_to_ldm(p, layout), adapter.source, "ComfyUI UNet")
+
+
+def comfy_modelscope_layers(adapter: Adapter) -> dict[str, LoraWeights]:
+    """Every layer of a ModelScope adapter, keyed by the module path of the ComfyUI ModelScope model (no prefix).
+
+    That model (``Load ModelScope T2V Model``) is the UNet3D with diffusers' module names, so the paths are the
+    adapter's own: spatial and temporal layers alike.
+    """
+    if not is_modelscope_adapter(adapter):
+        raise AdapterError(
+            f"{adapter.source}: made for {adapter.meta.base}, not for ModelScope text-to-video (modelscope-t2v)"
+        )
+    return dict(adapter.layers)
 
 
 def ade_motion_layers(adapter: Adapter) -> dict[str, LoraWeights]:
@@ -189,7 +207,8 @@ def export_comfy_lora(
     Keys are ``diffusion_model.<LDM path>.lora_up/lora_down.weight`` + ``.alpha``. The motion part is
     not in this file (core ComfyUI has no motion module): see :func:`export_ade_motion_lora`.
     """
-    layers = comfy_spatial_layers(adapter, layout)
+    modelscope = is_modelscope_adapter(adapter)
+    layers = comfy_modelscope_layers(adapter) if modelscope else comfy_spatial_layers(adapter, layout)
     if not layers:
         raise AdapterError(f"{adapter.source}: has no spatial (UNet) layers to export")
     tensors = {}
@@ -197,6 +216,8 @@ def export_comfy_lora(
         tensors[f"diffusion_model.{p}.lora_down.weight"] = _tensor(w.down)
         tensors[f"diffusion_model.{p}.lora_up.weight"] = _tensor(w.up)
         tensors[f"diffusion_model.{p}.alpha"] = _alpha_tensor(w.alpha)
+    if modelscope:  # the whole adapter, spatial and temporal: the file keeps its base
+        return save_tensors(tensors, Path(path), _export_meta(adapter, "all"), overwrite)
     return save_tensors(
         tensors, Path(path), _export_meta(adapter, "spatial", base="sd15", motion_module=None), overwrite
     )
@@ -343,7 +364,8 @@ EXPORTERS: dict[str, Exporter] = {
             "comfy-lora",
             FILE,
             lambda a, dst, ow, o: export_comfy_lora(a, dst, layout=o.layout, overwrite=ow),
-            "the spatial part, for ComfyUI's LoraLoader",
+            "the spatial part, for ComfyUI's LoraLoader (ModelScope: the whole adapter, for LoraLoader after "
+            "Load ModelScope T2V Model)",
             _no_motion,
         ),
         Exporter(

@@ -50,6 +50,9 @@ def _module_path(raw: str, layout: UNetLayout = SD15_LAYOUT) -> str:
         )
     if ".temporal_transformer" in name:
         return ade_to_motion(name)
+    rest = name.removeprefix("diffusion_model.")
+    if rest != name and not rest.startswith(_LDM_ROOTS):
+        return rest  # a ComfyUI model that keeps diffusers' names (the ModelScope model): its LoRA files too
     if name.startswith("diffusion_model.") or name.startswith(_LDM_ROOTS):
         return ldm_to_diffusers(name, layout)
     return name
