@@ -10,7 +10,15 @@ from __future__ import annotations
 from .glue import register_in_host
 
 #: The node ids, in the order the extension lists them (saved workflows refer to nodes by these ids).
-NODE_IDS = ["MCM_StyleAdapter", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Scheduler", "MCM_Sampler", "MCM_KSampler"]
+NODE_IDS = [
+    "MCM_StyleAdapter",
+    "MCM_LoraLoader",
+    "MCM_ModelSampling",
+    "MCM_Scheduler",
+    "MCM_Sampler",
+    "MCM_KSampler",
+    "MCM_ModelScopeLoader",
+]
 
 
 async def comfy_entrypoint():

@@ -24,6 +24,7 @@ TIMESTEP_SCALING = MCM_TIMESTEP_SCALING
 MAX_STEPS = NUM_DDIM_TIMESTEPS
 
 NONE_INSTALLED = "(no MCM adapter found: put one in models/mcm)"
+NO_MODELSCOPE_UNET = "(no ModelScope UNet found: put one in models/text2video)"
 AUTO_SCHEDULE = "auto (from the adapter)"
 SCHEDULE_CHOICES = [AUTO_SCHEDULE, *BETA_CHOICES]
 STRENGTH_MAX = 2.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension
 
-from . import adapters, sampling
+from . import adapters, modelscope, sampling
 
 
 class MCMExtension(ComfyExtension):
     async def get_node_list(self):
-        return [*adapters.NODES, *sampling.NODES]
+        return [*adapters.NODES, *sampling.NODES, *modelscope.NODES]

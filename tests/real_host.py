@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_NODES = ["MCM_KSampler", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Sampler", "MCM_Scheduler", "MCM_StyleAdapter"]
+ALL_NODES = [
+    "MCM_KSampler",
+    "MCM_LoraLoader",
+    "MCM_ModelSampling",
+    "MCM_ModelScopeLoader",
+    "MCM_Sampler",
+    "MCM_Scheduler",
+    "MCM_StyleAdapter",
+]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
 MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")

@@ -38,7 +38,15 @@ DEFAULT = "mcm_t2v_gen2_4step"
 APP_TIMEOUT_MS = 180_000  # the first page load builds the node library from /object_info on a slow CPU
 HELP_TIMEOUT_MS = 60_000
 DOCS = ROOT / "web" / "docs"
-NODE_IDS = ["MCM_StyleAdapter", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Scheduler", "MCM_Sampler", "MCM_KSampler"]
+NODE_IDS = [
+    "MCM_StyleAdapter",
+    "MCM_LoraLoader",
+    "MCM_ModelSampling",
+    "MCM_Scheduler",
+    "MCM_Sampler",
+    "MCM_KSampler",
+    "MCM_ModelScopeLoader",
+]
 
 pytestmark = [
     pytest.mark.host,

@@ -41,7 +41,15 @@ def test_every_node_has_a_page_and_every_page_a_node(package, mcm_nodes):
 
 @pytest.mark.parametrize(
     "node_id",
-    ["MCM_StyleAdapter", "MCM_LoraLoader", "MCM_ModelSampling", "MCM_Scheduler", "MCM_Sampler", "MCM_KSampler"],
+    [
+        "MCM_StyleAdapter",
+        "MCM_LoraLoader",
+        "MCM_ModelSampling",
+        "MCM_Scheduler",
+        "MCM_Sampler",
+        "MCM_KSampler",
+        "MCM_ModelScopeLoader",
+    ],
 )
 def test_a_page_names_every_input_and_output_exactly(mcm_nodes, node_id):
     schema = mcm_nodes[node_id].define_schema()

@@ -16,19 +16,29 @@ from ...mcm.weights.peft import PEFT_CONFIG, PEFT_WEIGHTS
 log = logging.getLogger("comfyui-mcm")
 
 MODEL_FOLDER = "mcm"
+#: ModelScope text-to-video UNets (the name the original release's users know from other UIs); the loader also
+#: lists ComfyUI's standard ``diffusion_models``. Files: safetensors and the original tensors-only ``.pth``.
+TEXT2VIDEO_FOLDER = "text2video"
+TEXT2VIDEO_EXTENSIONS = (".safetensors", ".pth", ".bin", ".ckpt")
+
+
+def _register(name: str, extensions: tuple[str, ...]) -> None:
+    """``models/<name>``, registered the way ADE registers its own folders."""
+    import folder_paths
+
+    path = os.path.join(folder_paths.models_dir, name)
+    folder_paths.add_model_folder_path(name, path)
+    # add to this folder's own extension set (never mutate the shared supported_pt_extensions)
+    _, registered = folder_paths.folder_names_and_paths[name]
+    registered.update(extensions)
+    with contextlib.suppress(OSError):  # a read-only install still works with extra_model_paths
+        os.makedirs(path, exist_ok=True)
 
 
 def register_model_folders() -> None:
-    """``models/mcm`` for MCM adapters (files or PEFT folders), registered the way ADE registers its own."""
-    import folder_paths
-
-    path = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
-    folder_paths.add_model_folder_path(MODEL_FOLDER, path)
-    # add to this folder's own extension set (never mutate the shared supported_pt_extensions)
-    _, extensions = folder_paths.folder_names_and_paths[MODEL_FOLDER]
-    extensions.add(".safetensors")
-    with contextlib.suppress(OSError):  # a read-only install still works with extra_model_paths
-        os.makedirs(path, exist_ok=True)
+    """``models/mcm`` for MCM adapters (files or PEFT folders), ``models/text2video`` for ModelScope UNets."""
+    _register(MODEL_FOLDER, (".safetensors",))
+    _register(TEXT2VIDEO_FOLDER, TEXT2VIDEO_EXTENSIONS)
 
 
 _MCM_FILE_CACHE: dict[tuple[str, float], bool | str] = {}

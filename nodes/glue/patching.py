@@ -19,9 +19,12 @@ from ...mcm.weights import (
     AdapterError,
     LoraWeights,
     ade_motion_layers,
+    comfy_modelscope_layers,
     comfy_spatial_layers,
 )
 from ..choices import AUTO_NORM, STRENGTH_MAX, TEMPORAL_NORM_CHOICES
+from .modelscope import CONFIG_NAME as MODELSCOPE_CONFIG
+from .modelscope import is_modelscope
 from .sampling import build_model_sampling, check_model
 from .selection import SelectedAdapter
 from .temporal_norm import describe, groupnorm_hack, set_temporal_norm
@@ -38,6 +41,13 @@ COMFY_FAMILIES = {
     "SDXL": "sdxl",
     "SDXLRefiner": "sdxl",
     "SSD1B": "sdxl",
+    MODELSCOPE_CONFIG: "modelscope-t2v",
+}
+#: How to load the model an adapter family needs (the refusal says it).
+NEEDS = {
+    "modelscope-t2v": "load ModelScope with 'Load ModelScope T2V Model'",
+    "sd15-animatediff": "load an SD1.5 checkpoint and an AnimateDiff motion model (AnimateDiff-Evolved)",
+    "sd15": "load an SD1.5 checkpoint",
 }
 
 
@@ -90,10 +100,19 @@ def _without_injections(model):
     return stack
 
 
+def require_family(model, adapter: Adapter, where: str = "Load MCM LoRA") -> str:
+    """The model's adapter family, if ``adapter`` was made for it; else an AdapterError saying what it needs."""
+    family = model_family(model)
+    try:
+        adapter.require_base(family)
+    except AdapterError as exc:
+        raise AdapterError(f"{where}: {exc}: {NEEDS.get(adapter.meta.base, 'use the model it was made for')}") from None
+    return family
+
+
 def patch_unet(model, adapter: Adapter, strength: float):
     """A clone of MODEL with the adapter's spatial LoRA; (clone, number of patched layers)."""
-    family = model_family(model)
-    adapter.require_base(family)
+    require_family(model, adapter)
     layers = comfy_spatial_layers(adapter, SD15_LAYOUT)
     m = model.clone()
     if not layers or strength == 0:
@@ -207,6 +226,38 @@ def _checked_norm(
     return temporal_norm, "node"
 
 
+def patch_modelscope(model, adapter: Adapter, strength_model: float, strength_motion: float):
+    """A clone of a ModelScope MODEL with the adapter: its spatial layers at ``strength_model``, its temporal
+    layers (temporal attention, ``transformer_in``) at ``strength_motion``. The model keeps diffusers' module
+    names, so the adapter's paths are its weights' names. Returns (clone, number of patched layers)."""
+    require_family(model, adapter)
+    layers = comfy_modelscope_layers(adapter)
+    _check_fits(adapter, layers, model.model.state_dict(), "diffusion_model.", "ModelScope T2V model")
+    m, count = model.clone(), 0
+    temporal = adapter.temporal_layers()
+    for part, strength in (
+        ({p: w for p, w in layers.items() if p not in temporal}, strength_model),
+        (temporal, strength_motion),
+    ):
+        if part and strength != 0:
+            count += _apply(m, _lora_patches(part, "diffusion_model."), strength, "ModelScope UNet")
+    return m, count
+
+
+def _modelscope_norm(selected, temporal_norm: str, motion_model) -> None:
+    """Load MCM LoRA's motion-model inputs on a ModelScope model: no motion model; normalisation over frames."""
+    if motion_model is not None:
+        raise AdapterError(
+            "Load MCM LoRA: a motion_model is connected, but the model is ModelScope T2V, whose temporal layers are "
+            "part of its UNet; disconnect motion_model"
+        )
+    if temporal_norm == PER_FRAME:
+        raise AdapterError(
+            f"Load MCM LoRA: temporal_norm '{PER_FRAME}' is for AnimateDiff motion modules; ModelScope's temporal "
+            f"layers always normalise over the frames: choose '{AUTO_NORM}' or '{FRAMES}'"
+        )
+
+
 def load_mcm_lora(
     model,
     selected,
@@ -220,8 +271,13 @@ def load_mcm_lora(
     motion model(s), then (``mcm_sampling``) MCM model sampling. Returns (model, motion_model or None)."""
     norm, source = _checked_norm(model, selected, strength_model, strength_motion, temporal_norm, motion_model)
     adapter = selected.adapter
-    m, _ = patch_unet(model, adapter, float(strength_model))
-    m, mm, _ = patch_motion(m, motion_model, adapter, float(strength_motion), norm, source)
+    if is_modelscope(model):
+        _modelscope_norm(selected, temporal_norm, motion_model)
+        m, _ = patch_modelscope(model, adapter, float(strength_model), float(strength_motion))
+        mm = None
+    else:
+        m, _ = patch_unet(model, adapter, float(strength_model))
+        m, mm, _ = patch_motion(m, motion_model, adapter, float(strength_motion), norm, source)
     if mcm_sampling:
         schedule = NoiseSchedule(selected.beta_schedule)
         ms = build_model_sampling(m, schedule, selected.timestep_scaling, adapter.meta.num_ddim_timesteps)
