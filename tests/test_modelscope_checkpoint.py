@@ -24,6 +24,7 @@ from mcm.modelscope import (
     to_unet_state_dict,
 )
 from mcm.weights.keys import UNetLayout, diffusers_to_ldm
+from tests.modelscope_layout import original_state_dict
 
 #: ModelScope's norm settings (32 groups: the shapes cannot tell, so files without config.json get these).
 DEEP = {"block_out_channels": (32, 64, 64), "layers_per_block": 2, "attention_head_dim": 16, "norm_num_groups": 32}
@@ -58,80 +59,12 @@ def tiny() -> UNet3DConditionModel:
     return diffusers_unet(TINY, seed=1)
 
 
-# --- the reverse conversion, written from the architecture -------------------------------------------------
-
-RESNET_TO_ORIGINAL = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "time_emb_proj": "emb_layers.1",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "conv_shortcut": "skip_connection",
-}
-
-
-def module_plan(levels: int, per: int, upsampler_slot: int) -> list[tuple[str, str, str]]:
-    """``(diffusers module, original module, kind)`` for every module of a UNetSD with ``levels`` levels."""
-    plan = [
-        ("time_embedding.linear_1", "time_embed.0", "plain"),
-        ("time_embedding.linear_2", "time_embed.2", "plain"),
-        ("conv_in", "input_blocks.0.0", "plain"),
-        ("transformer_in", "input_blocks.0.1", "temporal"),
-        ("conv_norm_out", "out.0", "plain"),
-        ("conv_out", "out.2", "plain"),
-    ]
-
-    def layer(src: str, j: int, dst: str, attention: bool) -> None:
-        plan.append((f"{src}.resnets.{j}", f"{dst}.0", "resnet"))
-        plan.append((f"{src}.temp_convs.{j}", f"{dst}.0.temopral_conv", "plain"))
-        if attention:
-            plan.append((f"{src}.attentions.{j}", f"{dst}.1", "plain"))
-            plan.append((f"{src}.temp_attentions.{j}", f"{dst}.2", "temporal"))
-
-    index = 1
-    for level in range(levels):
-        last = level == levels - 1
-        for j in range(per):
-            layer(f"down_blocks.{level}", j, f"input_blocks.{index}", not last)
-            index += 1
-        if not last:
-            plan.append((f"down_blocks.{level}.downsamplers.0.conv", f"input_blocks.{index}.op", "plain"))
-            index += 1
-    plan += [
-        ("mid_block.resnets.0", "middle_block.0", "resnet"),
-        ("mid_block.temp_convs.0", "middle_block.0.temopral_conv", "plain"),
-        ("mid_block.attentions.0", "middle_block.1", "plain"),
-        ("mid_block.temp_attentions.0", "middle_block.2", "temporal"),
-        ("mid_block.resnets.1", "middle_block.3", "resnet"),
-        ("mid_block.temp_convs.1", "middle_block.3.temopral_conv", "plain"),
-    ]
-    index = 0
-    for level in range(levels):
-        for j in range(per + 1):
-            layer(f"up_blocks.{level}", j, f"output_blocks.{index}", level > 0)
-            if j == per and level < levels - 1:
-                slot = 1 if level == 0 else upsampler_slot
-                plan.append((f"up_blocks.{level}.upsamplers.0", f"output_blocks.{index}.{slot}", "plain"))
-            index += 1
-    return plan
-
-
 def to_original(model: UNet3DConditionModel, upsampler_slot: int = 3, prefix: str = "") -> dict[str, torch.Tensor]:
     """The model's weights in ModelScope's original names (temporal projections as Conv1d weights)."""
     cfg = model.config
-    plan = module_plan(len(cfg.block_out_channels), cfg.layers_per_block, upsampler_slot)
-    out = {}
-    for key, tensor in model.state_dict().items():
-        src, dst, kind = max((p for p in plan if key.startswith(p[0] + ".")), key=lambda p: len(p[0]))
-        rest = key[len(src) + 1 :]
-        if kind == "resnet":
-            head, _, leaf = rest.partition(".")
-            rest = f"{RESNET_TO_ORIGINAL[head]}.{leaf}"
-        if kind == "temporal" and rest in ("proj_in.weight", "proj_out.weight"):
-            tensor = tensor[:, :, None]
-        out[f"{prefix}{dst}.{rest}"] = tensor.clone()
-    assert len(out) == len(model.state_dict())
-    return out
+    return original_state_dict(
+        model.state_dict(), len(cfg.block_out_channels), cfg.layers_per_block, upsampler_slot, prefix
+    )
 
 
 def assert_same_tensors(got: dict, model: UNet3DConditionModel) -> None:

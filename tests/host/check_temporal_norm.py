@@ -98,14 +98,14 @@ def diffusers_unet(model, motion_model, peft_folder):
     return PeftModel.from_pretrained(unet, str(peft_folder)).merge_and_unload().eval()
 
 
-def lcm_reference(eps_fn, noise, steps: int, renoise):
-    """diffusers' LCMScheduler (diffusers 'linear' betas, timestep scaling 4, 50-step grid): its consistency
-    output at each step, re-noised to the next timestep with ComfyUI's noise (``renoise()`` draws it).
+def lcm_reference(eps_fn, noise, steps: int, renoise, beta_schedule: str = "linear"):
+    """diffusers' LCMScheduler (``beta_schedule`` betas from 0.00085 to 0.012, timestep scaling 4, 50-step grid): its
+    consistency output at each step, re-noised to the next timestep with ComfyUI's noise (``renoise()`` draws it).
     ``noise``/result: (1, c, f, h, w) in the UNet's (VP, scaled-latent) space. Returns every step's output."""
     import torch
     from diffusers import LCMScheduler
 
-    sched = LCMScheduler(beta_schedule="linear", timestep_scaling=4.0)
+    sched = LCMScheduler(beta_schedule=beta_schedule, timestep_scaling=4.0)
     sched.set_timesteps(steps)
     x, outs = noise, []
     for i, t in enumerate(sched.timesteps):
