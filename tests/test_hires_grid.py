@@ -30,7 +30,7 @@ def hires_passes() -> list[tuple[int, float]]:
     graph = json.loads(HIRES.read_text(encoding="utf-8"))
     return [
         (node["inputs"]["steps"], node["inputs"]["denoise"])
-        for _, node in sorted(graph.items())
+        for _, node in sorted(graph.items(), key=lambda item: int(item[0]))  # API node ids are numbers
         if node["class_type"] in ("MCM_Scheduler", "MCM_KSampler")
     ]
 

@@ -47,6 +47,7 @@ def report(tmp_path_factory):
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    (adapters / "report.json").write_text(proc.stdout.strip().splitlines()[-1])  # kept in pytest's temp folder
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -84,9 +84,7 @@ def load_workflow(package_dir: str, name: str) -> tuple[dict, str]:
 
 
 def nodes_of(graph: dict, *classes: str) -> list[str]:
-    return sorted(
-        (k for k, v in graph.items() if v["class_type"] in classes), key=lambda k: int(k) if k.isdigit() else k
-    )
+    return sorted((k for k, v in graph.items() if v["class_type"] in classes), key=int)  # API node ids are numbers
 
 
 def one_node(graph: dict, *classes: str) -> str:

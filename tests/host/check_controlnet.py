@@ -101,7 +101,7 @@ def fuse_weights(method: str, length: int) -> list[float]:
     """The weight of each position of a context window (FreeNoise's pyramid: distance to the nearer edge + 1)."""
     if method == "flat":
         return [1.0] * length
-    if method in ("pyramid", "relative"):
+    if method == "pyramid":
         return [float(min(i + 1, length - i)) for i in range(length)]
     raise ValueError(f"no reference for fuse_method {method!r} (flat and pyramid are modelled)")
 
@@ -348,8 +348,8 @@ def check_travel(host: Host, package_dir: str, out: dict):
     )
     graph = shrink(graph, frames)
     extra = [k for k in ("prepend_text", "append_text", "values_replace") if graph[sched_id]["inputs"].get(k)]
-    if extra:
-        raise ValueError(f"ADE_PromptScheduling {extra}: not modelled by this check (keyframe prompts only)")
+    if extra or graph[sched_id]["inputs"].get("tensor_interp", "lerp") != "lerp":
+        raise ValueError(f"ADE_PromptScheduling {extra or 'slerp'}: not modelled by this check (lerp keyframes only)")
     keys = keyframes(graph[sched_id]["inputs"]["prompts"])
     ev = host.evaluator(graph)
     sid = sampler_node(graph)
