@@ -151,11 +151,12 @@ def frontend(tmp_path_factory):
     rw = _load_server_module()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     server = rw.Server(Path(COMFYUI_DIR), ROOT, tmp / "adapters", Path(tempfile.mkdtemp(prefix="mcm-browser-")), python)
-    results, page_errors, served, shown = {}, [], {}, {}
+    results, page_errors, served, shown, object_info = {}, [], {}, {}, {}
     try:
         server.start()
         base = f"http://127.0.0.1:{server.port}"
         served = _served_help_pages(base)
+        object_info = json.loads(_get(f"{base}/object_info")[2])
         with sync_playwright() as pw:
             browser, page, page_errors = _open_frontend(pw, f"{base}/")
             try:
@@ -172,6 +173,7 @@ def frontend(tmp_path_factory):
         "results": results,
         "page_errors": page_errors,
         "served": served,
+        "defaults": {node: _input_defaults(info) for node, info in object_info.items()},
         "shown": shown,
         "pack": rw.PACK_LINK,  # the package's folder name in the server's custom_nodes/
         "server_log": server.log_tail(),
@@ -256,19 +258,61 @@ def _broken_copies(wf: dict) -> dict[str, dict]:
     return {"unknown_node": unknown, "changed_steps": changed}
 
 
-def _prompt_diff(got: dict, want: dict) -> dict:
+def _input_defaults(info: dict) -> dict:
+    """``{input name: default}`` of a node's widget inputs, nested dynamic-combo inputs included (a combo's
+    default is its first option, as in the frontend)."""
+    defaults = {}
+
+    def walk(sections: dict) -> None:
+        for sec in ("required", "optional"):
+            for name, spec in (sections.get(sec) or {}).items():
+                type_, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+                if isinstance(type_, list):
+                    defaults.setdefault(name, opts.get("default", type_[0] if type_ else None))
+                elif type_ == "COMFY_DYNAMICCOMBO_V3":
+                    options = opts.get("options", [])
+                    defaults.setdefault(name, options[0]["key"] if options else None)
+                    for option in options:
+                        walk(option.get("inputs", {}))
+                elif "default" in opts or (type_ == "COMBO" and opts.get("options")):
+                    defaults.setdefault(name, opts.get("default", (opts.get("options") or [None])[0]))
+
+    walk(info.get("input", {}))
+    return defaults
+
+
+def _as_saved(inputs: dict, file_inputs: dict, defaults: dict) -> dict:
+    """The frontend's inputs of one node, read as the API file writes them. A newer frontend (0.33) adds inputs
+    the node gained, at their defaults (Create Video's bit_depth, Save Video's hidden top-level codec), and writes
+    a dynamic combo's nested input under a dotted name (``format.codec``), which Save Video reads in place of the
+    top-level ``codec`` that the file (and ComfyUI 0.8) sets. Anything else must match as it is."""
+    got = dict(inputs)
+    for key in sorted((k for k in inputs if "." in k), key=len):
+        value, leaf = got.pop(key), key.rsplit(".", 1)[1]
+        if key.count(".") == 1 and leaf in file_inputs:
+            got[leaf] = value
+        elif value != defaults.get(leaf):
+            got[key] = value
+    return {k: v for k, v in got.items() if k in file_inputs or v != defaults.get(k, object())}
+
+
+def _prompt_diff(got: dict, want: dict, defaults: dict | None = None) -> dict:
     if sorted(got) != sorted(want):
         return {"node_ids": [sorted(got), sorted(want)]}
-    return {
-        nid: {"frontend": got[nid], "file": want[nid]}
-        for nid in want
-        if (got[nid]["class_type"], got[nid]["inputs"]) != (want[nid]["class_type"], want[nid]["inputs"])
-    }
+    diff = {}
+    for nid in want:
+        ct = want[nid]["class_type"]
+        inputs = got[nid]["inputs"]
+        if defaults is not None:
+            inputs = _as_saved(inputs, want[nid]["inputs"], defaults.get(ct, {}))
+        if (got[nid]["class_type"], inputs) != (ct, want[nid]["inputs"]):
+            diff[nid] = {"frontend": got[nid], "file": want[nid]}
+    return diff
 
 
 def test_the_checks_see_an_unknown_node_and_a_changed_widget(frontend):
     assert frontend["results"]["unknown_node"]["missing"] == ["MCM_NoSuchNode"]
-    diff = _prompt_diff(frontend["results"]["changed_steps"]["prompt"], _file(DEFAULT, api=True))
+    diff = _prompt_diff(frontend["results"]["changed_steps"]["prompt"], _file(DEFAULT, api=True), frontend["defaults"])
     assert [d["frontend"]["class_type"] for d in diff.values()] == ["MCM_Scheduler"], diff
 
 
@@ -284,18 +328,21 @@ def test_frontend_knows_every_node(frontend, name):
 @pytest.mark.parametrize("name", UI_NAMES)
 def test_no_widget_value_changes_on_load(frontend, name):
     got = frontend["results"][name]["widgets"]
-    # a node without widgets: [] in the file; the 0.33 frontend (1.49) leaves the key out when it saves
-    changed = {
-        str(n["id"]): (n.get("widgets_values"), got[str(n["id"])])
-        for n in _file(name)["nodes"]
-        if (got.get(str(n["id"])) or []) != (n.get("widgets_values") or [])
-    }
+    # a node without widgets: [] in the file; the 0.33 frontend (1.49) leaves the key out when it saves. It appends
+    # the values of widgets a node gained after the file's (0.33: Create Video's bit_depth; Save Video's encoding
+    # and hidden codec), at their defaults: the file's own values must stay where they are.
+    changed = {}
+    for n in _file(name)["nodes"]:
+        saved, loaded = n.get("widgets_values") or [], got.get(str(n["id"])) or []
+        defaults = set(map(json.dumps, frontend["defaults"][n["type"]].values()))
+        if loaded[: len(saved)] != saved or not all(json.dumps(v) in defaults for v in loaded[len(saved) :]):
+            changed[str(n["id"])] = (saved, loaded)
     assert not changed, f"{name}: node id -> (file, after loading): {changed}"
 
 
 @pytest.mark.parametrize("name", UI_NAMES)
 def test_frontend_api_conversion_equals_the_api_file(frontend, name):
-    diff = _prompt_diff(frontend["results"][name]["prompt"], _file(name, api=True))
+    diff = _prompt_diff(frontend["results"][name]["prompt"], _file(name, api=True), frontend["defaults"])
     assert not diff, f"{name}: {json.dumps(diff, indent=1)[:3000]}"
 
 

@@ -91,9 +91,11 @@ def test_template_browser_lists_each_workflow_once(report):
 def test_api_workflow_runs_and_saves_every_frame(report, name):
     run = report["runs"][name]
     assert run.get("status") == "success", run
-    assert run["frames"] == run["expected_frames"], run
-    assert len(run["outputs"]) == 1 and run["outputs"][0]["format"] == "WEBP"
-    assert not run["outputs"][0]["constant"], "a constant video: NaN or saturated output"
+    assert len(run["outputs"]) == 1, run
+    (video,) = run["outputs"]
+    assert (video["frames"], video["size"]) == (run["expected"]["frames"], run["expected"]["size"]), run
+    assert (video["container"], video["codec"], video["pix_fmt"], video["fps"]) == ("mp4", "h264", "yuv420p", 8.0)
+    assert not video["constant"], "a constant video: NaN or saturated output"
     assert run["ok"]
     if name == "mcm_long_video_context":
         assert report["sliding_context_used"], "ADE did not sample in context windows"
@@ -126,6 +128,6 @@ def test_missing_motion_model_fails_with_a_clear_message(report):
 
 def test_server_still_serves_after_the_errors(report):
     after = report["after_errors"]
-    assert after["status"] == "success" and after["frames"] == after["expected_frames"], after
+    assert after["status"] == "success" and after["frames"] == after["expected"]["frames"], after
     assert after["queue_empty"]
     assert all(r["alive_after"] for r in report["bad_inputs"].values())

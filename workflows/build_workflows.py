@@ -31,7 +31,11 @@ SEED = 42
 #: Load MCM LoRA: full strength, MCM model sampling, and the motion-module normalisation the adapter was
 #: trained with (auto: from its metadata; the official adapters: frames, as diffusers).
 LORA_WIDGETS = {"strength_model": 1.0, "strength_motion": 1.0, "mcm_sampling": True, "temporal_norm": "auto"}
-FPS = 8.0
+FPS = 8.0  # the frame rate AnimateDiff and MCM clips are made for
+#: Save Video: an H.264 mp4. ComfyUI 0.8 has plain combos format [auto, mp4] and codec [auto, h264]; 0.33 makes
+#: format a dynamic combo with a nested codec and keeps a hidden top-level codec, so these values load and run in
+#: both (its frontend appends its own defaults for the inputs it added).
+VIDEO_FORMAT = {"format": "mp4", "codec": "h264"}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Node schemas: link inputs (name, type) in slot order, widgets (name, kind) in widget order, outputs (name, type).
@@ -141,18 +145,6 @@ NODE_SCHEMAS: dict[str, dict] = {
         "widgets": [],
         "outputs": [("LATENT", "LATENT")],
     },
-    "SaveAnimatedWEBP": {
-        "title": "SaveAnimatedWEBP",
-        "inputs": [("images", "IMAGE")],
-        "widgets": [
-            ("filename_prefix", "STRING"),
-            ("fps", "FLOAT"),
-            ("lossless", "BOOLEAN"),
-            ("quality", "INT"),
-            ("method", "COMBO"),
-        ],
-        "outputs": [],
-    },
     "LoadVideo": {
         "title": "Load Video",
         "inputs": [],
@@ -170,6 +162,18 @@ NODE_SCHEMAS: dict[str, dict] = {
         "inputs": [("image", "IMAGE")],
         "widgets": [("upscale_method", "COMBO"), ("width", "INT"), ("height", "INT"), ("crop", "COMBO")],
         "outputs": [("IMAGE", "IMAGE")],
+    },
+    "CreateVideo": {
+        "title": "Create Video",
+        "inputs": [("images", "IMAGE"), ("audio", "AUDIO")],
+        "widgets": [("fps", "FLOAT")],
+        "outputs": [("VIDEO", "VIDEO")],
+    },
+    "SaveVideo": {
+        "title": "Save Video",
+        "inputs": [("video", "VIDEO")],
+        "widgets": [("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")],
+        "outputs": [],
     },
     "MCM_StyleAdapter": {
         "title": "MCM Style Adapter",
@@ -215,8 +219,8 @@ NODE_SCHEMAS: dict[str, dict] = {
 
 # Layout: nodes sit in columns (left -> right = data flow); a column stacks its nodes top to bottom.
 COLUMN_X0, COLUMN_WIDTH, ROW_Y0, ROW_GAP = 40, 400, 60, 80
-NODE_WIDTH = {"CLIPTextEncode": 340, "SaveAnimatedWEBP": 420, "ADE_StandardStaticContextOptions": 340}
-NODE_HEIGHT = {"CLIPTextEncode": 140, "SaveAnimatedWEBP": 460, "LoadVideo": 320}
+NODE_WIDTH = {"CLIPTextEncode": 340, "SaveVideo": 420, "ADE_StandardStaticContextOptions": 340}
+NODE_HEIGHT = {"CLIPTextEncode": 140, "SaveVideo": 460, "LoadVideo": 320}
 GROUP_COLOR = "#3f789e"
 
 
@@ -315,14 +319,10 @@ def _prompts(g: Graph, ckpt: int, col: int) -> tuple[int, int]:
 
 
 def _save(g: Graph, samples: tuple[int, int], ckpt: int, col: int, prefix: str) -> None:
+    """VAE Decode -> Create Video (8 fps) -> Save Video (H.264 mp4 in output/MCM/)."""
     decode = g.add("VAEDecode", col, {}, {"samples": samples, "vae": out(ckpt, 2)}, group="Output")
-    g.add(
-        "SaveAnimatedWEBP",
-        col + 1,
-        {"filename_prefix": prefix, "fps": FPS, "lossless": False, "quality": 90, "method": "default"},
-        {"images": out(decode, 0)},
-        group="Output",
-    )
+    video = g.add("CreateVideo", col, {"fps": FPS}, {"images": out(decode, 0)}, group="Output")
+    g.add("SaveVideo", col + 1, {"filename_prefix": prefix, **VIDEO_FORMAT}, {"video": out(video, 0)}, group="Output")
 
 
 def _custom_sampling(g: Graph, m: dict, latent: int, pos: int, neg: int, steps: int, denoise: float, col: int):

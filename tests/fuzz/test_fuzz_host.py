@@ -113,7 +113,7 @@ def _shrunk(name: str) -> dict:
     sampler = None
     for nid, node in list(prompt.items()):
         ct, inputs = node["class_type"], node["inputs"]
-        if ct in ("VAEDecode", "SaveAnimatedWEBP"):
+        if ct in ("VAEDecode", "CreateVideo", "SaveVideo"):
             del prompt[nid]
         elif ct == "CheckpointLoaderSimple":
             inputs["ckpt_name"] = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")

@@ -8,7 +8,8 @@ then:
   a. GET /object_info: which MCM_ nodes registered; GET /workflow_templates: the template browser's listing;
   b. validates every UI workflow in PACKAGE_DIR/workflows/*.json against /object_info (ui_check.py);
   c. runs every API workflow in PACKAGE_DIR/workflows/api/ shrunk for the CPU (64 px, 8 frames, the host's
-     random-weight model files) and counts the frames of the saved animated WEBP;
+     random-weight model files and ControlNet, generated input video, pose video and image) and reads the saved
+     mp4 back (container, codec, frame count, size, frame rate);
   d. submits bad inputs (HTTP 400s and one runtime failure) and a valid prompt afterwards;
   e. stops the server and writes everything to OUT_JSON.
 Exits 0 even when checks fail (tests/test_host_workflows.py asserts on OUT_JSON); non-zero only on bad usage.
@@ -70,38 +71,64 @@ def template_listing(client: Client, ui_workflows: dict) -> dict:
 
 def shrink(prompt: dict, name: str) -> tuple[dict, int]:
     """A CPU-sized copy of an API prompt, and the frame count it should save."""
+    p = small_prompt(prompt, name)
+    return p, expected_output(p)["frames"]
+
+
+#: Inputs every shrunk prompt sets, by node type: the host's model files, the generated inputs, CPU sizes.
+SMALL_INPUTS = {
+    "CheckpointLoaderSimple": {"ckpt_name": HOST_CKPT},
+    "ADE_LoadAnimateDiffModel": {"model_name": HOST_MOTION},
+    "ADE_AnimateDiffLoaderGen1": {"model_name": HOST_MOTION},
+    "ADE_StandardStaticContextOptions": {"context_length": 8, "context_overlap": 2},
+    "ImageScale": {"width": SIZE, "height": SIZE},
+    "MCM_StyleAdapter": {"adapter": ADAPTER_LABEL},
+}
+
+
+def small_prompt(prompt: dict, name: str) -> dict:
+    """A CPU-sized copy of an API prompt: 64 px, 8 frames (24 in context windows of 8), the host's models."""
     p = copy.deepcopy(prompt)
-    frames = None
-    long_video = any(n["class_type"] == "ADE_StandardStaticContextOptions" for n in p.values())
+    types = {n["class_type"] for n in p.values()}
+    long_video = "ADE_StandardStaticContextOptions" in types
     for node in p.values():
         ct, inputs = node["class_type"], node["inputs"]
-        if ct == "CheckpointLoaderSimple":
-            inputs["ckpt_name"] = HOST_CKPT
-        elif ct in ("ADE_LoadAnimateDiffModel", "ADE_AnimateDiffLoaderGen1"):
-            inputs["model_name"] = HOST_MOTION
-        elif ct == "EmptyLatentImage":
-            frames = LONG_FRAMES if long_video else FRAMES
-            inputs.update(width=SIZE, height=SIZE, batch_size=frames)
-        elif ct == "ADE_StandardStaticContextOptions":
-            inputs.update(context_length=8, context_overlap=2)
+        inputs.update(SMALL_INPUTS.get(ct, {}))
+        if ct == "EmptyLatentImage":
+            inputs.update(width=SIZE, height=SIZE, batch_size=LONG_FRAMES if long_video else FRAMES)
         elif ct in ("MCM_Scheduler", "MCM_KSampler") and long_video:
             inputs["steps"] = LONG_STEPS
-        elif ct == "ImageScale":
-            inputs.update(width=SIZE, height=SIZE)
         elif ct == "LoadVideo":
             inputs["file"] = VIDEO_NAME
-            frames = FRAMES
-        elif ct == "SaveAnimatedWEBP":
+        elif ct == "SaveVideo":
             inputs["filename_prefix"] = f"mcmtest/{name}"
-        elif ct == "MCM_StyleAdapter":
-            inputs["adapter"] = ADAPTER_LABEL
-    return p, frames
+    return p
 
 
-def make_input_video(path: Path, frames: int = FRAMES, size: int = SIZE) -> str:
-    """A short mp4 (a bright square moving over a gradient); returns the codec used."""
-    import av
+def expected_output(p: dict) -> dict:
+    """Frame count and [width, height] the saved video of a shrunk prompt must have: the latent's frames (in
+    video-to-video, the input video's) at the shrunk size."""
+    by_type = {n["class_type"]: n["inputs"] for n in p.values()}
+    frames = by_type["EmptyLatentImage"]["batch_size"] if "EmptyLatentImage" in by_type else FRAMES
+    return {"frames": frames, "size": [SIZE, SIZE]}
+
+
+def moving_square(i: int, frames: int, size: int):
+    """Frame i: a bright square moving over a gradient (RGB uint8)."""
     import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    img = np.zeros((size, size, 3), np.uint8)
+    img[..., 0] = (xx * 255 // size).astype(np.uint8)
+    img[..., 2] = (yy * 255 // size).astype(np.uint8)
+    x0 = 4 + i * (size - 24) // max(frames - 1, 1)
+    img[20:40, x0 : x0 + 16] = 255
+    return img
+
+
+def make_input_video(path: Path, frames: int = FRAMES, size: int = SIZE, draw=moving_square) -> str:
+    """A short mp4 of `frames` frames drawn by `draw(i, frames, size)`; returns the codec used."""
+    import av
 
     last_error = None
     for codec in ("libx264", "h264", "mpeg4"):
@@ -110,14 +137,9 @@ def make_input_video(path: Path, frames: int = FRAMES, size: int = SIZE) -> str:
                 stream = container.add_stream(codec, rate=FRAMES)
                 stream.width = stream.height = size
                 stream.pix_fmt = "yuv420p"
-                yy, xx = np.mgrid[0:size, 0:size]
                 for i in range(frames):
-                    img = np.zeros((size, size, 3), np.uint8)
-                    img[..., 0] = (xx * 255 // size).astype(np.uint8)
-                    img[..., 2] = (yy * 255 // size).astype(np.uint8)
-                    x0 = 4 + i * (size - 24) // max(frames - 1, 1)
-                    img[20:40, x0 : x0 + 16] = 255
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    frame = av.VideoFrame.from_ndarray(draw(i, frames, size), format="rgb24")
+                    for packet in stream.encode(frame):
                         container.mux(packet)
                 for packet in stream.encode():
                     container.mux(packet)
@@ -127,27 +149,40 @@ def make_input_video(path: Path, frames: int = FRAMES, size: int = SIZE) -> str:
     raise RuntimeError(f"could not write a test video: {last_error}")
 
 
-def saved_images(entry: dict, output_dir: Path) -> list[Path]:
+def saved_files(entry: dict, output_dir: Path) -> list[Path]:
+    """The files a prompt saved, from /history (Save Video lists its mp4 under `images`, as image savers do)."""
     paths = []
     for out in (entry.get("outputs") or {}).values():
-        for img in out.get("images", []) or []:
-            if img.get("type", "output") == "output":
-                paths.append(output_dir / img.get("subfolder", "") / img["filename"])
+        for item in out.get("images", []) or []:
+            if item.get("type", "output") == "output":
+                paths.append(output_dir / item.get("subfolder", "") / item["filename"])
     return paths
 
 
-def describe_webp(path: Path) -> dict:
-    from PIL import Image
+def describe_video(path: Path) -> dict:
+    """A saved video as PyAV reads it back: container, codec, pixel format, decoded frames, size, frame rate, and
+    whether every frame is one flat colour (NaN or saturated output)."""
+    import av
 
-    with Image.open(path) as im:
-        n = getattr(im, "n_frames", 1)
-        constant = True
-        for i in range(n):
-            im.seek(i)
-            if any(lo < hi for lo, hi in im.convert("RGB").getextrema()):
-                constant = False
-                break
-        return {"file": path.name, "frames": n, "size": list(im.size), "format": im.format, "constant": constant}
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames, constant = 0, True
+        for frame in container.decode(stream):
+            frames += 1
+            if constant:
+                rgb = frame.to_ndarray(format="rgb24")
+                constant = bool((rgb == rgb[:1, :1]).all())
+        return {
+            "file": path.name,
+            "container": path.suffix.lstrip("."),
+            "format": container.format.name,
+            "codec": stream.codec_context.name,
+            "pix_fmt": stream.codec_context.pix_fmt,
+            "frames": frames,
+            "size": [stream.codec_context.width, stream.codec_context.height],
+            "fps": float(stream.average_rate) if stream.average_rate else None,
+            "constant": constant,
+        }
 
 
 def error_messages(entry: dict) -> list[dict]:
@@ -159,7 +194,7 @@ def error_messages(entry: dict) -> list[dict]:
     return found
 
 
-def run_prompt(client: Client, prompt: dict, output_dir: Path, expected_frames: int | None) -> dict:
+def run_prompt(client: Client, prompt: dict, output_dir: Path, expected: dict | None) -> dict:
     t0 = time.time()
     status, body = client.submit(prompt)
     result = {"http_status": status}
@@ -173,11 +208,16 @@ def run_prompt(client: Client, prompt: dict, output_dir: Path, expected_frames: 
         return result
     result["status"] = entry.get("status", {}).get("status_str")
     result["errors"] = error_messages(entry)
-    images = [describe_webp(p) for p in saved_images(entry, output_dir)]
-    result["outputs"] = images
-    result["expected_frames"] = expected_frames
-    result["frames"] = images[0]["frames"] if images else None
-    result["ok"] = result["status"] == "success" and bool(images) and result["frames"] == expected_frames
+    videos = [describe_video(p) for p in saved_files(entry, output_dir)]
+    result["outputs"] = videos
+    result["expected"] = expected
+    result["frames"] = videos[0]["frames"] if videos else None
+    result["ok"] = (
+        result["status"] == "success"
+        and len(videos) == 1
+        and expected is not None
+        and {k: videos[0][k] for k in expected} == expected
+    )
     return result
 
 
@@ -252,16 +292,10 @@ def no_motion_model_prompt() -> dict:
             },
         },
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
-        "9": {
-            "class_type": "SaveAnimatedWEBP",
-            "inputs": {
-                "images": ["8", 0],
-                "filename_prefix": "mcmtest/no_motion",
-                "fps": 8.0,
-                "lossless": False,
-                "quality": 80,
-                "method": "default",
-            },
+        "9": {"class_type": "CreateVideo", "inputs": {"images": ["8", 0], "fps": 8.0}},
+        "10": {
+            "class_type": "SaveVideo",
+            "inputs": {"video": ["9", 0], "filename_prefix": "mcmtest/no_motion", "format": "mp4", "codec": "h264"},
         },
     }
 
@@ -324,12 +358,13 @@ def run_api_workflows(client: Client, server: Server, api_workflows: dict) -> di
     runs = {}
     order = [n for n in RUN_ORDER if n in api_workflows] + sorted(set(api_workflows) - set(RUN_ORDER))
     for name in order:
-        small, frames = shrink(api_workflows[name], name)
+        small = small_prompt(api_workflows[name], name)
+        expected = expected_output(small)
         try:
-            runs[name] = run_prompt(client, small, server.output_dir, frames)
+            runs[name] = run_prompt(client, small, server.output_dir, expected)
             runs[name]["cpu_settings"] = {
-                "frames": frames,
-                "size": SIZE,
+                "frames": expected["frames"],
+                "size": expected["size"],
                 "steps": [
                     n["inputs"]["steps"] for n in small.values() if n["class_type"] in ("MCM_Scheduler", "MCM_KSampler")
                 ],
@@ -342,11 +377,9 @@ def run_api_workflows(client: Client, server: Server, api_workflows: dict) -> di
 
 def check_after_errors(client: Client, server: Server, api_workflows: dict) -> dict:
     """d (end). After all the errors, a valid prompt still runs and the queue ends empty."""
-    small, frames = shrink(
-        api_workflows.get("mcm_t2v_gen2_1step") or api_workflows["mcm_t2v_gen2_4step"], "after_errors"
-    )
+    small = small_prompt(api_workflows.get("mcm_t2v_gen2_1step") or api_workflows["mcm_t2v_gen2_4step"], "after_errors")
     small = with_input(small, "SamplerCustom", noise_seed=1234)  # a new seed: the sampler really runs again
-    after = run_prompt(client, small, server.output_dir, frames)
+    after = run_prompt(client, small, server.output_dir, expected_output(small))
     _, queue = client.request("GET", "/queue")
     after["queue_empty"] = isinstance(queue, dict) and not queue.get("queue_running") and not queue.get("queue_pending")
     return after

@@ -135,7 +135,7 @@ def build_prompt(spec: Spec, workflows: dict[str, dict], prefix: str, frames: in
     sampler_id = None
     for nid, node in list(p.items()):
         ct, inputs = node["class_type"], node["inputs"]
-        if ct in ("VAEDecode", "SaveAnimatedWEBP"):
+        if ct in ("VAEDecode", "CreateVideo", "SaveVideo"):
             del p[nid]  # the latent is compared, exactly; decoding is not ours
         elif ct == "EmptyLatentImage":
             # context windows of `frames` frames over 1.5x as many (2 windows), or `frames` frames

@@ -12,7 +12,19 @@ import copy
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 #: Combos that list files on the user's machine: a workflow only needs a string there.
-FILE_COMBOS = {"ckpt_name", "model_name", "adapter", "file", "image", "video", "vae_name", "lora_name"}
+FILE_COMBOS = {
+    "ckpt_name",
+    "model_name",
+    "adapter",
+    "file",
+    "image",
+    "video",
+    "vae_name",
+    "lora_name",
+}
+#: A V3 dynamic combo (0.33: Save Video's format): a combo whose chosen option brings its own inputs, whose
+#: widgets follow the combo's in widgets_values.
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
 UPLOAD_FLAGS = ("image_upload", "video_upload", "audio_upload")
 
@@ -29,11 +41,14 @@ def input_specs(info: dict) -> list[dict]:
                 continue
             type_ = spec[0]
             opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-            options = None
+            options = dynamic = None
             if isinstance(type_, list):
                 type_, options = "COMBO", type_
             elif type_ == "COMBO":
                 options = opts.get("options", [])
+            elif type_ == DYNAMIC_COMBO:
+                dynamic = opts.get("options", [])
+                type_, options = "COMBO", [o["key"] for o in dynamic]
             widget = type_ in WIDGET_TYPES and not opts.get("forceInput")
             specs.append(
                 {
@@ -43,6 +58,7 @@ def input_specs(info: dict) -> list[dict]:
                     "options": options,
                     "required": sec == "required",
                     "widget": widget,
+                    "dynamic": dynamic,
                 }
             )
     return specs
@@ -139,22 +155,37 @@ def widget_value_problem(spec: dict, role: str, value) -> str | None:
     return check_value(spec, value)
 
 
+def _label(seq: list[tuple[dict, str]]) -> list[str]:
+    return [s["name"] + ("" if r == "value" else ":" + r) for s, r in seq]
+
+
 def widget_problems(where: str, node: dict, specs: list[dict]) -> list[str]:
-    """A saved node's widgets_values against the node's widgets in order, type, range and options."""
-    seq = expected_widgets(specs)
+    """A saved node's widgets_values against the node's widgets in order, type, range and options.
+
+    A dynamic combo's chosen option brings its widgets right after it. Optional widgets may be missing at the end
+    (inputs a newer ComfyUI added, such as 0.33's Create Video bit_depth or Save Video's encoding and hidden
+    codec): its frontend loads such a file unchanged and fills in their defaults after the saved values.
+    """
     values = node.get("widgets_values", [])
     if isinstance(values, dict):
         return [f"{where}: widgets_values is a dict"]
-    if len(values) != len(seq):
-        return [
-            f"{where}: {len(values)} widgets_values, the node has {len(seq)} "
-            f"({[s['name'] + ('' if r == 'value' else ':' + r) for s, r in seq]})"
-        ]
-    problems = []
-    for (spec, role), value in zip(seq, values):
+    queue, done, problems = expected_widgets(specs), [], []
+    while queue and len(done) < len(values):
+        spec, role = queue.pop(0)
+        value = values[len(done)]
+        done.append((spec, role))
         err = widget_value_problem(spec, role, value)
         if err:
             problems.append(f"{where}: {err}")
+        elif role == "value" and spec["dynamic"] is not None:
+            chosen = next(o for o in spec["dynamic"] if o["key"] == value)
+            queue = expected_widgets(input_specs({"input": chosen["inputs"]})) + queue
+    missing = [(s, r) for s, r in queue if s["required"]]
+    if len(values) > len(done) or missing:
+        problems.append(
+            f"{where}: {len(values)} widgets_values, the node has {_label(done + queue)}"
+            + (f" (required {_label(missing)} missing)" if missing else "")
+        )
     return problems
 
 
