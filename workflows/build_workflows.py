@@ -25,6 +25,17 @@ CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 MOTION_MODULE = "mm_sd_v15_v2.ckpt"
 ADAPTER = "animatediff-webvid"
 INPUT_VIDEO = "mcm_input_video.mp4"
+INPUT_IMAGE = "mcm_input_image.png"
+#: ControlNet v1.1 for SD1.5 (the public fp16 safetensors) and the preprocessed videos that drive them.
+CONTROLNETS = {
+    "pose": ("control_v11p_sd15_openpose_fp16.safetensors", "mcm_pose_video.mp4"),
+    "depth": ("control_v11f1p_sd15_depth_fp16.safetensors", "mcm_depth_video.mp4"),
+}
+#: ADE prompt travel: the prompt changes at frame 8 of 16 (ADE interpolates between keyframes).
+TRAVEL_PROMPTS = (
+    '"0": "a red panda eating bamboo in a sunlit spring forest, high quality",\n'
+    '"8": "a red panda eating bamboo in a snowy winter forest, falling snow, high quality"'
+)
 POSITIVE = "a red panda eating bamboo in a sunlit forest, gentle wind in the leaves, high quality"
 NEGATIVE = "blurry, low quality, watermark, text"
 SEED = 42
@@ -175,6 +186,80 @@ NODE_SCHEMAS: dict[str, dict] = {
         "widgets": [("filename_prefix", "STRING"), ("format", "COMBO"), ("codec", "COMBO")],
         "outputs": [],
     },
+    "LoadImage": {
+        "title": "Load Image",
+        "inputs": [],
+        "widgets": [("image", "UPLOAD")],
+        "outputs": [("IMAGE", "IMAGE"), ("MASK", "MASK")],
+    },
+    "RepeatImageBatch": {
+        "title": "Repeat Image Batch",
+        "inputs": [("image", "IMAGE")],
+        "widgets": [("amount", "INT")],
+        "outputs": [("IMAGE", "IMAGE")],
+    },
+    "LatentUpscaleBy": {
+        "title": "Upscale Latent By",
+        "inputs": [("samples", "LATENT")],
+        "widgets": [("upscale_method", "COMBO"), ("scale_by", "FLOAT")],
+        "outputs": [("LATENT", "LATENT")],
+    },
+    "ControlNetLoader": {
+        "title": "Load ControlNet Model",
+        "inputs": [],
+        "widgets": [("control_net_name", "COMBO")],
+        "outputs": [("CONTROL_NET", "CONTROL_NET")],
+    },
+    "ControlNetApplyAdvanced": {
+        "title": "Apply ControlNet",
+        "inputs": [
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("control_net", "CONTROL_NET"),
+            ("image", "IMAGE"),
+            ("vae", "VAE"),
+        ],
+        "widgets": [("strength", "FLOAT"), ("start_percent", "FLOAT"), ("end_percent", "FLOAT")],
+        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    },
+    "ACN_ControlNetLoaderAdvanced": {
+        "title": "Load Advanced ControlNet Model 🛂🅐🅒🅝",
+        "inputs": [("_tk_opt", "TIMESTEP_KEYFRAME")],
+        "widgets": [("cnet", "COMBO")],
+        "outputs": [("CONTROL_NET", "CONTROL_NET")],
+    },
+    "ACN_AdvancedControlNetApply_v2": {
+        "title": "Apply Advanced ControlNet 🛂🅐🅒🅝",
+        "inputs": [
+            ("positive", "CONDITIONING"),
+            ("negative", "CONDITIONING"),
+            ("control_net", "CONTROL_NET"),
+            ("image", "IMAGE"),
+            ("mask_optional", "MASK"),
+            ("timestep_kf", "TIMESTEP_KEYFRAME"),
+            ("latent_kf_override", "LATENT_KEYFRAME"),
+            ("weights_override", "CONTROL_NET_WEIGHTS"),
+            ("vae_optional", "VAE"),
+        ],
+        "widgets": [("strength", "FLOAT"), ("start_percent", "FLOAT"), ("end_percent", "FLOAT")],
+        "outputs": [("positive", "CONDITIONING"), ("negative", "CONDITIONING")],
+    },
+    "ADE_PromptScheduling": {
+        "title": "Prompt Scheduling 🎭🅐🅓",
+        "inputs": [
+            ("clip", "CLIP"),
+            ("prepend_text", "STRING"),
+            ("append_text", "STRING"),
+            ("values_replace", "VALUES_REPLACE"),
+        ],
+        "widgets": [
+            ("prompts", "STRING"),
+            ("print_schedule", "BOOLEAN"),
+            ("max_length", "INT"),
+            ("tensor_interp", "COMBO"),
+        ],
+        "outputs": [("CONDITIONING", "CONDITIONING")],
+    },
     "MCM_StyleAdapter": {
         "title": "MCM Style Adapter",
         "inputs": [],
@@ -217,10 +302,26 @@ NODE_SCHEMAS: dict[str, dict] = {
     },
 }
 
+#: ADE context options of the long-video workflows: 16-frame windows (the motion module's), overlap 4.
+LONG_CONTEXT = {
+    "context_length": 16,
+    "context_overlap": 4,
+    "fuse_method": "pyramid",
+    "use_on_equal_length": False,
+    "start_percent": 0.0,
+    "guarantee_steps": 1,
+}
+
 # Layout: nodes sit in columns (left -> right = data flow); a column stacks its nodes top to bottom.
 COLUMN_X0, COLUMN_WIDTH, ROW_Y0, ROW_GAP = 40, 400, 60, 80
-NODE_WIDTH = {"CLIPTextEncode": 340, "SaveVideo": 420, "ADE_StandardStaticContextOptions": 340}
-NODE_HEIGHT = {"CLIPTextEncode": 140, "SaveVideo": 460, "LoadVideo": 320}
+NODE_WIDTH = {
+    "CLIPTextEncode": 340,
+    "SaveVideo": 420,
+    "ADE_StandardStaticContextOptions": 340,
+    "ADE_PromptScheduling": 420,
+    "ACN_AdvancedControlNetApply_v2": 340,
+}
+NODE_HEIGHT = {"CLIPTextEncode": 140, "SaveVideo": 460, "LoadVideo": 320, "LoadImage": 320, "ADE_PromptScheduling": 260}
 GROUP_COLOR = "#3f789e"
 
 
@@ -325,7 +426,12 @@ def _save(g: Graph, samples: tuple[int, int], ckpt: int, col: int, prefix: str) 
     g.add("SaveVideo", col + 1, {"filename_prefix": prefix, **VIDEO_FORMAT}, {"video": out(video, 0)}, group="Output")
 
 
-def _custom_sampling(g: Graph, m: dict, latent: int, pos: int, neg: int, steps: int, denoise: float, col: int):
+def _ref(node: int | tuple[int, int]) -> tuple[int, int]:
+    """A node's first output, or an explicit (node, slot)."""
+    return node if isinstance(node, tuple) else out(node, 0)
+
+
+def _custom_sampling(g: Graph, m: dict, latent, pos, neg, steps: int, denoise: float, col: int):
     sched = g.add(
         "MCM_Scheduler", col, {"steps": steps, "denoise": denoise}, {"model": out(m["model"], 0)}, group="Sample"
     )
@@ -336,11 +442,11 @@ def _custom_sampling(g: Graph, m: dict, latent: int, pos: int, neg: int, steps: 
         {"add_noise": True, "noise_seed": SEED, "cfg": 1.0},
         {
             "model": out(m["model"], 0),
-            "positive": out(pos, 0),
-            "negative": out(neg, 0),
+            "positive": _ref(pos),
+            "negative": _ref(neg),
             "sampler": out(sampler, 0),
             "sigmas": out(sched, 0),
-            "latent_image": out(latent, 0),
+            "latent_image": _ref(latent),
         },
         group="Sample",
     )
@@ -422,6 +528,129 @@ def v2v_gen2(name: str) -> Graph:
     return g
 
 
+def _control_video(g: Graph, file: str, col: int, group: str) -> int:
+    """Load Video -> Get Video Components -> Upscale Image to the latent size (512x512, center crop)."""
+    video = g.add("LoadVideo", col, {"file": file}, group=group)
+    frames = g.add("GetVideoComponents", col, {}, {"video": out(video, 0)}, group=group)
+    return g.add(
+        "ImageScale",
+        col,
+        {"upscale_method": "bilinear", "width": 512, "height": 512, "crop": "center"},
+        {"image": out(frames, 0)},
+        group=group,
+    )
+
+
+def control_gen2(name: str, kind: str, strength: float, long: bool = False) -> Graph:
+    """ControlNet-conditioned text-to-video: a preprocessed control video (OpenPose skeletons, depth maps) through
+    a ControlNet on both prompts. 16 frames with core Apply ControlNet; 48 frames in ADE context windows with
+    Advanced-ControlNet, which slices the control frames per window (core ControlNet is not sliced)."""
+    cn_file, video_file = CONTROLNETS[kind]
+    frames = 48 if long else 16
+    what = f"{frames} frames in 16-frame context windows" if long else "16 frames 512x512, 4 MCM steps"
+    g = Graph(name, f"Gen2 {kind}-conditioned text-to-video ({what}): a {kind} video drives a ControlNet, cfg 1.")
+    m = _gen2_models(g, LONG_CONTEXT if long else None)
+    pos, neg = _prompts(g, m["ckpt"], 2)
+    scaled = _control_video(g, video_file, 2, f"Control video ({kind})")
+    cn_type, apply_type = (
+        ("ACN_ControlNetLoaderAdvanced", "ACN_AdvancedControlNetApply_v2")
+        if long
+        else ("ControlNetLoader", "ControlNetApplyAdvanced")
+    )
+    cn = g.add(cn_type, 3, {"cnet" if long else "control_net_name": cn_file}, group="ControlNet")
+    apply = g.add(
+        apply_type,
+        3,
+        {"strength": strength, "start_percent": 0.0, "end_percent": 1.0},
+        {"positive": out(pos, 0), "negative": out(neg, 0), "control_net": out(cn, 0), "image": out(scaled, 0)},
+        group="ControlNet",
+    )
+    latent = g.add("EmptyLatentImage", 3, {"width": 512, "height": 512, "batch_size": frames}, group="ControlNet")
+    sample = _custom_sampling(g, m, latent, out(apply, 0), out(apply, 1), 4, 1.0, 4)
+    _save(g, out(sample, 0), m["ckpt"], 6, f"MCM/{name}")
+    return g
+
+
+def hires_gen2(name: str, scale: float = 1.5, steps: int = 4, denoise: float = 0.5) -> Graph:
+    """Two passes: MCM at 512, latent upscale, a second MCM pass from the lower half of the grid (denoise 0.5:
+    timesteps 499, 379, 259, 139), which refines detail and keeps the first pass's layout and motion."""
+    g = Graph(
+        name,
+        f"Gen2 high resolution: 4 MCM steps at 512x512, latent upscale x{scale:g}, "
+        f"then {steps} MCM steps at denoise {denoise:g} (16 frames, {int(512 * scale)}x{int(512 * scale)}).",
+    )
+    m = _gen2_models(g)
+    pos, neg = _prompts(g, m["ckpt"], 2)
+    latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")
+    first = _custom_sampling(g, m, latent, pos, neg, 4, 1.0, 3)
+    up = g.add(
+        "LatentUpscaleBy",
+        5,
+        {"upscale_method": "bilinear", "scale_by": scale},
+        {"samples": out(first, 0)},
+        title="Upscale Latent By (second pass input)",
+        group="Second pass",
+    )
+    second = _custom_sampling(g, m, up, pos, neg, steps, denoise, 5)
+    _save(g, out(second, 0), m["ckpt"], 7, f"MCM/{name}")
+    return g
+
+
+def i2v_gen2(name: str, frames: int = 16, denoise: float = 0.75) -> Graph:
+    """Image-to-video through the init latent: the image repeated to every frame, encoded and re-sampled at
+    denoise 0.75 (timesteps 739, 559, 379, 199)."""
+    g = Graph(
+        name,
+        f"Gen2 image-to-video: the input image repeated to {frames} frames, encoded and re-sampled with "
+        f"4 MCM steps at denoise {denoise:g} (less denoise keeps more of the picture and gives less motion).",
+    )
+    m = _gen2_models(g)
+    pos, neg = _prompts(g, m["ckpt"], 2)
+    image = g.add("LoadImage", 2, {"image": INPUT_IMAGE}, group="Input image")
+    scaled = g.add(
+        "ImageScale",
+        2,
+        {"upscale_method": "bilinear", "width": 512, "height": 512, "crop": "center"},
+        {"image": out(image, 0)},
+        group="Input image",
+    )
+    repeated = g.add("RepeatImageBatch", 2, {"amount": frames}, {"image": out(scaled, 0)}, group="Input image")
+    latent = g.add("VAEEncode", 3, {}, {"pixels": out(repeated, 0), "vae": out(m["ckpt"], 2)}, group="Sample")
+    sample = _custom_sampling(g, m, latent, pos, neg, 4, denoise, 3)
+    _save(g, out(sample, 0), m["ckpt"], 5, f"MCM/{name}")
+    return g
+
+
+def prompt_travel_gen2(name: str) -> Graph:
+    """ADE's Prompt Scheduling gives one positive conditioning per frame; MCM samples it as any other."""
+    g = Graph(
+        name,
+        "Gen2 prompt travel: ADE Prompt Scheduling changes the positive prompt at frame 8 of 16 "
+        "(interpolated between keyframes); 4 MCM steps, cfg 1.",
+    )
+    m = _gen2_models(g)
+    pos = g.add(
+        "ADE_PromptScheduling",
+        2,
+        {"prompts": TRAVEL_PROMPTS, "print_schedule": False, "max_length": 16, "tensor_interp": "lerp"},
+        {"clip": out(m["ckpt"], 1)},
+        title="Positive prompt schedule",
+        group="Prompt",
+    )
+    neg = g.add(
+        "CLIPTextEncode",
+        2,
+        {"text": NEGATIVE},
+        {"clip": out(m["ckpt"], 1)},
+        title="Negative prompt (unused at cfg 1)",
+        group="Prompt",
+    )
+    latent = g.add("EmptyLatentImage", 2, {"width": 512, "height": 512, "batch_size": 16}, group="Prompt")
+    sample = _custom_sampling(g, m, latent, pos, neg, 4, 1.0, 3)
+    _save(g, out(sample, 0), m["ckpt"], 5, f"MCM/{name}")
+    return g
+
+
 WORKFLOWS = {
     "mcm_t2v_gen2_4step": lambda n: t2v_gen2(
         n,
@@ -438,17 +667,16 @@ WORKFLOWS = {
         n,
         4,
         frames=48,
-        context={
-            "context_length": 16,
-            "context_overlap": 4,
-            "fuse_method": "pyramid",
-            "use_on_equal_length": False,
-            "start_percent": 0.0,
-            "guarantee_steps": 1,
-        },
+        context=LONG_CONTEXT,
         description="Gen2 long video: 48 frames sampled in sliding 16-frame context windows (overlap 4).",
     ),
     "mcm_v2v_gen2": v2v_gen2,
+    "mcm_pose_gen2_4step": lambda n: control_gen2(n, "pose", 1.0),
+    "mcm_depth_gen2_4step": lambda n: control_gen2(n, "depth", 0.8),
+    "mcm_pose_long_acn": lambda n: control_gen2(n, "pose", 1.0, long=True),
+    "mcm_hires_gen2_4step": hires_gen2,
+    "mcm_i2v_gen2": i2v_gen2,
+    "mcm_prompt_travel_gen2": prompt_travel_gen2,
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -36,10 +37,15 @@ from ui_check import broken_copies, validate_ui, with_appended_output  # noqa: E
 
 HOST_CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
 HOST_MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")
+HOST_CONTROLNET = os.environ.get("MCM_HOST_CONTROLNET", "rand_cn_sd15.safetensors")
 ADAPTER_LABEL = "animatediff-webvid"
 SIZE, FRAMES, LONG_FRAMES = 64, 8, 24
 LONG_STEPS = 2  # the context-window run (4 windows of 8 frames per step); the step workflows cover 4 and 8 steps
 VIDEO_NAME = "mcm_test_input.mp4"
+POSE_VIDEO_NAME = "mcm_test_pose.mp4"  # LONG_FRAMES frames: the 8-frame control workflows use its first 8
+IMAGE_NAME = "mcm_test_input.png"
+#: The full-size workflows' frame count (the prompt-travel keyframes are given for it).
+SHIPPED_FRAMES = 16
 #: Run order (others follow, sorted): consecutive prompts share cached loaders and patched models.
 RUN_ORDER = [
     "mcm_t2v_gen1_4step",
@@ -49,7 +55,13 @@ RUN_ORDER = [
     "mcm_t2v_gen2_8step",
     "mcm_t2v_gen2_ksampler",
     "mcm_v2v_gen2",
+    "mcm_i2v_gen2",
+    "mcm_hires_gen2_4step",
+    "mcm_prompt_travel_gen2",
+    "mcm_pose_gen2_4step",
+    "mcm_depth_gen2_4step",
     "mcm_long_video_context",
+    "mcm_pose_long_acn",
 ]
 
 
@@ -69,6 +81,11 @@ def template_listing(client: Client, ui_workflows: dict) -> dict:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _scaled_keyframes(prompts: str, frames: int) -> str:
+    """An ADE prompt schedule (`"0": "...", "8": "..."`) for `frames` instead of SHIPPED_FRAMES frames."""
+    return re.sub(r'^(\s*)"(\d+)"', lambda m: f'{m[1]}"{int(m[2]) * frames // SHIPPED_FRAMES}"', prompts, flags=re.M)
+
+
 def shrink(prompt: dict, name: str) -> tuple[dict, int]:
     """A CPU-sized copy of an API prompt, and the frame count it should save."""
     p = small_prompt(prompt, name)
@@ -80,8 +97,12 @@ SMALL_INPUTS = {
     "CheckpointLoaderSimple": {"ckpt_name": HOST_CKPT},
     "ADE_LoadAnimateDiffModel": {"model_name": HOST_MOTION},
     "ADE_AnimateDiffLoaderGen1": {"model_name": HOST_MOTION},
+    "ControlNetLoader": {"control_net_name": HOST_CONTROLNET},
+    "ACN_ControlNetLoaderAdvanced": {"cnet": HOST_CONTROLNET},
     "ADE_StandardStaticContextOptions": {"context_length": 8, "context_overlap": 2},
     "ImageScale": {"width": SIZE, "height": SIZE},
+    "LoadImage": {"image": IMAGE_NAME},
+    "RepeatImageBatch": {"amount": FRAMES},
     "MCM_StyleAdapter": {"adapter": ADAPTER_LABEL},
 }
 
@@ -91,6 +112,7 @@ def small_prompt(prompt: dict, name: str) -> dict:
     p = copy.deepcopy(prompt)
     types = {n["class_type"] for n in p.values()}
     long_video = "ADE_StandardStaticContextOptions" in types
+    controlled = bool(types & {"ControlNetLoader", "ACN_ControlNetLoaderAdvanced"})
     for node in p.values():
         ct, inputs = node["class_type"], node["inputs"]
         inputs.update(SMALL_INPUTS.get(ct, {}))
@@ -99,18 +121,28 @@ def small_prompt(prompt: dict, name: str) -> dict:
         elif ct in ("MCM_Scheduler", "MCM_KSampler") and long_video:
             inputs["steps"] = LONG_STEPS
         elif ct == "LoadVideo":
-            inputs["file"] = VIDEO_NAME
+            inputs["file"] = POSE_VIDEO_NAME if controlled else VIDEO_NAME
+        elif ct == "ADE_PromptScheduling":
+            inputs.update(prompts=_scaled_keyframes(inputs["prompts"], FRAMES), max_length=FRAMES)
         elif ct == "SaveVideo":
             inputs["filename_prefix"] = f"mcmtest/{name}"
     return p
 
 
 def expected_output(p: dict) -> dict:
-    """Frame count and [width, height] the saved video of a shrunk prompt must have: the latent's frames (in
-    video-to-video, the input video's) at the shrunk size."""
+    """Frame count and [width, height] the saved video of a shrunk prompt must have: the latent's frames (or the
+    input video's, or the repeated image's), its size times any latent upscale."""
     by_type = {n["class_type"]: n["inputs"] for n in p.values()}
-    frames = by_type["EmptyLatentImage"]["batch_size"] if "EmptyLatentImage" in by_type else FRAMES
-    return {"frames": frames, "size": [SIZE, SIZE]}
+    if "EmptyLatentImage" in by_type:
+        frames = by_type["EmptyLatentImage"]["batch_size"]
+    elif "RepeatImageBatch" in by_type:
+        frames = by_type["RepeatImageBatch"]["amount"]
+    else:  # video-to-video: every frame of the input video
+        frames = FRAMES
+    side = SIZE
+    if "LatentUpscaleBy" in by_type:
+        side = round(SIZE // 8 * by_type["LatentUpscaleBy"]["scale_by"]) * 8
+    return {"frames": frames, "size": [side, side]}
 
 
 def moving_square(i: int, frames: int, size: int):
@@ -123,6 +155,38 @@ def moving_square(i: int, frames: int, size: int):
     img[..., 2] = (yy * 255 // size).astype(np.uint8)
     x0 = 4 + i * (size - 24) // max(frames - 1, 1)
     img[20:40, x0 : x0 + 16] = 255
+    return img
+
+
+def stick_figure(i: int, frames: int, size: int):
+    """Frame i of a pose-like video: coloured limbs of a stick figure on black, waving its arms (RGB uint8)."""
+    import numpy as np
+
+    img = np.zeros((size, size, 3), np.uint8)
+    c = size / 2
+    swing = np.sin(2 * np.pi * i / max(frames, 1))
+    joints = {
+        "head": (c, size * 0.2),
+        "neck": (c, size * 0.32),
+        "hip": (c, size * 0.6),
+        "hand_l": (c - size * 0.25, size * (0.35 - 0.15 * swing)),
+        "hand_r": (c + size * 0.25, size * (0.35 + 0.15 * swing)),
+        "foot_l": (c - size * 0.15, size * 0.9),
+        "foot_r": (c + size * 0.15, size * 0.9),
+    }
+    limbs = [
+        ("head", "neck", (255, 0, 0)),
+        ("neck", "hip", (255, 170, 0)),
+        ("neck", "hand_l", (0, 255, 0)),
+        ("neck", "hand_r", (0, 170, 255)),
+        ("hip", "foot_l", (170, 0, 255)),
+        ("hip", "foot_r", (255, 0, 170)),
+    ]
+    for a, b, colour in limbs:
+        (x0, y0), (x1, y1) = joints[a], joints[b]
+        for t in np.linspace(0.0, 1.0, 2 * size):
+            x, y = int(round(x0 + t * (x1 - x0))), int(round(y0 + t * (y1 - y0)))
+            img[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2] = colour
     return img
 
 
@@ -147,6 +211,13 @@ def make_input_video(path: Path, frames: int = FRAMES, size: int = SIZE, draw=mo
         except Exception as e:  # codec not in this PyAV build: try the next
             last_error = e
     raise RuntimeError(f"could not write a test video: {last_error}")
+
+
+def make_input_image(path: Path, width: int = SIZE + SIZE // 2, height: int = SIZE) -> None:
+    """A wider-than-square PNG (Upscale Image crops its centre): the first frame of the moving-square video."""
+    from PIL import Image
+
+    Image.fromarray(moving_square(0, 1, width)[:height]).save(path)
 
 
 def saved_files(entry: dict, output_dir: Path) -> list[Path]:
@@ -397,6 +468,8 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
     try:
         results["load_average_at_start"] = list(os.getloadavg())
         results["input_video_codec"] = make_input_video(server.input_dir / VIDEO_NAME)
+        make_input_video(server.input_dir / POSE_VIDEO_NAME, LONG_FRAMES, draw=stick_figure)
+        make_input_image(server.input_dir / IMAGE_NAME)
         results["startup_seconds"] = round(server.start(), 2)
         client = Client(server.port)
         object_info = check_registration(client, results)

@@ -21,6 +21,8 @@ FILE_COMBOS = {
     "video",
     "vae_name",
     "lora_name",
+    "control_net_name",
+    "cnet",
 }
 #: A V3 dynamic combo (0.33: Save Video's format): a combo whose chosen option brings its own inputs, whose
 #: widgets follow the combo's in widgets_values.
