@@ -47,15 +47,75 @@ def data_dir() -> Path:
     return target
 
 
+STEPS = (1, 2, 4)
+
+
 @pytest.fixture(scope="module")
-def report():
+def trained(tmp_path_factory, toy_data):
+    """A tiny ModelScope-architecture run with validation at its last step, and what the host needs to sample its
+    validation again: the teacher's UNet (a diffusers folder), the exported adapter, and the validation's inputs
+    (text embedding, starting noise and re-noising draws of each prompt, drawn as training/validation.py draws them).
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from tests.tiny_runs import tiny_run_flags
+    from training import distill
+    from training.models import tiny_teacher
+    from training.validation import DEFAULT_PROMPTS
+
+    tmp = tmp_path_factory.mktemp("ms-trained")
+    flags = ["--teacher", "tiny-modelscope", "--checkpointing-steps", "2", "--no-disc", "--max-train-steps", "2"]
+    args = distill.parse_args(tiny_run_flags(tmp / "runs", toy_data, *flags, "--validation-steps", "2"))
+    run = distill.train(args, teacher=tiny_teacher("modelscope"))
+    teacher = tiny_teacher("modelscope")  # the same seeded weights the run started from
+    out = tmp / "host"
+    for part in ("unet", "vae", "text_encoder"):  # a whole diffusers folder, as users copy it
+        getattr(teacher, part).save_pretrained(out / "text2video" / "tiny-ms" / part)
+    (out / "mcm").mkdir(parents=True)
+    shutil.copy(run / "checkpoint-2" / "adapter.safetensors", out / "mcm" / "tiny-ms.safetensors")
+    inputs = {}
+    for seed, prompt in enumerate(DEFAULT_PROMPTS):
+        with torch.no_grad():
+            cond = teacher.text_encoder(teacher.tokenizer([prompt]))[0]
+        for steps in STEPS:
+            g = torch.Generator().manual_seed(seed)
+            key = f"{steps}-{seed}"
+            latent = args.resolution // teacher.vae_downsample
+            shape = (1, teacher.latent_channels, args.num_frames, latent, latent)
+            inputs[f"z.{key}"] = torch.randn(shape, generator=g)
+            for i in range(steps - 1):
+                inputs[f"renoise.{key}.{i}"] = torch.randn(shape, generator=g)
+            inputs[f"cond.{key}"] = cond.clone()
+    save_file(inputs, str(out / "inputs.safetensors"))
+    strips = {
+        steps: np.asarray(Image.open(run / "validation" / "step-2" / f"mcm-{steps}-step.png").convert("RGB"))
+        for steps in STEPS
+    }
+    return {
+        "dir": out,
+        "teacher": teacher,
+        "strips": strips,
+        "prompts": len(DEFAULT_PROMPTS),
+        "frames": args.num_frames,
+    }
+
+
+@pytest.fixture(scope="module")
+def report(trained):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if os.environ.get("COMFYUI_PYTHONPATH"):
         env["PYTHONPATH"] = os.environ["COMFYUI_PYTHONPATH"]
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     sd = CKPT if (Path(COMFYUI_DIR) / "models" / "checkpoints" / CKPT).exists() else ""
     proc = subprocess.run(
-        [python, str(ROOT / "tests" / "host" / "check_modelscope.py"), COMFYUI_DIR, str(ROOT), str(data_dir()), sd],
+        [
+            python,
+            str(ROOT / "tests" / "host" / "check_modelscope.py"),
+            *(COMFYUI_DIR, str(ROOT), str(data_dir()), sd, str(trained["dir"])),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -73,8 +133,12 @@ def _no_failure(report, part):
 def test_the_loader_builds_the_full_size_network_as_a_comfyui_model(report):
     _no_failure(report, "nodes")
     assert "MCM_ModelScopeLoader" in report["registered"]
-    # the diffusers folder's UNet and the original .pth are listed; its other parts (text encoder, VAE) are not
-    assert report["listed"] == ["ms-rand-original.pth", "ms-rand/unet/diffusion_pytorch_model.safetensors"]
+    # the diffusers folders' UNets and the original .pth are listed; their other parts (text encoder, VAE) are not
+    assert report["listed"] == [
+        "ms-rand-original.pth",
+        "ms-rand/unet/diffusion_pytorch_model.safetensors",
+        "tiny-ms/unet/diffusion_pytorch_model.safetensors",
+    ]
     model = report["model"]
     assert model["network"] == "ModelScopeDiffusionModel" and model["config"] == "ModelScopeT2V"
     assert model["parameters"] == MS_1_7B_PARAMETERS
@@ -159,3 +223,26 @@ def test_bad_inputs_give_one_clear_line(report, case, expected):
 def test_bad_inputs_write_nothing(report):
     _no_failure(report, "errors")
     assert report["errors"]["nothing_written"]
+
+
+def test_a_trained_modelscope_adapter_samples_what_the_trainers_validation_sampled(report, trained):
+    """What is trained is what is sampled: a tiny ModelScope run's exported adapter, loaded by the nodes onto its
+    teacher's UNet and sampled from the validation's noise (MCM Scheduler + MCM Sampler, cfg 1), decodes to the
+    validation's own pictures (uint8, within 1) at 1, 2 and 4 steps."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from training.sampling import decode_to_frames
+
+    _no_failure(report, "trained")
+    got = load_file(trained["dir"] / "comfyui.safetensors")
+    teacher, frames = trained["teacher"], trained["frames"]
+    assert len(got) == len(STEPS) * trained["prompts"]
+    for steps in STEPS:
+        strip = trained["strips"][steps]
+        for seed in range(trained["prompts"]):
+            with torch.no_grad():
+                video = decode_to_frames(teacher.vae, got[f"{steps}-{seed}"], teacher.scaling_factor)[0]
+            row = strip[seed * 16 : (seed + 1) * 16].reshape(16, frames, 16, 3).transpose(1, 0, 2, 3)
+            assert np.abs(row.astype(int) - video.astype(int)).max() <= 1, (steps, seed)

@@ -2,8 +2,11 @@
 sampling nodes against diffusers (UNet3DConditionModel from the same folder, the PEFT adapter merged by peft, its
 own LCMScheduler with the ms-1.7b schedule and timestep scaling 4, the same noise), on full-size random weights.
 
-usage: python check_modelscope.py COMFYUI_DIR PACKAGE_DIR DATA_DIR [SD_CHECKPOINT]
-DATA_DIR is what make_modelscope.py (and make_adapters.py, for the AnimateDiff adapter) wrote. Prints one JSON line.
+usage: python check_modelscope.py COMFYUI_DIR PACKAGE_DIR DATA_DIR [SD_CHECKPOINT [TRAINED_DIR]]
+DATA_DIR is what make_modelscope.py wrote. TRAINED_DIR (optional) holds a tiny trained run's teacher UNet
+(text2video/tiny-ms/unet/), its exported adapter (mcm/tiny-ms.safetensors) and the trainer's validation inputs
+(inputs.safetensors: text embeddings, starting noise and re-noising draws); the samples the nodes give for them are
+written to TRAINED_DIR/comfyui.safetensors for the test to decode. Prints one JSON line.
 CPU-sized: 64 px, 8 frames, 1 and 4 steps, cfg 1 and 2. Errors are max |ours - reference| / max |reference| on the
 latents the UNet sees (the sample before the VAE's scaling). One big model at a time: ComfyUI's samples first,
 then ComfyUI's model is freed and the diffusers reference built.
@@ -278,7 +281,42 @@ def check_errors(M, model, data_dir, sd_checkpoint, out):
     out["errors"] = errors
 
 
-def main(comfy_dir: str, package_dir: str, data_dir: str, sd_checkpoint: str | None) -> dict:
+def check_trained(M, trained_dir: str, out):
+    """The trainer's validation inputs through Load ModelScope T2V Model + MCM Style Adapter + Load MCM LoRA + MCM
+    Scheduler and MCM Sampler (its noise sampler handed the validation's re-noising draws), cfg 1."""
+    import comfy.sample
+    import comfy.samplers
+    import folder_paths
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for folder in ("text2video", "mcm"):
+        folder_paths.add_model_folder_path(folder, os.path.join(trained_dir, folder), is_default=True)
+    model = run_node(M["MCM_ModelScopeLoader"], "tiny-ms/unet/diffusion_pytorch_model.safetensors", "default")[0]
+    selected = run_node(M["MCM_StyleAdapter"], "tiny-ms.safetensors", AUTO_BETAS)[0]
+    patched = run_node(M["MCM_LoraLoader"], model, selected, 1.0, 1.0, True, "auto")[0]
+    inputs = load_file(os.path.join(trained_dir, "inputs.safetensors"))
+    sampler = run_node(M["MCM_Sampler"])[0]
+    frames = lambda video: video[0].transpose(0, 1).contiguous()  # noqa: E731  (1, c, f, h, w) -> (f, c, h, w)
+    results = {}
+    for key in sorted(k.removeprefix("z.") for k in inputs if k.startswith("z.")):
+        steps, _ = key.split("-")
+        draws = [inputs[f"renoise.{key}.{i}"] for i in range(int(steps) - 1)]
+        ks = comfy.samplers.KSAMPLER(
+            sampler.sampler_function, {**sampler.extra_options, "noise_sampler": lambda *_, d=draws: frames(d.pop(0))}
+        )
+        sigmas = run_node(M["MCM_Scheduler"], patched, int(steps), 1.0)[0]
+        z = frames(inputs[f"z.{key}"])
+        cond = [[inputs[f"cond.{key}"], {}]]
+        latent = torch.zeros_like(z)
+        samples = comfy.sample.sample_custom(patched, z, 1.0, ks, sigmas, cond, cond, latent, disable_pbar=True)
+        video = patched.model.process_latent_in(samples).transpose(0, 1).unsqueeze(0)
+        results[key] = video.contiguous()
+    save_file(results, os.path.join(trained_dir, "comfyui.safetensors"))
+    out["trained"] = {"samples": sorted(results), "layers": len(selected.adapter.layers)}
+
+
+def main(comfy_dir: str, package_dir: str, data_dir: str, sd_checkpoint: str | None, trained: str | None) -> dict:
     M = start_host(comfy_dir, package_dir, data_dir)
     out = {"registered": sorted(k for k in M if k.startswith("MCM_")), "seconds": {}}
     state = {}
@@ -313,7 +351,12 @@ def main(comfy_dir: str, package_dir: str, data_dir: str, sd_checkpoint: str | N
     def original_part():
         check_original_layout(M, data_dir, out)
 
+    def trained_part():
+        if trained:
+            check_trained(M, trained, out)
+
     for name, fn in [
+        ("trained", trained_part),
         ("nodes", nodes_part),
         ("sampling", sampling_part),
         ("text_vae", text_vae_part),
@@ -334,5 +377,6 @@ def main(comfy_dir: str, package_dir: str, data_dir: str, sd_checkpoint: str | N
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     comfy_dir, package_dir, data_dir = sys.argv[1:4]
-    sd_checkpoint = sys.argv[4] if len(sys.argv) > 4 else None
-    print(json.dumps(main(comfy_dir, package_dir, data_dir, sd_checkpoint), default=str))
+    sd_checkpoint = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
+    trained = sys.argv[5] if len(sys.argv) > 5 else None
+    print(json.dumps(main(comfy_dir, package_dir, data_dir, sd_checkpoint, trained), default=str))
