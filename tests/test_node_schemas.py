@@ -89,7 +89,8 @@ def _check_widget(widget, value, name, node_type):
     where = f"{name}: {node_type}.{widget.id} = {value!r}"
     opts = widget.options
     if widget.io_type == "COMBO":
-        assert widget.id == "adapter" or value in opts["options"], where  # the adapter list is the user's files
+        # the adapter and UNet lists are the user's files
+        assert widget.id in ("adapter", "unet_name") or value in opts["options"], where
     elif widget.io_type in ("INT", "FLOAT"):
         assert isinstance(value, (int, float)) and opts["min"] <= value <= opts["max"], where
     elif widget.io_type == "BOOLEAN":

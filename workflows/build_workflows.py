@@ -36,6 +36,13 @@ TRAVEL_PROMPTS = (
     '"0": "a red panda eating bamboo in a sunlit spring forest, high quality",\n'
     '"8": "a red panda eating bamboo in a snowy winter forest, falling snow, high quality"'
 )
+#: ModelScope T2V (text-to-video-ms-1.7b): the UNet as its diffusers folder in models/text2video, the text encoder
+#: (SD 2.x's OpenCLIP-H) and the VAE (the SD KL-f8 VAE) from the same repository, renamed, in their model folders.
+MODELSCOPE_UNET = "text-to-video-ms-1.7b/unet/diffusion_pytorch_model.safetensors"
+MODELSCOPE_CLIP = "text-to-video-ms-1.7b_text_encoder.safetensors"
+MODELSCOPE_VAE = "text-to-video-ms-1.7b_vae.safetensors"
+MODELSCOPE_ADAPTER = "modelscopet2v-anime"
+MODELSCOPE_POSITIVE = "an anime girl with long silver hair walking through a field of flowers, wind, high quality"
 POSITIVE = "a red panda eating bamboo in a sunlit forest, gentle wind in the leaves, high quality"
 NEGATIVE = "blurry, low quality, watermark, text"
 SEED = 42
@@ -289,6 +296,24 @@ NODE_SCHEMAS: dict[str, dict] = {
         "widgets": [],
         "outputs": [("SAMPLER", "SAMPLER")],
     },
+    "MCM_ModelScopeLoader": {
+        "title": "Load ModelScope T2V Model",
+        "inputs": [],
+        "widgets": [("unet_name", "COMBO"), ("weight_dtype", "COMBO")],
+        "outputs": [("MODEL", "MODEL")],
+    },
+    "CLIPLoader": {
+        "title": "Load CLIP",
+        "inputs": [],
+        "widgets": [("clip_name", "COMBO"), ("type", "COMBO"), ("device", "COMBO")],
+        "outputs": [("CLIP", "CLIP")],
+    },
+    "VAELoader": {
+        "title": "Load VAE",
+        "inputs": [],
+        "widgets": [("vae_name", "COMBO")],
+        "outputs": [("VAE", "VAE")],
+    },
     "MCM_KSampler": {
         "title": "MCM KSampler",
         "inputs": [
@@ -419,9 +444,10 @@ def _prompts(g: Graph, ckpt: int, col: int) -> tuple[int, int]:
     return pos, neg
 
 
-def _save(g: Graph, samples: tuple[int, int], ckpt: int, col: int, prefix: str) -> None:
-    """VAE Decode -> Create Video (8 fps) -> Save Video (H.264 mp4 in output/MCM/)."""
-    decode = g.add("VAEDecode", col, {}, {"samples": samples, "vae": out(ckpt, 2)}, group="Output")
+def _save(g: Graph, samples: tuple[int, int], ckpt: int, col: int, prefix: str, vae: tuple | None = None) -> None:
+    """VAE Decode (the checkpoint's VAE unless ``vae``) -> Create Video (8 fps) -> Save Video (H.264 mp4 in
+    output/MCM/)."""
+    decode = g.add("VAEDecode", col, {}, {"samples": samples, "vae": vae or out(ckpt, 2)}, group="Output")
     video = g.add("CreateVideo", col, {"fps": FPS}, {"images": out(decode, 0)}, group="Output")
     g.add("SaveVideo", col + 1, {"filename_prefix": prefix, **VIDEO_FORMAT}, {"video": out(video, 0)}, group="Output")
 
@@ -651,6 +677,46 @@ def prompt_travel_gen2(name: str) -> Graph:
     return g
 
 
+def modelscope_t2v(name: str, steps: int, adapter: str = MODELSCOPE_ADAPTER) -> Graph:
+    g = Graph(
+        name,
+        f"ModelScope T2V text-to-video with an MCM style adapter: 16 frames 256x256, {steps} MCM step"
+        f"{'s' if steps > 1 else ''}, cfg 1.",
+    )
+    unet = g.add("MCM_ModelScopeLoader", 0, {"unet_name": MODELSCOPE_UNET, "weight_dtype": "default"}, group="Models")
+    clip = g.add(
+        "CLIPLoader",
+        0,
+        {"clip_name": MODELSCOPE_CLIP, "type": "stable_diffusion", "device": "default"},
+        group="Models",
+    )
+    vae = g.add("VAELoader", 0, {"vae_name": MODELSCOPE_VAE}, group="Models")
+    style = g.add(
+        "MCM_StyleAdapter", 0, {"adapter": adapter, "beta_schedule": "auto (from the adapter)"}, group="Models"
+    )
+    lora = g.add("MCM_LoraLoader", 1, LORA_WIDGETS, {"model": out(unet, 0), "mcm_adapter": out(style, 0)}, group="MCM")
+    pos = g.add(
+        "CLIPTextEncode",
+        2,
+        {"text": MODELSCOPE_POSITIVE},
+        {"clip": out(clip, 0)},
+        title="Positive prompt",
+        group="Prompt",
+    )
+    neg = g.add(
+        "CLIPTextEncode",
+        2,
+        {"text": NEGATIVE},
+        {"clip": out(clip, 0)},
+        title="Negative prompt (unused at cfg 1)",
+        group="Prompt",
+    )
+    latent = g.add("EmptyLatentImage", 2, {"width": 256, "height": 256, "batch_size": 16}, group="Prompt")
+    sample = _custom_sampling(g, {"model": lora}, latent, pos, neg, steps, 1.0, 3)
+    _save(g, out(sample, 0), unet, 5, f"MCM/{name}", vae=out(vae, 0))
+    return g
+
+
 WORKFLOWS = {
     "mcm_t2v_gen2_4step": lambda n: t2v_gen2(
         n,
@@ -677,6 +743,9 @@ WORKFLOWS = {
     "mcm_hires_gen2_4step": hires_gen2,
     "mcm_i2v_gen2": i2v_gen2,
     "mcm_prompt_travel_gen2": prompt_travel_gen2,
+    "mcm_modelscope_t2v_4step": lambda n: modelscope_t2v(n, 4),
+    "mcm_modelscope_t2v_2step": lambda n: modelscope_t2v(n, 2),
+    "mcm_modelscope_t2v_1step": lambda n: modelscope_t2v(n, 1),
 }
 
 

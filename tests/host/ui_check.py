@@ -23,6 +23,8 @@ FILE_COMBOS = {
     "lora_name",
     "control_net_name",
     "cnet",
+    "unet_name",
+    "clip_name",
 }
 #: A V3 dynamic combo (0.33: Save Video's format): a combo whose chosen option brings its own inputs, whose
 #: widgets follow the combo's in widgets_values.
