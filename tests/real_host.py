@@ -3,7 +3,9 @@ environment (see tests/README.md), their markers, and the setup both take before
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +52,29 @@ def make_adapters(folder: Path) -> Path:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return folder
+
+
+#: What writes the random ModelScope files (tests/host/make_modelscope.py): the cache key of :func:`modelscope_data`.
+MODELSCOPE_WRITERS = [
+    ROOT / "tests" / "host" / "make_modelscope.py",
+    ROOT / "tests" / "host" / "make_adapters.py",
+    ROOT / "tests" / "modelscope_layout.py",
+]
+
+
+def modelscope_data() -> Path:
+    """Random full-size ModelScope T2V files (tests/host/make_modelscope.py: a UNet folder and its .pth, an official
+    layout adapter, SD 2.x's text encoder, the SD VAE). ~12 GB and 1-3 minutes to write, so they are kept under
+    ~/.cache/comfyui-mcm-tests (MCM_TEST_CACHE), written once per version of the scripts that write them."""
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in MODELSCOPE_WRITERS)).hexdigest()[:12]
+    cache = Path(os.environ.get("MCM_TEST_CACHE", Path.home() / ".cache" / "comfyui-mcm-tests"))
+    target = cache / f"modelscope-{key}"
+    if not target.is_dir():
+        cache.mkdir(parents=True, exist_ok=True)
+        for old in cache.glob("modelscope-*"):  # earlier versions: 12 GB each
+            shutil.rmtree(old, ignore_errors=True)
+        proc = subprocess.run(
+            [sys.executable, str(MODELSCOPE_WRITERS[0]), str(target)], capture_output=True, text=True, timeout=1800
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return target

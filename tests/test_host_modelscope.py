@@ -10,7 +10,6 @@ Costs ~3 minutes per host (two 1.4-billion-parameter models, one at a time; ~12 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,31 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.real_host import CKPT, COMFYUI_DIR, MARKS, ROOT
+from tests.real_host import CKPT, COMFYUI_DIR, MARKS, ROOT, modelscope_data
 
 pytestmark = MARKS
 
-WRITERS = [ROOT / "tests" / "host" / n for n in ("make_modelscope.py", "make_adapters.py")]
-WRITERS.append(ROOT / "tests" / "modelscope_layout.py")
 CASES = ["1@cfg1", "4@cfg1", "1@cfg2", "4@cfg2"]
 #: diffusers' UNet3DConditionModel() (the ms-1.7b config): its parameter count.
 MS_1_7B_PARAMETERS = 1_411_233_860
-
-
-def data_dir() -> Path:
-    """The random ModelScope files, written once per version of the scripts that write them."""
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in WRITERS)).hexdigest()[:12]
-    cache = Path(os.environ.get("MCM_TEST_CACHE", Path.home() / ".cache" / "comfyui-mcm-tests"))
-    target = cache / f"modelscope-{key}"
-    if not target.is_dir():
-        cache.mkdir(parents=True, exist_ok=True)
-        for old in cache.glob("modelscope-*"):  # earlier versions: 12 GB each
-            shutil.rmtree(old, ignore_errors=True)
-        proc = subprocess.run(
-            [sys.executable, str(WRITERS[0]), str(target)], capture_output=True, text=True, timeout=1800
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    return target
 
 
 STEPS = (1, 2, 4)
@@ -114,7 +95,7 @@ def report(trained):
         [
             python,
             str(ROOT / "tests" / "host" / "check_modelscope.py"),
-            *(COMFYUI_DIR, str(ROOT), str(data_dir()), sd, str(trained["dir"])),
+            *(COMFYUI_DIR, str(ROOT), str(modelscope_data()), sd, str(trained["dir"])),
         ],
         env=env,
         capture_output=True,

@@ -4,8 +4,9 @@ Set COMFYUI_DIR (and COMFYUI_PYTHON, COMFYUI_PYTHONPATH as for tests/test_host.p
 registry and this package in process (no model, no server) via tests/host/dump_node_info.py.
 
 tests/host/object_info_v1_nodes.json holds the ``/object_info`` entries of the V1 nodes (before the V3
-port, recorded on ComfyUI 0.8.0): saved UI workflows store widget values by position and links by name,
-so input names, their order, their widget options and the outputs must stay exactly as they were.
+port, recorded on ComfyUI 0.8.0) and of each node added since, as first shipped: saved UI workflows store
+widget values by position and links by name, so input names, their order, their widget options and the
+outputs must stay exactly as they were.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _inputs(info: dict) -> dict:
                 kind, opts["options"] = "COMBO", kind
             if kind == "COMBO" and opts.get("multiselect") is False:
                 del opts["multiselect"]
-            if name == "adapter":  # the user's installed files
+            if name in ("adapter", "unet_name"):  # the user's installed files
                 opts.pop("options", None)
             out[(section, name)] = (kind, opts)
     return out

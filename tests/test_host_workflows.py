@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.real_host import ALL_NODES, COMFYUI_DIR, MARKS, ROOT, make_adapters, skip_without_models
+from tests.real_host import ALL_NODES, COMFYUI_DIR, MARKS, ROOT, make_adapters, modelscope_data, skip_without_models
 
 UI_NAMES = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
 API_NAMES = sorted(p.stem for p in (ROOT / "workflows" / "api").glob("*.json"))
@@ -34,7 +34,7 @@ def report(tmp_path_factory):
     out = tmp / "report.json"
     script = ROOT / "tests" / "host" / "run_workflows.py"
     proc = subprocess.run(
-        [python, str(script), COMFYUI_DIR, str(ROOT), str(adapters), str(out)],
+        [python, str(script), COMFYUI_DIR, str(ROOT), str(adapters), str(out), str(modelscope_data())],
         env=env,
         capture_output=True,
         text=True,

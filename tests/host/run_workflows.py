@@ -1,6 +1,6 @@
 """Run the shipped workflows in a real ComfyUI server (+ AnimateDiff-Evolved) on the CPU and record the results.
 
-usage: python run_workflows.py COMFYUI_DIR PACKAGE_DIR ADAPTER_DIR OUT_JSON
+usage: python run_workflows.py COMFYUI_DIR PACKAGE_DIR ADAPTER_DIR OUT_JSON [MODELSCOPE_DIR]
 
 Run it with the ComfyUI environment's Python (stdlib + what that environment has: PIL, av). It starts
 `main.py --cpu` (server.py) with a custom_nodes folder holding only a link to PACKAGE_DIR and `mcm: ADAPTER_DIR`,
@@ -9,7 +9,9 @@ then:
   b. validates every UI workflow in PACKAGE_DIR/workflows/*.json against /object_info (ui_check.py);
   c. runs every API workflow in PACKAGE_DIR/workflows/api/ shrunk for the CPU (64 px, 8 frames, the host's
      random-weight model files and ControlNet, generated input video, pose video and image) and reads the saved
-     mp4 back (container, codec, frame count, size, frame rate);
+     mp4 back (container, codec, frame count, size, frame rate); the ModelScope workflows run on the random
+     full-size files of MODELSCOPE_DIR (tests/host/make_modelscope.py), after the server was asked to free the
+     models of the others (POST /free);
   d. submits bad inputs (HTTP 400s and one runtime failure) and a valid prompt afterwards;
   e. stops the server and writes everything to OUT_JSON.
 Exits 0 even when checks fail (tests/test_host_workflows.py asserts on OUT_JSON); non-zero only on bad usage.
@@ -39,6 +41,15 @@ HOST_CKPT = os.environ.get("MCM_HOST_CHECKPOINT", "rand_sd15.safetensors")
 HOST_MOTION = os.environ.get("MCM_HOST_MOTION_MODEL", "rand_mm_v2.safetensors")
 HOST_CONTROLNET = os.environ.get("MCM_HOST_CONTROLNET", "rand_cn_sd15.safetensors")
 ADAPTER_LABEL = "animatediff-webvid"
+#: The random ModelScope files (tests/host/make_modelscope.py) the ModelScope workflows run on, held in fp16 (the
+#: compute is float32 on the CPU either way; the server then needs half the memory for the 1.4B UNet).
+MODELSCOPE_INPUTS = {
+    "MCM_ModelScopeLoader": {"unet_name": "ms-rand/unet/diffusion_pytorch_model.safetensors", "weight_dtype": "fp16"},
+    "CLIPLoader": {"clip_name": "rand_clip_h.safetensors"},
+    "VAELoader": {"vae_name": "rand_sd_vae.safetensors"},
+    "MCM_StyleAdapter": {"adapter": "modelscopet2v-anime"},
+}
+MODELSCOPE_FOLDERS = ("text2video", "text_encoders", "vae", "mcm")
 SIZE, FRAMES, LONG_FRAMES = 64, 8, 24
 LONG_STEPS = 2  # the context-window run (4 windows of 8 frames per step); the step workflows cover 4 and 8 steps
 VIDEO_NAME = "mcm_test_input.mp4"
@@ -113,9 +124,12 @@ def small_prompt(prompt: dict, name: str) -> dict:
     types = {n["class_type"] for n in p.values()}
     long_video = "ADE_StandardStaticContextOptions" in types
     controlled = bool(types & {"ControlNetLoader", "ACN_ControlNetLoaderAdvanced"})
+    modelscope = "MCM_ModelScopeLoader" in types
     for node in p.values():
         ct, inputs = node["class_type"], node["inputs"]
         inputs.update(SMALL_INPUTS.get(ct, {}))
+        if modelscope:
+            inputs.update(MODELSCOPE_INPUTS.get(ct, {}))
         if ct == "EmptyLatentImage":
             inputs.update(width=SIZE, height=SIZE, batch_size=LONG_FRAMES if long_video else FRAMES)
         elif ct in ("MCM_Scheduler", "MCM_KSampler") and long_video:
@@ -428,8 +442,12 @@ def run_api_workflows(client: Client, server: Server, api_workflows: dict) -> di
     """c. Every API workflow, shrunk; a failing one is recorded and the next one runs."""
     runs = {}
     order = [n for n in RUN_ORDER if n in api_workflows] + sorted(set(api_workflows) - set(RUN_ORDER))
+    freed = False
     for name in order:
         small = small_prompt(api_workflows[name], name)
+        if not freed and any(n["class_type"] == "MCM_ModelScopeLoader" for n in small.values()):
+            client.request("POST", "/free", {"unload_models": True, "free_memory": True})  # one big model at a time
+            freed = True
         expected = expected_output(small)
         try:
             runs[name] = run_prompt(client, small, server.output_dir, expected)
@@ -456,12 +474,14 @@ def check_after_errors(client: Client, server: Server, api_workflows: dict) -> d
     return after
 
 
-def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> dict:
+def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str, modelscope_dir: str = "") -> dict:
+    """``modelscope_dir``: what tests/host/make_modelscope.py wrote (its folders are added to the server's)."""
     comfy, package, adapters = Path(comfy_dir).resolve(), Path(package_dir).resolve(), Path(adapter_dir).resolve()
     t_start = time.time()
     results: dict = {"host_models": {"checkpoint": HOST_CKPT, "motion_model": HOST_MOTION}, "fatal": None}
     work = Path(tempfile.mkdtemp(prefix="mcm-workflows-"))
-    server = Server(comfy, package, adapters, work)
+    extra = {name: [Path(modelscope_dir) / name] for name in MODELSCOPE_FOLDERS} if modelscope_dir else None
+    server = Server(comfy, package, adapters, work, extra_paths=extra)
     results["notes"] = list(server.notes)
     ui_workflows, api_workflows = load_workflows(package)
     results["workflow_names"] = {"ui": sorted(ui_workflows), "api": sorted(api_workflows)}
@@ -489,10 +509,10 @@ def main(comfy_dir: str, package_dir: str, adapter_dir: str, out_json: str) -> d
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 5:
+    if len(sys.argv) not in (5, 6):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    res = main(*sys.argv[1:5])
+    res = main(*sys.argv[1:6])
     summary = {
         "fatal": bool(res.get("fatal")),
         "registered": res.get("registered"),

@@ -108,7 +108,15 @@ def server_env(package_dir: Path, python: str = sys.executable) -> tuple[dict, l
 
 
 class Server:
-    def __init__(self, comfy_dir: Path, package_dir: Path, adapter_dir: Path, work: Path, python: str = sys.executable):
+    def __init__(
+        self,
+        comfy_dir: Path,
+        package_dir: Path,
+        adapter_dir: Path,
+        work: Path,
+        python: str = sys.executable,
+        extra_paths: dict[str, list[Path]] | None = None,
+    ):
         self.comfy_dir, self.work, self.python = comfy_dir, work, python
         self.output_dir, self.input_dir = work / "output", work / "input"
         for folder in (self.output_dir, self.input_dir, work / "user"):
@@ -117,7 +125,13 @@ class Server:
         custom.mkdir()
         os.symlink(package_dir.resolve(), custom / PACK_LINK)
         self.yaml = work / "extra_model_paths.yaml"
-        self.yaml.write_text(f"mcm_host_test:\n  custom_nodes: {custom}\n  mcm: {adapter_dir.resolve()}\n")
+        folders = {"custom_nodes": [custom], "mcm": [adapter_dir]}
+        for name, paths in (extra_paths or {}).items():  # more model folders (e.g. ModelScope's), after these
+            folders.setdefault(name, []).extend(paths)
+        lines = ["mcm_host_test:"]
+        for name, paths in folders.items():
+            lines += [f"  {name}: |", *(f"    {Path(p).resolve()}" for p in paths)]
+        self.yaml.write_text("\n".join(lines) + "\n")
         self.log_path = work / "server.log"
         self.port = free_port()
         self.env, self.notes = server_env(package_dir, python)
