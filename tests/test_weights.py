@@ -162,6 +162,31 @@ def test_peft_folder_merge_equals_peft_merge_and_unload(peft_folder):
     assert changed == len(adapter.layers)
 
 
+def test_lone_peft_weights_file_loads_as_its_folder_when_alpha_equals_r(tmp_path):
+    """The workflows' manifest fetches the official adapter as one file, ``adapter_model.safetensors`` saved as
+    ``models/mcm/animatediff-webvid.safetensors``, without its adapter_config.json. The official config has
+    lora_alpha = r (64, 64): for such a folder the lone file must merge as peft merges the folder, and carry the
+    same sampling settings. With lora_alpha != r the config is needed (the lone file's scale is 1)."""
+    for alpha, exact in ((4.0, True), (8.0, False)):
+        base_model = tiny_motion_unet()
+        base = {k: v.clone() for k, v in base_model.state_dict().items()}
+        peft_model = with_random_lora(base_model, rank=4, alpha=alpha)
+        folder = tmp_path / f"alpha{alpha:g}" / "animatediff-webvid"
+        peft_model.save_pretrained(folder)
+        lone = tmp_path / f"alpha{alpha:g}" / "mcm" / "animatediff-webvid.safetensors"
+        lone.parent.mkdir()
+        lone.write_bytes((folder / "adapter_model.safetensors").read_bytes())
+        from_file, from_folder = load_adapter(lone), load_adapter(folder)
+        reference = _peft_merged(peft_model)
+        ours = merge_lora(base, from_file.layers)
+        err = max((ours[k] - reference[k]).abs().max().item() for k in reference)
+        assert (err <= 1e-6) is exact, (alpha, err)
+        if exact:
+            fields = ("base", "motion_module", "beta_schedule", "timestep_scaling", "temporal_norm", "style")
+            assert {f: getattr(from_file.meta, f) for f in fields} == {f: getattr(from_folder.meta, f) for f in fields}
+            assert from_file.meta.style == "webvid" and from_file.meta.temporal_norm == "frames"
+
+
 def test_comfy_layout_merge_equals_peft_merge_through_diffusers_converter(peft_folder):
     """Spatial: base → LDM names (ours), merge in LDM names, back through diffusers' converter."""
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
