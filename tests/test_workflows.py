@@ -10,6 +10,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,71 @@ def test_step_variants_differ_only_in_steps():
         kinds = {base[nid]["class_type"] for nid in diff}
         assert kinds == {"MCM_Scheduler", "SaveVideo"}, kinds
         assert next(n for n in other.values() if n["class_type"] == "MCM_Scheduler")["inputs"]["steps"] == steps
+
+
+#: What the 0.33 frontend (1.49) takes for a model file in a combo widget: a value with one of these endings.
+MODEL_FILE_ENDINGS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".onnx", ".gguf")
+#: The model folder each loader widget lists its choices from (ComfyUI's, ADE's, ACN's and this pack's folders).
+MODEL_WIDGET_FOLDERS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("ADE_LoadAnimateDiffModel", "model_name"): "animatediff_models",
+    ("ADE_AnimateDiffLoaderGen1", "model_name"): "animatediff_models",
+    ("MCM_StyleAdapter", "adapter"): "mcm",
+    ("ControlNetLoader", "control_net_name"): "controlnet",
+    ("ACN_ControlNetLoaderAdvanced", "cnet"): "controlnet",
+    ("LoraLoader", "lora_name"): "loras",
+    ("LoraLoaderModelOnly", "lora_name"): "loras",
+    ("VAELoader", "vae_name"): "vae",
+}
+
+
+def _download_url_problem(url: str, name: str) -> str | None:
+    """Why the missing-models dialog of either frontend would not offer ``url`` for ``name``, or None.
+
+    1.35 (ComfyUI 0.8) offers a file only from https://huggingface.co/ or https://civitai.com/ and only when its
+    name ends in .safetensors or .sft; 1.49 (0.33) accepts more endings, so the stricter rule decides. A Hugging
+    Face URL must be a direct download: /<owner>/<repo>/resolve/<revision>/<path to a .safetensors file>."""
+    if not name.endswith((".safetensors", ".sft")):
+        return f"{name}: 1.35 offers only .safetensors / .sft files"
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme != "https" or parsed.netloc not in ("huggingface.co", "civitai.com") or parsed.query:
+        return f"{url}: not a plain https://huggingface.co/ or https://civitai.com/ URL"
+    parts = parsed.path.split("/")
+    if parsed.netloc == "huggingface.co" and (
+        len(parts) < 6 or parts[3] != "resolve" or not all(parts[1:]) or not parts[-1].endswith(".safetensors")
+    ):
+        return f"{url}: not a direct download (/<owner>/<repo>/resolve/<revision>/<file>.safetensors)"
+    return None
+
+
+def test_the_url_check_refuses_what_a_frontend_would_not_offer():
+    hf = "https://huggingface.co/o/r/resolve/main"
+    assert _download_url_problem(f"{hf}/m.safetensors", "m.safetensors") is None
+    for url, name in (
+        (f"{hf}/m.ckpt", "m.ckpt"),  # 1.35: suffix
+        ("https://example.com/m.safetensors", "m.safetensors"),  # not an allowed source
+        ("http://huggingface.co/o/r/resolve/main/m.safetensors", "m.safetensors"),
+        ("https://huggingface.co/o/r/blob/main/m.safetensors", "m.safetensors"),  # a web page, not the file
+        ("https://huggingface.co/o/r", "m.safetensors"),
+    ):
+        assert _download_url_problem(url, name), url
+
+
+@pytest.mark.parametrize("name", UI_NAMES)
+def test_every_model_file_has_a_manifest_entry(name):
+    """Each node whose widget names a model file carries ``properties.models`` with that file, the folder the
+    widget lists and a URL both frontends offer (what their missing-models check reads); nothing else."""
+    ui = _load(WORKFLOWS / f"{name}.json")
+    api = _load(WORKFLOWS / "api" / f"{name}.json")
+    for node in ui["nodes"]:
+        widgets = api[str(node["id"])]["inputs"]
+        files = {w: v for w, v in widgets.items() if isinstance(v, str) and v.lower().endswith(MODEL_FILE_ENDINGS)}
+        entries = node["properties"].get("models", [])
+        assert sorted(e["name"] for e in entries) == sorted(set(files.values())), f"node {node['id']} {node['type']}"
+        for widget, value in files.items():
+            (entry,) = [e for e in entries if e["name"] == value]
+            assert sorted(entry) == ["directory", "name", "url"]
+            folder = MODEL_WIDGET_FOLDERS.get((node["type"], widget))
+            assert folder is not None, f"{node['type']}.{widget}: add its model folder to MODEL_WIDGET_FOLDERS"
+            assert entry["directory"] == folder, f"{node['type']}.{widget} lists models/{folder}, not {entry}"
+            assert _download_url_problem(entry["url"], value) is None, _download_url_problem(entry["url"], value)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 # Model files named in the workflows (the usual public file names; users pick theirs in the dropdowns).
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
-MOTION_MODULE = "mm_sd_v15_v2.ckpt"
-ADAPTER = "animatediff-webvid"
+MOTION_MODULE = "mm_sd15_v2.safetensors"
+ADAPTER = "animatediff-webvid.safetensors"
 INPUT_VIDEO = "mcm_input_video.mp4"
 INPUT_IMAGE = "mcm_input_image.png"
 #: ControlNet v1.1 for SD1.5 (the public fp16 safetensors) and the preprocessed videos that drive them.
@@ -54,6 +54,32 @@ FPS = 8.0  # the frame rate AnimateDiff and MCM clips are made for
 #: format a dynamic combo with a nested codec and keeps a hidden top-level codec, so these values load and run in
 #: both (its frontend appends its own defaults for the inputs it added).
 VIDEO_FORMAT = {"format": "mp4", "codec": "h264"}
+
+#: The model files the workflows name: widget value -> (model folder, download URL). to_ui writes the entries a node's
+#: widgets name into that node's ``properties.models``, the manifest ComfyUI's frontend reads when a workflow is
+#: loaded: it lists the files missing from their folder and offers their URL (1.35 offers only .safetensors / .sft
+#: files from huggingface.co or civitai.com; 1.49 also .ckpt / .pt / .pth). The folder is the one the node lists
+#: the widget's choices from. A new model file in a workflow needs a row here.
+HF = "https://huggingface.co"
+MODEL_FILES: dict[str, tuple[str, str]] = {
+    # Stable Diffusion 1.5 (the stable-diffusion-v1-5 organisation's copy of the original release)
+    CHECKPOINT: ("checkpoints", f"{HF}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/{CHECKPOINT}"),
+    # AnimateDiff motion module v1-5-2 as fp16 safetensors (the official release, guoyww/animatediff, is a
+    # pickled mm_sd_v15_v2.ckpt, which the 1.35 frontend does not offer); ADE's README points to this copy
+    MOTION_MODULE: ("animatediff_models", f"{HF}/conrevo/AnimateDiff-A1111/resolve/main/motion_module/{MOTION_MODULE}"),
+    # the official MCM adapter's weights as one file: with no adapter_config.json beside it the loader scales each
+    # layer by 1 (alpha = rank), which is what the official config (r 64, lora_alpha 64) gives
+    ADAPTER: ("mcm", f"{HF}/yhzhai/mcm/resolve/main/animatediff-webvid/adapter_model.safetensors"),
+    # ControlNet v1.1 for SD1.5, fp16 safetensors
+    "control_v11p_sd15_openpose_fp16.safetensors": (
+        "controlnet",
+        f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11p_sd15_openpose_fp16.safetensors",
+    ),
+    "control_v11f1p_sd15_depth_fp16.safetensors": (
+        "controlnet",
+        f"{HF}/comfyanonymous/ControlNet-v1-1_fp16_safetensors/resolve/main/control_v11f1p_sd15_depth_fp16.safetensors",
+    ),
+}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Node schemas: link inputs (name, type) in slot order, widgets (name, kind) in widget order, outputs (name, type).
@@ -827,6 +853,13 @@ def to_ui(g: Graph) -> dict:
             "properties": {"Node name for S&R": node["type"]},
             "widgets_values": _widget_values(node),
         }
+        models = [
+            {"name": v, "url": MODEL_FILES[v][1], "directory": MODEL_FILES[v][0]}
+            for v in dict.fromkeys(entry["widgets_values"])
+            if isinstance(v, str) and v in MODEL_FILES
+        ]
+        if models:  # the frontend's missing-models manifest: the files this node's widgets name
+            entry["properties"]["models"] = models
         if node["title"]:
             entry["title"] = node["title"]
         nodes.append(entry)
