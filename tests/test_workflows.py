@@ -225,3 +225,32 @@ def test_every_model_file_has_a_manifest_entry(name):
             assert folder is not None, f"{node['type']}.{widget}: add its model folder to MODEL_WIDGET_FOLDERS"
             assert entry["directory"] == folder, f"{node['type']}.{widget} lists models/{folder}, not {entry}"
             assert _download_url_problem(entry["url"], value) is None, _download_url_problem(entry["url"], value)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a baseline or progressive JPEG's frame header, None if ``data`` is not a JPEG."""
+    if not (data.startswith(b"\xff\xd8") and data.rstrip(b"\x00").endswith(b"\xff\xd9")):
+        return None
+    i = 2
+    while i + 9 < len(data) and data[i] == 0xFF:
+        marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):  # start of frame: precision, height, width
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + length
+    return None
+
+
+@pytest.mark.parametrize("name", UI_NAMES)
+def test_every_template_has_a_thumbnail(name):
+    """The template browser shows <name>.jpg beside <name>.json (tests/host/make_thumbnails.py writes them)."""
+    path = WORKFLOWS / f"{name}.jpg"
+    assert path.is_file(), f"no {path.name}: run tests/host/make_thumbnails.py {name}"
+    data = path.read_bytes()
+    size = _jpeg_size(data)
+    assert size is not None, f"{path.name} is not a JPEG"
+    assert 256 <= size[0] <= 1024 and 128 <= size[1] <= 1024, size
+    assert len(data) <= 80_000, f"{path.name}: {len(data)} bytes"
+
+
+def test_no_thumbnail_without_its_template():
+    assert sorted(p.stem for p in WORKFLOWS.glob("*.jpg")) == UI_NAMES
