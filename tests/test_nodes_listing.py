@@ -105,3 +105,23 @@ def test_a_bad_peft_config_picked_in_the_node_names_the_file_and_field(models):
     error = importlib.import_module(nodes.__name__.rsplit(".", 2)[0] + ".mcm.weights").AdapterError
     with pytest.raises(error, match=r"adapter_config\.json: lora_alpha = 'sixteen'; expected a finite positive"):
         nodes.MCMStyleAdapter.execute("animatediff-webvid", "auto (from the adapter)")
+
+
+def test_the_official_weights_file_alone_is_listed_and_selected_like_its_folder(models):
+    """What the workflows' manifest fetches: the official folder's adapter_model.safetensors (PEFT keys, metadata
+    {"format": "pt"}) saved alone as models/mcm/animatediff-webvid.safetensors, next to the folder form."""
+    root, nodes = models
+    tensors = {
+        f"base_model.model.{PATH}.lora_A.weight": torch.randn(2, 8),
+        f"base_model.model.{PATH}.lora_B.weight": torch.randn(8, 2),
+    }
+    folder = root / "mcm" / "animatediff-webvid"
+    folder.mkdir()
+    save_file(tensors, folder / "adapter_model.safetensors", metadata={"format": "pt"})
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
+    save_file(tensors, root / "mcm" / "animatediff-webvid.safetensors", metadata={"format": "pt"})
+    assert _choices(nodes) == ["animatediff-webvid", "animatediff-webvid.safetensors"]
+    from_folder = nodes.MCMStyleAdapter.execute("animatediff-webvid", "auto (from the adapter)").args
+    from_file = nodes.MCMStyleAdapter.execute("animatediff-webvid.safetensors", "auto (from the adapter)").args
+    assert from_file[1:3] == from_folder[1:3] == (4, 1.0)  # steps, cfg
+    assert "webvid" in from_file[3] and from_file[3].replace(".safetensors", "") == from_folder[3]
