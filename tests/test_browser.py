@@ -7,6 +7,12 @@ test adapters, opens the server's own frontend and, for every file in workflows/
 `app.loadGraphData`, then records which node types it does not know, the graph as the frontend serialises it
 right after loading, and the frontend's own API conversion `app.graphToPrompt()`.
 
+It checks what the frontend does with the workflows' model manifests (`properties.models`): with none of the files
+installed, loading the default workflow lists each missing file with the folder and URL of its manifest (frontend
+1.35: the missing-models dialog; 1.49: the errors panel's missing-model list). And the template browser's thumbnails:
+the server lists the templates and serves `<name>.jpg` at the URL both frontends build for a custom node pack's
+template picture, `/api/workflow_templates/<pack folder>/<name>.jpg`.
+
 It also checks the nodes' help pages (web/docs/<node id>.md, the package's WEB_DIRECTORY): the server serves each
 at the URL the frontend builds from the node's `python_module` (`/extensions/<pack folder>/docs/<node id>.md`, after
 trying `.../docs/<node id>/<locale>.md`; frontend 1.35 in ComfyUI 0.8 and 1.49 in 0.33 alike), and the frontend's
@@ -72,6 +78,47 @@ async (wf) => {
     widgets: Object.fromEntries(saved.nodes.map((n) => [String(n.id), n.widgets_values ?? null])),
     prompt: output,
   };
+}
+"""
+
+
+#: Runs in the page: load a workflow with the missing-models check on, and return what the frontend lists: 1.35 opens
+#: its missing-models dialog (the dialog's props and the text it shows), 1.49 fills its `missingModel` store.
+MISSING_MODELS_JS = """
+async ({ wf, timeoutMs }) => {
+  const app = window.app;
+  const pinia = document.querySelector('#vue-app').__vue_app__.config.globalProperties.$pinia;
+  await app.loadGraphData(structuredClone(wf), true, false, null,
+                          {showMissingNodesDialog: false, showMissingModelsDialog: true});
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const store = pinia._s.get('missingModel');
+    if (store?.missingModelCandidates?.length && Object.keys(store.folderPaths || {}).length) {
+      return {
+        frontend: '1.49',
+        listed: store.missingModelCandidates.map((c) => ({ name: c.name, directory: c.directory ?? null,
+                                                           url: c.url ?? null })),
+        folders: Object.keys(store.folderPaths),
+        text: '',
+      };
+    }
+    const dialogs = pinia._s.get('dialog');
+    const dialog = dialogs?.dialogStack?.find((d) => d.contentProps?.missingModels);
+    const shown = document.querySelector('.comfy-missing-models');
+    if (dialog && shown) {
+      const result = {
+        frontend: '1.35',
+        listed: dialog.contentProps.missingModels.map((m) => ({ name: m.name, directory: m.directory ?? null,
+                                                                url: m.url ?? null })),
+        folders: Object.keys(dialog.contentProps.paths || {}),
+        text: shown.textContent,
+      };
+      dialogs.closeDialog(dialog);
+      return result;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  return { timedOut: true };
 }
 """
 
@@ -151,12 +198,13 @@ def frontend(tmp_path_factory):
     rw = _load_server_module()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     server = rw.Server(Path(COMFYUI_DIR), ROOT, tmp / "adapters", Path(tempfile.mkdtemp(prefix="mcm-browser-")), python)
-    results, page_errors, served, shown, object_info = {}, [], {}, {}, {}
+    results, page_errors, served, shown, object_info, thumbnails, missing = {}, [], {}, {}, {}, {}, {}
     try:
         server.start()
         base = f"http://127.0.0.1:{server.port}"
         served = _served_help_pages(base)
         object_info = json.loads(_get(f"{base}/object_info")[2])
+        thumbnails = _served_thumbnails(base)
         with sync_playwright() as pw:
             browser, page, page_errors = _open_frontend(pw, f"{base}/")
             try:
@@ -164,6 +212,7 @@ def frontend(tmp_path_factory):
                     results[name] = page.evaluate(LOAD_JS, _file(name))
                 for case, wf in _broken_copies(_file(DEFAULT)).items():
                     results[case] = page.evaluate(LOAD_JS, wf)
+                missing = page.evaluate(MISSING_MODELS_JS, {"wf": _file(DEFAULT), "timeoutMs": HELP_TIMEOUT_MS})
                 shown = {node_id: _shown_help_page(page, node_id) for node_id in NODE_IDS}
             finally:
                 browser.close()
@@ -175,6 +224,8 @@ def frontend(tmp_path_factory):
         "served": served,
         "defaults": {node: _input_defaults(info) for node, info in object_info.items()},
         "shown": shown,
+        "thumbnails": thumbnails,
+        "missing_models": missing,
         "pack": rw.PACK_LINK,  # the package's folder name in the server's custom_nodes/
         "server_log": server.log_tail(),
     }
@@ -187,6 +238,29 @@ def _get(url: str) -> tuple[int, str, str]:
             return r.status, r.headers.get("Content-Type", ""), r.read().decode("utf-8")
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode("utf-8", errors="replace")
+
+
+def _get_bytes(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            return r.status, r.headers.get("Content-Type", ""), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("Content-Type", ""), e.read()
+
+
+def _served_thumbnails(base: str) -> dict:
+    """The server's template listing, and what it answers at each template's thumbnail URL as both frontends build
+    it for a custom node pack (``api.apiURL('/workflow_templates/<pack>/<name>.<mediaSubtype jpg>')``)."""
+    status, _, body = _get(f"{base}/workflow_templates")
+    assert status == 200, body[:2000]
+    listing = json.loads(body)
+    pages = {}
+    for pack, names in listing.items():
+        for name in names:
+            url = f"/api/workflow_templates/{pack}/{name}.jpg"
+            status, content_type, data = _get_bytes(base + urllib.parse.quote(url))
+            pages[name] = {"url": url, "status": status, "content_type": content_type, "data": data}
+    return {"listing": listing, "pages": pages}
 
 
 def _help_url(python_module: str, node_id: str) -> str:
@@ -370,3 +444,31 @@ def test_frontend_help_shows_the_page(frontend, node_id):
     assert not shown.get("timedOut") and not shown["fallback"], shown
     assert (shown["title"], shown["h1"]) == (page["title"], page["title"])
     assert shown["headings"] == page["headings"] and shown["names"] == page["names"]
+
+
+def test_server_lists_the_templates_and_serves_their_thumbnails(frontend):
+    thumbnails, pack = frontend["thumbnails"], frontend["pack"]
+    assert sorted(thumbnails["listing"].get(pack, [])) == UI_NAMES, thumbnails["listing"]
+    for name in UI_NAMES:
+        got = thumbnails["pages"][name]
+        assert got["url"] == f"/api/workflow_templates/{pack}/{name}.jpg"
+        assert (got["status"], got["content_type"]) == (200, "image/jpeg"), (got["url"], got["status"])
+        assert got["data"] == (ROOT / "workflows" / f"{name}.jpg").read_bytes()
+
+
+def test_frontend_lists_the_missing_model_files_with_their_manifest(frontend):
+    """None of the default workflow's model files is installed on the test host (it has random-weight models under
+    other names), so the frontend lists each with the folder and URL of the node's manifest, and shows no refusal
+    (1.35 writes one for a URL it does not offer or a folder the server does not have)."""
+    got = frontend["missing_models"]
+    assert not got.get("timedOut"), "the frontend listed no missing model"
+    manifest = {
+        (m["name"], m["directory"], m["url"])
+        for n in _file(DEFAULT)["nodes"]
+        for m in n["properties"].get("models", [])
+    }
+    assert len(manifest) == 3  # checkpoint, motion module, MCM adapter
+    assert {(m["name"], m["directory"], m["url"]) for m in got["listed"]} == manifest, got
+    assert {d for _, d, _ in manifest} <= set(got["folders"]), got["folders"]
+    for refusal in ("not allowed", "Only allowed suffixes", "Invalid directory"):
+        assert refusal not in got["text"], got["text"]
