@@ -68,7 +68,8 @@ MODEL_FILES: dict[str, tuple[str, str]] = {
     # pickled mm_sd_v15_v2.ckpt, which the 1.35 frontend does not offer); ADE's README points to this copy
     MOTION_MODULE: ("animatediff_models", f"{HF}/conrevo/AnimateDiff-A1111/resolve/main/motion_module/{MOTION_MODULE}"),
     # the official MCM adapter's weights as one file: with no adapter_config.json beside it the loader scales each
-    # layer by 1 (alpha = rank), which is what the official config (r 64, lora_alpha 64) gives
+    # layer by 1 (alpha = rank), which is what the official training's LoRA config gives (r 64, lora_alpha 64: the
+    # training code's defaults, which its scripts do not override)
     ADAPTER: ("mcm", f"{HF}/yhzhai/mcm/resolve/main/animatediff-webvid/adapter_model.safetensors"),
     # ControlNet v1.1 for SD1.5, fp16 safetensors
     "control_v11p_sd15_openpose_fp16.safetensors": (
