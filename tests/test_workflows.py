@@ -172,6 +172,8 @@ MODEL_WIDGET_FOLDERS = {
     ("LoraLoader", "lora_name"): "loras",
     ("LoraLoaderModelOnly", "lora_name"): "loras",
     ("VAELoader", "vae_name"): "vae",
+    ("MCM_ModelScopeLoader", "unet_name"): "text2video",
+    ("CLIPLoader", "clip_name"): "text_encoders",
 }
 
 

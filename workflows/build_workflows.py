@@ -36,12 +36,14 @@ TRAVEL_PROMPTS = (
     '"0": "a red panda eating bamboo in a sunlit spring forest, high quality",\n'
     '"8": "a red panda eating bamboo in a snowy winter forest, falling snow, high quality"'
 )
-#: ModelScope T2V (text-to-video-ms-1.7b): the UNet as its diffusers folder in models/text2video, the text encoder
-#: (SD 2.x's OpenCLIP-H) and the VAE (the SD KL-f8 VAE) from the same repository, renamed, in their model folders.
-MODELSCOPE_UNET = "text-to-video-ms-1.7b/unet/diffusion_pytorch_model.safetensors"
+#: ModelScope T2V (text-to-video-ms-1.7b): the UNet, the text encoder (SD 2.x's OpenCLIP-H) and the VAE (the SD
+#: KL-f8 VAE) of its diffusers repository, each one file renamed in its model folder (a UNet file not named like
+#: diffusers' weights takes its shape from its tensors; the whole unet/ folder works as well).
+MODELSCOPE_UNET = "text-to-video-ms-1.7b_unet.safetensors"
 MODELSCOPE_CLIP = "text-to-video-ms-1.7b_text_encoder.safetensors"
 MODELSCOPE_VAE = "text-to-video-ms-1.7b_vae.safetensors"
-MODELSCOPE_ADAPTER = "modelscopet2v-anime"
+MODELSCOPE_ADAPTER = "modelscopet2v-anime.safetensors"
+MODELSCOPE_REPO = "ali-vilab/text-to-video-ms-1.7b"
 MODELSCOPE_POSITIVE = "an anime girl with long silver hair walking through a field of flowers, wind, high quality"
 POSITIVE = "a red panda eating bamboo in a sunlit forest, gentle wind in the leaves, high quality"
 NEGATIVE = "blurry, low quality, watermark, text"
@@ -71,6 +73,12 @@ MODEL_FILES: dict[str, tuple[str, str]] = {
     # layer by 1 (alpha = rank), which is what the official training's LoRA config gives (r 64, lora_alpha 64: the
     # training code's defaults, which its scripts do not override)
     ADAPTER: ("mcm", f"{HF}/yhzhai/mcm/resolve/main/animatediff-webvid/adapter_model.safetensors"),
+    # ModelScope T2V: the diffusers repository's UNet, text encoder and VAE; the official MCM style adapter's
+    # weights as one file (alpha = rank, as for the AnimateDiff adapter above)
+    MODELSCOPE_UNET: ("text2video", f"{HF}/{MODELSCOPE_REPO}/resolve/main/unet/diffusion_pytorch_model.safetensors"),
+    MODELSCOPE_CLIP: ("text_encoders", f"{HF}/{MODELSCOPE_REPO}/resolve/main/text_encoder/model.safetensors"),
+    MODELSCOPE_VAE: ("vae", f"{HF}/{MODELSCOPE_REPO}/resolve/main/vae/diffusion_pytorch_model.safetensors"),
+    MODELSCOPE_ADAPTER: ("mcm", f"{HF}/yhzhai/mcm/resolve/main/modelscopet2v-anime/adapter_model.safetensors"),
     # ControlNet v1.1 for SD1.5, fp16 safetensors
     "control_v11p_sd15_openpose_fp16.safetensors": (
         "controlnet",
