@@ -659,3 +659,21 @@ def test_a_modelscope_adapter_converts_to_a_comfyui_lora_for_the_modelscope_mode
     assert all(torch.equal(back.layers[p].up, w.up) for p, w in adapter.layers.items())
     proc = _cli("convert", tmp_path / "modelscopet2v-anime", tmp_path / "m.safetensors", "--to", "ade")
     assert proc.returncode == 2 and "has no motion-module layers" in proc.stderr
+
+
+def test_to_safetensors_takes_the_vae_out_of_an_ldm_checkpoint(tmp_path):
+    """ModelScope's original VQGAN_autoencoder.pth is a whole LDM checkpoint ({'state_dict': ...}) whose VAE keys carry
+    'first_stage_model.'; --prefix keeps those tensors, without the prefix (ComfyUI's Load VAE reads LDM VAE names)."""
+    vae = {"encoder.conv_in.weight": torch.randn(128, 3, 3, 3), "decoder.conv_out.bias": torch.randn(3)}
+    state = {f"first_stage_model.{k}": v for k, v in vae.items()}
+    state["model.diffusion_model.input_blocks.0.0.weight"] = torch.randn(4, 4)
+    ckpt = tmp_path / "VQGAN_autoencoder.pth"
+    torch.save({"state_dict": state, "global_step": 7}, ckpt)
+    out = tmp_path / "vae.safetensors"
+    proc = _cli("to-safetensors", ckpt, out, "--prefix", "first_stage_model.")
+    assert proc.returncode == 0, proc.stderr
+    got = load_file(out)
+    assert sorted(got) == sorted(vae) and all(torch.equal(got[k], v) for k, v in vae.items())
+    proc = _cli("to-safetensors", ckpt, tmp_path / "none.safetensors", "--prefix", "cond_stage_model.")
+    assert proc.returncode == 2 and "no tensor name starts with --prefix 'cond_stage_model.'" in proc.stderr
+    assert not (tmp_path / "none.safetensors").exists()

@@ -3,7 +3,7 @@
     python -m mcm.weights inspect PATH [--json] [--allow-pickle]
     python -m mcm.weights convert SRC DST --to {mcm,comfy-lora,ade,peft} [--variant NAME]
                                   [--set KEY=VALUE …] [--base-motion-module FILE] [--allow-pickle] [--force]
-    python -m mcm.weights to-safetensors SRC.ckpt DST.safetensors [--force]
+    python -m mcm.weights to-safetensors SRC.ckpt DST.safetensors [--prefix PREFIX] [--force]
 
 Bad input is one ``error: …`` line naming the file, layer, field or flag, exit status 2, and nothing
 written or changed. ``inspect`` lists every adapter it can read, names each one it cannot with the
@@ -147,7 +147,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_to_safetensors(args) -> int:
-    print(f"wrote {to_safetensors(args.src, args.dst, overwrite=args.force)}")
+    print(f"wrote {to_safetensors(args.src, args.dst, overwrite=args.force, prefix=args.prefix)}")
     return 0
 
 
@@ -193,6 +193,11 @@ def main(argv=None) -> int:
     p = sub.add_parser("to-safetensors", help="rewrite a tensors-only pickle (.ckpt/.bin/.pt) as .safetensors")
     p.add_argument("src", help="a pickle-based weights file, read with torch.load(weights_only=True)")
     p.add_argument("dst", help="the .safetensors file to write")
+    p.add_argument(
+        "--prefix",
+        help="keep only the tensors named PREFIX… and drop PREFIX from their names (e.g. first_stage_model. for the "
+        "VAE of an LDM checkpoint such as ModelScope's VQGAN_autoencoder.pth)",
+    )
     p.add_argument("--force", action="store_true", help="replace DST if it exists")
     p.set_defaults(func=cmd_to_safetensors)
     args = parser.parse_args(argv)

@@ -305,10 +305,21 @@ def merge_motion_module(
     return save_tensors(merged, Path(path), out_meta, overwrite)
 
 
-def to_safetensors(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """A tensors-only pickle (``.ckpt``/``.bin``/``.pt``) rewritten as safetensors, read with ``weights_only=True``."""
+def to_safetensors(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False, prefix: str | None = None
+) -> Path:
+    """A tensors-only pickle (``.ckpt``/``.bin``/``.pt``) rewritten as safetensors, read with ``weights_only=True``.
+
+    ``prefix`` keeps only the tensors whose names start with it, and writes them without it: e.g.
+    ``first_stage_model.`` takes the VAE out of a whole LDM checkpoint, such as ModelScope's original
+    ``VQGAN_autoencoder.pth``, as a file ComfyUI's Load VAE reads."""
     prepare_destination(Path(dst), overwrite, FILE)
-    return save_tensors(read_weights(src, allow_pickle=True), Path(dst), {"format": "pt"}, overwrite)
+    tensors = read_weights(src, allow_pickle=True)
+    if prefix is not None:
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix) and len(k) > len(prefix)}
+        if not tensors:
+            raise AdapterError(f"{src}: no tensor name starts with --prefix {prefix!r}")
+    return save_tensors(tensors, Path(dst), {"format": "pt"}, overwrite)
 
 
 # --- the registry the CLI dispatches on --------------------------------------------------------------
