@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_host import ALL_NODES
+
 ROOT = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 CHROMIUM = os.environ.get("MCM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
@@ -44,15 +46,6 @@ DEFAULT = "mcm_t2v_gen2_4step"
 APP_TIMEOUT_MS = 180_000  # the first page load builds the node library from /object_info on a slow CPU
 HELP_TIMEOUT_MS = 60_000
 DOCS = ROOT / "web" / "docs"
-NODE_IDS = [
-    "MCM_StyleAdapter",
-    "MCM_LoraLoader",
-    "MCM_ModelSampling",
-    "MCM_Scheduler",
-    "MCM_Sampler",
-    "MCM_KSampler",
-    "MCM_ModelScopeLoader",
-]
 
 pytestmark = [
     pytest.mark.host,
@@ -213,7 +206,7 @@ def frontend(tmp_path_factory):
                 for case, wf in _broken_copies(_file(DEFAULT)).items():
                     results[case] = page.evaluate(LOAD_JS, wf)
                 missing = page.evaluate(MISSING_MODELS_JS, {"wf": _file(DEFAULT), "timeoutMs": HELP_TIMEOUT_MS})
-                shown = {node_id: _shown_help_page(page, node_id) for node_id in NODE_IDS}
+                shown = {node_id: _shown_help_page(page, node_id) for node_id in ALL_NODES}
             finally:
                 browser.close()
     finally:
@@ -421,11 +414,11 @@ def test_frontend_api_conversion_equals_the_api_file(frontend, name):
 
 
 def test_server_lists_the_nodes_that_have_help_pages(frontend):
-    assert frontend["served"]["listed"] == sorted(NODE_IDS)
-    assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(NODE_IDS)
+    assert frontend["served"]["listed"] == sorted(ALL_NODES)
+    assert sorted(p.stem for p in DOCS.glob("*.md")) == sorted(ALL_NODES)
 
 
-@pytest.mark.parametrize("node_id", NODE_IDS)
+@pytest.mark.parametrize("node_id", ALL_NODES)
 def test_server_serves_the_help_page_at_the_frontends_url(frontend, node_id):
     served = frontend["served"][node_id]
     assert served["url"] == f"/extensions/{frontend['pack']}/docs/{node_id}.md", served["url"]
@@ -434,7 +427,7 @@ def test_server_serves_the_help_page_at_the_frontends_url(frontend, node_id):
     assert served["text"] == _page(node_id)["text"]
 
 
-@pytest.mark.parametrize("node_id", NODE_IDS)
+@pytest.mark.parametrize("node_id", ALL_NODES)
 def test_frontend_help_shows_the_page(frontend, node_id):
     shown, page = frontend["shown"][node_id], _page(node_id)
     assert "error" not in shown, shown["error"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.real_host import ALL_NODES
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "web" / "docs"
 ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*([A-Z_]+)\s*\|")
@@ -39,18 +41,7 @@ def test_every_node_has_a_page_and_every_page_a_node(package, mcm_nodes):
     assert [p.name for p in DOCS.iterdir() if p.suffix != ".md"] == []  # no locale folders to fall out of date
 
 
-@pytest.mark.parametrize(
-    "node_id",
-    [
-        "MCM_StyleAdapter",
-        "MCM_LoraLoader",
-        "MCM_ModelSampling",
-        "MCM_Scheduler",
-        "MCM_Sampler",
-        "MCM_KSampler",
-        "MCM_ModelScopeLoader",
-    ],
-)
+@pytest.mark.parametrize("node_id", ALL_NODES)
 def test_a_page_names_every_input_and_output_exactly(mcm_nodes, node_id):
     schema = mcm_nodes[node_id].define_schema()
     text = (DOCS / f"{node_id}.md").read_text(encoding="utf-8")

@@ -14,17 +14,9 @@ import torch
 
 from mcm.sampler import comfy_sigmas
 from mcm.schedule import NoiseSchedule, lcm_timesteps
+from tests.real_host import ALL_NODES
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_NODES = [
-    "MCM_KSampler",
-    "MCM_LoraLoader",
-    "MCM_ModelSampling",
-    "MCM_ModelScopeLoader",
-    "MCM_Sampler",
-    "MCM_Scheduler",
-    "MCM_StyleAdapter",
-]
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess:

@@ -31,7 +31,6 @@ import os
 import re
 import sys
 import time
-import traceback
 
 import check_nodes  # this folder is on sys.path (it is the script's)
 import check_temporal_norm as tn
@@ -57,6 +56,7 @@ from api_graph import (
     seed_of,
     shrink,
 )
+from host_util import run_parts
 
 # --------------------------------------------------------------------------------------------------------------
 # diffusers references
@@ -405,19 +405,16 @@ def main(comfy_dir: str, package_dir: str, ckpt: str, motion_model: str, adapter
         state["long"] = prepare_long(host, package_dir, out)
         state["ref"] = references(host, adapter_dir, cn_path, state["pose"], state["long"], out)
 
-    for name, fn in [
-        ("hires", lambda: check_hires(host, package_dir, out)),
-        ("travel", lambda: check_travel(host, package_dir, out)),
-        ("reference", prepare),
-        ("controlnet", lambda: check_controlnet(host, state["pose"], state["ref"], out)),
-        ("acn_context", lambda: check_acn_context(host, state["long"], state["ref"], out)),
-    ]:
-        t0 = time.time()
-        try:
-            fn()
-        except Exception:  # noqa: BLE001 - report and go on with the other checks
-            out.setdefault("failures", {})[name] = traceback.format_exc()[-3000:]
-        out.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
+    run_parts(
+        [
+            ("hires", lambda: check_hires(host, package_dir, out)),
+            ("travel", lambda: check_travel(host, package_dir, out)),
+            ("reference", prepare),
+            ("controlnet", lambda: check_controlnet(host, state["pose"], state["ref"], out)),
+            ("acn_context", lambda: check_acn_context(host, state["long"], state["ref"], out)),
+        ],
+        out,
+    )
     return out
 
 

@@ -21,10 +21,9 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 
 from check_temporal_norm import lcm_reference, rel_err, to_video  # this folder is on sys.path (it is the script's)
-from host_util import combo_options, error_of, run_node
+from host_util import combo_options, error_of, run_node, run_parts
 
 SIZE, FRAMES, SEED = 64, 8, 42
 UNET = "ms-rand/unet/diffusion_pytorch_model.safetensors"
@@ -355,22 +354,19 @@ def main(comfy_dir: str, package_dir: str, data_dir: str, sd_checkpoint: str | N
         if trained:
             check_trained(M, trained, out)
 
-    for name, fn in [
-        ("trained", trained_part),
-        ("nodes", nodes_part),
-        ("sampling", sampling_part),
-        ("text_vae", text_vae_part),
-        ("errors", errors_part),
-        ("free", free_part),
-        ("reference", reference_part),
-        ("original", original_part),
-    ]:
-        t0 = time.time()
-        try:
-            fn()
-        except Exception:  # noqa: BLE001 - report and go on with the other checks
-            out.setdefault("failures", {})[name] = traceback.format_exc()[-3000:]
-        out["seconds"][name] = round(time.time() - t0, 1)
+    run_parts(
+        [
+            ("trained", trained_part),
+            ("nodes", nodes_part),
+            ("sampling", sampling_part),
+            ("text_vae", text_vae_part),
+            ("errors", errors_part),
+            ("free", free_part),
+            ("reference", reference_part),
+            ("original", original_part),
+        ],
+        out,
+    )
     return out
 
 

@@ -28,9 +28,8 @@ import math
 import os
 import sys
 import time
-import traceback
 
-from host_util import error_of, run_node  # this folder is on sys.path (it is the script's)
+from host_util import error_of, run_node, run_parts  # this folder is on sys.path (it is the script's)
 
 SIZE, FRAMES, LONG_FRAMES, CONTEXT, OVERLAP = 64, 8, 16, 8, 4
 SEED = 42
@@ -420,19 +419,16 @@ def run_all(M, model, clip, motion_name, adapter_dir, pos, neg, patched, out):
         steps.append(references(g, unet, out))
         del unet
 
-    for name, fn in [
-        ("tn_reference", reference_part),
-        ("tn_parity", lambda: check_parity(g, steps[0], out)),
-        ("tn_hack", lambda: check_hack(g, out)),
-        ("tn_sampler", lambda: check_sampler_vs_lcm(M, patched, pos, neg, out)),
-        ("tn_errors", lambda: check_errors(g, out)),
-    ]:
-        t0 = time.time()
-        try:
-            fn()
-        except Exception:  # noqa: BLE001 - report and go on with the other checks
-            out.setdefault("failures", {})[name] = traceback.format_exc()[-3000:]
-        out.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
+    run_parts(
+        [
+            ("tn_reference", reference_part),
+            ("tn_parity", lambda: check_parity(g, steps[0], out)),
+            ("tn_hack", lambda: check_hack(g, out)),
+            ("tn_sampler", lambda: check_sampler_vs_lcm(M, patched, pos, neg, out)),
+            ("tn_errors", lambda: check_errors(g, out)),
+        ],
+        out,
+    )
 
 
 if __name__ == "__main__":
