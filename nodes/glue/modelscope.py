@@ -81,7 +81,7 @@ def _config_class():
     import comfy.supported_models_base
 
     class ModelScopeT2V(comfy.supported_models_base.BASE):
-        unet_config: dict = {}  # never matched against a checkpoint: only Load ModelScope Model builds it
+        unet_config: dict = {}  # never matched against a checkpoint: only Load ModelScope T2V Model builds it
         unet_extra_config: dict = {}  # BASE's extras (num_heads, num_head_channels) are the SD UNet's
         latent_format = comfy.latent_formats.SD15
         sampling_settings: dict = {}  # ModelSamplingDiscrete: linear 0.00085..0.012 = diffusers scaled_linear
@@ -146,12 +146,12 @@ def _read(path: str) -> tuple[dict[str, torch.Tensor], ModelScopeUNetConfig]:
 
 
 def load(name: str, weight_dtype: str = "default"):
-    """Load ModelScope Model: the MODEL of a file listed in the loader's folders."""
+    """Load ModelScope T2V Model: the MODEL of a file listed in the loader's folders."""
     import folder_paths
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(
-            f"Load ModelScope Model: weight_dtype = {weight_dtype!r}; expected one of {list(WEIGHT_DTYPES)}"
+            f"Load ModelScope T2V Model: weight_dtype = {weight_dtype!r}; expected one of {list(WEIGHT_DTYPES)}"
         )
     path = None
     for folder in MODEL_FOLDERS:
@@ -163,14 +163,14 @@ def load(name: str, weight_dtype: str = "default"):
             break
     if not path:
         raise ValueError(
-            f"Load ModelScope Model: {name!r} is not in models/{MODEL_FOLDERS[0]} or models/{MODEL_FOLDERS[1]}"
+            f"Load ModelScope T2V Model: {name!r} is not in models/{MODEL_FOLDERS[0]} or models/{MODEL_FOLDERS[1]}"
         )
     try:
         state_dict, config = _read(path)
     except ModelScopeCheckpointError as exc:
-        raise ValueError(f"Load ModelScope Model: {exc}") from None
+        raise ValueError(f"Load ModelScope T2V Model: {exc}") from None
     patcher = build_model(state_dict, config, WEIGHT_DTYPES[weight_dtype])
-    log.info("Load ModelScope Model: %s (%d tensors, %s)", path, len(state_dict), patcher.model.get_dtype())
+    log.info("Load ModelScope T2V Model: %s (%d tensors, %s)", path, len(state_dict), patcher.model.get_dtype())
     return patcher
 
 
