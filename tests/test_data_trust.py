@@ -496,3 +496,25 @@ def test_the_evaluator_command_prints_no_traceback(tmp_path, detectors, videos):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"error: {detectors / 'inception.pt'}: ") and "i3d_torchscript.pt" in proc.stderr
+
+
+def test_a_process_forked_after_decoding_video_decodes_too():
+    """DataLoader workers are forked from a trainer that has already decoded video (in-process loading, the toy's
+    shards). With PyAV's default swscale slice threads, such a child waited forever in its first frame conversion
+    (PyAV 18.1.1: the parent's thread pool state is copied, its threads are not); the decoder converts on the calling
+    thread, so the child finishes."""
+    import multiprocessing
+
+    import numpy as np
+
+    from training.samples import decode_video, encode_mp4
+
+    data = encode_mp4(np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8))
+    decode_video(data)  # the parent converts frames first
+    child = multiprocessing.get_context("fork").Process(target=decode_video, args=(data,))
+    child.start()
+    child.join(120)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0

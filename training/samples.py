@@ -37,6 +37,16 @@ class SkipSample(ValueError):
 # --- media ------------------------------------------------------------------------------------------
 
 
+def _rgb(frame) -> np.ndarray:
+    """A decoded frame as ``uint8 [h, w, 3]``, converted on the calling thread: with PyAV's default, a pool of
+    swscale slice threads, a process forked after its parent converted a frame (DataLoader workers are forked from
+    the trainer) waited forever in the conversion (PyAV 18.1.1). Older PyAV versions take no ``threads`` argument."""
+    try:
+        return frame.to_ndarray(format="rgb24", threads=1)
+    except TypeError:
+        return frame.to_ndarray(format="rgb24")
+
+
 def decode_video(data: bytes | str | Path) -> np.ndarray:
     """All frames of a video as ``uint8 [n, h, w, 3]`` (PyAV); :class:`SkipSample` if it cannot be read."""
     import av
@@ -51,7 +61,7 @@ def decode_video(data: bytes | str | Path) -> np.ndarray:
     source = io.BytesIO(data) if in_memory else str(data)
     try:  # metadata_errors: a tag that is not UTF-8 (the frames are all that is read) is no reason to fail
         with av.open(source, metadata_errors="replace") as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            frames = [_rgb(f) for f in container.decode(video=0)]
     except (av.error.FFmpegError, IndexError, OSError, ValueError) as exc:  # IndexError: no video stream
         raise SkipSample("undecodable", str(exc)) from None
     if not frames:
